@@ -1,0 +1,7 @@
+//! pilip: physics-informed learned interatomic potentials.
+pub mod descriptor;
+pub mod elements;
+pub mod error;
+pub mod frame;
+pub mod io;
+pub mod neighbors;
