@@ -4,4 +4,7 @@ pub mod elements;
 pub mod error;
 pub mod frame;
 pub mod io;
+pub mod model;
 pub mod neighbors;
+pub mod nn;
+pub mod rng;

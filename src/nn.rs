@@ -1,0 +1,245 @@
+//! Multilayer perceptron with SiLU hidden activations and one linear output, evaluated on a batch of atoms.
+//!
+//! Besides the forward pass and the input gradient (for forces), it implements the one training primitive all
+//! losses reduce to: the parameter gradient of `Σ_k a_k·out(x_k) + b_k·∇out(x_k)·u_k` — a forward-mode
+//! tangent through the network followed by a reverse pass over both the values and the tangents
+//! (reverse-over-forward), written by hand because the descriptor has no parameters and this is all we need.
+
+use matrixmultiply::dgemm;
+
+/// Network weights: layer k maps `sizes[k]` → `sizes[k+1]`; parameters are stored as W₀ (row-major
+/// `[in][out]`), b₀, W₁, b₁, …
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Mlp {
+    pub sizes: Vec<usize>,
+    pub params: Vec<f64>,
+}
+
+#[inline]
+fn sigmoid(z: f64) -> f64 {
+    1.0 / (1.0 + (-z).exp())
+}
+/// SiLU and its first two derivatives.
+#[inline]
+fn silu3(z: f64) -> (f64, f64, f64) {
+    let s = sigmoid(z);
+    let d1 = s * (1.0 + z * (1.0 - s));
+    let d2 = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s));
+    (z * s, d1, d2)
+}
+
+/// C (m×n) = alpha·op(A)·op(B) + beta·C for row-major matrices; `ta`/`tb` transpose A (m×k stored as k×m).
+#[allow(clippy::too_many_arguments)]
+fn gemm(m: usize, k: usize, n: usize, a: &[f64], ta: bool, b: &[f64], tb: bool, beta: f64, c: &mut [f64]) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
+    let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
+    // SAFETY: the slices hold at least m·k, k·n and m·n elements (checked by the callers' construction below).
+    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
+    unsafe {
+        dgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1);
+    }
+}
+
+impl Mlp {
+    /// LeCun-normal initialisation from the given deterministic random stream; output layer scaled down so the
+    /// untrained model predicts small energies.
+    pub fn new(sizes: &[usize], rng: &mut crate::rng::Rng) -> Self {
+        let mut params = Vec::new();
+        for k in 0..sizes.len() - 1 {
+            let (i, o) = (sizes[k], sizes[k + 1]);
+            let std = (1.0 / i as f64).sqrt() * if k + 2 == sizes.len() { 0.1 } else { 1.0 };
+            params.extend((0..i * o).map(|_| rng.normal() * std));
+            params.extend(std::iter::repeat_n(0.0, o));
+        }
+        Mlp { sizes: sizes.to_vec(), params }
+    }
+
+    pub fn n_inputs(&self) -> usize {
+        self.sizes[0]
+    }
+    fn n_layers(&self) -> usize {
+        self.sizes.len() - 1
+    }
+    /// Offsets of (W_k, b_k) in `params`.
+    fn layer(&self, k: usize) -> (usize, usize) {
+        let mut off = 0;
+        for j in 0..k {
+            off += self.sizes[j] * self.sizes[j + 1] + self.sizes[j + 1];
+        }
+        (off, off + self.sizes[k] * self.sizes[k + 1])
+    }
+    pub fn n_params(&self) -> usize {
+        self.params.len()
+    }
+
+    /// Pre-activations `z_k` of every layer for `n` inputs (`x` is `[n][in]`); the last one is the output.
+    fn forward_z(&self, x: &[f64], n: usize) -> Vec<Vec<f64>> {
+        let mut zs: Vec<Vec<f64>> = Vec::with_capacity(self.n_layers());
+        let mut h: Vec<f64> = Vec::new();
+        for k in 0..self.n_layers() {
+            let (wo, bo) = self.layer(k);
+            let (i, o) = (self.sizes[k], self.sizes[k + 1]);
+            let mut z = Vec::with_capacity(n * o);
+            for _ in 0..n {
+                z.extend_from_slice(&self.params[bo..bo + o]);
+            }
+            let input = if k == 0 { x } else { &h };
+            gemm(n, i, o, input, false, &self.params[wo..wo + i * o], false, 1.0, &mut z);
+            h = z.iter().map(|&v| v * sigmoid(v)).collect();
+            zs.push(z);
+        }
+        zs
+    }
+
+    /// Outputs for `n` inputs.
+    pub fn forward(&self, x: &[f64], n: usize) -> Vec<f64> {
+        self.forward_z(x, n).pop().unwrap_or_default()
+    }
+
+    /// Outputs and their gradient with respect to the inputs (`[n][in]`).
+    pub fn forward_with_input_grad(&self, x: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
+        let mut zs = self.forward_z(x, n);
+        let nl = self.n_layers();
+        let out = zs.pop().unwrap_or_default();
+        let mut dz = vec![1.0; n];
+        for k in (0..nl).rev() {
+            let (wo, _) = self.layer(k);
+            let (i, o) = (self.sizes[k], self.sizes[k + 1]);
+            let mut dh = vec![0.0; n * i];
+            gemm(n, o, i, &dz, false, &self.params[wo..wo + i * o], true, 0.0, &mut dh);
+            if k > 0 {
+                for (d, &zv) in dh.iter_mut().zip(&zs[k - 1]) {
+                    *d *= silu3(zv).1;
+                }
+            }
+            dz = dh;
+        }
+        (out, dz)
+    }
+
+    /// Accumulates into `grad` the parameter gradient of `Σ_k a[k]·out(x_k) + b[k]·(∇out(x_k)·u_k)`.
+    /// `u` (`[n][in]`) may be `None` when every `b[k]` is zero.
+    pub fn param_grad(&self, x: &[f64], u: Option<&[f64]>, a: &[f64], b: &[f64], n: usize, grad: &mut [f64]) {
+        let nl = self.n_layers();
+        // Forward with tangents. hs[k] is the input of layer k, dhs[k] its tangent.
+        let mut zs: Vec<Vec<f64>> = Vec::with_capacity(nl);
+        let mut dzs: Vec<Vec<f64>> = Vec::with_capacity(nl);
+        let mut hs: Vec<Vec<f64>> = vec![x.to_vec()];
+        let mut dhs: Vec<Vec<f64>> = vec![u.map(|v| v.to_vec()).unwrap_or_default()];
+        let tangent = u.is_some();
+        for k in 0..nl {
+            let (wo, bo) = self.layer(k);
+            let (i, o) = (self.sizes[k], self.sizes[k + 1]);
+            let w = &self.params[wo..wo + i * o];
+            let mut z = Vec::with_capacity(n * o);
+            for _ in 0..n {
+                z.extend_from_slice(&self.params[bo..bo + o]);
+            }
+            gemm(n, i, o, &hs[k], false, w, false, 1.0, &mut z);
+            let mut dz = Vec::new();
+            if tangent {
+                dz = vec![0.0; n * o];
+                gemm(n, i, o, &dhs[k], false, w, false, 0.0, &mut dz);
+            }
+            if k + 1 < nl {
+                hs.push(z.iter().map(|&v| v * sigmoid(v)).collect());
+                if tangent {
+                    dhs.push(z.iter().zip(&dz).map(|(&zv, &d)| silu3(zv).1 * d).collect());
+                }
+            }
+            zs.push(z);
+            dzs.push(dz);
+        }
+        // Reverse over values (zbar) and tangents (dzbar).
+        let mut zbar: Vec<f64> = a.to_vec();
+        let mut dzbar: Vec<f64> = if tangent { b.to_vec() } else { Vec::new() };
+        for k in (0..nl).rev() {
+            let (wo, bo) = self.layer(k);
+            let (i, o) = (self.sizes[k], self.sizes[k + 1]);
+            // W̄ += hᵀ z̄ + dhᵀ dz̄ ; b̄ += Σ z̄
+            gemm(i, n, o, &hs[k], true, &zbar, false, 1.0, &mut grad[wo..wo + i * o]);
+            if tangent {
+                gemm(i, n, o, &dhs[k], true, &dzbar, false, 1.0, &mut grad[wo..wo + i * o]);
+            }
+            for r in 0..n {
+                for c in 0..o {
+                    grad[bo + c] += zbar[r * o + c];
+                }
+            }
+            if k == 0 {
+                break;
+            }
+            let w = &self.params[wo..wo + i * o];
+            let mut hbar = vec![0.0; n * i];
+            gemm(n, o, i, &zbar, false, w, true, 0.0, &mut hbar);
+            let z = &zs[k - 1];
+            if tangent {
+                let mut dhbar = vec![0.0; n * i];
+                gemm(n, o, i, &dzbar, false, w, true, 0.0, &mut dhbar);
+                let dz = &dzs[k - 1];
+                for q in 0..n * i {
+                    let (_, d1, d2) = silu3(z[q]);
+                    hbar[q] = hbar[q] * d1 + dhbar[q] * d2 * dz[q];
+                    dhbar[q] *= d1;
+                }
+                dzbar = dhbar;
+            } else {
+                for q in 0..n * i {
+                    hbar[q] *= silu3(z[q]).1;
+                }
+            }
+            zbar = hbar;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_grad_and_param_grad_match_finite_differences() {
+        let mut rng = crate::rng::Rng::new(3);
+        let mut net = Mlp::new(&[5, 7, 4, 1], &mut rng);
+        for p in net.params.iter_mut() {
+            *p += 0.3 * rng.normal(); // non-trivial biases and output layer
+        }
+        let n = 3;
+        let x: Vec<f64> = (0..n * 5).map(|_| rng.normal()).collect();
+        let u: Vec<f64> = (0..n * 5).map(|_| rng.normal()).collect();
+        let a = [0.7, -1.2, 0.4];
+        let b = [1.5, 0.3, -0.8];
+        let h = 1e-6;
+        let (out, dx) = net.forward_with_input_grad(&x, n);
+        assert_eq!(out, net.forward(&x, n));
+        for q in 0..x.len() {
+            let mut xp = x.clone();
+            xp[q] += h;
+            let mut xm = x.clone();
+            xm[q] -= h;
+            let fd = (net.forward(&xp, n)[q / 5] - net.forward(&xm, n)[q / 5]) / (2.0 * h);
+            assert!((fd - dx[q]).abs() < 1e-8, "input {q}: {fd} vs {}", dx[q]);
+        }
+        let objective = |net: &Mlp| -> f64 {
+            let (o, d) = net.forward_with_input_grad(&x, n);
+            (0..n).map(|k| a[k] * o[k] + b[k] * (0..5).map(|c| d[k * 5 + c] * u[k * 5 + c]).sum::<f64>()).sum()
+        };
+        let mut g = vec![0.0; net.n_params()];
+        net.param_grad(&x, Some(&u), &a, &b, n, &mut g);
+        let mut g0 = vec![0.0; net.n_params()];
+        net.param_grad(&x, None, &a, &[0.0; 3], n, &mut g0);
+        for q in 0..net.n_params() {
+            let mut p = net.clone();
+            p.params[q] += h;
+            let mut m = net.clone();
+            m.params[q] -= h;
+            let fd = (objective(&p) - objective(&m)) / (2.0 * h);
+            assert!((fd - g[q]).abs() < 1e-7 * (1.0 + fd.abs()), "param {q}: {fd} vs {}", g[q]);
+            let fd0 = a.iter().enumerate().map(|(k, ak)| ak * (p.forward(&x, n)[k] - m.forward(&x, n)[k])).sum::<f64>() / (2.0 * h);
+            assert!((fd0 - g0[q]).abs() < 1e-7 * (1.0 + fd0.abs()));
+        }
+    }
+}

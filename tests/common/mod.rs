@@ -1,0 +1,77 @@
+//! Shared fixtures for the integration tests: small structures and a randomly initialised model whose
+//! descriptor statistics are fitted, so its energies and forces are O(1) and every term is exercised.
+#![allow(dead_code)]
+
+use pilip::descriptor::DescriptorSpec;
+use pilip::frame::{Frame, Mat3, Vec3};
+use pilip::model::Model;
+use pilip::rng::Rng;
+
+pub fn spec(cutoff: f64) -> DescriptorSpec {
+    DescriptorSpec { cutoff, r_min: 0.8, n_radial: 4, l_max: 3, radial_width: 1.0 }
+}
+
+/// A model for the given species, with fitted feature statistics on `frames` and perturbed biases.
+pub fn random_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
+    let mut m = Model::new(spec(cutoff), species, &[16, 12], seed);
+    let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
+    m.fit_feature_statistics(&envs);
+    let mut rng = Rng::new(seed + 1);
+    let mut p = m.params();
+    for x in p.iter_mut() {
+        *x += 0.2 * rng.normal();
+    }
+    m.set_params(&p);
+    m.energy_scale = 0.7;
+    m.reference_energies = (0..m.species.len()).map(|s| -1.0 - s as f64).collect();
+    m
+}
+
+/// A distorted molecule-like cluster of H, C, O.
+pub fn molecule() -> Frame {
+    let pos: Vec<Vec3> = vec![
+        [0.0, 0.0, 0.0],
+        [1.45, 0.1, -0.05],
+        [2.2, 1.2, 0.1],
+        [-0.5, 0.95, 0.3],
+        [-0.4, -0.9, 0.5],
+        [1.8, -0.8, -0.6],
+        [3.2, 1.1, 0.4],
+        [1.9, 2.3, -0.3],
+    ];
+    Frame { positions: pos, numbers: vec![6, 6, 8, 1, 1, 1, 1, 8], ..Default::default() }
+}
+
+/// A triclinic periodic cell with two species, smaller than twice the cutoff (so atoms see several images).
+pub fn triclinic_cell() -> Frame {
+    let cell: Mat3 = [[3.9, 0.0, 0.0], [0.7, 3.6, 0.0], [-0.5, 0.4, 4.1]];
+    let mut rng = Rng::new(11);
+    let frac = [[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5], [0.25, 0.25, 0.25]];
+    let positions = frac
+        .iter()
+        .map(|f| {
+            let mut x = [0.0; 3];
+            for a in 0..3 {
+                x[a] = (0..3).map(|b| f[b] * cell[b][a]).sum::<f64>() + 0.15 * rng.normal();
+            }
+            x
+        })
+        .collect();
+    Frame { positions, numbers: vec![29, 29, 29, 29, 13], cell: Some(cell), pbc: [true; 3], ..Default::default() }
+}
+
+pub fn rotation(axis: Vec3, angle: f64) -> Mat3 {
+    let n = (axis[0] * axis[0] + axis[1] * axis[1] + axis[2] * axis[2]).sqrt();
+    let (x, y, z) = (axis[0] / n, axis[1] / n, axis[2] / n);
+    let (c, s) = (angle.cos(), angle.sin());
+    let t = 1.0 - c;
+    [
+        [t * x * x + c, t * x * y - s * z, t * x * z + s * y],
+        [t * x * y + s * z, t * y * y + c, t * y * z - s * x],
+        [t * x * z - s * y, t * y * z + s * x, t * z * z + c],
+    ]
+}
+
+pub fn apply(m: &Mat3, v: &Vec3) -> Vec3 {
+    [0, 1, 2].map(|a| m[a][0] * v[0] + m[a][1] * v[1] + m[a][2] * v[2])
+}

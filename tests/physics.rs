@@ -1,0 +1,171 @@
+//! Physics battery for the model: finite-difference forces and stress, invariances, smoothness at the cutoff.
+mod common;
+use common::*;
+use pilip::frame::{Frame, Mat3};
+
+fn energy(m: &pilip::model::Model, f: &Frame) -> f64 {
+    m.predict_frame(f).unwrap().energy
+}
+
+fn check_fd_forces(m: &pilip::model::Model, f: &Frame) {
+    let p = m.predict_frame(f).unwrap();
+    let h = 1e-5;
+    let fmax = p.forces.iter().flatten().fold(0.0f64, |a, b| a.max(b.abs()));
+    assert!(fmax > 0.05, "forces too small to test: {fmax}");
+    for i in 0..f.len() {
+        for a in 0..3 {
+            let mut fp = f.clone();
+            fp.positions[i][a] += h;
+            let mut fm = f.clone();
+            fm.positions[i][a] -= h;
+            let fd = -(energy(m, &fp) - energy(m, &fm)) / (2.0 * h);
+            assert!((fd - p.forces[i][a]).abs() < 1e-6 * (1.0 + fmax), "atom {i} axis {a}: fd {fd} analytic {}", p.forces[i][a]);
+        }
+    }
+    let e_sum: f64 = p.atomic_energies.iter().sum();
+    assert!((e_sum - p.energy).abs() < 1e-10);
+}
+
+#[test]
+fn forces_match_finite_differences_on_a_molecule() {
+    let f = molecule();
+    let m = random_model(vec![1, 6, 8], 4.0, &[f.clone()], 5);
+    check_fd_forces(&m, &f);
+    // a molecule has no net force
+    let p = m.predict_frame(&f).unwrap();
+    for a in 0..3 {
+        assert!(p.forces.iter().map(|x| x[a]).sum::<f64>().abs() < 1e-10);
+    }
+}
+
+#[test]
+fn forces_and_stress_match_finite_differences_on_a_small_triclinic_cell() {
+    let f = triclinic_cell();
+    let m = random_model(vec![13, 29], 4.5, &[f.clone()], 7);
+    // the cell is smaller than twice the cutoff: atoms see images of themselves
+    let env = m.frame_environments(&f).unwrap();
+    assert!(env.descriptors.neighbors.of(0).iter().any(|n| n.j == 0));
+    check_fd_forces(&m, &f);
+    // stress = (1/V) dE/d(strain), strain applied to cell and positions
+    let p = m.predict_frame(&f).unwrap();
+    let s = p.stress.unwrap();
+    let v = f.volume().unwrap();
+    let h = 1e-5;
+    let strained = |a: usize, b: usize, t: f64| -> Frame {
+        let mut e: Mat3 = [[0.0; 3]; 3];
+        for k in 0..3 {
+            e[k][k] = 1.0;
+        }
+        e[a][b] += t / 2.0;
+        e[b][a] += t / 2.0;
+        let mut g = f.clone();
+        g.positions = f.positions.iter().map(|x| apply(&e, x)).collect();
+        let c = f.cell.unwrap();
+        g.cell = Some([apply(&e, &c[0]), apply(&e, &c[1]), apply(&e, &c[2])]);
+        g
+    };
+    let smax = s.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
+    assert!(smax > 1e-3, "stress too small to test: {smax}");
+    for a in 0..3 {
+        for b in 0..3 {
+            let fd = (energy(&m, &strained(a, b, h)) - energy(&m, &strained(a, b, -h))) / (2.0 * h) / v;
+            assert!((fd - s[a][b]).abs() < 1e-7 * (1.0 + smax), "stress {a}{b}: fd {fd} analytic {}", s[a][b]);
+        }
+    }
+    // virial is symmetric for a rotation-invariant energy
+    for a in 0..3 {
+        for b in 0..3 {
+            assert!((p.virial[a][b] - p.virial[b][a]).abs() < 1e-10);
+        }
+    }
+}
+
+#[test]
+fn invariant_under_rotation_translation_permutation_and_periodic_images() {
+    let mol = molecule();
+    let m = random_model(vec![1, 6, 8], 4.0, &[mol.clone()], 9);
+    let p0 = m.predict_frame(&mol).unwrap();
+    let rot = rotation([0.3, -0.5, 0.8], 1.1);
+    let mut g = mol.clone();
+    g.positions = mol.positions.iter().map(|x| { let r = apply(&rot, x); [r[0] + 3.0, r[1] - 1.7, r[2] + 0.4] }).collect();
+    let p1 = m.predict_frame(&g).unwrap();
+    assert!((p0.energy - p1.energy).abs() < 1e-10 * p0.energy.abs());
+    for i in 0..mol.len() {
+        let fr = apply(&rot, &p0.forces[i]);
+        for a in 0..3 {
+            assert!((fr[a] - p1.forces[i][a]).abs() < 1e-9, "rotated force");
+        }
+    }
+    // permutation: reverse the atom order
+    let mut perm = mol.clone();
+    perm.positions.reverse();
+    perm.numbers.reverse();
+    let p2 = m.predict_frame(&perm).unwrap();
+    assert!((p0.energy - p2.energy).abs() < 1e-10 * p0.energy.abs());
+    let n = mol.len();
+    for i in 0..n {
+        assert!((p0.atomic_energies[i] - p2.atomic_energies[n - 1 - i]).abs() < 1e-10);
+        for a in 0..3 {
+            assert!((p0.forces[i][a] - p2.forces[n - 1 - i][a]).abs() < 1e-10);
+        }
+    }
+
+    // periodic: shifting an atom by a lattice vector, or using a 2x supercell, changes nothing
+    let cellf = triclinic_cell();
+    let mp = random_model(vec![13, 29], 4.5, &[cellf.clone()], 4);
+    let q0 = mp.predict_frame(&cellf).unwrap();
+    let c = cellf.cell.unwrap();
+    let mut shifted = cellf.clone();
+    for a in 0..3 {
+        shifted.positions[2][a] += c[0][a] - 2.0 * c[2][a];
+    }
+    let q1 = mp.predict_frame(&shifted).unwrap();
+    assert!((q0.energy - q1.energy).abs() < 1e-10 * q0.energy.abs());
+    for a in 0..3 {
+        assert!((q0.forces[2][a] - q1.forces[2][a]).abs() < 1e-10);
+    }
+    let mut sup = cellf.clone();
+    sup.cell = Some([[2.0 * c[0][0], 2.0 * c[0][1], 2.0 * c[0][2]], c[1], c[2]]);
+    sup.positions = cellf.positions.iter().chain(cellf.positions.iter()).enumerate()
+        .map(|(k, x)| if k < cellf.len() { *x } else { [x[0] + c[0][0], x[1] + c[0][1], x[2] + c[0][2]] }).collect();
+    sup.numbers = cellf.numbers.iter().chain(cellf.numbers.iter()).copied().collect();
+    let q2 = mp.predict_frame(&sup).unwrap();
+    assert!((q2.energy - 2.0 * q0.energy).abs() < 1e-9 * q0.energy.abs());
+    let (s0, s2) = (q0.stress.unwrap(), q2.stress.unwrap());
+    for a in 0..3 {
+        for b in 0..3 {
+            assert!((s0[a][b] - s2[a][b]).abs() < 1e-10);
+        }
+    }
+}
+
+#[test]
+fn energy_and_forces_are_continuous_when_a_neighbour_crosses_the_cutoff() {
+    let rc = 3.0;
+    let mut f = molecule();
+    f.positions.truncate(3);
+    f.numbers.truncate(3);
+    let m = random_model(vec![1, 6, 8], rc, &[f.clone()], 3);
+    // a hydrogen on a line away from atom 0, moved across the cutoff of atom 0 (and of no other atom)
+    let place = |d: f64| {
+        let mut g = f.clone();
+        g.positions.push([-d, 0.0, 0.0]);
+        g.numbers.push(1);
+        g
+    };
+    let at = |d: f64| m.predict_frame(&place(d)).unwrap();
+    let far = at(rc + 1.0);
+    let (inside, outside) = (at(rc - 1e-4), at(rc + 1e-4));
+    assert!((inside.energy - outside.energy).abs() < 1e-9, "energy jump {}", inside.energy - outside.energy);
+    assert!((outside.energy - far.energy).abs() < 1e-12);
+    for i in 0..4 {
+        for a in 0..3 {
+            // C² cutoff: force ~ (Δr)², here ≤ 1e-8 · O(1)
+            assert!((inside.forces[i][a] - outside.forces[i][a]).abs() < 1e-6);
+        }
+    }
+    // and the approach is smooth: second differences of E along the path stay small near r_c
+    let e: Vec<f64> = (0..7).map(|k| at(rc - 0.03 + 0.01 * k as f64).energy).collect();
+    let curv: Vec<f64> = (1..6).map(|k| (e[k + 1] - 2.0 * e[k] + e[k - 1]) / 1e-4).collect();
+    assert!(curv.iter().all(|c| c.abs() < 1e-2), "curvature near the cutoff {curv:?}");
+}
