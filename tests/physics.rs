@@ -50,7 +50,7 @@ fn forces_and_stress_match_finite_differences_on_a_small_triclinic_cell() {
     let p = m.predict_frame(&f).unwrap();
     let s = p.stress.unwrap();
     let v = f.volume().unwrap();
-    let h = 1e-5;
+    let h = 1e-6;
     let strained = |a: usize, b: usize, t: f64| -> Frame {
         let mut e: Mat3 = [[0.0; 3]; 3];
         for k in 0..3 {
