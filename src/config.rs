@@ -1,0 +1,332 @@
+//! The training configuration: one sectioned TOML file; unknown keys are rejected; `--set a.b=v` overrides.
+
+use crate::descriptor::DescriptorSpec;
+use crate::error::{Error, Result};
+use crate::io::extxyz::LabelKeys;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub data: DataConfig,
+    pub descriptor: DescriptorSpec,
+    pub model: ModelConfig,
+    pub loss: LossConfig,
+    pub training: TrainingConfig,
+    pub output: OutputConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DataConfig {
+    /// Extended XYZ file with the training data (split into train/valid/test unless the files below are given).
+    pub file: PathBuf,
+    /// Optional separate validation and test files.
+    pub valid_file: Option<PathBuf>,
+    pub test_file: Option<PathBuf>,
+    pub keys: LabelKeys,
+    /// "random" (shuffled with split_seed) or "contiguous" (train = first block, valid = next, test = last block).
+    pub split: String,
+    pub split_seed: u64,
+    /// Sizes of the splits; 0 means "use the fraction".
+    pub n_train: usize,
+    pub n_valid: usize,
+    pub n_test: usize,
+    pub valid_fraction: f64,
+    pub test_fraction: f64,
+    /// Drop force labels from training structures (energy-only training on a labelled set); 1.0 keeps all.
+    pub train_forces_fraction: f64,
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        DataConfig {
+            file: PathBuf::new(),
+            valid_file: None,
+            test_file: None,
+            keys: LabelKeys::default(),
+            split: "random".into(),
+            split_seed: 1,
+            n_train: 0,
+            n_valid: 0,
+            n_test: 0,
+            valid_fraction: 0.1,
+            test_fraction: 0.1,
+            train_forces_fraction: 1.0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelConfig {
+    /// Hidden layer widths of each per-element network.
+    pub hidden: Vec<usize>,
+    /// Energy scale of the network output in eV; 0 = automatic (force RMS, else per-atom energy spread).
+    pub energy_scale: f64,
+}
+
+impl Default for ModelConfig {
+    fn default() -> Self {
+        ModelConfig { hidden: vec![64, 64], energy_scale: 0.0 }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    /// Weight of the per-atom energy error ((E − E_ref)/N)², eV².
+    pub energy_weight: f64,
+    /// "mse" or "huber".
+    pub energy_loss: String,
+    /// Huber threshold in eV/atom.
+    pub huber_delta: f64,
+    /// Weight of the force error per component, (eV/Å)².
+    pub forces_weight: f64,
+    /// Weight of the stress error per component, (eV/Å³)².
+    pub stress_weight: f64,
+    /// Physics-informed Taylor consistency (PITC) weight.
+    pub pitc_weight: f64,
+    /// 1 = first-order target E(R) − Δ·F(R); 2 = trapezoid target E(R) − Δ·½[F(R) + F(R+Δ)].
+    pub pitc_order: u32,
+    /// Physics-informed spatial consistency (PISC) weight.
+    pub pisc_weight: f64,
+    /// Weak labels (Cooper et al. 2020): target E_ref(R) − Δ·F_ref(R); only structures with forces.
+    pub weak_label_weight: f64,
+    /// Displacement amplitude ε (Å): components uniform in [−ε, ε], centred per structure.
+    pub epsilon: f64,
+    /// Divide PITC/PISC/weak-label residuals by the number of atoms (per-atom energies) before squaring.
+    pub per_atom: bool,
+    /// Linear warm-up of the PITC/PISC/weak-label weights over this many epochs (0 = none).
+    pub ramp_epochs: usize,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            energy_weight: 1.0,
+            energy_loss: "mse".into(),
+            huber_delta: 0.01,
+            forces_weight: 1.0,
+            stress_weight: 0.0,
+            pitc_weight: 0.0,
+            pitc_order: 1,
+            pisc_weight: 0.0,
+            weak_label_weight: 0.0,
+            epsilon: 0.03,
+            per_atom: true,
+            ramp_epochs: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainingConfig {
+    pub seed: u64,
+    pub max_epochs: usize,
+    /// Structures per mini-batch.
+    pub batch_size: usize,
+    /// "adam" or "adamw".
+    pub optimizer: String,
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// "plateau", "cosine" or "constant".
+    pub schedule: String,
+    pub lr_min: f64,
+    pub plateau_patience: usize,
+    pub plateau_factor: f64,
+    /// Global gradient-norm clip; 0 = off.
+    pub clip_grad_norm: f64,
+    /// Exponential moving average of the weights used for validation and the best checkpoint; 0 = off.
+    pub ema_decay: f64,
+    /// Metric for early stopping, plateau and `best`: val_loss, val_energy_rmse, val_forces_rmse, val_stress_rmse.
+    pub early_stopping_metric: String,
+    pub patience: usize,
+    pub min_delta: f64,
+    /// Worker threads; 0 = all cores.
+    pub threads: usize,
+}
+
+impl Default for TrainingConfig {
+    fn default() -> Self {
+        TrainingConfig {
+            seed: 1,
+            max_epochs: 200,
+            batch_size: 8,
+            optimizer: "adamw".into(),
+            lr: 3e-3,
+            weight_decay: 0.0,
+            schedule: "plateau".into(),
+            lr_min: 1e-5,
+            plateau_patience: 10,
+            plateau_factor: 0.5,
+            clip_grad_norm: 100.0,
+            ema_decay: 0.0,
+            early_stopping_metric: "val_loss".into(),
+            patience: 40,
+            min_delta: 0.0,
+            threads: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputConfig {
+    pub run_dir: PathBuf,
+}
+
+impl Default for OutputConfig {
+    fn default() -> Self {
+        OutputConfig { run_dir: PathBuf::from("runs/default") }
+    }
+}
+
+impl Config {
+    /// Reads a config file and applies `section.key=value` overrides.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut table: toml::Table =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        let mut cfg: Config = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        // Relative data paths are relative to the config file, as users expect when they move a project.
+        let base = path.parent().unwrap_or(Path::new("."));
+        let rebase = |p: &mut PathBuf| {
+            if p.is_relative() && !p.as_os_str().is_empty() && !p.exists() && base.join(&*p).exists() {
+                *p = base.join(&*p);
+            }
+        };
+        rebase(&mut cfg.data.file);
+        if let Some(p) = cfg.data.valid_file.as_mut() {
+            rebase(p);
+        }
+        if let Some(p) = cfg.data.test_file.as_mut() {
+            rebase(p);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).unwrap_or_default()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::Config(m));
+        self.descriptor.validate().map_err(Error::Config)?;
+        if self.data.file.as_os_str().is_empty() {
+            return bad("data.file is required (path to an extended XYZ file)".into());
+        }
+        if !["random", "contiguous"].contains(&self.data.split.as_str()) {
+            return bad(format!("data.split must be \"random\" or \"contiguous\", got \"{}\"", self.data.split));
+        }
+        if !["mse", "huber"].contains(&self.loss.energy_loss.as_str()) {
+            return bad(format!("loss.energy_loss must be \"mse\" or \"huber\", got \"{}\"", self.loss.energy_loss));
+        }
+        if ![1, 2].contains(&self.loss.pitc_order) {
+            return bad(format!("loss.pitc_order must be 1 or 2, got {}", self.loss.pitc_order));
+        }
+        if !(self.loss.epsilon > 0.0 && self.loss.epsilon < 0.5) {
+            return bad(format!("loss.epsilon must be in (0, 0.5) Å, got {}", self.loss.epsilon));
+        }
+        let l = &self.loss;
+        for (name, w) in [
+            ("energy_weight", l.energy_weight),
+            ("forces_weight", l.forces_weight),
+            ("stress_weight", l.stress_weight),
+            ("pitc_weight", l.pitc_weight),
+            ("pisc_weight", l.pisc_weight),
+            ("weak_label_weight", l.weak_label_weight),
+        ] {
+            if !(w >= 0.0 && w.is_finite()) {
+                return bad(format!("loss.{name} must be a finite number >= 0, got {w}"));
+            }
+        }
+        if !["adam", "adamw"].contains(&self.training.optimizer.as_str()) {
+            return bad(format!("training.optimizer must be \"adam\" or \"adamw\", got \"{}\"", self.training.optimizer));
+        }
+        if !["plateau", "cosine", "constant"].contains(&self.training.schedule.as_str()) {
+            return bad(format!(
+                "training.schedule must be \"plateau\", \"cosine\" or \"constant\", got \"{}\"",
+                self.training.schedule
+            ));
+        }
+        let metrics = ["val_loss", "val_energy_rmse", "val_forces_rmse", "val_stress_rmse"];
+        if !metrics.contains(&self.training.early_stopping_metric.as_str()) {
+            return bad(format!(
+                "training.early_stopping_metric must be one of {metrics:?}, got \"{}\"",
+                self.training.early_stopping_metric
+            ));
+        }
+        if self.training.batch_size == 0 {
+            return bad("training.batch_size must be >= 1".into());
+        }
+        if !(self.training.lr > 0.0) {
+            return bad(format!("training.lr must be > 0, got {}", self.training.lr));
+        }
+        if !(0.0..1.0).contains(&self.training.ema_decay) {
+            return bad(format!("training.ema_decay must be in [0, 1), got {}", self.training.ema_decay));
+        }
+        if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
+            return bad("model.hidden must list at least one positive layer width".into());
+        }
+        if !(0.0..=1.0).contains(&self.data.train_forces_fraction) {
+            return bad("data.train_forces_fraction must be in [0, 1]".into());
+        }
+        Ok(())
+    }
+}
+
+/// `section.key=value` (value parsed as TOML, else taken as a string) into the raw table.
+fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
+    let (path, value) = o
+        .split_once('=')
+        .ok_or_else(|| Error::Config(format!("--set expects section.key=value, got '{o}'")))?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let keys: Vec<&str> = path.trim().split('.').collect();
+    if keys.len() < 2 {
+        return Err(Error::Config(format!("--set expects section.key=value, got '{o}'")));
+    }
+    let mut t = table;
+    for k in &keys[..keys.len() - 1] {
+        t = t
+            .entry(k.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            .as_table_mut()
+            .ok_or_else(|| Error::Config(format!("--set {path}: '{k}' is not a section")))?;
+    }
+    t.insert(keys[keys.len() - 1].to_string(), value);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_and_unknown_keys() {
+        let dir = std::env::temp_dir().join(format!("pilip_cfg_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n[loss]\npitc_weight = 1.0\n").unwrap();
+        let c = Config::load(&p, &["loss.epsilon=0.02".into(), "data.keys.energy=REF_energy".into()]).unwrap();
+        assert_eq!(c.loss.epsilon, 0.02);
+        assert_eq!(c.loss.pitc_weight, 1.0);
+        assert_eq!(c.data.keys.energy, "REF_energy");
+        std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n[loss]\npitc_wieght = 1.0\n").unwrap();
+        let e = Config::load(&p, &[]).unwrap_err().to_string();
+        assert!(e.contains("unknown field `pitc_wieght`"), "{e}");
+        let e = Config::load(&dir.join("c.toml"), &["training.schedule=\"linear\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("unknown field") || e.contains("schedule"), "{e}");
+    }
+}

@@ -1,0 +1,114 @@
+//! Error metrics of a model against reference labels (energies per atom, force components, stress).
+
+use crate::frame::Frame;
+use crate::model::{Model, Prediction};
+use rayon::prelude::*;
+use serde::Serialize;
+
+/// Errors in the units users read: meV/atom, meV per structure, meV/Å, meV/Å³. `None` where no label exists.
+#[allow(non_snake_case)] // the JSON keys users script against spell Å as A
+#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+pub struct Metrics {
+    pub n_structures: usize,
+    pub energy_mae_mev_per_atom: Option<f64>,
+    pub energy_rmse_mev_per_atom: Option<f64>,
+    pub energy_mae_mev: Option<f64>,
+    pub energy_rmse_mev: Option<f64>,
+    pub forces_mae_mev_per_A: Option<f64>,
+    pub forces_rmse_mev_per_A: Option<f64>,
+    pub stress_mae_mev_per_A3: Option<f64>,
+    pub stress_rmse_mev_per_A3: Option<f64>,
+    /// Pearson correlation of predicted and reference force components (how much force "shape" is learnt).
+    pub forces_correlation: Option<f64>,
+}
+
+#[derive(Default)]
+struct Acc {
+    n: usize,
+    abs: f64,
+    sq: f64,
+}
+impl Acc {
+    fn add(&mut self, d: f64) {
+        self.n += 1;
+        self.abs += d.abs();
+        self.sq += d * d;
+    }
+    fn mae(&self) -> Option<f64> {
+        (self.n > 0).then(|| 1000.0 * self.abs / self.n as f64)
+    }
+    fn rmse(&self) -> Option<f64> {
+        (self.n > 0).then(|| 1000.0 * (self.sq / self.n as f64).sqrt())
+    }
+}
+
+/// Predictions for all frames (parallel over structures).
+pub fn predict_all(model: &Model, frames: &[Frame]) -> crate::error::Result<Vec<Prediction>> {
+    frames.par_iter().map(|f| model.predict_frame(f)).collect()
+}
+
+pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {
+    let (mut ea, mut es, mut fa, mut sa) = (Acc::default(), Acc::default(), Acc::default(), Acc::default());
+    let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    for (f, p) in frames.iter().zip(preds) {
+        if let Some(e) = f.energy {
+            ea.add((p.energy - e) / f.len() as f64);
+            es.add(p.energy - e);
+        }
+        if let Some(fr) = &f.forces {
+            for (a, b) in fr.iter().zip(&p.forces) {
+                for k in 0..3 {
+                    fa.add(b[k] - a[k]);
+                    sx += a[k];
+                    sy += b[k];
+                    sxx += a[k] * a[k];
+                    syy += b[k] * b[k];
+                    sxy += a[k] * b[k];
+                }
+            }
+        }
+        if let (Some(s), Some(ps)) = (&f.stress, &p.stress) {
+            for a in 0..3 {
+                for b in 0..3 {
+                    sa.add(ps[a][b] - s[a][b]);
+                }
+            }
+        }
+    }
+    let corr = (fa.n > 1).then(|| {
+        let n = fa.n as f64;
+        let cov = sxy / n - sx * sy / (n * n);
+        let vx = sxx / n - sx * sx / (n * n);
+        let vy = syy / n - sy * sy / (n * n);
+        if vx > 0.0 && vy > 0.0 { cov / (vx * vy).sqrt() } else { 0.0 }
+    });
+    Metrics {
+        n_structures: frames.len(),
+        energy_mae_mev_per_atom: ea.mae(),
+        energy_rmse_mev_per_atom: ea.rmse(),
+        energy_mae_mev: es.mae(),
+        energy_rmse_mev: es.rmse(),
+        forces_mae_mev_per_A: fa.mae(),
+        forces_rmse_mev_per_A: fa.rmse(),
+        stress_mae_mev_per_A3: sa.mae(),
+        stress_rmse_mev_per_A3: sa.rmse(),
+        forces_correlation: corr,
+    }
+}
+
+impl Metrics {
+    /// One human line with units.
+    pub fn summary(&self) -> String {
+        let mut parts = Vec::new();
+        if let (Some(m), Some(r)) = (self.energy_mae_mev_per_atom, self.energy_rmse_mev_per_atom) {
+            parts.push(format!("E MAE {m:.3} RMSE {r:.3} meV/atom"));
+        }
+        if let (Some(m), Some(r)) = (self.forces_mae_mev_per_A, self.forces_rmse_mev_per_A) {
+            parts.push(format!("F MAE {m:.2} RMSE {r:.2} meV/Å"));
+        }
+        if let (Some(m), Some(r)) = (self.stress_mae_mev_per_A3, self.stress_rmse_mev_per_A3) {
+            parts.push(format!("S MAE {m:.3} RMSE {r:.3} meV/Å³"));
+        }
+        parts.join(" | ")
+    }
+}
