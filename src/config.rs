@@ -65,11 +65,13 @@ pub struct ModelConfig {
     pub hidden: Vec<usize>,
     /// Energy scale of the network output in eV; 0 = automatic (force RMS, else per-atom energy spread).
     pub energy_scale: f64,
+    /// Floor on each descriptor component's standard deviation, relative to the largest one of the element.
+    pub feature_std_floor: f64,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { hidden: vec![64, 64], energy_scale: 0.0 }
+        ModelConfig { hidden: vec![64, 64], energy_scale: 0.0, feature_std_floor: 0.3 }
     }
 }
 
@@ -276,6 +278,9 @@ impl Config {
         }
         if self.model.hidden.is_empty() || self.model.hidden.contains(&0) {
             return bad("model.hidden must list at least one positive layer width".into());
+        }
+        if !(0.0..=1.0).contains(&self.model.feature_std_floor) {
+            return bad(format!("model.feature_std_floor must be in [0, 1], got {}", self.model.feature_std_floor));
         }
         if !(0.0..=1.0).contains(&self.data.train_forces_fraction) {
             return bad("data.train_forces_fraction must be in [0, 1]".into());

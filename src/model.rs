@@ -283,7 +283,11 @@ impl Model {
     }
 
     /// Per-species mean and standard deviation of each descriptor component over the given environments.
-    pub fn fit_feature_statistics(&mut self, envs: &[Environments]) {
+    ///
+    /// Each standard deviation is floored at `std_floor` × the largest one of that element: components that
+    /// barely vary (odd-l products, far channels) would otherwise be blown up to unit variance and the network
+    /// would fit noise in them (measured: aspirin force MAE 148 → 83 meV/Å with a floor of 0.3).
+    pub fn fit_feature_statistics(&mut self, envs: &[Environments], std_floor: f64) {
         let nf = self.descriptor().n_features();
         let ns = self.species.len();
         let mut sum = vec![vec![0.0; nf]; ns];
@@ -304,12 +308,17 @@ impl Model {
                 continue;
             }
             let n = cnt[s] as f64;
+            let mut sds = vec![0.0; nf];
             for f in 0..nf {
                 let m = sum[s][f] / n;
-                let var = (sq[s][f] / n - m * m).max(0.0);
                 self.feature_mean[s][f] = m;
+                sds[f] = (sq[s][f] / n - m * m).max(0.0).sqrt();
+            }
+            let max_sd = sds.iter().fold(0.0f64, |a, b| a.max(*b));
+            for f in 0..nf {
+                let m = self.feature_mean[s][f];
                 // Constant features (e.g. a missing element) keep unit scale; tiny ones are floored.
-                let sd = var.sqrt();
+                let sd = sds[f].max(std_floor * max_sd);
                 self.feature_std[s][f] = if sd > 1e-6 * (1.0 + m.abs()) { sd } else { 1.0 };
             }
         }

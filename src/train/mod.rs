@@ -50,7 +50,7 @@ pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Mo
     model.fit_reference_energies(&refs)?;
     let sample: Vec<&Frame> = train.iter().take(500).collect();
     let envs: Vec<_> = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
-    model.fit_feature_statistics(&envs);
+    model.fit_feature_statistics(&envs, cfg.model.feature_std_floor);
     model.energy_scale = if cfg.model.energy_scale > 0.0 {
         cfg.model.energy_scale
     } else {

@@ -15,7 +15,7 @@ pub fn spec(cutoff: f64) -> DescriptorSpec {
 pub fn random_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
     let mut m = Model::new(spec(cutoff), species, &[16, 12], seed);
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
-    m.fit_feature_statistics(&envs);
+    m.fit_feature_statistics(&envs, 0.0);
     let mut rng = Rng::new(seed + 1);
     let mut p = m.params();
     for x in p.iter_mut() {

@@ -1,0 +1,115 @@
+//! The `pilip` command line end to end: train → eval (--json, --plot) → check-forces, and clear errors.
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn pilip() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_pilip"))
+}
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pilip_cli_{}_{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    let (so, se) = (String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string());
+    assert!(out.status.success(), "command failed\nstdout:\n{so}\nstderr:\n{se}");
+    so
+}
+
+fn run_err(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+#[test]
+fn train_eval_plot_and_check_forces() {
+    let dir = tmpdir("e2e");
+    let run = dir.join("run");
+    let cfg = root().join("examples/configs/molecule.toml");
+    let out = run_ok(pilip().arg("train").arg(&cfg).args([
+        "--set",
+        "training.max_epochs=3",
+        "--set",
+        "data.n_train=40",
+        "--set",
+        "model.hidden=[16]",
+        "--set",
+        &format!("output.run_dir=\"{}\"", run.display()),
+    ]));
+    assert!(out.contains("epoch    3"), "{out}");
+    assert!(out.contains("meV/atom") && out.contains("meV/Å"));
+    for f in ["config.resolved.toml", "train.log", "metrics.jsonl", "split.json", "test.extxyz", "checkpoints/best.ckpt", "checkpoints/last.ckpt"] {
+        assert!(run.join(f).exists(), "missing {f}");
+    }
+    let best = run.join("checkpoints/best.ckpt");
+    let png = dir.join("parity.png");
+    let json = run_ok(pilip().arg("eval").arg(&best).arg(run.join("test.extxyz")).arg("--json").arg("--plot").arg(&png));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    for k in ["energy_mae_mev_per_atom", "energy_rmse_mev_per_atom", "forces_mae_mev_per_A", "forces_rmse_mev_per_A"] {
+        let x = v[k].as_f64().unwrap_or(-1.0);
+        assert!(x > 0.0 && x.is_finite(), "{k} = {x}");
+    }
+    assert!(v["energy_rmse_mev_per_atom"].as_f64() >= v["energy_mae_mev_per_atom"].as_f64());
+    let bytes = std::fs::read(&png).unwrap();
+    assert_eq!(&bytes[1..4], b"PNG");
+    assert!(bytes.len() > 5000);
+    let fd = run_ok(pilip().arg("check-forces").arg(&best).arg(run.join("test.extxyz")).args(["--step", "1e-4"]));
+    let err: f64 = fd
+        .split("max |analytic - fd| = ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    assert!(err < 1e-5, "{fd}");
+}
+
+#[test]
+fn periodic_example_config_trains_with_stress() {
+    let dir = tmpdir("cu");
+    let run = dir.join("run");
+    let cfg = root().join("examples/configs/periodic.toml");
+    run_ok(pilip().arg("train").arg(&cfg).args([
+        "--set",
+        "training.max_epochs=2",
+        "--set",
+        "model.hidden=[8]",
+        "--set",
+        &format!("output.run_dir=\"{}\"", run.display()),
+        "--quiet",
+    ]));
+    let json = run_ok(pilip().arg("eval").arg(run.join("checkpoints/best.ckpt")).arg(run.join("test.extxyz")).arg("--json"));
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert!(v["stress_rmse_mev_per_A3"].as_f64().unwrap() > 0.0);
+    let fd = run_ok(pilip().arg("check-forces").arg(run.join("checkpoints/best.ckpt")).arg(run.join("test.extxyz")));
+    assert!(fd.contains("stress: max |analytic - fd|"), "{fd}");
+}
+
+#[test]
+fn bad_inputs_give_clear_errors() {
+    let dir = tmpdir("bad");
+    let bad = dir.join("bad.xyz");
+    std::fs::write(&bad, "2\nProperties=species:S:1:pos:R:3 energy=1.0\nH 0 0 0\nH 0 0 zz\n").unwrap();
+    let cfg = dir.join("c.toml");
+    std::fs::write(&cfg, format!("[data]\nfile = \"{}\"\n[output]\nrun_dir = \"{}\"\n", bad.display(), dir.join("r").display())).unwrap();
+    let e = run_err(pilip().arg("train").arg(&cfg));
+    assert!(e.contains("bad.xyz:4: pos: expected a number, found 'zz'"), "{e}");
+    std::fs::write(&cfg, "[data]\nfile = \"x.xyz\"\n[training]\nlearning_rate = 1.0\n").unwrap();
+    let e = run_err(pilip().arg("train").arg(&cfg));
+    assert!(e.contains("unknown field `learning_rate`"), "{e}");
+    let e = run_err(pilip().arg("train").arg(&cfg).args(["--set", "oops"]));
+    assert!(e.contains("--set expects section.key=value"), "{e}");
+    let e = run_err(pilip().arg("eval").arg(dir.join("missing.ckpt")).arg(&bad));
+    assert!(e.contains("missing.ckpt"), "{e}");
+    let e = run_err(pilip().arg("eval").arg(&bad).arg(&bad));
+    assert!(e.contains("not a readable pilip checkpoint"), "{e}");
+    let _ = Path::new("");
+}

@@ -1,0 +1,228 @@
+//! Loss gradients against finite differences in the parameters, and end-to-end training behaviour.
+mod common;
+use common::*;
+use pilip::config::Config;
+use pilip::frame::Frame;
+use pilip::rng::Rng;
+use pilip::train::loss::{Weights, TERMS};
+use pilip::train::{batch_loss_and_grad, TrainOptions};
+use std::path::{Path, PathBuf};
+
+/// Two molecules of different sizes with synthetic labels.
+fn labelled_molecules() -> Vec<Frame> {
+    let mut rng = Rng::new(21);
+    let big = molecule();
+    let mut small = molecule();
+    small.positions.truncate(5);
+    small.numbers.truncate(5);
+    let mut out = vec![big, small];
+    for f in out.iter_mut() {
+        f.energy = Some(-3.0 * f.len() as f64 + rng.normal());
+        f.forces = Some((0..f.len()).map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect());
+    }
+    out
+}
+
+fn labelled_cells() -> Vec<Frame> {
+    let mut rng = Rng::new(22);
+    let a = triclinic_cell();
+    let mut b = triclinic_cell();
+    b.positions.truncate(4);
+    b.numbers.truncate(4);
+    let mut out = vec![a, b];
+    for f in out.iter_mut() {
+        f.energy = Some(-3.0 * f.len() as f64 + rng.normal());
+        f.forces = Some((0..f.len()).map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect());
+        let s = [rng.normal(), rng.normal(), rng.normal(), rng.normal(), rng.normal(), rng.normal()];
+        f.stress = Some(pilip::io::extxyz::voigt_to_matrix(&s.map(|x| 0.05 * x)));
+    }
+    out
+}
+
+fn check_term(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32) {
+    let model = random_model(species, cutoff, frames, 17);
+    let mut cfg = Config::default();
+    cfg.loss.energy_weight = 0.0;
+    cfg.loss.forces_weight = 0.0;
+    cfg.loss.pitc_order = order;
+    cfg.loss.epsilon = 0.05;
+    match term {
+        "energy" => cfg.loss.energy_weight = 1.0,
+        "forces" => cfg.loss.forces_weight = 1.0,
+        "stress" => cfg.loss.stress_weight = 1.0,
+        "pitc" => cfg.loss.pitc_weight = 1.0,
+        "pisc" => cfg.loss.pisc_weight = 1.0,
+        "weak" => cfg.loss.weak_label_weight = 1.0,
+        _ => unreachable!(),
+    }
+    let w = Weights::at_epoch(&cfg.loss, 0);
+    let refs: Vec<&Frame> = frames.iter().collect();
+    let ids: Vec<usize> = (0..frames.len()).collect();
+    let (loss, grad) = batch_loss_and_grad(&model, &refs, &ids, &cfg, &w, 3, true).unwrap();
+    let k = TERMS.iter().position(|t| *t == term).unwrap();
+    assert!(loss[k] > 0.0, "{term}: loss is zero");
+    assert_eq!(loss.iter().sum::<f64>(), loss[k], "{term}: other terms must be off");
+    let gnorm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
+    assert!(gnorm > 0.0);
+    let mut rng = Rng::new(5);
+    let p0 = model.params();
+    let h = 1e-5;
+    let mut checked = 0;
+    // random parameters plus the largest-gradient ones
+    let mut idx: Vec<usize> = (0..25).map(|_| rng.below(p0.len())).collect();
+    let mut by_size: Vec<usize> = (0..p0.len()).collect();
+    by_size.sort_by(|a, b| grad[*b].abs().partial_cmp(&grad[*a].abs()).unwrap());
+    idx.extend_from_slice(&by_size[..10]);
+    for q in idx {
+        let eval = |delta: f64| {
+            let mut m = model.clone();
+            let mut p = p0.clone();
+            p[q] += delta;
+            m.set_params(&p);
+            batch_loss_and_grad(&m, &refs, &ids, &cfg, &w, 3, false).unwrap().0[k]
+        };
+        let fd = (eval(h) - eval(-h)) / (2.0 * h);
+        let tol = 1e-6 * gnorm.max(1e-3) + 1e-5 * fd.abs();
+        assert!((fd - grad[q]).abs() < tol, "{term} (order {order}) param {q}: fd {fd:e} analytic {:e}", grad[q]);
+        checked += 1;
+    }
+    assert_eq!(checked, 35);
+}
+
+#[test]
+fn every_loss_term_has_the_right_parameter_gradient() {
+    let mols = labelled_molecules();
+    for term in ["energy", "forces", "pitc", "pisc", "weak"] {
+        check_term(term, &mols, vec![1, 6, 8], 4.0, 1);
+    }
+    check_term("pitc", &mols, vec![1, 6, 8], 4.0, 2);
+    let cells = labelled_cells();
+    for term in ["stress", "forces", "pitc", "pisc"] {
+        check_term(term, &cells, vec![13, 29], 4.5, 1);
+    }
+}
+
+#[test]
+fn pitc_residual_is_per_structure() {
+    // The PITC loss of a batch equals the mean of the single-structure losses: no cross-structure sums.
+    let mols = labelled_molecules();
+    let model = random_model(vec![1, 6, 8], 4.0, &mols, 2);
+    let mut cfg = Config::default();
+    cfg.loss.energy_weight = 0.0;
+    cfg.loss.forces_weight = 0.0;
+    cfg.loss.pitc_weight = 1.0;
+    cfg.loss.pisc_weight = 1.0;
+    let w = Weights::at_epoch(&cfg.loss, 0);
+    let both = batch_loss_and_grad(&model, &[&mols[0], &mols[1]], &[0, 1], &cfg, &w, 0, false).unwrap().0;
+    let a = batch_loss_and_grad(&model, &[&mols[0]], &[0], &cfg, &w, 0, false).unwrap().0;
+    let b = batch_loss_and_grad(&model, &[&mols[1]], &[1], &cfg, &w, 0, false).unwrap().0;
+    for k in [3, 4] {
+        assert!((both[k] - 0.5 * (a[k] + b[k])).abs() < 1e-14 * both[k].abs().max(1e-30), "{k}");
+        assert!(a[k] > 0.0 && b[k] > 0.0);
+    }
+}
+
+fn example_data() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data/ethanol_300.extxyz")
+}
+
+fn small_config(run_dir: &Path) -> Config {
+    let mut cfg = Config::default();
+    cfg.data.file = example_data();
+    cfg.data.keys.energy = "REF_energy".into();
+    cfg.data.keys.forces = "REF_forces".into();
+    cfg.data.n_train = 100;
+    cfg.data.n_valid = 40;
+    cfg.data.n_test = 40;
+    cfg.descriptor.n_radial = 5;
+    cfg.descriptor.l_max = 3;
+    cfg.model.hidden = vec![32, 32];
+    cfg.loss.energy_weight = 20.0;
+    cfg.training.max_epochs = 40;
+    cfg.training.schedule = "cosine".into();
+    cfg.training.batch_size = 8;
+    cfg.training.patience = 1000;
+    cfg.output.run_dir = run_dir.to_path_buf();
+    cfg
+}
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pilip_test_{}_{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+#[test]
+fn short_training_reduces_validation_force_rmse_five_fold() {
+    let dir = tmpdir("train5x");
+    let cfg = small_config(&dir);
+    let splits = pilip::dataset::load(&cfg.data).unwrap();
+    let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).collect();
+    let init = pilip::train::initial_model(&cfg, &splits.train, &all).unwrap();
+    let p = pilip::metrics::predict_all(&init, &splits.valid).unwrap();
+    let before = pilip::metrics::compute(&splits.valid, &p).forces_rmse_mev_per_A.unwrap();
+    let s = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let after = s.valid.forces_rmse_mev_per_A.unwrap();
+    assert!(after * 5.0 < before, "force RMSE {before:.1} → {after:.1} meV/Å");
+    assert!(s.finished && dir.join("checkpoints/best.ckpt").exists() && dir.join("config.resolved.toml").exists());
+    let lines = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().count();
+    assert_eq!(lines, 40);
+}
+
+#[test]
+fn energy_only_training_with_pitc_learns_correlated_forces() {
+    let dir = tmpdir("eonly");
+    let mut cfg = small_config(&dir);
+    cfg.data.train_forces_fraction = 0.0;
+    cfg.loss.forces_weight = 0.0;
+    cfg.loss.pitc_weight = 1.0;
+    cfg.loss.pisc_weight = 0.1;
+    cfg.loss.epsilon = 0.03;
+    cfg.training.early_stopping_metric = "val_energy_rmse".into();
+    let s = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let corr = s.valid.forces_correlation.unwrap();
+    assert!(corr > 0.6, "force correlation {corr:.3}");
+}
+
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let strip = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("time_s");
+                v
+            })
+            .collect()
+    };
+    let (da, db) = (tmpdir("resume_a"), tmpdir("resume_b"));
+    let mut ca = small_config(&da);
+    ca.training.max_epochs = 4;
+    ca.training.ema_decay = 0.9;
+    ca.training.schedule = "plateau".into();
+    ca.loss.pitc_weight = 0.5;
+    ca.loss.pisc_weight = 0.1;
+    let mut cb = ca.clone();
+    cb.output.run_dir = db.clone();
+    pilip::train::train(&ca, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let first = pilip::train::train(&cb, &TrainOptions { quiet: true, stop_after: Some(2), ..Default::default() }).unwrap();
+    assert!(!first.finished);
+    assert_eq!(first.epochs_done, 2);
+    // a second start without --resume is refused; a changed config is refused
+    let e = pilip::train::train(&cb, &TrainOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("already holds a run"), "{e}");
+    let last = db.join("checkpoints/last.ckpt");
+    let mut changed = cb.clone();
+    changed.loss.pitc_weight = 0.6;
+    let e = pilip::train::train(&changed, &TrainOptions { quiet: true, resume: Some(last.clone()), ..Default::default() })
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("loss.pitc_weight"), "{e}");
+    let second = pilip::train::train(&cb, &TrainOptions { quiet: true, resume: Some(last), ..Default::default() }).unwrap();
+    assert!(second.finished);
+    let (a, b) = (strip(&da), strip(&db));
+    assert_eq!(a.len(), 4);
+    assert_eq!(a, b);
+}
