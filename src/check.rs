@@ -87,3 +87,54 @@ pub fn finite_difference(model: &Model, frame: &Frame, h: f64) -> Result<FdRepor
     }
     Ok(rep)
 }
+
+/// Timing of energy + forces evaluations on one structure (one thread), split into the parts of a call.
+#[derive(Clone, Debug)]
+pub struct Timing {
+    pub n_atoms: usize,
+    pub n_pairs: usize,
+    pub repeats: usize,
+    /// Median seconds per full call (neighbour list, descriptor, network, forces and virial).
+    pub total: f64,
+    /// Median seconds for the neighbour list + descriptor alone.
+    pub environments: f64,
+}
+
+impl std::fmt::Display for Timing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} atoms, {} neighbour pairs, {} calls: energy+forces+virial {:.1} µs per call ({:.2} µs/atom); \
+             neighbour list + descriptor {:.1} µs, network + chain rule {:.1} µs",
+            self.n_atoms,
+            self.n_pairs,
+            self.repeats,
+            1e6 * self.total,
+            1e6 * self.total / self.n_atoms as f64,
+            1e6 * self.environments,
+            1e6 * (self.total - self.environments)
+        )
+    }
+}
+
+pub fn time_evaluation(model: &Model, frame: &Frame, repeats: usize) -> Result<Timing> {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(|a, b| a.total_cmp(b));
+        v[v.len() / 2]
+    };
+    let env = model.frame_environments(frame)?;
+    let n_pairs = env.descriptors.neighbors.n_pairs();
+    let _ = model.predict(&env); // warm-up
+    let mut full = Vec::with_capacity(repeats);
+    let mut envs = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t0 = std::time::Instant::now();
+        let e = model.frame_environments(frame)?;
+        let t1 = std::time::Instant::now();
+        std::hint::black_box(model.predict(&e));
+        let t2 = std::time::Instant::now();
+        envs.push((t1 - t0).as_secs_f64());
+        full.push((t2 - t0).as_secs_f64());
+    }
+    Ok(Timing { n_atoms: frame.len(), n_pairs, repeats, total: median(full), environments: median(envs) })
+}

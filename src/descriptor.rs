@@ -37,7 +37,7 @@ pub struct DescriptorSpec {
 
 impl Default for DescriptorSpec {
     fn default() -> Self {
-        DescriptorSpec { cutoff: 5.0, r_min: 0.5, n_radial: 6, l_max: 4, radial_width: 1.0 }
+        DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6 }
     }
 }
 
@@ -227,23 +227,33 @@ impl Descriptor {
         d
     }
 
-    /// Density coefficients → invariants.
+    /// Copies the order-l block of a `[n_channels][n_monomials]` matrix into a contiguous `[n_channels][n_l]`.
+    fn gather_l(&self, a: &[f64], l: usize, out: &mut Vec<f64>) {
+        let nm = self.n_monomials();
+        let ms = self.l_start[l]..self.l_start[l + 1];
+        out.clear();
+        for c in 0..self.n_channels() {
+            out.extend_from_slice(&a[c * nm + ms.start..c * nm + ms.end]);
+        }
+    }
+
+    /// Density coefficients → invariants: P_l = A_l A_lᵀ (upper triangle).
     fn contract(&self, a: &[f64], g: &mut [f64]) {
         let nc = self.n_channels();
         let nm = self.n_monomials();
         for c in 0..nc {
             g[c] = a[c * nm];
         }
+        let mut al = Vec::new();
+        let mut p = vec![0.0; nc * nc];
         let mut f = nc;
         for l in 0..=self.spec.l_max {
-            let ms = self.l_start[l]..self.l_start[l + 1];
+            let nl = self.l_start[l + 1] - self.l_start[l];
+            self.gather_l(a, l, &mut al);
+            crate::linalg::gemm(nc, nl, nc, &al, false, &al, true, 0.0, &mut p);
             for c in 0..nc {
-                let ac = &a[c * nm + ms.start..c * nm + ms.end];
-                for c2 in c..nc {
-                    let ac2 = &a[c2 * nm + ms.start..c2 * nm + ms.end];
-                    g[f] = ac.iter().zip(ac2).map(|(x, y)| x * y).sum();
-                    f += 1;
-                }
+                g[f..f + nc - c].copy_from_slice(&p[c * nc + c..(c + 1) * nc]);
+                f += nc - c;
             }
         }
     }
@@ -256,6 +266,9 @@ impl Descriptor {
         let nr = self.spec.n_radial;
         let mut out = Vec::with_capacity(d.pairs.len());
         let mut da = vec![0.0; nc * nm];
+        let mut wsym = vec![0.0; nc * nc];
+        let mut al = Vec::new();
+        let mut dal = vec![0.0; nc * nm];
         let mut rho = vec![0.0; nm];
         let mut drho = vec![0.0; nm];
         let mut p = 0;
@@ -266,20 +279,25 @@ impl Descriptor {
             for c in 0..nc {
                 da[c * nm] += g[c];
             }
+            // ∂P_l/∂A_l contracted with g: dA_l = W_l A_l, W_l symmetric with g on the off-diagonal, 2g on it.
             let mut f = nc;
             for l in 0..=self.spec.l_max {
                 let ms = self.l_start[l]..self.l_start[l + 1];
+                let nl = ms.len();
                 for c in 0..nc {
                     for c2 in c..nc {
                         let w = g[f];
                         f += 1;
-                        if w == 0.0 {
-                            continue;
-                        }
-                        for m in ms.clone() {
-                            da[c * nm + m] += w * a[c2 * nm + m];
-                            da[c2 * nm + m] += w * a[c * nm + m];
-                        }
+                        wsym[c * nc + c2] = w;
+                        wsym[c2 * nc + c] = w;
+                    }
+                    wsym[c * nc + c] *= 2.0;
+                }
+                self.gather_l(a, l, &mut al);
+                crate::linalg::gemm(nc, nc, nl, &wsym, false, &al, false, 0.0, &mut dal);
+                for c in 0..nc {
+                    for (k, m) in ms.clone().enumerate() {
+                        da[c * nm + m] += dal[c * nl + k];
                     }
                 }
             }
@@ -329,6 +347,7 @@ impl Descriptor {
         let nf = d.n_features;
         let mut out = vec![0.0; d.n_atoms * nf];
         let mut dda = vec![0.0; nc * nm];
+        let (mut al, mut dal, mut mm) = (Vec::new(), Vec::new(), vec![0.0; nc * nc]);
         let mut p = 0;
         for i in 0..d.n_atoms {
             dda.iter_mut().for_each(|x| *x = 0.0);
@@ -367,16 +386,16 @@ impl Descriptor {
             for c in 0..nc {
                 g[c] = dda[c * nm];
             }
+            // dP_l = dA_l A_lᵀ + A_l dA_lᵀ = M + Mᵀ
             let mut f = nc;
             for l in 0..=self.spec.l_max {
-                let ms = self.l_start[l]..self.l_start[l + 1];
+                let nl = self.l_start[l + 1] - self.l_start[l];
+                self.gather_l(a, l, &mut al);
+                self.gather_l(&dda, l, &mut dal);
+                crate::linalg::gemm(nc, nl, nc, &dal, false, &al, true, 0.0, &mut mm);
                 for c in 0..nc {
                     for c2 in c..nc {
-                        let mut v = 0.0;
-                        for m in ms.clone() {
-                            v += dda[c * nm + m] * a[c2 * nm + m] + a[c * nm + m] * dda[c2 * nm + m];
-                        }
-                        g[f] = v;
+                        g[f] = mm[c * nc + c2] + mm[c2 * nc + c];
                         f += 1;
                     }
                 }

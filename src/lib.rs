@@ -7,6 +7,7 @@ pub mod elements;
 pub mod error;
 pub mod frame;
 pub mod io;
+pub mod linalg;
 pub mod metrics;
 pub mod model;
 pub mod neighbors;

@@ -5,7 +5,7 @@
 //! tangent through the network followed by a reverse pass over both the values and the tangents
 //! (reverse-over-forward), written by hand because the descriptor has no parameters and this is all we need.
 
-use matrixmultiply::dgemm;
+use crate::linalg::gemm;
 
 /// Network weights: layer k maps `sizes[k]` → `sizes[k+1]`; parameters are stored as W₀ (row-major
 /// `[in][out]`), b₀, W₁, b₁, …
@@ -26,21 +26,6 @@ fn silu3(z: f64) -> (f64, f64, f64) {
     let d1 = s * (1.0 + z * (1.0 - s));
     let d2 = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s));
     (z * s, d1, d2)
-}
-
-/// C (m×n) = alpha·op(A)·op(B) + beta·C for row-major matrices; `ta`/`tb` transpose A (m×k stored as k×m).
-#[allow(clippy::too_many_arguments)]
-fn gemm(m: usize, k: usize, n: usize, a: &[f64], ta: bool, b: &[f64], tb: bool, beta: f64, c: &mut [f64]) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the slices hold at least m·k, k·n and m·n elements (checked by the callers' construction below).
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n);
-    unsafe {
-        dgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1);
-    }
 }
 
 impl Mlp {

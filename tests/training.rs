@@ -134,7 +134,7 @@ fn small_config(run_dir: &Path) -> Config {
     cfg.data.n_train = 100;
     cfg.data.n_valid = 40;
     cfg.data.n_test = 40;
-    cfg.descriptor.n_radial = 5;
+    cfg.descriptor.n_radial = 6;
     cfg.descriptor.l_max = 3;
     cfg.model.hidden = vec![32, 32];
     cfg.loss.energy_weight = 20.0;
@@ -176,8 +176,10 @@ fn energy_only_training_with_pitc_learns_correlated_forces() {
     cfg.data.train_forces_fraction = 0.0;
     cfg.loss.forces_weight = 0.0;
     cfg.loss.pitc_weight = 1.0;
-    cfg.loss.pisc_weight = 0.1;
+    cfg.loss.pitc_order = 2;
     cfg.loss.epsilon = 0.03;
+    cfg.data.n_train = 200;
+    cfg.training.max_epochs = 30;
     cfg.training.early_stopping_metric = "val_energy_rmse".into();
     let s = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let corr = s.valid.forces_correlation.unwrap();

@@ -59,6 +59,16 @@ enum Cmd {
         #[arg(long, default_value_t = 1e-4)]
         step: f64,
     },
+    /// Time energy + forces (+ virial) evaluations of a model on one structure (single thread).
+    Bench {
+        model: PathBuf,
+        structure: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Number of timed calls.
+        #[arg(long, default_value_t = 200)]
+        repeats: usize,
+    },
 }
 
 #[derive(clap::Args)]
@@ -141,6 +151,17 @@ fn run(cli: Cli) -> Result<()> {
             })?;
             let r = pilip::check::finite_difference(&ck.model, frame, step)?;
             println!("{r}");
+            Ok(())
+        }
+        Cmd::Bench { model, structure, index, repeats } => {
+            let ck = Checkpoint::load(&model)?;
+            let frames = extxyz::read_file(&structure, &ck.config.data.keys)
+                .or_else(|_| extxyz::read_file(&structure, &LabelKeys::default()))?;
+            let frame = frames.get(index).ok_or_else(|| {
+                Error::invalid(format!("--index {index}: {} has only {} structures", structure.display(), frames.len()))
+            })?;
+            let t = pilip::check::time_evaluation(&ck.model, frame, repeats.max(1))?;
+            println!("{t}");
             Ok(())
         }
     }
