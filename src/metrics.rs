@@ -20,6 +20,8 @@ pub struct Metrics {
     pub stress_rmse_mev_per_A3: Option<f64>,
     /// Pearson correlation of predicted and reference force components (how much force "shape" is learnt).
     pub forces_correlation: Option<f64>,
+    /// Force-component RMSE (meV/Å) per element symbol: where the error comes from.
+    pub forces_rmse_mev_per_A_by_element: std::collections::BTreeMap<String, f64>,
 }
 
 #[derive(Default)]
@@ -50,15 +52,17 @@ pub fn predict_all(model: &Model, frames: &[Frame]) -> crate::error::Result<Vec<
 pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {
     let (mut ea, mut es, mut fa, mut sa) = (Acc::default(), Acc::default(), Acc::default(), Acc::default());
     let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+    let mut by_element: std::collections::BTreeMap<u32, Acc> = Default::default();
     for (f, p) in frames.iter().zip(preds) {
         if let Some(e) = f.energy {
             ea.add((p.energy - e) / f.len() as f64);
             es.add(p.energy - e);
         }
         if let Some(fr) = &f.forces {
-            for (a, b) in fr.iter().zip(&p.forces) {
+            for ((a, b), z) in fr.iter().zip(&p.forces).zip(&f.numbers) {
                 for k in 0..3 {
                     fa.add(b[k] - a[k]);
+                    by_element.entry(*z).or_default().add(b[k] - a[k]);
                     sx += a[k];
                     sy += b[k];
                     sxx += a[k] * a[k];
@@ -93,6 +97,10 @@ pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {
         stress_mae_mev_per_A3: sa.mae(),
         stress_rmse_mev_per_A3: sa.rmse(),
         forces_correlation: corr,
+        forces_rmse_mev_per_A_by_element: by_element
+            .iter()
+            .filter_map(|(z, acc)| Some((crate::elements::symbol(*z)?.to_string(), acc.rmse()?)))
+            .collect(),
     }
 }
 
