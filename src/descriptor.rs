@@ -33,15 +33,11 @@ pub struct DescriptorSpec {
     pub l_max: usize,
     /// Gaussian width in units of the spacing between centres.
     pub radial_width: f64,
-    /// Fine two-body radial functions per neighbour element (0 = none): cheap, linear features that resolve
-    /// bond lengths much better than the coarse basis of the three-body part.
-    #[serde(default)]
-    pub n_pair_radial: usize,
 }
 
 impl Default for DescriptorSpec {
     fn default() -> Self {
-        DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6, n_pair_radial: 24 }
+        DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6 }
     }
 }
 
@@ -58,9 +54,6 @@ impl DescriptorSpec {
         }
         if self.l_max > 8 {
             return Err(format!("descriptor.l_max must be in 0..=8, got {}", self.l_max));
-        }
-        if self.n_pair_radial == 1 || self.n_pair_radial > 128 {
-            return Err(format!("descriptor.n_pair_radial must be 0 or in 2..=128, got {}", self.n_pair_radial));
         }
         if !(self.radial_width > 0.0) {
             return Err(format!("descriptor.radial_width must be > 0, got {}", self.radial_width));
@@ -86,8 +79,6 @@ pub struct Descriptor {
     l_start: Vec<usize>,
     centers: Vec<f64>,
     inv_two_sigma2: f64,
-    pair_centers: Vec<f64>,
-    pair_inv_two_sigma2: f64,
 }
 
 /// Per-neighbour values that the derivatives reuse.
@@ -110,8 +101,6 @@ pub struct Descriptors {
     /// Per pair: radial values and derivatives `[n_radial]` each, then Y and ∇Y.
     radial: Vec<f64>,
     d_radial: Vec<f64>,
-    pair_radial: Vec<f64>,
-    d_pair_radial: Vec<f64>,
     ang: Vec<f64>,
     d_ang: Vec<f64>,
     pub neighbors: NeighborList,
@@ -137,10 +126,6 @@ impl Descriptor {
         let step = (spec.cutoff - spec.r_min) / (n - 1) as f64;
         let centers = (0..n).map(|k| spec.r_min + k as f64 * step).collect();
         let sigma = spec.radial_width * step;
-        let np = spec.n_pair_radial;
-        let pair_step = (spec.cutoff - spec.r_min) / (np.max(2) - 1) as f64;
-        let pair_centers = (0..np).map(|k| spec.r_min + k as f64 * pair_step).collect();
-        let pair_sigma = spec.radial_width * pair_step;
         Descriptor {
             spec: spec.clone(),
             n_species,
@@ -148,8 +133,6 @@ impl Descriptor {
             l_start,
             centers,
             inv_two_sigma2: 1.0 / (2.0 * sigma * sigma),
-            pair_centers,
-            pair_inv_two_sigma2: 1.0 / (2.0 * pair_sigma * pair_sigma),
         }
     }
 
@@ -160,24 +143,19 @@ impl Descriptor {
         self.monomials.len()
     }
     pub fn n_features(&self) -> usize {
-        self.pair_offset() + self.n_species * self.spec.n_pair_radial
-    }
-    /// Index of the first fine two-body feature (after the power spectrum).
-    fn pair_offset(&self) -> usize {
         let c = self.n_channels();
         c + (self.spec.l_max + 1) * c * (c + 1) / 2
     }
 
-    /// Gaussians times the cutoff function, and their derivatives.
-    fn gaussians(&self, centers: &[f64], inv_two_sigma2: f64, r: f64, out: &mut [f64], dout: &mut [f64]) {
+    fn radial(&self, r: f64, out: &mut [f64], dout: &mut [f64]) {
         let rc = self.spec.cutoff;
         let x = r / rc;
         let s = 1.0 - x * x;
         let (fc, dfc) = if x < 1.0 { (s * s * s, -6.0 * x * s * s / rc) } else { (0.0, 0.0) };
-        for (k, mu) in centers.iter().enumerate() {
+        for (k, mu) in self.centers.iter().enumerate() {
             let d = r - mu;
-            let g = (-d * d * inv_two_sigma2).exp();
-            let dg = -2.0 * d * inv_two_sigma2 * g;
+            let g = (-d * d * self.inv_two_sigma2).exp();
+            let dg = -2.0 * d * self.inv_two_sigma2 * g;
             out[k] = g * fc;
             dout[k] = dg * fc + g * dfc;
         }
@@ -209,9 +187,6 @@ impl Descriptor {
         let nm = self.n_monomials();
         let nc = self.n_channels();
         let np = neighbors.n_pairs();
-        let n2 = self.spec.n_pair_radial;
-        let nf = self.n_features();
-        let off2 = self.pair_offset();
         let mut d = Descriptors {
             n_atoms: n,
             n_features: self.n_features(),
@@ -220,8 +195,6 @@ impl Descriptor {
             pairs: Vec::with_capacity(np),
             radial: vec![0.0; np * nr],
             d_radial: vec![0.0; np * nr],
-            pair_radial: vec![0.0; np * n2],
-            d_pair_radial: vec![0.0; np * n2],
             ang: vec![0.0; np * nm],
             d_ang: vec![0.0; np * nm * 3],
             species_of_neighbor: Vec::with_capacity(np),
@@ -234,15 +207,7 @@ impl Descriptor {
                 let r = crate::frame::norm(&nb.r);
                 let u = [nb.r[0] / r, nb.r[1] / r, nb.r[2] / r];
                 let s = species[nb.j];
-                self.gaussians(&self.centers, self.inv_two_sigma2, r, &mut d.radial[p * nr..(p + 1) * nr], &mut d.d_radial[p * nr..(p + 1) * nr]);
-                if n2 > 0 {
-                    let (pr, dpr) = (&mut d.pair_radial[p * n2..(p + 1) * n2], &mut d.d_pair_radial[p * n2..(p + 1) * n2]);
-                    self.gaussians(&self.pair_centers, self.pair_inv_two_sigma2, r, pr, dpr);
-                    let g2 = &mut d.features[i * nf + off2 + s * n2..i * nf + off2 + (s + 1) * n2];
-                    for (gk, rk) in g2.iter_mut().zip(pr.iter()) {
-                        *gk += rk;
-                    }
-                }
+                self.radial(r, &mut d.radial[p * nr..(p + 1) * nr], &mut d.d_radial[p * nr..(p + 1) * nr]);
                 self.angular(&u, &mut d.ang[p * nm..(p + 1) * nm], &mut d.d_ang[p * nm * 3..(p + 1) * nm * 3]);
                 let rad = &d.radial[p * nr..(p + 1) * nr];
                 let y = &d.ang[p * nm..(p + 1) * nm];
@@ -300,7 +265,6 @@ impl Descriptor {
         let nm = self.n_monomials();
         let nr = self.spec.n_radial;
         let mut out = Vec::with_capacity(d.pairs.len());
-        let (n2, off2) = (self.spec.n_pair_radial, self.pair_offset());
         let mut da = vec![0.0; nc * nm];
         let mut wsym = vec![0.0; nc * nc];
         let mut al = Vec::new();
@@ -353,11 +317,6 @@ impl Descriptor {
                 let y = &d.ang[p * nm..(p + 1) * nm];
                 let dy = &d.d_ang[p * nm * 3..(p + 1) * nm * 3];
                 let mut radial_part = 0.0;
-                if n2 > 0 {
-                    let g2 = &g[off2 + s * n2..off2 + (s + 1) * n2];
-                    let dpr = &d.d_pair_radial[p * n2..(p + 1) * n2];
-                    radial_part += g2.iter().zip(dpr).map(|(a, b)| a * b).sum::<f64>();
-                }
                 let mut gu = [0.0; 3];
                 for m in 0..nm {
                     radial_part += drho[m] * y[m];
@@ -387,7 +346,6 @@ impl Descriptor {
         let nr = self.spec.n_radial;
         let nf = d.n_features;
         let mut out = vec![0.0; d.n_atoms * nf];
-        let (n2, off2) = (self.spec.n_pair_radial, self.pair_offset());
         let mut dda = vec![0.0; nc * nm];
         let (mut al, mut dal, mut mm) = (Vec::new(), Vec::new(), vec![0.0; nc * nc]);
         let mut p = 0;
@@ -409,13 +367,6 @@ impl Descriptor {
                 let tr = u[0] * t[0] + u[1] * t[1] + u[2] * t[2];
                 let tp = [(t[0] - u[0] * tr) / r, (t[1] - u[1] * tr) / r, (t[2] - u[2] * tr) / r];
                 let s = d.species_of_neighbor[p];
-                if n2 > 0 {
-                    let dpr = &d.d_pair_radial[p * n2..(p + 1) * n2];
-                    let o2 = &mut out[i * nf + off2 + s * n2..i * nf + off2 + (s + 1) * n2];
-                    for (o, dr) in o2.iter_mut().zip(dpr) {
-                        *o += dr * tr;
-                    }
-                }
                 let rad = &d.radial[p * nr..(p + 1) * nr];
                 let drad = &d.d_radial[p * nr..(p + 1) * nr];
                 let y = &d.ang[p * nm..(p + 1) * nm];
@@ -459,7 +410,7 @@ mod tests {
     use super::*;
 
     fn setup() -> (Descriptor, Vec<Vec3>, Vec<usize>) {
-        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial: 4, l_max: 3, radial_width: 1.0, n_pair_radial: 7 };
+        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial: 4, l_max: 3, radial_width: 1.0 };
         let pos = vec![[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.4, 1.3, 0.5], [0.3, -0.6, 1.4], [1.5, 1.2, 1.0]];
         (Descriptor::new(&spec, 2), pos, vec![0, 1, 1, 0, 1])
     }

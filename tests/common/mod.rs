@@ -8,7 +8,7 @@ use pilip::model::Model;
 use pilip::rng::Rng;
 
 pub fn spec(cutoff: f64) -> DescriptorSpec {
-    DescriptorSpec { cutoff, r_min: 0.8, n_radial: 4, l_max: 3, radial_width: 1.0, n_pair_radial: 6 }
+    DescriptorSpec { cutoff, r_min: 0.8, n_radial: 4, l_max: 3, radial_width: 1.0 }
 }
 
 /// A model for the given species, with fitted feature statistics on `frames` and perturbed biases.
