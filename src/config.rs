@@ -71,7 +71,7 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { hidden: vec![64, 64], energy_scale: 0.0, feature_std_floor: 0.3 }
+        ModelConfig { hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3 }
     }
 }
 

@@ -139,13 +139,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::CheckForces { model, structure, index, step } => {
             let ck = Checkpoint::load(&model)?;
-            let frames = extxyz::read_file(&structure, &ck.config.data.keys).or_else(|_| {
-                extxyz::parse(
-                    &std::fs::read_to_string(&structure).map_err(|e| Error::io(&structure, e))?,
-                    &structure.display().to_string(),
-                    &LabelKeys::default(),
-                )
-            })?;
+            let frames = extxyz::read_structures(&structure)?;
             let frame = frames.get(index).ok_or_else(|| {
                 Error::invalid(format!("--index {index}: {} has only {} structures", structure.display(), frames.len()))
             })?;
@@ -155,8 +149,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Bench { model, structure, index, repeats } => {
             let ck = Checkpoint::load(&model)?;
-            let frames = extxyz::read_file(&structure, &ck.config.data.keys)
-                .or_else(|_| extxyz::read_file(&structure, &LabelKeys::default()))?;
+            let frames = extxyz::read_structures(&structure)?;
             let frame = frames.get(index).ok_or_else(|| {
                 Error::invalid(format!("--index {index}: {} has only {} structures", structure.display(), frames.len()))
             })?;

@@ -34,6 +34,13 @@ pub fn read_file(path: &Path, keys: &LabelKeys) -> Result<Vec<Frame>> {
     Ok(frames)
 }
 
+/// Reads structures without requiring any label (for force checks and timing); labels under the default
+/// keys are kept if present.
+pub fn read_structures(path: &Path) -> Result<Vec<Frame>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    parse(&text, &path.display().to_string(), &LabelKeys::default())
+}
+
 /// A configured label key that appears in no frame is almost always a typo (`energy` vs `REF_energy`):
 /// say so and list the keys that do appear. Only the energy key is required to exist somewhere.
 fn check_keys_used(frames: &[Frame], text: &str, file: &str, keys: &LabelKeys) -> Result<()> {
