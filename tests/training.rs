@@ -40,8 +40,14 @@ fn labelled_cells() -> Vec<Frame> {
 }
 
 fn check_term(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32) {
+    check_term_with(term, frames, species, cutoff, order, "mse");
+}
+
+fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32, energy_loss: &str) {
     let model = random_model(species, cutoff, frames, 17);
     let mut cfg = Config::default();
+    cfg.loss.energy_loss = energy_loss.into();
+    cfg.loss.huber_delta = 0.05;
     cfg.loss.energy_weight = 0.0;
     cfg.loss.forces_weight = 0.0;
     cfg.loss.pitc_order = order;
@@ -96,6 +102,7 @@ fn every_loss_term_has_the_right_parameter_gradient() {
         check_term(term, &mols, vec![1, 6, 8], 4.0, 1);
     }
     check_term("pitc", &mols, vec![1, 6, 8], 4.0, 2);
+    check_term_with("energy", &mols, vec![1, 6, 8], 4.0, 1, "huber");
     let cells = labelled_cells();
     for term in ["stress", "forces", "pitc", "pisc"] {
         check_term(term, &cells, vec![13, 29], 4.5, 1);
@@ -227,4 +234,31 @@ fn resume_reproduces_the_uninterrupted_run() {
     let (a, b) = (strip(&da), strip(&db));
     assert_eq!(a.len(), 4);
     assert_eq!(a, b);
+}
+
+#[test]
+fn training_is_deterministic_for_any_thread_count() {
+    let read = |dir: &Path| -> Vec<serde_json::Value> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+                v.as_object_mut().unwrap().remove("time_s");
+                v
+            })
+            .collect()
+    };
+    let mut runs = Vec::new();
+    for threads in [1, 2] {
+        let dir = tmpdir(&format!("threads{threads}"));
+        let mut cfg = small_config(&dir);
+        cfg.training.max_epochs = 2;
+        cfg.training.threads = threads;
+        cfg.loss.pitc_weight = 0.5;
+        pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+        runs.push(read(&dir));
+    }
+    assert_eq!(runs[0].len(), 2);
+    assert_eq!(runs[0], runs[1]);
 }
