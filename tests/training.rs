@@ -153,6 +153,19 @@ fn small_config(run_dir: &Path) -> Config {
     cfg
 }
 
+/// The lines of `metrics.jsonl` without the wall-clock field, for exact comparisons between runs.
+fn metrics_without_timing(dir: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
+            v.as_object_mut().unwrap().remove("time_s");
+            v
+        })
+        .collect()
+}
+
 fn tmpdir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("pilip_test_{}_{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -195,17 +208,6 @@ fn energy_only_training_with_pitc_learns_correlated_forces() {
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
-    let strip = |dir: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("time_s");
-                v
-            })
-            .collect()
-    };
     let (da, db) = (tmpdir("resume_a"), tmpdir("resume_b"));
     let mut ca = small_config(&da);
     ca.training.max_epochs = 4;
@@ -231,24 +233,13 @@ fn resume_reproduces_the_uninterrupted_run() {
     assert!(e.contains("loss.pitc_weight"), "{e}");
     let second = pilip::train::train(&cb, &TrainOptions { quiet: true, resume: Some(last), ..Default::default() }).unwrap();
     assert!(second.finished);
-    let (a, b) = (strip(&da), strip(&db));
+    let (a, b) = (metrics_without_timing(&da), metrics_without_timing(&db));
     assert_eq!(a.len(), 4);
     assert_eq!(a, b);
 }
 
 #[test]
 fn training_is_deterministic_for_any_thread_count() {
-    let read = |dir: &Path| -> Vec<serde_json::Value> {
-        std::fs::read_to_string(dir.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .map(|l| {
-                let mut v: serde_json::Value = serde_json::from_str(l).unwrap();
-                v.as_object_mut().unwrap().remove("time_s");
-                v
-            })
-            .collect()
-    };
     let mut runs = Vec::new();
     for threads in [1, 2] {
         let dir = tmpdir(&format!("threads{threads}"));
@@ -257,7 +248,7 @@ fn training_is_deterministic_for_any_thread_count() {
         cfg.training.threads = threads;
         cfg.loss.pitc_weight = 0.5;
         pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
-        runs.push(read(&dir));
+        runs.push(metrics_without_timing(&dir));
     }
     assert_eq!(runs[0].len(), 2);
     assert_eq!(runs[0], runs[1]);

@@ -92,6 +92,16 @@ impl KeyArgs {
     }
 }
 
+/// Frame `index` of a structure file (labels not required).
+fn structure_at(path: &std::path::Path, index: usize) -> Result<pilip::frame::Frame> {
+    let mut frames = extxyz::read_structures(path)?;
+    let n = frames.len();
+    if index >= n {
+        return Err(Error::invalid(format!("--index {index}: {} has only {n} structures", path.display())));
+    }
+    Ok(frames.swap_remove(index))
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -139,21 +149,15 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::CheckForces { model, structure, index, step } => {
             let ck = Checkpoint::load(&model)?;
-            let frames = extxyz::read_structures(&structure)?;
-            let frame = frames.get(index).ok_or_else(|| {
-                Error::invalid(format!("--index {index}: {} has only {} structures", structure.display(), frames.len()))
-            })?;
-            let r = pilip::check::finite_difference(&ck.model, frame, step)?;
+            let frame = structure_at(&structure, index)?;
+            let r = pilip::check::finite_difference(&ck.model, &frame, step)?;
             println!("{r}");
             Ok(())
         }
         Cmd::Bench { model, structure, index, repeats } => {
             let ck = Checkpoint::load(&model)?;
-            let frames = extxyz::read_structures(&structure)?;
-            let frame = frames.get(index).ok_or_else(|| {
-                Error::invalid(format!("--index {index}: {} has only {} structures", structure.display(), frames.len()))
-            })?;
-            let t = pilip::check::time_evaluation(&ck.model, frame, repeats.max(1))?;
+            let frame = structure_at(&structure, index)?;
+            let t = pilip::check::time_evaluation(&ck.model, &frame, repeats.max(1))?;
             println!("{t}");
             Ok(())
         }
