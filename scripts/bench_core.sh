@@ -25,9 +25,11 @@ train() { # name, then --set overrides
 }
 : > "$OUT/times.txt"
 train asp200_ef       --set data.n_train=200
+train asp200_ef_rand  --set data.n_train=200 --set data.split=\"random\"
 train asp700_ef       --set data.n_train=700
 train asp200_e        --set data.n_train=200 --set data.train_forces_fraction=0.0 --set loss.forces_weight=0.0 --set training.early_stopping_metric=\"val_energy_rmse\"
 train asp200_e_piwsl  --set data.n_train=200 --set data.train_forces_fraction=0.0 --set loss.forces_weight=0.0 --set training.early_stopping_metric=\"val_energy_rmse\" --set loss.pitc_weight=1.0 --set loss.pisc_weight=0.1
+train asp200_e_pitc2   --set data.n_train=200 --set data.train_forces_fraction=0.0 --set loss.forces_weight=0.0 --set training.early_stopping_metric=\"val_energy_rmse\" --set loss.pitc_weight=1.0 --set loss.pitc_order=2
 train asp200_ef_piwsl --set data.n_train=200 --set loss.pitc_weight=1.0 --set loss.pisc_weight=0.1
 
 python3 - "$OUT" <<'PY'
@@ -47,6 +49,7 @@ for name in times:
     print(f"{name:<18}{ntr:>6}{len(ms):>7}{f('energy_mae_mev_per_atom')}{f('energy_rmse_mev_per_atom')}"
           f"{f('forces_mae_mev_per_A')}{f('forces_rmse_mev_per_A')}{float(times[name]):9.0f}{ntr*len(ms)/train_s:10.0f}")
 print("test split: the last 200 structures of aspirin_gfn2_500K.extxyz; train = first n_train, valid = next 100; seed 1")
+print("(asp200_ef_rand: random split with split_seed 1, 200 train / 100 valid / 200 test)")
 PY
 
 # Evaluation speed: aspirin (21 atoms) and a 108-atom Cu cell, one thread.
