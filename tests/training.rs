@@ -8,35 +8,31 @@ use pilip::train::loss::{Weights, TERMS};
 use pilip::train::{batch_loss_and_grad, TrainOptions};
 use std::path::{Path, PathBuf};
 
-/// Two molecules of different sizes with synthetic labels.
-fn labelled_molecules() -> Vec<Frame> {
-    let mut rng = Rng::new(21);
-    let big = molecule();
-    let mut small = molecule();
-    small.positions.truncate(5);
-    small.numbers.truncate(5);
-    let mut out = vec![big, small];
+/// A structure and a copy truncated to `n_small` atoms (a batch of two sizes), with random energy and force
+/// labels, and stress labels when `with_stress`.
+fn labelled_pair(full: Frame, n_small: usize, with_stress: bool, seed: u64) -> Vec<Frame> {
+    let mut rng = Rng::new(seed);
+    let mut small = full.clone();
+    small.positions.truncate(n_small);
+    small.numbers.truncate(n_small);
+    let mut out = vec![full, small];
     for f in out.iter_mut() {
         f.energy = Some(-3.0 * f.len() as f64 + rng.normal());
         f.forces = Some((0..f.len()).map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect());
+        if with_stress {
+            let s = [0; 6].map(|_| 0.05 * rng.normal());
+            f.stress = Some(pilip::io::extxyz::voigt_to_matrix(&s));
+        }
     }
     out
 }
 
+fn labelled_molecules() -> Vec<Frame> {
+    labelled_pair(molecule(), 5, false, 21)
+}
+
 fn labelled_cells() -> Vec<Frame> {
-    let mut rng = Rng::new(22);
-    let a = triclinic_cell();
-    let mut b = triclinic_cell();
-    b.positions.truncate(4);
-    b.numbers.truncate(4);
-    let mut out = vec![a, b];
-    for f in out.iter_mut() {
-        f.energy = Some(-3.0 * f.len() as f64 + rng.normal());
-        f.forces = Some((0..f.len()).map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect());
-        let s = [rng.normal(), rng.normal(), rng.normal(), rng.normal(), rng.normal(), rng.normal()];
-        f.stress = Some(pilip::io::extxyz::voigt_to_matrix(&s.map(|x| 0.05 * x)));
-    }
-    out
+    labelled_pair(triclinic_cell(), 4, true, 22)
 }
 
 fn check_term(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32) {
