@@ -44,13 +44,12 @@ pub fn load(cfg: &DataConfig) -> Result<Splits> {
         )));
     }
     let mut order: Vec<usize> = (0..n).collect();
-    let (train_idx, valid_idx, test_idx) = if cfg.split == "random" {
+    // "contiguous" keeps file order: train first, validation right after, test at the end (a later block).
+    if cfg.split == "random" {
         Rng::new(cfg.split_seed).shuffle(&mut order);
-        (order[..n_train].to_vec(), order[n_train..n_train + n_valid].to_vec(), order[n - n_test..].to_vec())
-    } else {
-        // contiguous blocks: train first, validation right after, test at the end of the file (a later block)
-        (order[..n_train].to_vec(), order[n_train..n_train + n_valid].to_vec(), order[n - n_test..].to_vec())
-    };
+    }
+    let (train_idx, valid_idx, test_idx) =
+        (order[..n_train].to_vec(), order[n_train..n_train + n_valid].to_vec(), order[n - n_test..].to_vec());
     let pick = |idx: &[usize]| idx.iter().map(|&i| all[i].clone()).collect::<Vec<_>>();
     let mut s = Splits {
         train: pick(&train_idx),

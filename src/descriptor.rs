@@ -423,7 +423,6 @@ mod tests {
     fn angular_weights_give_powers_of_cosine() {
         let (d, _, _) = setup();
         let u = [0.6, 0.0, 0.8];
-        let v = [0.0, 1.0, 0.0f64];
         let w = [0.48, 0.6, 0.64f64];
         let nm = d.n_monomials();
         let (mut yu, mut yw, mut dy) = (vec![0.0; nm], vec![0.0; nm], vec![0.0; 3 * nm]);
@@ -434,7 +433,6 @@ mod tests {
             let s: f64 = (d.l_start[l]..d.l_start[l + 1]).map(|m| yu[m] * yw[m]).sum();
             assert!((s - cos.powi(l as i32)).abs() < 1e-12);
         }
-        let _ = v;
     }
 
     #[test]

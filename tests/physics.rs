@@ -1,7 +1,7 @@
 //! Physics battery for the model: finite-difference forces and stress, invariances, smoothness at the cutoff.
 mod common;
 use common::*;
-use pilip::frame::{Frame, Mat3};
+use pilip::frame::Frame;
 
 fn energy(m: &pilip::model::Model, f: &Frame) -> f64 {
     m.predict_frame(f).unwrap().energy
@@ -51,19 +51,7 @@ fn forces_and_stress_match_finite_differences_on_a_small_triclinic_cell() {
     let s = p.stress.unwrap();
     let v = f.volume().unwrap();
     let h = 1e-6;
-    let strained = |a: usize, b: usize, t: f64| -> Frame {
-        let mut e: Mat3 = [[0.0; 3]; 3];
-        for k in 0..3 {
-            e[k][k] = 1.0;
-        }
-        e[a][b] += t / 2.0;
-        e[b][a] += t / 2.0;
-        let mut g = f.clone();
-        g.positions = f.positions.iter().map(|x| apply(&e, x)).collect();
-        let c = f.cell.unwrap();
-        g.cell = Some([apply(&e, &c[0]), apply(&e, &c[1]), apply(&e, &c[2])]);
-        g
-    };
+    let strained = |a: usize, b: usize, t: f64| pilip::check::strained(&f, a, b, t);
     let smax = s.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
     assert!(smax > 1e-3, "stress too small to test: {smax}");
     for a in 0..3 {
