@@ -138,3 +138,68 @@ pub fn time_evaluation(model: &Model, frame: &Frame, repeats: usize) -> Result<T
     }
     Ok(Timing { n_atoms: frame.len(), n_pairs, repeats, total: median(full), environments: median(envs) })
 }
+
+/// The periodic `frame` repeated n×n×n times (labels dropped).
+pub fn supercell(frame: &Frame, n: usize) -> Result<Frame> {
+    let cell = match (frame.cell, frame.is_fully_periodic()) {
+        (Some(c), true) => c,
+        _ => return Err(crate::error::Error::invalid("--supercell needs a fully periodic structure")),
+    };
+    let mut out = Frame { cell: Some(cell.map(|row| row.map(|x| x * n as f64))), pbc: [true; 3], ..Default::default() };
+    for a in 0..n {
+        for b in 0..n {
+            for c in 0..n {
+                let shift: crate::frame::Vec3 = std::array::from_fn(|k| a as f64 * cell[0][k] + b as f64 * cell[1][k] + c as f64 * cell[2][k]);
+                for (p, &z) in frame.positions.iter().zip(&frame.numbers) {
+                    out.positions.push(std::array::from_fn(|k| p[k] + shift[k]));
+                    out.numbers.push(z);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Median seconds per call of `f` over `repeats` calls (after one warm-up call).
+fn median_time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+    f()?;
+    let mut t = Vec::with_capacity(repeats);
+    for _ in 0..repeats {
+        let t0 = std::time::Instant::now();
+        f()?;
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    t.sort_by(|a, b| a.total_cmp(b));
+    Ok(t[t.len() / 2])
+}
+
+/// One line per engine: median time of a whole-system energy + forces + virial call on one thread, for the
+/// training-time model and the exported model in every engine this build has (ort needs ORT_DYLIB_PATH).
+pub fn bench_runtime(model: &Model, frame: &Frame, repeats: usize) -> Result<Vec<String>> {
+    use crate::onnx::{export::to_onnx, metadata::Dtype};
+    use crate::runtime::{EngineKind, Potential, RuntimeOptions};
+    use prost::Message;
+    let n = frame.len() as f64;
+    let line = |name: &str, secs: f64| format!("{name:<28} {:>10.1} µs/call {:>9.3} µs/atom", 1e6 * secs, 1e6 * secs / n);
+    let mut lines = vec![format!("{} atoms, {repeats} calls per engine, one thread, median", frame.len())];
+    let t = median_time(repeats, || model.predict_frame(frame).map(|p| drop(std::hint::black_box(p))))?;
+    lines.push(line("training-time model (f64)", t));
+    let mut engines = vec![(EngineKind::Tract, "tract")];
+    if cfg!(feature = "ort") {
+        if std::env::var_os("ORT_DYLIB_PATH").is_some() {
+            engines.push((EngineKind::Ort, "ort"));
+        } else {
+            lines.push("ort: skipped (set ORT_DYLIB_PATH to libonnxruntime.so)".into());
+        }
+    }
+    for (kind, name) in engines {
+        for dtype in [Dtype::F32, Dtype::F64] {
+            let bytes = to_onnx(model, dtype)?.encode_to_vec();
+            let opts = RuntimeOptions { engine: kind, ..Default::default() };
+            let pot = Potential::from_bytes(&bytes, "benchmark model", &opts)?;
+            let t = median_time(repeats, || pot.compute_frame(frame).map(|p| drop(std::hint::black_box(p))))?;
+            lines.push(line(&format!("{name} {}", dtype.name()), t));
+        }
+    }
+    Ok(lines)
+}

@@ -180,9 +180,10 @@ impl Descriptor {
         }
     }
 
-    /// Computes descriptors of all atoms. `species[i]` is the species index (0..n_species) of atom i.
+    /// Computes descriptors of the centre atoms of `neighbors`. `species[j]` is the species index (0..n_species)
+    /// of atom j; it covers every neighbour index (an MD engine's ghost atoms too).
     pub fn compute(&self, species: &[usize], neighbors: NeighborList) -> Descriptors {
-        let n = species.len();
+        let n = neighbors.n_atoms();
         let nr = self.spec.n_radial;
         let nm = self.n_monomials();
         let nc = self.n_channels();

@@ -46,7 +46,15 @@ impl Acc {
 
 /// Predictions for all frames (parallel over structures).
 pub fn predict_all(model: &Model, frames: &[Frame]) -> crate::error::Result<Vec<Prediction>> {
-    frames.par_iter().map(|f| model.predict_frame(f)).collect()
+    predict_all_with(frames, |f| model.predict_frame(f))
+}
+
+/// Predictions of any predictor (e.g. an exported model through the runtime) for all frames, in parallel.
+pub fn predict_all_with(
+    frames: &[Frame],
+    predict: impl Fn(&Frame) -> crate::error::Result<Prediction> + Sync + Send,
+) -> crate::error::Result<Vec<Prediction>> {
+    frames.par_iter().map(predict).collect()
 }
 
 pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {

@@ -161,29 +161,8 @@ impl Model {
         let pair_grads = self.descriptor().vjp(d, &de_dg);
         let mut forces = vec![[0.0; 3]; n];
         let mut virial = [[0.0; 3]; 3];
-        let mut p = 0;
-        for i in 0..n {
-            for nb in d.neighbors.of(i) {
-                let g = pair_grads[p];
-                for a in 0..3 {
-                    forces[nb.j][a] -= g[a];
-                    forces[i][a] += g[a];
-                    for b in 0..3 {
-                        virial[a][b] -= nb.r[a] * g[b];
-                    }
-                }
-                p += 1;
-            }
-        }
-        let stress = env.volume.map(|v| {
-            let mut s = [[0.0; 3]; 3];
-            for a in 0..3 {
-                for b in 0..3 {
-                    s[a][b] = -virial[a][b] / v;
-                }
-            }
-            s
-        });
+        crate::forces::accumulate(&d.neighbors, None, &pair_grads, Some(&mut forces), &mut virial, None);
+        let stress = env.volume.map(|v| stress_from_virial(&virial, v));
         Prediction { energy: atomic.iter().sum(), atomic_energies: atomic, forces, virial, stress }
     }
 
@@ -323,6 +302,17 @@ impl Model {
             }
         }
     }
+}
+
+/// Stress (eV/Å³) of a periodic cell of volume `v` from its virial: σ = −W / V.
+pub fn stress_from_virial(virial: &Mat3, v: f64) -> Mat3 {
+    let mut s = [[0.0; 3]; 3];
+    for a in 0..3 {
+        for b in 0..3 {
+            s[a][b] = -virial[a][b] / v;
+        }
+    }
+    s
 }
 
 /// Solves A x = b for a small symmetric positive-definite A (Cholesky).

@@ -35,6 +35,12 @@ impl NeighborList {
         self.neighbors.len()
     }
 
+    /// A list given by the caller (an MD engine's): `offsets[c]..offsets[c+1]` are centre c's neighbours.
+    pub fn from_parts(cutoff: f64, offsets: Vec<usize>, neighbors: Vec<Neighbor>) -> Self {
+        debug_assert!(offsets.first() == Some(&0) && offsets.last() == Some(&neighbors.len()));
+        NeighborList { cutoff, offsets, neighbors }
+    }
+
     pub fn for_frame(frame: &Frame, cutoff: f64) -> Result<Self> {
         Self::build(&frame.positions, frame.cell.as_ref(), frame.pbc, cutoff)
     }

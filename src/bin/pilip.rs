@@ -1,9 +1,11 @@
-//! The `pilip` command line: train, eval, check-forces.
+//! The `pilip` command line: train, eval, export, info, check-forces, bench, bench-runtime.
 
 use clap::{Parser, Subcommand};
 use pilip::config::Config;
 use pilip::error::{Error, Result};
 use pilip::io::extxyz::{self, LabelKeys};
+use pilip::onnx::metadata::Dtype;
+use pilip::runtime::{Potential, RuntimeOptions};
 use pilip::train::checkpoint::Checkpoint;
 use std::path::PathBuf;
 
@@ -35,7 +37,7 @@ enum Cmd {
     },
     /// Errors of a model against the labels of a data set.
     Eval {
-        /// A checkpoint (RUN_DIR/checkpoints/best.ckpt).
+        /// A checkpoint (RUN_DIR/checkpoints/best.ckpt) or an exported model (.onnx).
         model: PathBuf,
         /// Extended XYZ file with reference labels.
         data: PathBuf,
@@ -58,6 +60,41 @@ enum Cmd {
         /// Finite-difference step, Å (and strain).
         #[arg(long, default_value_t = 1e-4)]
         step: f64,
+    },
+    /// Write a trained model as one self-describing ONNX file (checked through the runtime before it is written).
+    Export {
+        /// A checkpoint (RUN_DIR/checkpoints/best.ckpt).
+        checkpoint: PathBuf,
+        /// Output ONNX file.
+        #[arg(short, long)]
+        output: PathBuf,
+        /// Floating-point type of the network in the graph (descriptors and chain rule stay f64).
+        #[arg(long, default_value = "f32", value_parser = ["f32", "f64"])]
+        dtype: String,
+        /// Structures to verify the export on (default: the validation split of the training data, if readable).
+        #[arg(long, value_name = "EXTXYZ")]
+        verify_data: Option<PathBuf>,
+    },
+    /// Print the metadata of an exported ONNX model.
+    Info {
+        model: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Time the runtime engines (tract, ort if built, training-time Rust model) on one structure.
+    BenchRuntime {
+        /// A checkpoint; it is exported in memory (f32 and f64) for the ONNX engines.
+        checkpoint: PathBuf,
+        structure: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// Repeat the structure n×n×n times (periodic structures only).
+        #[arg(long, default_value_t = 1)]
+        supercell: usize,
+        /// Number of timed calls per engine.
+        #[arg(long, default_value_t = 50)]
+        repeats: usize,
     },
     /// Time energy + forces (+ virial) evaluations of a model on one structure (single thread).
     Bench {
@@ -102,6 +139,10 @@ fn structure_at(path: &std::path::Path, index: usize) -> Result<pilip::frame::Fr
     Ok(frames.swap_remove(index))
 }
 
+fn is_onnx(path: &std::path::Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(cli) {
@@ -128,10 +169,16 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::Eval { model, data, json, plot, keys } => {
-            let ck = Checkpoint::load(&model)?;
-            let keys = keys.resolve(&ck.config.data.keys);
-            let frames = extxyz::read_file(&data, &keys)?;
-            let preds = pilip::metrics::predict_all(&ck.model, &frames)?;
+            let preds_and_frames = if is_onnx(&model) {
+                let pot = Potential::load(&model, &RuntimeOptions::default())?;
+                let frames = extxyz::read_file(&data, &keys.resolve(&LabelKeys::default()))?;
+                (pilip::metrics::predict_all_with(&frames, |f| pot.compute_frame(f))?, frames)
+            } else {
+                let ck = Checkpoint::load(&model)?;
+                let frames = extxyz::read_file(&data, &keys.resolve(&ck.config.data.keys))?;
+                (pilip::metrics::predict_all(&ck.model, &frames)?, frames)
+            };
+            let (preds, frames) = preds_and_frames;
             let m = pilip::metrics::compute(&frames, &preds);
             if let Some(p) = plot {
                 pilip::plot::parity_png(&p, &frames, &preds)?;
@@ -144,6 +191,57 @@ fn run(cli: Cli) -> Result<()> {
                 if let (Some(a), Some(b)) = (m.energy_mae_mev, m.energy_rmse_mev) {
                     println!("E MAE {a:.2} RMSE {b:.2} meV/structure");
                 }
+            }
+            Ok(())
+        }
+        Cmd::Export { checkpoint, output, dtype, verify_data } => {
+            let ck = Checkpoint::load(&checkpoint)?;
+            let dtype = Dtype::parse(&dtype)?;
+            let (mut frames, source) = match verify_data {
+                Some(p) => (extxyz::read_structures(&p)?, p.display().to_string()),
+                None => match pilip::dataset::load(&ck.config.data) {
+                    Ok(s) => (s.valid, format!("the validation split of {}", ck.config.data.file.display())),
+                    Err(e) => {
+                        eprintln!("note: training data not readable ({e}); verifying on synthetic structures only");
+                        (Vec::new(), "no data".into())
+                    }
+                },
+            };
+            frames.truncate(16);
+            let n_data = frames.len();
+            frames.extend(pilip::onnx::export::probe_structures(&ck.model));
+            let v = pilip::onnx::export::export(&ck.model, dtype, &output, &frames)?;
+            println!(
+                "wrote {} ({} network, {} species, cutoff {} Å); verified on {n_data} structures from {source} + 2 synthetic: \
+                 max relative deviation energy {:.1e}, forces {:.1e}, virial {:.1e}",
+                output.display(),
+                dtype.name(),
+                ck.model.species.len(),
+                ck.model.cutoff(),
+                v.energy_rel,
+                v.forces_rel,
+                v.virial_rel
+            );
+            Ok(())
+        }
+        Cmd::Info { model, json } => {
+            let bytes = std::fs::read(&model).map_err(|e| Error::io(&model, e))?;
+            let (_, meta) = pilip::runtime::decode(&bytes, &model.display().to_string())?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&meta).map_err(|e| Error::invalid(e.to_string()))?);
+            } else {
+                println!("{}", pilip::onnx::metadata::describe(&meta));
+            }
+            Ok(())
+        }
+        Cmd::BenchRuntime { checkpoint, structure, index, supercell, repeats } => {
+            let ck = Checkpoint::load(&checkpoint)?;
+            let mut frame = structure_at(&structure, index)?;
+            if supercell > 1 {
+                frame = pilip::check::supercell(&frame, supercell)?;
+            }
+            for line in pilip::check::bench_runtime(&ck.model, &frame, repeats.max(1))? {
+                println!("{line}");
             }
             Ok(())
         }

@@ -1,0 +1,204 @@
+//! The ONNX graph of a model's networks: standardised descriptors → per-atom energies and their explicit input
+//! gradient ∂E_i/∂G_i (ONNX has no autodiff, so the backward pass is written out as nodes).
+//!
+//! Per species `X` (one independent sub-graph each; `N_X` is symbolic):
+//!
+//! ```text
+//!   descriptors_X [N_X, F] ─ Sub μ ─ Mul 1/σ ─► x ─ MatMul W₀ + b₀ ─► z₀ ─ SiLU ─► h₀ … ─ MatMul W_L + b_L ─► out
+//!   energies_X    [N_X]    = scale · out                     (reference energies are added outside, in f64)
+//!   gradients_X   [N_X, F] = ((scale·W_Lᵀ ⊙ SiLU'(z_{L-1})) W_{L-1}ᵀ ⊙ … ⊙ SiLU'(z₀)) (W₀ᵀ diag(1/σ))
+//! ```
+//!
+//! SiLU is written as `z · 1/(1 + exp(−z))` and its derivative as `s + h·(1 − s)` with `s` the sigmoid and
+//! `h = z·s`: only MatMul, Add, Sub, Mul, Neg, Exp, Reciprocal and Reshape, which every engine runs in f32 and f64.
+
+use crate::model::Model;
+use crate::onnx::metadata::{io_names, Dtype};
+use tract_onnx::pb;
+
+/// ONNX opset the graph is written against (tract is tested with 9–18; onnxruntime reads it).
+pub const OPSET: i64 = 17;
+/// ONNX IR version matching opset 17.
+pub const IR_VERSION: i64 = 8;
+
+struct Builder {
+    dtype: Dtype,
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+}
+
+impl Builder {
+    fn constant(&mut self, name: &str, dims: &[usize], values: &[f64]) -> String {
+        let mut t = pb::TensorProto {
+            name: name.into(),
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: elem_type(self.dtype),
+            ..Default::default()
+        };
+        match self.dtype {
+            Dtype::F32 => t.float_data = values.iter().map(|&v| v as f32).collect(),
+            Dtype::F64 => t.double_data = values.to_vec(),
+        }
+        self.initializers.push(t);
+        name.into()
+    }
+
+    fn node(&mut self, op: &str, inputs: &[&str], output: &str) -> String {
+        self.nodes.push(pb::NodeProto {
+            input: inputs.iter().map(|s| s.to_string()).collect(),
+            output: vec![output.into()],
+            name: output.into(),
+            op_type: op.into(),
+            ..Default::default()
+        });
+        output.into()
+    }
+}
+
+fn elem_type(dtype: Dtype) -> i32 {
+    match dtype {
+        Dtype::F32 => pb::tensor_proto::DataType::Float as i32,
+        Dtype::F64 => pb::tensor_proto::DataType::Double as i32,
+    }
+}
+
+fn value_info(name: &str, dtype: Dtype, dims: &[Result<usize, &str>]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{dimension::Value, Dimension};
+    let dim = dims
+        .iter()
+        .map(|d| Dimension {
+            value: Some(match d {
+                Ok(n) => Value::DimValue(*n as i64),
+                Err(sym) => Value::DimParam(sym.to_string()),
+            }),
+            ..Default::default()
+        })
+        .collect();
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: elem_type(dtype),
+                shape: Some(pb::TensorShapeProto { dim }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Transposes a row-major `[rows][cols]` matrix.
+fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
+    let mut t = vec![0.0; m.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = m[r * cols + c];
+        }
+    }
+    t
+}
+
+/// Builds the graph of all species' networks. Fails if a network has no hidden layer (the config forbids it).
+pub fn build_graph(model: &Model, dtype: Dtype) -> crate::error::Result<pb::GraphProto> {
+    let mut b = Builder { dtype, nodes: Vec::new(), initializers: Vec::new() };
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    let one = b.constant("one", &[], &[1.0]);
+    let flat = {
+        b.initializers.push(pb::TensorProto {
+            name: "flat_shape".into(),
+            dims: vec![1],
+            data_type: pb::tensor_proto::DataType::Int64 as i32,
+            int64_data: vec![-1],
+            ..Default::default()
+        });
+        "flat_shape".to_string()
+    };
+    for (s, &z) in model.species.iter().enumerate() {
+        let sym = crate::elements::symbol(z).unwrap_or("X");
+        let [g_name, e_name, d_name] = io_names(sym);
+        let net = &model.networks[s];
+        let sizes = &net.sizes;
+        let n_layers = sizes.len() - 1;
+        if n_layers < 2 || *sizes.last().unwrap_or(&0) != 1 {
+            return Err(crate::error::Error::invalid(format!(
+                "network of {sym} has layer sizes {sizes:?}; export needs at least one hidden layer and one output"
+            )));
+        }
+        let nf = sizes[0];
+        let n_sym = format!("n_{sym}");
+        inputs.push(value_info(&g_name, dtype, &[Err(&n_sym), Ok(nf)]));
+        outputs.push(value_info(&e_name, dtype, &[Err(&n_sym)]));
+        outputs.push(value_info(&d_name, dtype, &[Err(&n_sym), Ok(nf)]));
+
+        let p = |name: &str| format!("{sym}/{name}");
+        let inv_std: Vec<f64> = model.feature_std[s].iter().map(|sd| 1.0 / sd).collect();
+        let mean = b.constant(&p("mean"), &[nf], &model.feature_mean[s]);
+        let istd = b.constant(&p("inv_std"), &[nf], &inv_std);
+        let centred = b.node("Sub", &[&g_name, &mean], &p("centred"));
+        let mut h = b.node("Mul", &[&centred, &istd], &p("x"));
+        // Forward, keeping each hidden layer's sigmoid and activation for the backward pass.
+        let mut offset = 0;
+        let mut weights = Vec::new();
+        let mut saved = Vec::new();
+        for k in 0..n_layers {
+            let (i, o) = (sizes[k], sizes[k + 1]);
+            let w = &net.params[offset..offset + i * o];
+            let bias = &net.params[offset + i * o..offset + i * o + o];
+            offset += i * o + o;
+            weights.push(w.to_vec());
+            let wn = b.constant(&p(&format!("W{k}")), &[i, o], w);
+            let bn = b.constant(&p(&format!("b{k}")), &[o], bias);
+            let mm = b.node("MatMul", &[&h, &wn], &p(&format!("matmul{k}")));
+            let zk = b.node("Add", &[&mm, &bn], &p(&format!("z{k}")));
+            if k + 1 == n_layers {
+                h = zk;
+                break;
+            }
+            let neg = b.node("Neg", &[&zk], &p(&format!("neg{k}")));
+            let ex = b.node("Exp", &[&neg], &p(&format!("exp{k}")));
+            let den = b.node("Add", &[&ex, &one], &p(&format!("den{k}")));
+            let sig = b.node("Reciprocal", &[&den], &p(&format!("sigmoid{k}")));
+            h = b.node("Mul", &[&zk, &sig], &p(&format!("h{k}")));
+            saved.push((sig, h.clone()));
+        }
+        let scale = b.constant(&p("scale"), &[], &[model.energy_scale]);
+        let scaled = b.node("Mul", &[&h, &scale], &p("scaled"));
+        b.node("Reshape", &[&scaled, &flat], &e_name);
+        // Backward: δ of the last hidden activation is the constant row scale·W_Lᵀ (broadcast over atoms).
+        let last = n_layers - 1;
+        let w_last: Vec<f64> = weights[last].iter().map(|w| w * model.energy_scale).collect();
+        let mut delta = b.constant(&p("dh_last"), &[1, sizes[last]], &w_last);
+        for k in (0..last).rev() {
+            let (sig, hk) = &saved[k];
+            // SiLU'(z) = s + h·(1 − s)
+            let one_minus = b.node("Sub", &[&one, sig], &p(&format!("one_minus_s{k}")));
+            let hs = b.node("Mul", &[hk, &one_minus], &p(&format!("h_one_minus_s{k}")));
+            let dsilu = b.node("Add", &[sig, &hs], &p(&format!("dsilu{k}")));
+            let dz = b.node("Mul", &[&delta, &dsilu], &p(&format!("dz{k}")));
+            let (i, o) = (sizes[k], sizes[k + 1]);
+            let mut wt = transpose(&weights[k], i, o);
+            let out_name = if k == 0 {
+                // Fold the standardisation 1/σ into W₀ᵀ: ∂E/∂G = ∂E/∂x · diag(1/σ).
+                for r in 0..o {
+                    for c in 0..i {
+                        wt[r * i + c] *= inv_std[c];
+                    }
+                }
+                d_name.clone()
+            } else {
+                p(&format!("dh{}", k - 1))
+            };
+            let wtn = b.constant(&p(&format!("W{k}T")), &[o, i], &wt);
+            delta = b.node("MatMul", &[&dz, &wtn], &out_name);
+        }
+    }
+    Ok(pb::GraphProto {
+        node: b.nodes,
+        name: "pilip".into(),
+        initializer: b.initializers,
+        input: inputs,
+        output: outputs,
+        ..Default::default()
+    })
+}

@@ -1,0 +1,243 @@
+//! The self-description carried by every exported model in the ONNX `metadata_props`, and its checks on load.
+//!
+//! Everything the runtime needs besides the network travels here: the descriptor specification (the runtime
+//! computes descriptors in Rust), the species order of the graph's inputs, the per-element reference energies
+//! (added in f64 outside the graph so an f32 graph loses no precision on large absolute energies), units, the
+//! graph's floating-point type and a checksum of the graph.
+
+use crate::descriptor::{Descriptor, DescriptorSpec};
+use crate::error::{Error, Result};
+use std::collections::BTreeMap;
+
+/// Version of the exported model format. Bumped when the graph signature or a metadata key changes meaning;
+/// the runtime refuses newer versions (it cannot know what changed) and reads every older one it knows.
+pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// Prefix of every pilip key in `metadata_props`.
+pub const KEY_PREFIX: &str = "pilip.";
+
+/// Floating-point type of the network inside the ONNX graph (descriptors and the chain rule stay f64).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    F32,
+    F64,
+}
+
+impl Dtype {
+    pub fn name(self) -> &'static str {
+        match self {
+            Dtype::F32 => "f32",
+            Dtype::F64 => "f64",
+        }
+    }
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" => Ok(Dtype::F32),
+            "f64" | "float64" => Ok(Dtype::F64),
+            other => Err(Error::invalid(format!("dtype must be 'f32' or 'f64', got '{other}'"))),
+        }
+    }
+}
+
+/// Decoded metadata of a pilip ONNX model.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct ModelMetadata {
+    pub format_version: u32,
+    /// pilip version that wrote the file.
+    pub library_version: String,
+    /// Atomic numbers in graph-input order.
+    pub species: Vec<u32>,
+    pub symbols: Vec<String>,
+    /// Å.
+    pub cutoff: f64,
+    pub energy_unit: String,
+    pub length_unit: String,
+    pub descriptor: DescriptorSpec,
+    pub n_features: usize,
+    /// eV per atom, per species, added to the graph's atomic energies.
+    pub reference_energies: Vec<f64>,
+    pub dtype: Dtype,
+    /// FNV-1a 64 of the encoded ONNX graph, hex.
+    pub checksum: String,
+}
+
+impl ModelMetadata {
+    /// The key/value pairs written to `metadata_props`.
+    pub fn to_props(&self) -> Vec<(String, String)> {
+        let props: [(&str, String); 12] = [
+            ("format_version", self.format_version.to_string()),
+            ("library_version", self.library_version.clone()),
+            ("species", json(&self.species)),
+            ("symbols", json(&self.symbols)),
+            ("cutoff", json(&self.cutoff)),
+            ("energy_unit", self.energy_unit.clone()),
+            ("length_unit", self.length_unit.clone()),
+            ("descriptor", json(&self.descriptor)),
+            ("n_features", self.n_features.to_string()),
+            ("reference_energies", json(&self.reference_energies)),
+            ("dtype", self.dtype.name().into()),
+            ("checksum", self.checksum.clone()),
+        ];
+        props
+            .into_iter()
+        .map(|(k, v)| (format!("{KEY_PREFIX}{k}"), v))
+        .collect()
+    }
+
+    /// Parses and validates the metadata; `source` names the file in error messages.
+    pub fn from_props(props: &BTreeMap<String, String>, source: &str) -> Result<Self> {
+        let not_pilip = || {
+            Error::invalid(format!(
+                "{source}: this ONNX file is not a pilip model (no '{KEY_PREFIX}format_version' in its metadata); \
+                 create one with `pilip export CHECKPOINT -o model.onnx`"
+            ))
+        };
+        let get = |k: &str| -> Result<&String> {
+            props.get(&format!("{KEY_PREFIX}{k}")).ok_or_else(|| {
+                Error::invalid(format!("{source}: pilip model metadata lacks the key '{KEY_PREFIX}{k}'; re-export the model"))
+            })
+        };
+        let bad = |k: &str, e: &dyn std::fmt::Display| {
+            Error::invalid(format!("{source}: pilip model metadata '{KEY_PREFIX}{k}' is malformed: {e}"))
+        };
+        let format_version: u32 = props
+            .get(&format!("{KEY_PREFIX}format_version"))
+            .ok_or_else(not_pilip)?
+            .parse()
+            .map_err(|e| bad("format_version", &e))?;
+        let library_version = get("library_version")?.clone();
+        if format_version > MODEL_FORMAT_VERSION {
+            return Err(Error::invalid(format!(
+                "{source}: model format version {format_version} (written by pilip {library_version}) is newer than \
+                 this pilip {} supports (≤ {MODEL_FORMAT_VERSION}); upgrade pilip, or export the model again with this version",
+                env!("CARGO_PKG_VERSION")
+            )));
+        }
+        if format_version == 0 {
+            return Err(bad("format_version", &"0 is not a valid version"));
+        }
+        fn parse_json<T: serde::de::DeserializeOwned>(s: &str) -> std::result::Result<T, serde_json::Error> {
+            serde_json::from_str(s)
+        }
+        let species: Vec<u32> = parse_json(get("species")?).map_err(|e| bad("species", &e))?;
+        let symbols: Vec<String> = parse_json(get("symbols")?).map_err(|e| bad("symbols", &e))?;
+        let cutoff: f64 = parse_json(get("cutoff")?).map_err(|e| bad("cutoff", &e))?;
+        let descriptor: DescriptorSpec = parse_json(get("descriptor")?).map_err(|e| bad("descriptor", &e))?;
+        let n_features: usize = get("n_features")?.parse().map_err(|e| bad("n_features", &e))?;
+        let reference_energies: Vec<f64> =
+            parse_json(get("reference_energies")?).map_err(|e| bad("reference_energies", &e))?;
+        let dtype = Dtype::parse(get("dtype")?).map_err(|e| bad("dtype", &e))?;
+        let meta = ModelMetadata {
+            format_version,
+            library_version,
+            species,
+            symbols,
+            cutoff,
+            energy_unit: get("energy_unit")?.clone(),
+            length_unit: get("length_unit")?.clone(),
+            descriptor,
+            n_features,
+            reference_energies,
+            dtype,
+            checksum: get("checksum")?.clone(),
+        };
+        meta.validate().map_err(|e| Error::invalid(format!("{source}: inconsistent pilip model metadata: {e}")))?;
+        Ok(meta)
+    }
+
+    /// Internal consistency: species known and unique, sizes agree, the descriptor is valid, units are ours.
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        if self.species.is_empty() {
+            return Err("the model has no species".into());
+        }
+        for (k, &z) in self.species.iter().enumerate() {
+            let sym = crate::elements::symbol(z).ok_or(format!("species {k} has atomic number {z}, not an element"))?;
+            if self.symbols.get(k).map(String::as_str) != Some(sym) {
+                return Err(format!("symbols {:?} do not match atomic numbers {:?}", self.symbols, self.species));
+            }
+            if self.species[..k].contains(&z) {
+                return Err(format!("species {sym} is listed twice"));
+            }
+        }
+        if self.symbols.len() != self.species.len() || self.reference_energies.len() != self.species.len() {
+            return Err(format!(
+                "{} species but {} symbols and {} reference energies",
+                self.species.len(),
+                self.symbols.len(),
+                self.reference_energies.len()
+            ));
+        }
+        if self.reference_energies.iter().any(|e| !e.is_finite()) {
+            return Err("a reference energy is not finite".into());
+        }
+        self.descriptor.validate()?;
+        if self.cutoff != self.descriptor.cutoff {
+            return Err(format!("cutoff {} differs from the descriptor's {}", self.cutoff, self.descriptor.cutoff));
+        }
+        let nf = Descriptor::new(&self.descriptor, self.species.len()).n_features();
+        if nf != self.n_features {
+            return Err(format!("n_features is {} but the descriptor has {nf}", self.n_features));
+        }
+        if self.energy_unit != "eV" || self.length_unit != "angstrom" {
+            return Err(format!(
+                "units are energy '{}', length '{}'; this runtime supports eV and angstrom",
+                self.energy_unit, self.length_unit
+            ));
+        }
+        Ok(())
+    }
+
+    /// Name of the graph input (descriptors) and outputs (atomic energies, ∂E_i/∂G_i) of species `k`.
+    pub fn io_names(&self, k: usize) -> [String; 3] {
+        io_names(&self.symbols[k])
+    }
+}
+
+pub fn io_names(symbol: &str) -> [String; 3] {
+    [format!("descriptors_{symbol}"), format!("energies_{symbol}"), format!("gradients_{symbol}")]
+}
+
+/// 64-bit FNV-1a, as 16 hex digits: detects a corrupted or edited graph (not an adversary).
+pub fn checksum(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// JSON text of a metadata value (these types cannot fail to serialise).
+fn json<T: serde::Serialize + ?Sized>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+/// Human-readable summary (`pilip info`).
+pub fn describe(m: &ModelMetadata) -> String {
+    let d = &m.descriptor;
+    format!(
+        "pilip model format version {}, written by pilip {}\n\
+         species:            {} (atomic numbers {:?})\n\
+         reference energies: {:?} eV\n\
+         cutoff:             {} Å\n\
+         units:              energy {}, length {}\n\
+         descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}, {} features\n\
+         network dtype:      {}\n\
+         graph checksum:     {}",
+        m.format_version,
+        m.library_version,
+        m.symbols.join(" "),
+        m.species,
+        m.reference_energies,
+        m.cutoff,
+        m.energy_unit,
+        m.length_unit,
+        d.n_radial,
+        d.l_max,
+        d.r_min,
+        d.radial_width,
+        m.n_features,
+        m.dtype.name(),
+        m.checksum
+    )
+}

@@ -1,0 +1,131 @@
+//! Network engines: what evaluates the exported networks (per-atom energies and ∂E_i/∂G_i) for the runtime.
+//!
+//! The runtime computes descriptors and the chain rule itself (f64, Rust); an engine only maps each species'
+//! descriptor batch to energies and gradients. tract is the default (pure Rust, no download); ONNX Runtime is
+//! optional (`--features ort`); the native engine runs the training-time networks for comparisons.
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::onnx::metadata::{Dtype, ModelMetadata};
+use tract_onnx::pb;
+use tract_onnx::prelude::*;
+
+/// Network outputs of one species: energies `[n]` (eV, without the reference energy) and ∂E/∂G `[n][F]`.
+pub type SpeciesOutput = (Vec<f64>, Vec<f64>);
+
+/// Evaluates all species' networks; `batches[s]` holds the raw descriptors of the atoms of species s, row-major
+/// `[n_s][F]`, and may be empty. Must be callable from several threads at once.
+pub trait Engine: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn run(&self, batches: &[Vec<f64>], n_features: usize) -> Result<Vec<SpeciesOutput>>;
+}
+
+/// Engines get at least one row per species (graphs and kernels need not handle empty tensors); padded rows
+/// are zero descriptors whose outputs are dropped.
+pub(crate) fn rows(batch: &[f64], n_features: usize) -> usize {
+    (batch.len() / n_features).max(1)
+}
+
+fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("{engine} engine failed while evaluating the network: {e}"))
+}
+
+/// tract-onnx: the graph is optimised once at load; each call runs a fresh state of the shared plan.
+pub struct TractEngine {
+    plan: Arc<TypedRunnableModel>,
+    dtype: Dtype,
+    n_species: usize,
+}
+
+impl TractEngine {
+    pub fn new(proto: &pb::ModelProto, meta: &ModelMetadata, source: &str) -> Result<Self> {
+        let fail = |stage: &str, e: TractError| {
+            Error::invalid(format!("{source}: tract could not {stage} the model graph: {e:#}"))
+        };
+        let model = tract_onnx::onnx().model_for_proto_model(proto).map_err(|e| fail("read", e))?;
+        let model = model.into_optimized().map_err(|e| fail("optimise", e))?;
+        let plan = model.into_runnable().map_err(|e| fail("prepare", e))?;
+        Ok(TractEngine { plan, dtype: meta.dtype, n_species: meta.species.len() })
+    }
+}
+
+impl Engine for TractEngine {
+    fn name(&self) -> &'static str {
+        "tract"
+    }
+
+    fn run(&self, batches: &[Vec<f64>], nf: usize) -> Result<Vec<SpeciesOutput>> {
+        debug_assert_eq!(batches.len(), self.n_species);
+        let mut inputs: TVec<TValue> = TVec::new();
+        for b in batches {
+            let n = rows(b, nf);
+            let tensor = match self.dtype {
+                Dtype::F32 => {
+                    let mut v: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+                    v.resize(n * nf, 0.0);
+                    Tensor::from_shape(&[n, nf], &v)
+                }
+                Dtype::F64 => {
+                    let mut v = b.clone();
+                    v.resize(n * nf, 0.0);
+                    Tensor::from_shape(&[n, nf], &v)
+                }
+            }
+            .map_err(|e| engine_error("tract", e))?;
+            inputs.push(tensor.into_tvalue());
+        }
+        let outputs = self.plan.run(inputs).map_err(|e| engine_error("tract", e))?;
+        let to_f64 = |t: &TValue| -> Result<Vec<f64>> {
+            let view = t.try_as_plain_ram().map_err(|e| engine_error("tract", e))?;
+            Ok(match self.dtype {
+                Dtype::F32 => view.as_slice::<f32>().map_err(|e| engine_error("tract", e))?.iter().map(|&x| x as f64).collect(),
+                Dtype::F64 => view.as_slice::<f64>().map_err(|e| engine_error("tract", e))?.to_vec(),
+            })
+        };
+        let mut out = Vec::with_capacity(batches.len());
+        for (s, b) in batches.iter().enumerate() {
+            let n = b.len() / nf;
+            let mut e = to_f64(&outputs[2 * s])?;
+            let mut g = to_f64(&outputs[2 * s + 1])?;
+            e.truncate(n);
+            g.truncate(n * nf);
+            out.push((e, g));
+        }
+        Ok(out)
+    }
+}
+
+/// The training-time networks in f64 (the reference the exported graph is checked against, and a benchmark
+/// baseline).
+pub struct NativeEngine {
+    model: Model,
+}
+
+impl NativeEngine {
+    pub fn new(model: Model) -> Self {
+        NativeEngine { model }
+    }
+}
+
+impl Engine for NativeEngine {
+    fn name(&self) -> &'static str {
+        "native"
+    }
+
+    fn run(&self, batches: &[Vec<f64>], nf: usize) -> Result<Vec<SpeciesOutput>> {
+        let m = &self.model;
+        Ok(batches
+            .iter()
+            .enumerate()
+            .map(|(s, b)| {
+                let n = b.len() / nf;
+                let (mean, std) = (&m.feature_mean[s], &m.feature_std[s]);
+                let x: Vec<f64> = b.iter().enumerate().map(|(k, g)| (g - mean[k % nf]) / std[k % nf]).collect();
+                let (out, dx) = m.networks[s].forward_with_input_grad(&x, n);
+                let e = out.iter().map(|o| m.energy_scale * o).collect();
+                let g = dx.iter().enumerate().map(|(k, d)| m.energy_scale * d / std[k % nf]).collect();
+                (e, g)
+            })
+            .collect())
+    }
+}

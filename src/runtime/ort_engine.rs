@@ -1,0 +1,124 @@
+//! ONNX Runtime engine (cargo feature `ort`), loaded at run time from a `libonnxruntime.so` — for example the
+//! one in PyPI's `onnxruntime` wheel (`onnxruntime/capi/libonnxruntime.so.*`). ONNX Runtime allows one
+//! environment per process, so it is created once; a session runs one call at a time (calls from several
+//! threads are serialised by a mutex).
+
+use crate::error::{Error, Result};
+use crate::onnx::metadata::{Dtype, ModelMetadata};
+use crate::runtime::engine::{rows, Engine, SpeciesOutput};
+use ort::session::Session;
+use ort::value::Tensor;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+static ENVIRONMENT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+
+/// Where to find libonnxruntime: the `ort_library` option, else `ORT_DYLIB_PATH`.
+fn library_path(option: Option<&Path>) -> Result<PathBuf> {
+    if let Some(p) = option {
+        return Ok(p.to_path_buf());
+    }
+    std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).ok_or_else(|| {
+        Error::invalid(
+            "engine 'ort' needs the ONNX Runtime library: set the option \"ort_library\" or the environment \
+             variable ORT_DYLIB_PATH to libonnxruntime.so (e.g. from `pip install onnxruntime`: \
+             site-packages/onnxruntime/capi/libonnxruntime.so.1.*)",
+        )
+    })
+}
+
+fn environment(option: Option<&Path>) -> Result<&'static ort::environment::Environment> {
+    let path = library_path(option)?;
+    let env = ENVIRONMENT.get_or_init(|| {
+        if !path.is_file() {
+            return Err(format!("ONNX Runtime library {} does not exist", path.display()));
+        }
+        let built = ort::init_from(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| b.with_name("pilip").build().map_err(|e| e.to_string()));
+        built.map(|env| (path.clone(), env)).map_err(|e| format!("could not load ONNX Runtime from {}: {e}", path.display()))
+    });
+    match env {
+        Ok((loaded, env)) => {
+            if *loaded != path {
+                return Err(Error::invalid(format!(
+                    "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
+                    loaded.display(),
+                    path.display()
+                )));
+            }
+            Ok(env)
+        }
+        Err(e) => Err(Error::invalid(e.clone())),
+    }
+}
+
+pub struct OrtEngine {
+    session: Mutex<Session>,
+    dtype: Dtype,
+    n_species: usize,
+}
+
+impl OrtEngine {
+    pub fn new(bytes: &[u8], meta: &ModelMetadata, library: Option<&Path>, threads: usize, source: &str) -> Result<Self> {
+        let env = environment(library)?;
+        let fail = |e: ort::Error| Error::invalid(format!("{source}: ONNX Runtime could not load the model: {e}"));
+        let session = Session::builder(env)
+            .map_err(fail)?
+            .with_intra_threads(threads.max(1))
+            .map_err(|e| fail(e.into()))?
+            .commit_from_memory(bytes)
+            .map_err(fail)?;
+        Ok(OrtEngine { session: Mutex::new(session), dtype: meta.dtype, n_species: meta.species.len() })
+    }
+}
+
+fn ort_error(e: impl std::fmt::Display) -> Error {
+    Error::invalid(format!("ort engine failed while evaluating the network: {e}"))
+}
+
+impl Engine for OrtEngine {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn run(&self, batches: &[Vec<f64>], nf: usize) -> Result<Vec<SpeciesOutput>> {
+        debug_assert_eq!(batches.len(), self.n_species);
+        let mut inputs: Vec<ort::session::SessionInputValue> = Vec::with_capacity(batches.len());
+        for b in batches {
+            let n = rows(b, nf);
+            let shape = [n as i64, nf as i64];
+            let value = match self.dtype {
+                Dtype::F32 => {
+                    let mut v: Vec<f32> = b.iter().map(|&x| x as f32).collect();
+                    v.resize(n * nf, 0.0);
+                    Tensor::from_array((shape, v)).map_err(ort_error)?.into_dyn()
+                }
+                Dtype::F64 => {
+                    let mut v = b.clone();
+                    v.resize(n * nf, 0.0);
+                    Tensor::from_array((shape, v)).map_err(ort_error)?.into_dyn()
+                }
+            };
+            inputs.push(value.into());
+        }
+        let mut session = self.session.lock().map_err(|_| ort_error("a previous call panicked"))?;
+        let outputs = session.run(inputs.as_slice()).map_err(ort_error)?;
+        let mut out = Vec::with_capacity(batches.len());
+        for (s, b) in batches.iter().enumerate() {
+            let n = b.len() / nf;
+            let get = |k: usize| -> Result<Vec<f64>> {
+                Ok(match self.dtype {
+                    Dtype::F32 => outputs[k].try_extract_tensor::<f32>().map_err(ort_error)?.1.iter().map(|&x| x as f64).collect(),
+                    Dtype::F64 => outputs[k].try_extract_tensor::<f64>().map_err(ort_error)?.1.to_vec(),
+                })
+            };
+            let mut e = get(2 * s)?;
+            let mut g = get(2 * s + 1)?;
+            e.truncate(n);
+            g.truncate(n * nf);
+            out.push((e, g));
+        }
+        Ok(out)
+    }
+}
