@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 DATA=${PILIP_DATA:-../shared/data}
 OUT=${PILIP_BENCH_OUT:-bench_runs/core}
 EPOCHS=${1:-}
-cargo build --release --locked >/dev/null
+cargo build --release --locked --features ort >/dev/null
 PILIP=target/release/pilip
 mkdir -p "$OUT"
 CFG=examples/configs/bench/aspirin.toml

@@ -1,4 +1,5 @@
-//! The `pilip` command line end to end: train → eval (--json, --plot) → check-forces, and clear errors.
+//! The `pilip` command line end to end: train → eval (--json, --plot) → check-forces → export → info → eval of
+//! the ONNX model, and clear errors.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -70,6 +71,32 @@ fn train_eval_plot_and_check_forces() {
         .and_then(|s| s.parse().ok())
         .unwrap();
     assert!(err < 1e-5, "{fd}");
+
+    // export → info → eval through the runtime gives the checkpoint's metrics
+    let onnx = dir.join("model.onnx");
+    let out = run_ok(pilip().arg("export").arg(&best).arg("-o").arg(&onnx));
+    assert!(out.contains("verified on 16 structures") && out.contains("f32"), "{out}");
+    let info = run_ok(pilip().arg("info").arg(&onnx));
+    assert!(info.contains("species:            H C O") && info.contains("format version 1"), "{info}");
+    let info: serde_json::Value = serde_json::from_str(&run_ok(pilip().arg("info").arg(&onnx).arg("--json"))).unwrap();
+    assert_eq!(info["dtype"], "f32");
+    let test = run.join("test.extxyz");
+    let keys = ["--energy-key", "REF_energy", "--forces-key", "REF_forces"];
+    let via_onnx: serde_json::Value =
+        serde_json::from_str(&run_ok(pilip().arg("eval").arg(&onnx).arg(&test).args(keys).arg("--json"))).unwrap();
+    for k in ["energy_mae_mev_per_atom", "forces_mae_mev_per_A", "forces_rmse_mev_per_A"] {
+        let (a, b) = (via_onnx[k].as_f64().unwrap(), v[k].as_f64().unwrap());
+        assert!((a - b).abs() < 1e-3 * b, "{k}: onnx {a} vs checkpoint {b}");
+    }
+    let out = run_ok(pilip().arg("export").arg(&best).arg("-o").arg(dir.join("m64.onnx")).args(["--dtype", "f64"]));
+    assert!(out.contains("f64"), "{out}");
+    // verifying on structures with an element the model does not know fails and writes nothing
+    let cu = root().join("examples/data/cu_50.extxyz");
+    let bad = dir.join("bad.onnx");
+    let err = run_err(pilip().arg("export").arg(&best).arg("-o").arg(&bad).arg("--verify-data").arg(&cu));
+    assert!(err.contains("29 (Cu)") && !bad.exists(), "{err}");
+    let err = run_err(pilip().arg("info").arg(&cu));
+    assert!(err.contains("cu_50.extxyz") && err.contains("not a readable ONNX file"), "{err}");
 }
 
 #[test]
