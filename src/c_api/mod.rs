@@ -297,6 +297,8 @@ pub unsafe extern "C" fn pilip_model_compute(
 /// `neighbor_counts[i]` neighbours listed in `neighbors[i][0..neighbor_counts[i])` — both indexed by **atom index**
 /// like LAMMPS's `numneigh`/`firstneigh`. Neighbours beyond the cutoff are skipped, the top three bits of each
 /// index (LAMMPS's special-bond flags) are ignored, and every centre must list all its neighbours (full list).
+/// Atoms that are neither centres nor neighbours within the cutoff are not looked at, so they may carry any
+/// atomic number (e.g. 0 for atom types the model does not handle).
 ///
 /// Outputs (each may be NULL; every value is **added** to what the arrays hold): `energy` += Σ_centres E_i,
 /// `atomic_energies[i]` += E_i for each centre, `forces` `[n_total][3]` on centres and on neighbours (ghosts

@@ -130,19 +130,19 @@ impl Potential {
         self.metadata.cutoff
     }
 
-    fn species_of(&self, numbers: impl Iterator<Item = i64>) -> Result<Vec<usize>> {
-        numbers
-            .enumerate()
-            .map(|(i, z)| {
-                self.metadata.species.iter().position(|&s| s as i64 == z).ok_or_else(|| {
-                    Error::invalid(format!(
-                        "atom {i} has atomic number {z}{}, which this model does not know; model species: [{}]",
-                        u32::try_from(z).ok().and_then(crate::elements::symbol).map(|s| format!(" ({s})")).unwrap_or_default(),
-                        self.metadata.symbols.join(", ")
-                    ))
-                })
-            })
-            .collect()
+    /// Species index of atom `i` with atomic number `z`, or an error naming the atom and the model's species.
+    fn species_index(&self, i: usize, z: i64) -> Result<usize> {
+        self.metadata.species.iter().position(|&s| s as i64 == z).ok_or_else(|| {
+            Error::invalid(format!(
+                "atom {i} has atomic number {z}{}, which this model does not know; model species: [{}]",
+                u32::try_from(z).ok().and_then(crate::elements::symbol).map(|s| format!(" ({s})")).unwrap_or_default(),
+                self.metadata.symbols.join(", ")
+            ))
+        })
+    }
+
+    fn species_of(&self, numbers: &[i32]) -> Result<Vec<usize>> {
+        numbers.iter().enumerate().map(|(i, &z)| self.species_index(i, z as i64)).collect()
     }
 
     /// Atomic energies of the centres of `nl` (centre c is atom `centers[c]`, or atom c) and the per-pair
@@ -177,7 +177,7 @@ impl Potential {
         if positions.len() != numbers.len() {
             return Err(Error::invalid(format!("{} positions but {} atomic numbers", positions.len(), numbers.len())));
         }
-        let species = self.species_of(numbers.iter().map(|&z| z as i64))?;
+        let species = self.species_of(numbers)?;
         if let Some(c) = cell {
             if c.iter().flatten().any(|x| !x.is_finite()) {
                 return Err(Error::invalid("the cell contains a non-finite number"));
@@ -212,7 +212,20 @@ impl Potential {
         if let Some((i, _)) = sys.positions.iter().enumerate().find(|(_, p)| p.iter().any(|x| !x.is_finite())) {
             return Err(Error::invalid(format!("position of atom {i} is not finite")));
         }
-        let species = self.species_of(sys.numbers.iter().map(|&z| z as i64))?;
+        // Atoms that are neither centres nor neighbours within the cutoff may carry any atomic number (an MD
+        // engine passes 0 for atom types the model does not handle); only atoms that take part are checked.
+        const UNKNOWN: usize = usize::MAX;
+        let species: Vec<usize> = sys
+            .numbers
+            .iter()
+            .map(|&z| self.metadata.species.iter().position(|&s| s as i64 == z as i64).unwrap_or(UNKNOWN))
+            .collect();
+        let check = |i: usize| -> Result<()> {
+            if species[i] == UNKNOWN {
+                self.species_index(i, sys.numbers[i] as i64)?;
+            }
+            Ok(())
+        };
         let rc2 = self.cutoff() * self.cutoff();
         let mut offsets = Vec::with_capacity(sys.centers.len() + 1);
         offsets.push(0);
@@ -221,6 +234,7 @@ impl Potential {
             if i >= n_total {
                 return Err(Error::invalid(format!("centre atom index {i} is out of range (n_total = {n_total})")));
             }
+            check(i)?;
             let xi = sys.positions[i];
             for &raw in (sys.neighbors)(i) {
                 let j = (raw & NEIGHBOR_INDEX_MASK) as usize;
@@ -235,6 +249,7 @@ impl Potential {
                 if r2 >= rc2 {
                     continue;
                 }
+                check(j)?;
                 if r2 < 1e-20 {
                     return Err(Error::invalid(format!("atoms {i} and {j} are at the same position")));
                 }
