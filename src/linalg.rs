@@ -6,15 +6,50 @@
 /// C (m×n) = op(A)·op(B) + beta·C. `ta`: A is stored k×m; `tb`: B is stored n×k.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm(m: usize, k: usize, n: usize, a: &[f64], ta: bool, b: &[f64], tb: bool, beta: f64, c: &mut [f64]) {
+    let av = if ta { View { data: a, rs: 1, cs: m } } else { View { data: a, rs: k, cs: 1 } };
+    let bv = if tb { View { data: b, rs: 1, cs: k } } else { View { data: b, rs: n, cs: 1 } };
+    gemm_view(m, k, n, av, bv, beta, c, n);
+}
+
+/// A strided matrix: element (i, j) is `data[i·rs + j·cs]`. Lets a block of a larger matrix (e.g. the
+/// columns of one angular order) enter a product without being copied out.
+#[derive(Clone, Copy)]
+pub struct View<'a> {
+    pub data: &'a [f64],
+    pub rs: usize,
+    pub cs: usize,
+}
+
+/// C (m×n, row stride `ldc`) = A (m×k) · B (k×n) + beta·C.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_view(m: usize, k: usize, n: usize, a: View, b: View, beta: f64, c: &mut [f64], ldc: usize) {
     if m == 0 || n == 0 {
         return;
     }
-    assert!(a.len() >= m * k && b.len() >= k * n && c.len() >= m * n, "gemm: slice shorter than its shape");
-    let (rsa, csa) = if ta { (1, m as isize) } else { (k as isize, 1) };
-    let (rsb, csb) = if tb { (1, k as isize) } else { (n as isize, 1) };
-    // SAFETY: the assertion above guarantees every index dgemm touches is inside the slices.
+    let last = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + cols.max(1) * cs - cs;
+    assert!(
+        k == 0 || (a.data.len() > last(m, k, a.rs, a.cs) && b.data.len() > last(k, n, b.rs, b.cs)),
+        "gemm: a view reaches past its slice"
+    );
+    assert!(ldc >= n && c.len() > (m - 1) * ldc + n - 1, "gemm: output slice shorter than its shape");
+    // SAFETY: the assertions above guarantee every index dgemm touches is inside the slices.
     unsafe {
-        matrixmultiply::dgemm(m, k, n, 1.0, a.as_ptr(), rsa, csa, b.as_ptr(), rsb, csb, beta, c.as_mut_ptr(), n as isize, 1);
+        matrixmultiply::dgemm(
+            m,
+            k,
+            n,
+            1.0,
+            a.data.as_ptr(),
+            a.rs as isize,
+            a.cs as isize,
+            b.data.as_ptr(),
+            b.rs as isize,
+            b.cs as isize,
+            beta,
+            c.as_mut_ptr(),
+            ldc as isize,
+            1,
+        );
     }
 }
 

@@ -41,6 +41,13 @@ impl NeighborList {
         NeighborList { cutoff, offsets, neighbors }
     }
 
+    /// Orders each centre's neighbours by `key(j)` (stable), so that neighbours of one species are contiguous.
+    pub fn sort_neighbors_by(&mut self, key: impl Fn(usize) -> usize) {
+        for c in 0..self.n_atoms() {
+            self.neighbors[self.offsets[c]..self.offsets[c + 1]].sort_by_key(|nb| key(nb.j));
+        }
+    }
+
     pub fn for_frame(frame: &Frame, cutoff: f64) -> Result<Self> {
         Self::build(&frame.positions, frame.cell.as_ref(), frame.pbc, cutoff)
     }

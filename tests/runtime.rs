@@ -449,9 +449,10 @@ fn metadata_and_species_through_the_c_api() {
 // ---------------------------------------------------------------------------------------------------------------
 // C and C++ programs
 
-fn target_dir() -> PathBuf {
-    // target/<profile>/deps/<test binary> → target/<profile>
-    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+/// Where cargo put the cdylib built for these tests: `target/<profile>/deps`, beside the test binary (it is
+/// only copied to `target/<profile>` by `cargo build`).
+fn lib_dir() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().to_path_buf()
 }
 
 fn root() -> PathBuf {
@@ -484,7 +485,7 @@ fn write_reference(path: &Path, pot: &Potential, frames: &[Frame]) {
 
 fn compile_and_run(compiler: &str, source: &Path, extra: &[&str], dir: &Path, args: &[&Path]) -> String {
     let exe = dir.join(source.file_stem().unwrap()).with_extension(if compiler == "c++" { "cppexe" } else { "cexe" });
-    let lib_dir = target_dir();
+    let lib_dir = lib_dir();
     assert!(lib_dir.join("libpilip.so").exists(), "libpilip.so not found in {}", lib_dir.display());
     let out = std::process::Command::new(compiler)
         .args(extra)
