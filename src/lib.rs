@@ -11,6 +11,7 @@ pub mod forces;
 pub mod frame;
 pub mod io;
 pub mod linalg;
+pub mod md;
 pub mod metrics;
 pub mod model;
 pub mod neighbors;

@@ -1,4 +1,4 @@
-//! Parity plots (predicted vs reference energies and forces) as a PNG, drawn with a built-in 5×7 bitmap font so
+//! Parity plots (predicted vs reference energies and forces) and line plots (MD energy traces) as PNG, drawn with a built-in 5×7 bitmap font so
 //! that no system fonts or plotting libraries are needed.
 
 use crate::error::{Error, Result};
@@ -161,12 +161,62 @@ pub fn parity_png(path: &Path, frames: &[Frame], preds: &[Prediction]) -> Result
         .collect();
     panel(&mut cv, 110, 80, 440, &e, "ENERGY PER ATOM", "/ATOM");
     panel(&mut cv, 710, 80, 440, &fpts, "FORCE COMPONENTS", "/A");
-    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    cv.save(path)
+}
+
+const COLORS: [[u8; 3]; 6] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40], [148, 103, 189], [140, 86, 75]];
+
+/// Line plot of several (x, y) series on shared axes (e.g. energy drift against time, one line per seed).
+pub fn lines_png(path: &Path, title: &str, x_label: &str, y_label: &str, series: &[(String, Vec<(f64, f64)>)]) -> Result<()> {
+    let mut cv = Canvas::new();
+    let black = [0, 0, 0];
+    let (x0, y0, w, h) = (140i64, 80i64, 900i64, 420i64);
+    let pts = || series.iter().flat_map(|s| s.1.iter().filter(|p| p.0.is_finite() && p.1.is_finite()));
+    let (xlo, xhi) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.0), b.max(p.0)));
+    let (ylo, yhi) = pts().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), p| (a.min(p.1), b.max(p.1)));
+    if !xlo.is_finite() {
+        cv.text(x0, y0 + h / 2, &format!("{title}: NO DATA"), 2, black);
+        return cv.save(path);
+    }
+    let xhi = if xhi > xlo { xhi } else { xlo + 1.0 };
+    let pad = 0.05 * (yhi - ylo).max(1e-12);
+    let (ylo, yhi) = (ylo - pad, yhi + pad);
+    let tx = |x: f64| x0 + ((x - xlo) / (xhi - xlo) * w as f64) as i64;
+    let ty = |y: f64| y0 + h - ((y - ylo) / (yhi - ylo) * h as f64) as i64;
+    cv.line(x0, y0 + h, x0 + w, y0 + h, black);
+    cv.line(x0, y0, x0, y0 + h, black);
+    for t in 0..=4 {
+        let (xv, yv) = (xlo + (xhi - xlo) * t as f64 / 4.0, ylo + (yhi - ylo) * t as f64 / 4.0);
+        let (xl, yl) = (format!("{xv:.3}"), format!("{yv:.2e}"));
+        cv.line(tx(xv), y0 + h, tx(xv), y0 + h + 6, black);
+        cv.text(tx(xv) - 15, y0 + h + 10, &xl, 1, black);
+        cv.line(x0 - 6, ty(yv), x0, ty(yv), black);
+        cv.text(x0 - 10 - 6 * yl.len() as i64, ty(yv) - 3, &yl, 1, black);
+    }
+    for (k, (label, s)) in series.iter().enumerate() {
+        let c = COLORS[k % COLORS.len()];
+        for win in s.windows(2) {
+            if win.iter().all(|p| p.0.is_finite() && p.1.is_finite()) {
+                cv.line(tx(win[0].0), ty(win[0].1), tx(win[1].0), ty(win[1].1), c);
+            }
+        }
+        cv.text(x0 + w + 20, y0 + 20 * k as i64, label, 1, c);
+    }
+    cv.text(x0, y0 - 40, title, 2, black);
+    cv.text(x0 + w / 2 - 40, y0 + h + 30, x_label, 1, black);
+    cv.text(x0 - 100, y0 - 14, y_label, 1, black);
+    cv.save(path)
+}
+
+impl Canvas {
+    fn save(&self, path: &Path) -> Result<()> {
+        let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
     let mut enc = png::Encoder::new(std::io::BufWriter::new(file), W as u32, H as u32);
     enc.set_color(png::ColorType::Rgb);
     enc.set_depth(png::BitDepth::Eight);
-    let data: Vec<u8> = cv.px.iter().flatten().copied().collect();
-    enc.write_header()
-        .and_then(|mut w| w.write_image_data(&data))
-        .map_err(|e| Error::invalid(format!("{}: writing PNG: {e}", path.display())))
+        let data: Vec<u8> = self.px.iter().flatten().copied().collect();
+        enc.write_header()
+            .and_then(|mut w| w.write_image_data(&data))
+            .map_err(|e| Error::invalid(format!("{}: writing PNG: {e}", path.display())))
+    }
 }

@@ -96,6 +96,36 @@ enum Cmd {
         #[arg(long, default_value_t = 50)]
         repeats: usize,
     },
+    /// NVE MD from a Maxwell–Boltzmann start: time until a bond breaks (molecules) or the energy drifts
+    /// (periodic), and the energy drift; JSON and a PNG of the energy traces.
+    MdStability {
+        /// An exported model (.onnx) or a checkpoint.
+        model: PathBuf,
+        /// Starting structure (extended XYZ).
+        structure: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        index: usize,
+        /// K
+        #[arg(long, default_value_t = 300.0)]
+        temperature: f64,
+        /// fs
+        #[arg(long, default_value_t = 0.5)]
+        timestep: f64,
+        /// Simulated time per seed, ps.
+        #[arg(long = "time-ps", default_value_t = 100.0)]
+        time_ps: f64,
+        #[arg(long, default_value_t = 3)]
+        seeds: usize,
+        /// Å: largest allowed change of a bond length (molecules).
+        #[arg(long, default_value_t = 0.5)]
+        bond_tolerance: f64,
+        /// eV/atom: largest allowed total-energy drift (periodic systems).
+        #[arg(long, default_value_t = 0.01)]
+        drift_threshold: f64,
+        /// Write results here (JSON) and a plot beside it (.png); default: print JSON only.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Time energy + forces (+ virial) evaluations of a model on one structure (single thread).
     Bench {
         model: PathBuf,
@@ -242,6 +272,54 @@ fn run(cli: Cli) -> Result<()> {
             }
             for line in pilip::check::bench_runtime(&ck.model, &frame, repeats.max(1))? {
                 println!("{line}");
+            }
+            Ok(())
+        }
+        Cmd::MdStability { model, structure, index, temperature, timestep, time_ps, seeds, bond_tolerance, drift_threshold, output } => {
+            let frame = structure_at(&structure, index)?;
+            let options = pilip::md::MdOptions {
+                temperature,
+                timestep,
+                time: time_ps,
+                seeds: seeds.max(1),
+                bond_tolerance,
+                drift_threshold,
+                record_every: (time_ps * 1000.0 / 2000.0).max(timestep),
+            };
+            let results = if is_onnx(&model) {
+                let pot = Potential::load(&model, &RuntimeOptions::default())?;
+                pilip::md::run(&frame, &options, &|f| pot.compute_frame(f))?
+            } else {
+                let ck = Checkpoint::load(&model)?;
+                pilip::md::run(&frame, &options, &|f| ck.model.predict_frame(f))?
+            };
+            for r in &results {
+                eprintln!(
+                    "seed {}: stable for {:.3} ps{}; energy drift {:.2e} eV/atom ({:.2e} eV/atom/ps), mean T {:.0} K{}",
+                    r.seed,
+                    r.stable_time,
+                    if r.completed { " (completed)" } else { "" },
+                    r.energy_drift_per_atom,
+                    r.drift_rate_per_atom_ps,
+                    r.mean_temperature,
+                    r.failure.as_ref().map(|f| format!(" — {f}")).unwrap_or_default()
+                );
+            }
+            let report = serde_json::json!({
+                "model": model, "structure": structure, "index": index, "n_atoms": frame.len(),
+                "periodic": frame.is_fully_periodic(), "options": options, "seeds": results,
+            });
+            let text = serde_json::to_string_pretty(&report).map_err(|e| Error::invalid(e.to_string()))?;
+            match output {
+                Some(path) => {
+                    std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
+                    let series: Vec<(String, Vec<(f64, f64)>)> =
+                        results.iter().map(|r| (format!("SEED {}", r.seed), r.energy_trace.clone())).collect();
+                    let png = path.with_extension("png");
+                    pilip::plot::lines_png(&png, "NVE TOTAL ENERGY DRIFT", "TIME (PS)", "E(T) - E(0) (EV/ATOM)", &series)?;
+                    println!("wrote {} and {}", path.display(), png.display());
+                }
+                None => println!("{text}"),
             }
             Ok(())
         }

@@ -1,0 +1,199 @@
+//! NVE molecular dynamics for the stability check (`pilip md-stability`): velocity Verlet from a Maxwell–
+//! Boltzmann start, watching bond lengths (molecules) or the energy drift (periodic systems).
+//!
+//! This is the robustness experiment of the PIWSL paper: a potential trained on few structures often runs into
+//! unphysical regions; the time until that happens, and the energy drift before, measure how usable it is.
+
+use crate::error::{Error, Result};
+use crate::frame::{Frame, Vec3};
+use crate::model::Prediction;
+use crate::rng::Rng;
+
+/// eV/amu in Å²/fs².
+const EV_PER_AMU: f64 = 9.648_533_212e-3;
+/// Boltzmann constant, eV/K.
+const KB: f64 = 8.617_333_262e-5;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MdOptions {
+    pub temperature: f64,
+    /// fs
+    pub timestep: f64,
+    /// ps
+    pub time: f64,
+    pub seeds: usize,
+    /// Å: a molecule is unstable once any bond length deviates more than this from its starting value.
+    pub bond_tolerance: f64,
+    /// eV/atom: a periodic system is unstable once |E(t) − E(0)| per atom exceeds this.
+    pub drift_threshold: f64,
+    /// Record the energy every this many fs.
+    pub record_every: f64,
+}
+
+/// Result of one trajectory.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SeedResult {
+    pub seed: u64,
+    /// ps until the first instability, or the full simulated time.
+    pub stable_time: f64,
+    pub completed: bool,
+    /// What ended the run early.
+    pub failure: Option<String>,
+    /// (E(end) − E(0)) per atom, eV, at the end of the stable part.
+    pub energy_drift_per_atom: f64,
+    /// Least-squares slope of the total energy per atom over the stable part, eV/atom/ps.
+    pub drift_rate_per_atom_ps: f64,
+    pub max_bond_deviation: Option<f64>,
+    pub mean_temperature: f64,
+    /// (t in ps, (E(t) − E(0)) per atom in eV)
+    pub energy_trace: Vec<(f64, f64)>,
+}
+
+/// Bonded pairs of a molecule: closer than 1.25 × the sum of covalent radii.
+pub fn bonds(frame: &Frame) -> Vec<(usize, usize, f64)> {
+    let mut out = Vec::new();
+    for i in 0..frame.len() {
+        for j in i + 1..frame.len() {
+            let r = distance(&frame.positions[i], &frame.positions[j]);
+            let cut = 1.25 * (crate::elements::covalent_radius(frame.numbers[i]) + crate::elements::covalent_radius(frame.numbers[j]));
+            if r < cut {
+                out.push((i, j, r));
+            }
+        }
+    }
+    out
+}
+
+fn distance(a: &Vec3, b: &Vec3) -> f64 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2) + (a[2] - b[2]).powi(2)).sqrt()
+}
+
+/// Runs `options.seeds` NVE trajectories of `frame` with forces from `predict`.
+pub fn run(frame: &Frame, options: &MdOptions, predict: &(dyn Fn(&Frame) -> Result<Prediction> + Sync)) -> Result<Vec<SeedResult>> {
+    let masses: Vec<f64> = frame
+        .numbers
+        .iter()
+        .map(|&z| crate::elements::mass(z).ok_or_else(|| Error::invalid(format!("no atomic mass known for Z = {z}"))))
+        .collect::<Result<_>>()?;
+    if !(options.timestep > 0.0 && options.time > 0.0 && options.temperature >= 0.0) {
+        return Err(Error::invalid("--timestep and --time-ps must be > 0 and --temperature ≥ 0"));
+    }
+    let periodic = frame.is_fully_periodic();
+    let bond_list = if periodic { Vec::new() } else { bonds(frame) };
+    (0..options.seeds as u64).map(|seed| trajectory(frame, &masses, &bond_list, options, seed, predict)).collect()
+}
+
+fn trajectory(
+    frame: &Frame,
+    masses: &[f64],
+    bond_list: &[(usize, usize, f64)],
+    o: &MdOptions,
+    seed: u64,
+    predict: &(dyn Fn(&Frame) -> Result<Prediction> + Sync),
+) -> Result<SeedResult> {
+    let n = frame.len();
+    let mut rng = Rng::new(1000 + seed);
+    // Maxwell–Boltzmann velocities (Å/fs), centre-of-mass motion removed, rescaled to exactly T (3N − 3 dof).
+    let mut v: Vec<Vec3> = masses.iter().map(|m| {
+        let s = (KB * o.temperature / m * EV_PER_AMU).sqrt();
+        [s * rng.normal(), s * rng.normal(), s * rng.normal()]
+    }).collect();
+    let mtot: f64 = masses.iter().sum();
+    let vcm: Vec3 = std::array::from_fn(|a| v.iter().zip(masses).map(|(vi, m)| m * vi[a]).sum::<f64>() / mtot);
+    v.iter_mut().for_each(|vi| (0..3).for_each(|a| vi[a] -= vcm[a]));
+    let kinetic = |v: &[Vec3]| -> f64 {
+        v.iter().zip(masses).map(|(vi, m)| 0.5 * m * (vi[0] * vi[0] + vi[1] * vi[1] + vi[2] * vi[2])).sum::<f64>() / EV_PER_AMU
+    };
+    let dof = (3 * n).saturating_sub(3).max(1) as f64;
+    let k0 = kinetic(&v);
+    if k0 > 0.0 {
+        let scale = (0.5 * dof * KB * o.temperature / k0).sqrt();
+        v.iter_mut().for_each(|vi| vi.iter_mut().for_each(|x| *x *= scale));
+    }
+    let mut x = frame.clone();
+    let mut p = predict(&x)?;
+    let e0 = p.energy + kinetic(&v);
+    let dt = o.timestep;
+    let steps = (o.time * 1000.0 / dt).round() as usize;
+    let record = ((o.record_every / dt).round() as usize).max(1);
+    let mut trace = vec![(0.0, 0.0)];
+    let (mut t_sum, mut t_count) = (0.0, 0usize);
+    let mut max_bond_dev: f64 = 0.0;
+    let mut failure = None;
+    let mut stable_steps = steps;
+    for step in 1..=steps {
+        for i in 0..n {
+            let a = EV_PER_AMU / masses[i];
+            for c in 0..3 {
+                v[i][c] += 0.5 * dt * a * p.forces[i][c];
+                x.positions[i][c] += dt * v[i][c];
+            }
+        }
+        p = match predict(&x) {
+            Ok(p) => p,
+            Err(e) => {
+                failure = Some(format!("the model failed at {:.3} ps: {e}", step as f64 * dt / 1000.0));
+                stable_steps = step - 1;
+                break;
+            }
+        };
+        for i in 0..n {
+            let a = EV_PER_AMU / masses[i];
+            for c in 0..3 {
+                v[i][c] += 0.5 * dt * a * p.forces[i][c];
+            }
+        }
+        let kin = kinetic(&v);
+        let de = (p.energy + kin - e0) / n as f64;
+        t_sum += 2.0 * kin / (dof * KB);
+        t_count += 1;
+        if step % record == 0 {
+            trace.push((step as f64 * dt / 1000.0, de));
+        }
+        let mut broken = None;
+        for &(i, j, r0) in bond_list {
+            let dev = (distance(&x.positions[i], &x.positions[j]) - r0).abs();
+            max_bond_dev = max_bond_dev.max(dev);
+            if dev > o.bond_tolerance && broken.is_none() {
+                broken = Some(format!("bond {i}-{j} changed by {dev:.2} Å (from {r0:.2} Å)"));
+            }
+        }
+        if bond_list.is_empty() && (!de.is_finite() || de.abs() > o.drift_threshold) {
+            broken = Some(format!("energy drift {de:.3e} eV/atom exceeds {} eV/atom", o.drift_threshold));
+        }
+        if !de.is_finite() && broken.is_none() {
+            broken = Some("the energy is not finite".into());
+        }
+        if let Some(why) = broken {
+            failure = Some(format!("{why} at {:.3} ps", step as f64 * dt / 1000.0));
+            stable_steps = step;
+            trace.push((step as f64 * dt / 1000.0, de));
+            break;
+        }
+    }
+    let (slope, last) = drift_fit(&trace);
+    Ok(SeedResult {
+        seed,
+        stable_time: stable_steps as f64 * dt / 1000.0,
+        completed: failure.is_none(),
+        failure,
+        energy_drift_per_atom: last,
+        drift_rate_per_atom_ps: slope,
+        max_bond_deviation: (!bond_list.is_empty()).then_some(max_bond_dev),
+        mean_temperature: if t_count > 0 { t_sum / t_count as f64 } else { o.temperature },
+        energy_trace: trace,
+    })
+}
+
+/// Least-squares slope of (t, ΔE) and the last ΔE.
+fn drift_fit(trace: &[(f64, f64)]) -> (f64, f64) {
+    let n = trace.len() as f64;
+    let last = trace.last().map_or(0.0, |p| p.1);
+    if trace.len() < 2 {
+        return (0.0, last);
+    }
+    let (mt, me) = (trace.iter().map(|p| p.0).sum::<f64>() / n, trace.iter().map(|p| p.1).sum::<f64>() / n);
+    let sxx: f64 = trace.iter().map(|p| (p.0 - mt).powi(2)).sum();
+    let sxy: f64 = trace.iter().map(|p| (p.0 - mt) * (p.1 - me)).sum();
+    (if sxx > 0.0 { sxy / sxx } else { 0.0 }, last)
+}
