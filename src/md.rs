@@ -197,3 +197,47 @@ fn drift_fit(trace: &[(f64, f64)]) -> (f64, f64) {
     let sxy: f64 = trace.iter().map(|p| (p.0 - mt) * (p.1 - me)).sum();
     (if sxx > 0.0 { sxy / sxx } else { 0.0 }, last)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_bonds_of_ethanol() {
+        let pos = vec![
+            [-0.0014, 0.5727, 0.0], [1.2155, -0.3297, 0.0], [-1.1678, -0.2269, 0.0], [-0.0456, 1.2168, 0.8834],
+            [-0.0456, 1.2168, -0.8834], [2.1432, 0.2520, 0.0], [1.2012, -0.9640, 0.8880], [1.2012, -0.9640, -0.8880],
+            [-1.9547, 0.3327, 0.0],
+        ];
+        let f = Frame { positions: pos, numbers: vec![6, 6, 8, 1, 1, 1, 1, 1, 1], ..Default::default() };
+        let b = bonds(&f);
+        // C–C, C–O, O–H and five C–H
+        assert_eq!(b.len(), 8, "{b:?}");
+        assert!(b.iter().all(|&(i, j, _)| !(f.numbers[i] == 1 && f.numbers[j] == 1)));
+    }
+
+    #[test]
+    fn harmonic_dimer_conserves_energy() {
+        // Two atoms on a spring (k = 10 eV/Å²): velocity Verlet conserves the energy to O(dt²).
+        let f = Frame { positions: vec![[0.0; 3], [1.0, 0.0, 0.0]], numbers: vec![6, 6], ..Default::default() };
+        let spring = |fr: &Frame| -> Result<Prediction> {
+            let d: Vec3 = std::array::from_fn(|a| fr.positions[1][a] - fr.positions[0][a]);
+            let r = (d[0] * d[0] + d[1] * d[1] + d[2] * d[2]).sqrt();
+            let g = 10.0 * (r - 1.0);
+            let f1: Vec3 = std::array::from_fn(|a| -g * d[a] / r);
+            Ok(Prediction {
+                energy: 5.0 * (r - 1.0).powi(2),
+                atomic_energies: vec![0.0; 2],
+                forces: vec![[-f1[0], -f1[1], -f1[2]], f1],
+                virial: [[0.0; 3]; 3],
+                stress: None,
+            })
+        };
+        let o = MdOptions { temperature: 300.0, timestep: 0.5, time: 1.0, seeds: 2, bond_tolerance: 0.5, drift_threshold: 0.01, record_every: 1.0 };
+        for r in run(&f, &o, &spring).unwrap() {
+            assert!(r.completed, "{r:?}");
+            assert!(r.energy_drift_per_atom.abs() < 1e-4, "{r:?}");
+            assert!(r.max_bond_deviation.unwrap() < 0.5);
+        }
+    }
+}

@@ -97,6 +97,24 @@ fn train_eval_plot_and_check_forces() {
     assert!(err.contains("29 (Cu)") && !bad.exists(), "{err}");
     let err = run_err(pilip().arg("info").arg(&cu));
     assert!(err.contains("cu_50.extxyz") && err.contains("not a readable ONNX file"), "{err}");
+
+    // md-stability: a short NVE run is stable and conserves energy; a tiny bond tolerance ends it early
+    let md = dir.join("md.json");
+    run_ok(pilip().arg("md-stability").arg(&onnx).arg(&test).args(["--time-ps", "0.2", "--seeds", "2", "-o"]).arg(&md));
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&md).unwrap()).unwrap();
+    assert_eq!(r["seeds"].as_array().unwrap().len(), 2);
+    for s in r["seeds"].as_array().unwrap() {
+        assert_eq!(s["completed"], true, "{s}");
+        assert!((s["stable_time"].as_f64().unwrap() - 0.2).abs() < 1e-9);
+        assert!(s["energy_drift_per_atom"].as_f64().unwrap().abs() < 1e-3, "{s}");
+        assert!(s["max_bond_deviation"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(&std::fs::read(md.with_extension("png")).unwrap()[1..4], b"PNG");
+    let out = run_ok(pilip().arg("md-stability").arg(&best).arg(&test).args(["--time-ps", "0.2", "--seeds", "1", "--bond-tolerance", "0.02"]));
+    let r: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let s = &r["seeds"][0];
+    assert_eq!(s["completed"], false);
+    assert!(s["stable_time"].as_f64().unwrap() < 0.2 && s["failure"].as_str().unwrap().contains("bond"), "{s}");
 }
 
 #[test]

@@ -1,7 +1,8 @@
-"""Shared fixtures of the Python-driven tests (LAMMPS plugin, and later the ASE calculator).
+"""Shared fixtures of the Python-driven tests (LAMMPS plugin, Python package and ASE calculator).
 
 Models are trained and exported once per session with the `pilip` binary built by `cargo test`/`cargo build`
-(target/release/pilip); the plugin is built by lammps_plugin/build.sh. Tests never skip when CI=true.
+(target/release/pilip); the plugin is built by lammps_plugin/build.sh and the package installed from
+bindings/python (scripts/test.sh does all three). Tests never skip when CI=true.
 """
 import ctypes
 import os
@@ -9,12 +10,10 @@ import pathlib
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PILIP = ROOT / "target" / "release" / "pilip"
-LIBPILIP = ROOT / "target" / "release" / "libpilip.so"
 PLUGIN = ROOT / "target" / "lammps" / "pilipplugin.so"
 
 
@@ -56,37 +55,16 @@ def models(tmp_path_factory):
 
 
 class Reference:
-    """Whole-system results from libpilip's own neighbour list (pilip_model_compute), via ctypes."""
+    """Whole-system results from libpilip's own neighbour list (pilip_model_compute) through pilip.Model."""
 
     def __init__(self, model_path):
-        require(LIBPILIP, "run `cargo build --release` first")
-        self.lib = ctypes.CDLL(str(LIBPILIP))
-        self.lib.pilip_last_error.restype = ctypes.c_char_p
-        self.model = ctypes.c_void_p()
-        status = self.lib.pilip_model_load(str(model_path).encode(), None, ctypes.byref(self.model))
-        assert status == 0, self.lib.pilip_last_error()
+        import pilip
+
+        self.model = pilip.Model(model_path)
 
     def compute(self, positions, numbers, cell=None, pbc=(False, False, False)):
-        pos = np.ascontiguousarray(positions, dtype=np.float64)
-        z = np.ascontiguousarray(numbers, dtype=np.int32)
-        n = len(z)
-        energy = ctypes.c_double()
-        ae = np.zeros(n)
-        f = np.zeros((n, 3))
-        w = np.zeros((3, 3))
-        cell_arr = None if cell is None else np.ascontiguousarray(cell, dtype=np.float64)
-        pbc_arr = (ctypes.c_bool * 3)(*pbc)
-        dp = ctypes.POINTER(ctypes.c_double)
-        status = self.lib.pilip_model_compute(
-            self.model, ctypes.c_size_t(n), pos.ctypes.data_as(dp), z.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)),
-            None if cell_arr is None else cell_arr.ctypes.data_as(dp), pbc_arr, ctypes.byref(energy),
-            ae.ctypes.data_as(dp), f.ctypes.data_as(dp), w.ctypes.data_as(dp))
-        assert status == 0, self.lib.pilip_last_error()
-        return energy.value, ae, f, w
-
-    def __del__(self):
-        if getattr(self, "model", None):
-            self.lib.pilip_model_free(self.model)
+        r = self.model.compute(positions, numbers, cell, pbc)
+        return r.energy, r.energies, r.forces, r.virial
 
 
 @pytest.fixture(scope="session")

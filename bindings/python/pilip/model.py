@@ -72,9 +72,9 @@ class Model:
     """
 
     def __init__(self, path, engine="tract", ort_library=None, threads=1):
-        path = os.fspath(path)
-        if not isinstance(path, str):
+        if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
+        path = os.fspath(path)
         options = {"engine": engine, "threads": int(threads)}
         if ort_library is not None:
             options["ort_library"] = os.fspath(ort_library)
