@@ -4,6 +4,11 @@
 //! calling thread in `pilip_last_error()`; every body runs inside `catch_unwind`, so no Rust panic crosses the
 //! ABI (it becomes `PILIP_ERROR_INTERNAL`); handles are opaque and created through out-parameters; outputs are
 //! caller-allocated and each may be NULL to skip it.
+//!
+//! Safety contract of every `unsafe` function here (stated once instead of on each): every pointer is NULL where
+//! the documentation allows it, or valid for the documented number of elements; a model pointer comes from
+//! `pilip_model_load` and is not used after `pilip_model_free`; strings are NUL-terminated.
+#![allow(clippy::missing_safety_doc)]
 
 use crate::error::Error;
 use crate::runtime::{LocalOutputs, LocalSystem, Potential, RuntimeOptions};
