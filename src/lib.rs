@@ -17,6 +17,7 @@ pub mod model;
 pub mod neighbors;
 pub mod nn;
 pub mod onnx;
+pub mod piwsl_bench;
 pub mod plot;
 pub mod rng;
 pub mod runtime;

@@ -7,7 +7,7 @@ use serde::Serialize;
 
 /// Errors in the units users read: meV/atom, meV per structure, meV/Å, meV/Å³. `None` where no label exists.
 #[allow(non_snake_case)] // the JSON keys users script against spell Å as A
-#[derive(Clone, Debug, Default, Serialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Metrics {
     pub n_structures: usize,
     pub energy_mae_mev_per_atom: Option<f64>,

@@ -158,3 +158,46 @@ fn bad_inputs_give_clear_errors() {
     assert!(e.contains("not a readable pilip checkpoint"), "{e}");
     let _ = Path::new("");
 }
+
+#[test]
+fn piwsl_benchmark_smoke_run_writes_results_and_each_variant_changes_the_loss() {
+    let dir = tmpdir("piwsl");
+    let spec = root().join("examples/configs/bench/piwsl_smoke.toml");
+    let out = run_ok(pilip().arg("bench-piwsl").arg(&spec).arg("--quiet").arg("--set").arg(format!("output_dir={:?}", dir.display().to_string())));
+    assert!(out.contains("F RMSE meV/Å"), "{out}");
+    let r: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    // 2 sizes × (4 variants with forces + 3 energy-only) × 1 seed
+    assert_eq!(r["runs"].as_array().unwrap().len(), 14);
+    assert_eq!(r["summary"].as_array().unwrap().len(), 14);
+    for a in r["summary"].as_array().unwrap() {
+        for k in ["energy_rmse_mev_per_atom", "forces_rmse_mev_per_a", "train_seconds"] {
+            assert!(a[k][0].as_f64().unwrap() > 0.0, "{k}: {a}");
+        }
+    }
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 15);
+    for png in ["forces_rmse_forces.png", "energy_rmse_energy.png"] {
+        assert_eq!(&std::fs::read(dir.join(png)).unwrap()[1..4], b"PNG");
+    }
+    // the logged loss terms show which terms each variant optimises
+    let terms = |labels: &str, variant: &str| -> serde_json::Value {
+        let log = std::fs::read_to_string(dir.join(format!("runs/{labels}/{variant}/n16_s1/metrics.jsonl"))).unwrap();
+        serde_json::from_str::<serde_json::Value>(log.lines().next().unwrap()).unwrap()["train"].clone()
+    };
+    for labels in ["forces", "energy"] {
+        let std_ = terms(labels, "standard");
+        assert!(std_["pitc"] == 0.0 && std_["pisc"] == 0.0 && std_["weak"] == 0.0, "{std_}");
+        let pitc = terms(labels, "pitc");
+        assert!(pitc["pitc"].as_f64().unwrap() > 0.0 && pitc["pisc"] == 0.0, "{pitc}");
+        let both = terms(labels, "pitc_pisc");
+        assert!(both["pitc"].as_f64().unwrap() > 0.0 && both["pisc"].as_f64().unwrap() > 0.0, "{both}");
+        assert_eq!(labels == "energy", std_["forces"] == 0.0, "energy-only runs have no force loss: {std_}");
+    }
+    let weak = terms("forces", "weak");
+    assert!(weak["weak"].as_f64().unwrap() > 0.0, "{weak}");
+    // a second invocation reuses the finished runs instead of training again
+    let saved = dir.join("runs/forces/pitc/n16_s1/bench_result.json");
+    let before = std::fs::metadata(&saved).unwrap().modified().unwrap();
+    run_ok(pilip().arg("bench-piwsl").arg(&spec).arg("--quiet").arg("--set").arg(format!("output_dir={:?}", dir.display().to_string())));
+    assert_eq!(std::fs::metadata(&saved).unwrap().modified().unwrap(), before);
+}

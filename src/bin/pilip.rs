@@ -126,6 +126,17 @@ enum Cmd {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
+    /// The PIWSL benchmark suite: standard / PITC / PITC+PISC / weak-label training over sizes and seeds, with
+    /// forces and energy-only, on a fixed test set (see docs/results.md).
+    BenchPiwsl {
+        /// Benchmark specification (examples/configs/bench/piwsl_*.toml).
+        spec: PathBuf,
+        /// Override a top-level key of the specification, e.g. --set 'sizes=[50,100]' (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        #[arg(long)]
+        quiet: bool,
+    },
     /// Time energy + forces (+ virial) evaluations of a model on one structure (single thread).
     Bench {
         model: PathBuf,
@@ -321,6 +332,20 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 None => println!("{text}"),
             }
+            Ok(())
+        }
+        Cmd::BenchPiwsl { spec, set, quiet } => {
+            let spec = pilip::piwsl_bench::BenchSpec::load(&spec, &set)?;
+            let aggs = pilip::piwsl_bench::run(&spec, quiet)?;
+            println!("{:<7} {:<10} {:>6} {:>5} {:>16} {:>16}", "labels", "variant", "size", "seeds", "E RMSE meV/atom", "F RMSE meV/Å");
+            for a in &aggs {
+                println!(
+                    "{:<7} {:<10} {:>6} {:>5} {:>9.3} ± {:<5.3} {:>9.1} ± {:<5.1}",
+                    a.labels, a.variant, a.size, a.n_seeds, a.energy_rmse_mev_per_atom.0, a.energy_rmse_mev_per_atom.1,
+                    a.forces_rmse_mev_per_a.0, a.forces_rmse_mev_per_a.1
+                );
+            }
+            println!("results in {}", spec.output_dir.display());
             Ok(())
         }
         Cmd::CheckForces { model, structure, index, step } => {

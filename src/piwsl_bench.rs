@@ -1,0 +1,311 @@
+//! `pilip bench-piwsl SPEC.toml`: the PIWSL benchmark suite — the same model trained with the standard loss,
+//! + PITC, + PITC + PISC and with weak labels, with forces and energy-only, over training-set sizes and seeds,
+//! all evaluated on one fixed held-out test set. Results go to JSON/CSV and log–log plots.
+//!
+//! Finished runs are reused (their `test_metrics.json`), so an interrupted suite continues where it stopped.
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::io::extxyz;
+use crate::metrics::Metrics;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// The benchmark specification (a TOML file; paths relative to it).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BenchSpec {
+    /// Base training config (its data file is split into a fixed test set and a training pool).
+    pub config: PathBuf,
+    pub output_dir: PathBuf,
+    pub sizes: Vec<usize>,
+    pub seeds: Vec<u64>,
+    /// Held-out test structures: the last `n_test` frames of the data file (`test_split = "last"`) or a random
+    /// selection fixed by `test_seed` (`"random"`).
+    pub n_test: usize,
+    #[serde(default = "default_test_split")]
+    pub test_split: String,
+    #[serde(default)]
+    pub test_seed: u64,
+    /// Validation structures drawn (per seed) from the pool besides the training set.
+    pub n_valid: usize,
+    /// "forces" and/or "energy" (energy-only: no force labels in training).
+    pub label_modes: Vec<String>,
+    /// Names of variants to run, each defined in `[variants]`.
+    pub variants: Vec<String>,
+    /// Config overrides (`section.key = value`) per variant.
+    pub variant_overrides: BTreeMap<String, BTreeMap<String, toml::Value>>,
+    /// Overrides for every run.
+    #[serde(default)]
+    pub overrides: BTreeMap<String, toml::Value>,
+    /// Extra overrides of the energy-only mode (e.g. early stopping on the validation energy).
+    #[serde(default)]
+    pub energy_only_overrides: BTreeMap<String, toml::Value>,
+}
+
+fn default_test_split() -> String {
+    "last".into()
+}
+
+/// One training run's outcome.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunResult {
+    pub size: usize,
+    pub seed: u64,
+    pub variant: String,
+    pub labels: String,
+    pub test: Metrics,
+    pub train_seconds: f64,
+    pub epochs: usize,
+    pub best_epoch: usize,
+}
+
+/// Mean and standard deviation over seeds of one (size, variant, labels) cell.
+#[derive(Clone, Debug, Serialize)]
+pub struct Aggregate {
+    pub size: usize,
+    pub variant: String,
+    pub labels: String,
+    pub n_seeds: usize,
+    pub energy_mae_mev_per_atom: (f64, f64),
+    pub energy_rmse_mev_per_atom: (f64, f64),
+    pub forces_mae_mev_per_a: (f64, f64),
+    pub forces_rmse_mev_per_a: (f64, f64),
+    pub train_seconds: (f64, f64),
+}
+
+impl BenchSpec {
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let mut value: toml::Value =
+            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        for o in overrides {
+            let (k, v) = o.split_once('=').ok_or_else(|| Error::Config(format!("--set {o}: expected KEY=VALUE")))?;
+            let v: toml::Value = toml::from_str(&format!("x = {v}"))
+                .map(|t: toml::Table| t["x"].clone())
+                .unwrap_or_else(|_| toml::Value::String(v.to_string()));
+            value.as_table_mut().map(|t| t.insert(k.trim().to_string(), v));
+        }
+        let mut spec: BenchSpec = value.try_into().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+        let dir = path.parent().unwrap_or(Path::new("."));
+        if spec.config.is_relative() {
+            spec.config = dir.join(&spec.config);
+        }
+        for v in &spec.variants {
+            if !spec.variant_overrides.contains_key(v) {
+                return Err(Error::Config(format!("{}: variant '{v}' has no [variant_overrides.{v}] table", path.display())));
+            }
+        }
+        for m in &spec.label_modes {
+            if m != "forces" && m != "energy" {
+                return Err(Error::Config(format!("{}: label mode '{m}' is not 'forces' or 'energy'", path.display())));
+            }
+        }
+        Ok(spec)
+    }
+}
+
+fn set_args(map: &BTreeMap<String, toml::Value>) -> Vec<String> {
+    map.iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Splits the base config's data file into the fixed test set and the training pool (written to `dir`).
+fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf, PathBuf, usize)> {
+    let mut frames = extxyz::read_file(&base.data.file, &base.data.keys)?;
+    let n = frames.len();
+    if spec.n_test + spec.n_valid + spec.sizes.iter().max().copied().unwrap_or(0) > n {
+        return Err(Error::Config(format!(
+            "{}: {n} structures cannot hold n_test {} + n_valid {} + the largest size {:?}",
+            base.data.file.display(),
+            spec.n_test,
+            spec.n_valid,
+            spec.sizes.iter().max()
+        )));
+    }
+    let test: Vec<_> = match spec.test_split.as_str() {
+        "last" => frames.split_off(n - spec.n_test),
+        "random" => {
+            let mut idx: Vec<usize> = (0..n).collect();
+            crate::rng::Rng::new(spec.test_seed).shuffle(&mut idx);
+            let chosen: std::collections::BTreeSet<usize> = idx[..spec.n_test].iter().copied().collect();
+            let (t, p): (Vec<_>, Vec<_>) = frames.into_iter().enumerate().partition(|(i, _)| chosen.contains(i));
+            frames = p.into_iter().map(|x| x.1).collect();
+            t.into_iter().map(|x| x.1).collect()
+        }
+        other => return Err(Error::Config(format!("test_split must be 'last' or 'random', got '{other}'"))),
+    };
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let (pool, test_path) = (dir.join("pool.extxyz"), dir.join("test.extxyz"));
+    extxyz::write_file(&pool, &frames, &base.data.keys)?;
+    extxyz::write_file(&test_path, &test, &base.data.keys)?;
+    let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    Ok((abs(pool), abs(test_path), frames.len()))
+}
+
+/// Runs (or reuses) every run of the suite and writes `results.json`, `runs.csv`, `summary.csv` and plots.
+pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
+    let out = &spec.output_dir;
+    let base = Config::load(&spec.config, &[])?;
+    let (pool, test, _) = prepare_data(spec, &base, &out.join("data"))?;
+    let mut results = Vec::new();
+    for &size in &spec.sizes {
+        for labels in &spec.label_modes {
+            for variant in &spec.variants {
+                if labels == "energy" && variant == "weak" {
+                    continue; // weak labels need reference forces
+                }
+                for &seed in &spec.seeds {
+                    let name = format!("{labels}/{variant}/n{size}_s{seed}");
+                    let run_dir = out.join("runs").join(&name);
+                    let saved = run_dir.join("bench_result.json");
+                    if let Ok(text) = std::fs::read_to_string(&saved) {
+                        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
+                            results.push(r);
+                            continue;
+                        }
+                    }
+                    let mut sets = set_args(&spec.overrides);
+                    sets.extend(set_args(&spec.variant_overrides[variant]));
+                    if labels == "energy" {
+                        sets.extend(["data.train_forces_fraction=0.0".to_string(), "loss.forces_weight=0.0".to_string()]);
+                        sets.extend(set_args(&spec.energy_only_overrides));
+                    }
+                    sets.extend([
+                        format!("data.file={:?}", pool.display().to_string()),
+                        format!("data.test_file={:?}", test.display().to_string()),
+                        "data.split=\"random\"".into(),
+                        format!("data.split_seed={seed}"),
+                        format!("data.n_train={size}"),
+                        format!("data.n_valid={}", spec.n_valid),
+                        "data.n_test=0".into(),
+                        format!("training.seed={seed}"),
+                        format!("output.run_dir={:?}", run_dir.display().to_string()),
+                    ]);
+                    let cfg = Config::load(&spec.config, &sets)?;
+                    let t0 = std::time::Instant::now();
+                    let s = crate::train::train(&cfg, &crate::train::TrainOptions { resume: None, stop_after: None, quiet: true })?;
+                    let r = RunResult {
+                        size,
+                        seed,
+                        variant: variant.clone(),
+                        labels: labels.clone(),
+                        test: s.test.ok_or_else(|| Error::invalid(format!("run {name} produced no test metrics")))?,
+                        train_seconds: t0.elapsed().as_secs_f64(),
+                        epochs: s.epochs_done,
+                        best_epoch: s.best_epoch,
+                    };
+                    let text = serde_json::to_string_pretty(&r).map_err(|e| Error::invalid(e.to_string()))?;
+                    std::fs::write(&saved, text).map_err(|e| Error::io(&saved, e))?;
+                    if !quiet {
+                        println!(
+                            "{name}: E RMSE {:.2} meV/atom, F RMSE {:.1} meV/Å, {:.0} s",
+                            r.test.energy_rmse_mev_per_atom.unwrap_or(f64::NAN),
+                            r.test.forces_rmse_mev_per_A.unwrap_or(f64::NAN),
+                            r.train_seconds
+                        );
+                    }
+                    results.push(r);
+                }
+            }
+        }
+    }
+    let aggregates = aggregate(&results);
+    write_outputs(out, spec, &results, &aggregates)?;
+    Ok(aggregates)
+}
+
+fn mean_std(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    if v.is_empty() {
+        return (f64::NAN, f64::NAN);
+    }
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 { v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
+    (m, var.sqrt())
+}
+
+pub fn aggregate(results: &[RunResult]) -> Vec<Aggregate> {
+    let mut groups: BTreeMap<(String, String, usize), Vec<&RunResult>> = BTreeMap::new();
+    for r in results {
+        groups.entry((r.labels.clone(), r.variant.clone(), r.size)).or_default().push(r);
+    }
+    groups
+        .into_iter()
+        .map(|((labels, variant, size), rs)| {
+            let col = |f: &dyn Fn(&Metrics) -> Option<f64>| mean_std(&rs.iter().filter_map(|r| f(&r.test)).collect::<Vec<_>>());
+            Aggregate {
+                size,
+                variant,
+                labels,
+                n_seeds: rs.len(),
+                energy_mae_mev_per_atom: col(&|m| m.energy_mae_mev_per_atom),
+                energy_rmse_mev_per_atom: col(&|m| m.energy_rmse_mev_per_atom),
+                forces_mae_mev_per_a: col(&|m| m.forces_mae_mev_per_A),
+                forces_rmse_mev_per_a: col(&|m| m.forces_rmse_mev_per_A),
+                train_seconds: mean_std(&rs.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
+            }
+        })
+        .collect()
+}
+
+fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Aggregate]) -> Result<()> {
+    let json = serde_json::json!({ "spec": spec, "runs": results, "summary": aggs });
+    let path = out.join("results.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| Error::invalid(e.to_string()))?)
+        .map_err(|e| Error::io(&path, e))?;
+    let mut csv = String::from(
+        "labels,variant,size,n_seeds,energy_mae_mev_per_atom,energy_mae_std,energy_rmse_mev_per_atom,energy_rmse_std,\
+         forces_mae_mev_per_A,forces_mae_std,forces_rmse_mev_per_A,forces_rmse_std,train_seconds\n",
+    );
+    for a in aggs {
+        csv += &format!(
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.1}\n",
+            a.labels,
+            a.variant,
+            a.size,
+            a.n_seeds,
+            a.energy_mae_mev_per_atom.0,
+            a.energy_mae_mev_per_atom.1,
+            a.energy_rmse_mev_per_atom.0,
+            a.energy_rmse_mev_per_atom.1,
+            a.forces_mae_mev_per_a.0,
+            a.forces_mae_mev_per_a.1,
+            a.forces_rmse_mev_per_a.0,
+            a.forces_rmse_mev_per_a.1,
+            a.train_seconds.0
+        );
+    }
+    let path = out.join("summary.csv");
+    std::fs::write(&path, csv).map_err(|e| Error::io(&path, e))?;
+    for labels in &spec.label_modes {
+        for (what, title, get) in [
+            ("forces_rmse", "FORCE RMSE", (|a: &Aggregate| a.forces_rmse_mev_per_a.0) as fn(&Aggregate) -> f64),
+            ("energy_rmse", "ENERGY RMSE", |a: &Aggregate| a.energy_rmse_mev_per_atom.0),
+        ] {
+            let series: Vec<(String, Vec<(f64, f64)>)> = spec
+                .variants
+                .iter()
+                .map(|v| {
+                    let pts = aggs
+                        .iter()
+                        .filter(|a| &a.labels == labels && &a.variant == v && get(a) > 0.0)
+                        .map(|a| ((a.size as f64).log10(), get(a).log10()))
+                        .collect();
+                    (v.to_uppercase(), pts)
+                })
+                .filter(|s: &(String, Vec<(f64, f64)>)| !s.1.is_empty())
+                .collect();
+            let unit = if what == "forces_rmse" { "MEV/A" } else { "MEV/ATOM" };
+            let png = out.join(format!("{what}_{labels}.png"));
+            crate::plot::lines_png(
+                &png,
+                &format!("{title} VS TRAINING SET SIZE ({} LABELS)", labels.to_uppercase()),
+                "LOG10 TRAINING STRUCTURES",
+                &format!("LOG10 {title} ({unit})"),
+                &series,
+            )?;
+        }
+    }
+    Ok(())
+}
