@@ -2,10 +2,9 @@
 //!
 //! The runtime computes descriptors and the chain rule itself (f64, Rust); an engine only maps each species'
 //! descriptor batch to energies and gradients. tract is the default (pure Rust, no download); ONNX Runtime is
-//! optional (`--features ort`); the native engine runs the training-time networks for comparisons.
+//! optional (`--features ort`).
 
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::onnx::metadata::{Dtype, ModelMetadata};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
@@ -92,40 +91,5 @@ impl Engine for TractEngine {
             out.push((e, g));
         }
         Ok(out)
-    }
-}
-
-/// The training-time networks in f64 (the reference the exported graph is checked against, and a benchmark
-/// baseline).
-pub struct NativeEngine {
-    model: Model,
-}
-
-impl NativeEngine {
-    pub fn new(model: Model) -> Self {
-        NativeEngine { model }
-    }
-}
-
-impl Engine for NativeEngine {
-    fn name(&self) -> &'static str {
-        "native"
-    }
-
-    fn run(&self, batches: &[Vec<f64>], nf: usize) -> Result<Vec<SpeciesOutput>> {
-        let m = &self.model;
-        Ok(batches
-            .iter()
-            .enumerate()
-            .map(|(s, b)| {
-                let n = b.len() / nf;
-                let (mean, std) = (&m.feature_mean[s], &m.feature_std[s]);
-                let x: Vec<f64> = b.iter().enumerate().map(|(k, g)| (g - mean[k % nf]) / std[k % nf]).collect();
-                let (out, dx) = m.networks[s].forward_with_input_grad(&x, n);
-                let e = out.iter().map(|o| m.energy_scale * o).collect();
-                let g = dx.iter().enumerate().map(|(k, d)| m.energy_scale * d / std[k % nf]).collect();
-                (e, g)
-            })
-            .collect())
     }
 }

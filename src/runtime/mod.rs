@@ -12,10 +12,10 @@ pub mod ort_engine;
 use crate::descriptor::Descriptor;
 use crate::error::{Error, Result};
 use crate::frame::{Mat3, Vec3};
-use crate::model::{Model, Prediction};
+use crate::model::Prediction;
 use crate::neighbors::{Neighbor, NeighborList};
 use crate::onnx::metadata::{checksum, Dtype, ModelMetadata};
-use engine::{Engine, NativeEngine, TractEngine};
+use engine::{Engine, TractEngine};
 use prost::Message;
 use std::path::{Path, PathBuf};
 use tract_onnx::pb;
@@ -112,14 +112,6 @@ impl Potential {
         };
         let descriptor = Descriptor::new(&metadata.descriptor, metadata.species.len());
         Ok(Potential { metadata, descriptor, engine })
-    }
-
-    /// The training-time model behind the same runtime code (reference and benchmark baseline).
-    pub fn native(model: &Model) -> Result<Self> {
-        let metadata = crate::onnx::export::metadata_for(model, Dtype::F64, String::new());
-        metadata.validate().map_err(Error::invalid)?;
-        let descriptor = Descriptor::new(&metadata.descriptor, metadata.species.len());
-        Ok(Potential { metadata, descriptor, engine: Box::new(NativeEngine::new(model.clone())) })
     }
 
     pub fn engine_name(&self) -> &'static str {
