@@ -183,13 +183,14 @@ impl Descriptor {
         }
     }
 
-    /// Powers `u_a^k` and their derivatives `k·u_a^(k−1)`, k ≤ l_max, of each component of û. Always inlined:
-    /// returning the tables by value otherwise costs a memcpy per call.
+    /// Powers `u_a^k` and their derivatives `k·u_a^(k−1)`, k ≤ l_max, of each component of û. Always inlined, and
+    /// zero-initialised (an inline memset) rather than filled from a constant table (a memcpy call per pair).
     #[inline(always)]
     fn powers(&self, u: &Vec3) -> ([[f64; 9]; 3], [[f64; 9]; 3]) {
-        let mut pw = [[1.0f64; 9]; 3];
+        let mut pw = [[0.0f64; 9]; 3];
         let mut dpw = [[0.0f64; 9]; 3];
         for a in 0..3 {
+            pw[a][0] = 1.0;
             for k in 1..=self.spec.l_max {
                 pw[a][k] = pw[a][k - 1] * u[a];
                 dpw[a][k] = k as f64 * pw[a][k - 1];
