@@ -36,7 +36,7 @@ pub struct BenchSpec {
     pub variants: Vec<String>,
     /// Config overrides (`section.key = value`) per variant.
     pub variant_overrides: BTreeMap<String, BTreeMap<String, toml::Value>>,
-    /// Overrides for every run.
+    /// Overrides for every run (also applied when reading the data file, so `"data.file"` may be set here).
     #[serde(default)]
     pub overrides: BTreeMap<String, toml::Value>,
     /// Extra overrides of the energy-only mode (e.g. early stopping on the validation energy).
@@ -146,7 +146,7 @@ fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf,
 /// Runs (or reuses) every run of the suite and writes `results.json`, `runs.csv`, `summary.csv` and plots.
 pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
     let out = &spec.output_dir;
-    let base = Config::load(&spec.config, &[])?;
+    let base = Config::load(&spec.config, &set_args(&spec.overrides))?;
     let (pool, test, _) = prepare_data(spec, &base, &out.join("data"))?;
     let mut results = Vec::new();
     for &size in &spec.sizes {
