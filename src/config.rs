@@ -289,15 +289,20 @@ impl Config {
     }
 }
 
-/// `section.key=value` (value parsed as TOML, else taken as a string) into the raw table.
+/// The value of a `--set key=value` override: parsed as TOML, else taken as a string.
+pub(crate) fn override_value(value: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {value}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(value.to_string()))
+}
+
+/// `section.key=value` into the raw table.
 fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
     let (path, value) = o
         .split_once('=')
         .ok_or_else(|| Error::Config(format!("--set expects section.key=value, got '{o}'")))?;
-    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {value}"))
-        .ok()
-        .and_then(|mut t| t.remove("v"))
-        .unwrap_or_else(|| toml::Value::String(value.to_string()));
+    let value = override_value(value);
     let keys: Vec<&str> = path.trim().split('.').collect();
     if keys.len() < 2 {
         return Err(Error::Config(format!("--set expects section.key=value, got '{o}'")));

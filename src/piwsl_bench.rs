@@ -82,10 +82,9 @@ impl BenchSpec {
             toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         for o in overrides {
             let (k, v) = o.split_once('=').ok_or_else(|| Error::Config(format!("--set {o}: expected KEY=VALUE")))?;
-            let v: toml::Value = toml::from_str(&format!("x = {v}"))
-                .map(|t: toml::Table| t["x"].clone())
-                .unwrap_or_else(|_| toml::Value::String(v.to_string()));
-            value.as_table_mut().map(|t| t.insert(k.trim().to_string(), v));
+            if let Some(t) = value.as_table_mut() {
+                t.insert(k.trim().to_string(), crate::config::override_value(v));
+            }
         }
         let mut spec: BenchSpec = value.try_into().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         let dir = path.parent().unwrap_or(Path::new("."));
