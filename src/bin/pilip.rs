@@ -127,7 +127,7 @@ enum Cmd {
         output: Option<PathBuf>,
     },
     /// The PIWSL benchmark suite: standard / PITC / PITC+PISC / weak-label training over sizes and seeds, with
-    /// forces and energy-only, on a fixed test set (see docs/results.md).
+    /// forces and energy-only, on a fixed test set (see docs/piwsl.md).
     BenchPiwsl {
         /// Benchmark specification (examples/configs/bench/piwsl_*.toml).
         spec: PathBuf,
