@@ -8,12 +8,11 @@ use crate::onnx::graph::{build_graph, IR_VERSION, OPSET};
 use crate::onnx::metadata::{checksum, Dtype, ModelMetadata, MODEL_FORMAT_VERSION};
 use crate::runtime::{Potential, RuntimeOptions};
 use prost::Message;
-use std::io::Write;
 use std::path::Path;
 use tract_onnx::pb;
 
 /// Metadata of `model` exported with `dtype` (checksum of the graph supplied by the caller).
-pub fn metadata_for(model: &Model, dtype: Dtype, checksum: String) -> ModelMetadata {
+fn metadata_for(model: &Model, dtype: Dtype, checksum: String) -> ModelMetadata {
     ModelMetadata {
         format_version: MODEL_FORMAT_VERSION,
         library_version: env!("CARGO_PKG_VERSION").into(),
@@ -114,19 +113,8 @@ pub fn export(model: &Model, dtype: Dtype, path: &Path, frames: &[Frame]) -> Res
             path.display()
         )));
     }
-    write_atomically(path, &bytes)?;
+    crate::io::write_atomically(path, &bytes)?;
     Ok(v)
-}
-
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("onnx.tmp");
-    let write = || -> std::io::Result<()> {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    };
-    write().map_err(|e| Error::io(path, e))
 }
 
 /// Two synthetic structures containing every species of `model`: an open cluster and a periodic triclinic

@@ -6,7 +6,6 @@ use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::optim::{Adam, Schedule};
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 
 pub const FORMAT: &str = "pilip-checkpoint";
@@ -49,15 +48,8 @@ impl Checkpoint {
     }
 
     pub fn save(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("ckpt.tmp");
         let bytes = serde_json::to_vec(self).map_err(|e| Error::invalid(format!("serialising checkpoint: {e}")))?;
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().map_err(|e| Error::io(path, e))
+        crate::io::write_atomically(path, &bytes)
     }
 
     pub fn load(path: &Path) -> Result<Self> {
