@@ -19,10 +19,20 @@ pub trait Engine: Send + Sync {
     fn run(&self, batches: &[Vec<f64>], n_features: usize) -> Result<Vec<SpeciesOutput>>;
 }
 
-/// Engines get at least one row per species (graphs and kernels need not handle empty tensors); padded rows
-/// are zero descriptors whose outputs are dropped.
-pub(crate) fn rows(batch: &[f64], n_features: usize) -> usize {
-    (batch.len() / n_features).max(1)
+/// One species' descriptors as `T`, zero-padded to at least one row (graphs and kernels need not handle empty
+/// tensors; the padded row's outputs are dropped by [`unpadded`]). Returns (rows, values).
+pub(crate) fn padded<T: Copy + Default>(batch: &[f64], n_features: usize, convert: fn(f64) -> T) -> (usize, Vec<T>) {
+    let n = (batch.len() / n_features).max(1);
+    let mut v: Vec<T> = batch.iter().map(|&x| convert(x)).collect();
+    v.resize(n * n_features, T::default());
+    (n, v)
+}
+
+/// Energies and gradients of the real atoms of a species whose batch held `batch_len` values.
+pub(crate) fn unpadded(mut energies: Vec<f64>, mut gradients: Vec<f64>, batch_len: usize, n_features: usize) -> SpeciesOutput {
+    energies.truncate(batch_len / n_features);
+    gradients.truncate(batch_len);
+    (energies, gradients)
 }
 
 fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
@@ -57,16 +67,13 @@ impl Engine for TractEngine {
         debug_assert_eq!(batches.len(), self.n_species);
         let mut inputs: TVec<TValue> = TVec::new();
         for b in batches {
-            let n = rows(b, nf);
             let tensor = match self.dtype {
                 Dtype::F32 => {
-                    let mut v: Vec<f32> = b.iter().map(|&x| x as f32).collect();
-                    v.resize(n * nf, 0.0);
+                    let (n, v) = padded(b, nf, |x| x as f32);
                     Tensor::from_shape(&[n, nf], &v)
                 }
                 Dtype::F64 => {
-                    let mut v = b.clone();
-                    v.resize(n * nf, 0.0);
+                    let (n, v) = padded(b, nf, |x| x);
                     Tensor::from_shape(&[n, nf], &v)
                 }
             }
@@ -81,15 +88,8 @@ impl Engine for TractEngine {
                 Dtype::F64 => view.as_slice::<f64>().map_err(|e| engine_error("tract", e))?.to_vec(),
             })
         };
-        let mut out = Vec::with_capacity(batches.len());
-        for (s, b) in batches.iter().enumerate() {
-            let n = b.len() / nf;
-            let mut e = to_f64(&outputs[2 * s])?;
-            let mut g = to_f64(&outputs[2 * s + 1])?;
-            e.truncate(n);
-            g.truncate(n * nf);
-            out.push((e, g));
-        }
-        Ok(out)
+        (0..batches.len())
+            .map(|s| Ok(unpadded(to_f64(&outputs[2 * s])?, to_f64(&outputs[2 * s + 1])?, batches[s].len(), nf)))
+            .collect()
     }
 }

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::onnx::metadata::{Dtype, ModelMetadata};
-use crate::runtime::engine::{rows, Engine, SpeciesOutput};
+use crate::runtime::engine::{padded, unpadded, Engine, SpeciesOutput};
 use ort::session::Session;
 use ort::value::Tensor;
 use std::path::{Path, PathBuf};
@@ -86,39 +86,26 @@ impl Engine for OrtEngine {
         debug_assert_eq!(batches.len(), self.n_species);
         let mut inputs: Vec<ort::session::SessionInputValue> = Vec::with_capacity(batches.len());
         for b in batches {
-            let n = rows(b, nf);
-            let shape = [n as i64, nf as i64];
             let value = match self.dtype {
                 Dtype::F32 => {
-                    let mut v: Vec<f32> = b.iter().map(|&x| x as f32).collect();
-                    v.resize(n * nf, 0.0);
-                    Tensor::from_array((shape, v)).map_err(ort_error)?.into_dyn()
+                    let (n, v) = padded(b, nf, |x| x as f32);
+                    Tensor::from_array(([n as i64, nf as i64], v)).map_err(ort_error)?.into_dyn()
                 }
                 Dtype::F64 => {
-                    let mut v = b.clone();
-                    v.resize(n * nf, 0.0);
-                    Tensor::from_array((shape, v)).map_err(ort_error)?.into_dyn()
+                    let (n, v) = padded(b, nf, |x| x);
+                    Tensor::from_array(([n as i64, nf as i64], v)).map_err(ort_error)?.into_dyn()
                 }
             };
             inputs.push(value.into());
         }
         let mut session = self.session.lock().map_err(|_| ort_error("a previous call panicked"))?;
         let outputs = session.run(inputs.as_slice()).map_err(ort_error)?;
-        let mut out = Vec::with_capacity(batches.len());
-        for (s, b) in batches.iter().enumerate() {
-            let n = b.len() / nf;
-            let get = |k: usize| -> Result<Vec<f64>> {
-                Ok(match self.dtype {
-                    Dtype::F32 => outputs[k].try_extract_tensor::<f32>().map_err(ort_error)?.1.iter().map(|&x| x as f64).collect(),
-                    Dtype::F64 => outputs[k].try_extract_tensor::<f64>().map_err(ort_error)?.1.to_vec(),
-                })
-            };
-            let mut e = get(2 * s)?;
-            let mut g = get(2 * s + 1)?;
-            e.truncate(n);
-            g.truncate(n * nf);
-            out.push((e, g));
-        }
-        Ok(out)
+        let get = |k: usize| -> Result<Vec<f64>> {
+            Ok(match self.dtype {
+                Dtype::F32 => outputs[k].try_extract_tensor::<f32>().map_err(ort_error)?.1.iter().map(|&x| x as f64).collect(),
+                Dtype::F64 => outputs[k].try_extract_tensor::<f64>().map_err(ort_error)?.1.to_vec(),
+            })
+        };
+        (0..batches.len()).map(|s| Ok(unpadded(get(2 * s)?, get(2 * s + 1)?, batches[s].len(), nf))).collect()
     }
 }
