@@ -118,10 +118,6 @@ impl std::fmt::Display for Timing {
 }
 
 pub fn time_evaluation(model: &Model, frame: &Frame, repeats: usize) -> Result<Timing> {
-    let median = |mut v: Vec<f64>| {
-        v.sort_by(|a, b| a.total_cmp(b));
-        v[v.len() / 2]
-    };
     let env = model.frame_environments(frame)?;
     let n_pairs = env.descriptors.neighbors.n_pairs();
     let _ = model.predict(&env); // warm-up
@@ -160,6 +156,11 @@ pub fn supercell(frame: &Frame, n: usize) -> Result<Frame> {
     Ok(out)
 }
 
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
 /// Median seconds per call of `f` over `repeats` calls (after one warm-up call).
 fn median_time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
     f()?;
@@ -169,8 +170,7 @@ fn median_time(repeats: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64>
         f()?;
         t.push(t0.elapsed().as_secs_f64());
     }
-    t.sort_by(|a, b| a.total_cmp(b));
-    Ok(t[t.len() / 2])
+    Ok(median(t))
 }
 
 /// One line per engine: median time of a whole-system energy + forces + virial call on one thread, for the

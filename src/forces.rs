@@ -14,11 +14,10 @@ pub fn accumulate(
     nl: &NeighborList,
     centers: Option<&[usize]>,
     pair_grads: &[Vec3],
-    forces: Option<&mut [Vec3]>,
+    mut forces: Option<&mut [Vec3]>,
     virial: &mut Mat3,
     mut atomic_virial: Option<&mut [[f64; 9]]>,
 ) {
-    let mut forces = forces;
     let mut p = 0;
     for c in 0..nl.n_atoms() {
         let i = centers.map_or(c, |cs| cs[c]);

@@ -85,15 +85,7 @@ impl Model {
         numbers
             .iter()
             .enumerate()
-            .map(|(i, &z)| {
-                self.species_index(z).ok_or_else(|| {
-                    Error::invalid(format!(
-                        "atom {i} has atomic number {z} ({}), which this model does not know; model species: [{}]",
-                        crate::elements::symbol(z).unwrap_or("?"),
-                        self.species.iter().map(|z| crate::elements::symbol(*z).unwrap_or("?")).collect::<Vec<_>>().join(", ")
-                    ))
-                })
-            })
+            .map(|(i, &z)| self.species_index(z).ok_or_else(|| unknown_element(i, z as i64, &self.species)))
             .collect()
     }
 
@@ -302,6 +294,16 @@ impl Model {
             }
         }
     }
+}
+
+/// The error for atom `i` whose atomic number `z` is not among the model's `species` (shared by the
+/// training-time model and the runtime, so users see one message).
+pub(crate) fn unknown_element(i: usize, z: i64, species: &[u32]) -> Error {
+    Error::invalid(format!(
+        "atom {i} has atomic number {z}{}, which this model does not know; model species: [{}]",
+        u32::try_from(z).ok().and_then(crate::elements::symbol).map(|s| format!(" ({s})")).unwrap_or_default(),
+        species.iter().map(|&s| crate::elements::symbol(s).unwrap_or("?")).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 /// Stress (eV/Å³) of a periodic cell of volume `v` from its virial: σ = −W / V.

@@ -124,13 +124,8 @@ impl Potential {
 
     /// Species index of atom `i` with atomic number `z`, or an error naming the atom and the model's species.
     fn species_index(&self, i: usize, z: i64) -> Result<usize> {
-        self.metadata.species.iter().position(|&s| s as i64 == z).ok_or_else(|| {
-            Error::invalid(format!(
-                "atom {i} has atomic number {z}{}, which this model does not know; model species: [{}]",
-                u32::try_from(z).ok().and_then(crate::elements::symbol).map(|s| format!(" ({s})")).unwrap_or_default(),
-                self.metadata.symbols.join(", ")
-            ))
-        })
+        let species = &self.metadata.species;
+        species.iter().position(|&s| s as i64 == z).ok_or_else(|| crate::model::unknown_element(i, z, species))
     }
 
     fn species_of(&self, numbers: &[i32]) -> Result<Vec<usize>> {
