@@ -42,6 +42,14 @@ pub struct BenchSpec {
     /// Extra overrides of the energy-only mode (e.g. early stopping on the validation energy).
     #[serde(default)]
     pub energy_only_overrides: BTreeMap<String, toml::Value>,
+    /// Temperature (K) at which the data were sampled (canonical ensemble), for the thermal curvature estimate
+    /// ⟨F²⟩/k_BT that the models' curvature is compared with.
+    #[serde(default)]
+    pub temperature_k: Option<f64>,
+    /// Caps the epochs of a run at ⌈max_structure_epochs / size⌉ (below the config's `max_epochs`), so large
+    /// training sets get a bounded number of passes over structures rather than the same number of epochs.
+    #[serde(default)]
+    pub max_structure_epochs: Option<usize>,
 }
 
 fn default_test_split() -> String {
@@ -59,6 +67,10 @@ pub struct RunResult {
     pub train_seconds: f64,
     pub epochs: usize,
     pub best_epoch: usize,
+    /// The trained model's mean curvature along random centred directions on the test set, eV/Å²
+    /// (see [`random_direction_curvature`]).
+    #[serde(default)]
+    pub curvature_ev_per_a2: Option<f64>,
 }
 
 /// Mean and standard deviation over seeds of one (size, variant, labels) cell.
@@ -73,6 +85,7 @@ pub struct Aggregate {
     pub forces_mae_mev_per_a: (f64, f64),
     pub forces_rmse_mev_per_a: (f64, f64),
     pub train_seconds: (f64, f64),
+    pub curvature_ev_per_a2: (f64, f64),
 }
 
 impl BenchSpec {
@@ -147,6 +160,7 @@ pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
     let out = &spec.output_dir;
     let base = Config::load(&spec.config, &set_args(&spec.overrides))?;
     let (pool, test, _) = prepare_data(spec, &base, &out.join("data"))?;
+    let test_frames = extxyz::read_file(&test, &base.data.keys)?;
     let mut results = Vec::new();
     for &size in &spec.sizes {
         for labels in &spec.label_modes {
@@ -159,7 +173,11 @@ pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
                     let run_dir = out.join("runs").join(&name);
                     let saved = run_dir.join("bench_result.json");
                     if let Ok(text) = std::fs::read_to_string(&saved) {
-                        if let Ok(r) = serde_json::from_str::<RunResult>(&text) {
+                        if let Ok(mut r) = serde_json::from_str::<RunResult>(&text) {
+                            if r.curvature_ev_per_a2.is_none() {
+                                r.curvature_ev_per_a2 = Some(run_curvature(&run_dir, &test_frames)?);
+                                save_result(&saved, &r)?;
+                            }
                             results.push(r);
                             continue;
                         }
@@ -169,6 +187,10 @@ pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
                     if labels == "energy" {
                         sets.extend(["data.train_forces_fraction=0.0".to_string(), "loss.forces_weight=0.0".to_string()]);
                         sets.extend(set_args(&spec.energy_only_overrides));
+                    }
+                    if let Some(budget) = spec.max_structure_epochs {
+                        let max_epochs = base.training.max_epochs.min(budget.div_ceil(size.max(1)));
+                        sets.push(format!("training.max_epochs={max_epochs}"));
                     }
                     sets.extend([
                         format!("data.file={:?}", pool.display().to_string()),
@@ -193,9 +215,9 @@ pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
                         train_seconds: t0.elapsed().as_secs_f64(),
                         epochs: s.epochs_done,
                         best_epoch: s.best_epoch,
+                        curvature_ev_per_a2: Some(run_curvature(&run_dir, &test_frames)?),
                     };
-                    let text = serde_json::to_string_pretty(&r).map_err(|e| Error::invalid(e.to_string()))?;
-                    std::fs::write(&saved, text).map_err(|e| Error::io(&saved, e))?;
+                    save_result(&saved, &r)?;
                     if !quiet {
                         println!(
                             "{name}: E RMSE {:.2} meV/atom, F RMSE {:.1} meV/Å, {:.0} s",
@@ -210,8 +232,59 @@ pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
         }
     }
     let aggregates = aggregate(&results);
-    write_outputs(out, spec, &results, &aggregates)?;
+    let thermal = spec.temperature_k.map(|t| thermal_curvature(&test_frames, t));
+    write_outputs(out, spec, &results, &aggregates, thermal)?;
     Ok(aggregates)
+}
+
+fn save_result(path: &Path, r: &RunResult) -> Result<()> {
+    let text = serde_json::to_string_pretty(r).map_err(|e| Error::invalid(e.to_string()))?;
+    crate::io::write_atomically(path, text.as_bytes())
+}
+
+/// Displacement amplitude (Å) of the curvature probe: small enough that the cubic term is negligible.
+const CURVATURE_PROBE_EPSILON: f64 = 0.005;
+
+/// Mean over `frames` of the model's curvature along one random centred direction Δ per frame,
+/// 2[E(R+Δ) − E(R) + Δ·F(R)] / |Δ|² = ΔᵀHΔ/|Δ|² + O(ε) (eV/Å²); its expectation is tr(H)/3N.
+///
+/// This is what first-order PITC penalises, so comparing it with the data's own curvature
+/// ([`thermal_curvature`]) says whether a model is rougher than the true surface (PITC can help) or not.
+pub fn random_direction_curvature(model: &crate::model::Model, frames: &[crate::frame::Frame]) -> Result<f64> {
+    let mut rng = crate::rng::Rng::new(0x5eed);
+    let mut sum = 0.0;
+    for f in frames {
+        let d = crate::train::loss::displacement(&mut rng, f.positions.len(), CURVATURE_PROBE_EPSILON);
+        sum += directional_curvature(model, f, &d)?;
+    }
+    Ok(sum / frames.len().max(1) as f64)
+}
+
+/// 2[E(R+Δ) − E(R) + Δ·F(R)] / |Δ|² (eV/Å²): the first-order Taylor residual that PITC penalises, scaled to a
+/// curvature.
+pub fn directional_curvature(model: &crate::model::Model, frame: &crate::frame::Frame, d: &[crate::frame::Vec3]) -> Result<f64> {
+    let p = model.predict_frame(frame)?;
+    let e_c = model.predict_frame(&crate::train::loss::displaced(frame, d))?.energy;
+    let d_dot_f: f64 = d.iter().zip(&p.forces).map(|(a, b)| a[0] * b[0] + a[1] * b[1] + a[2] * b[2]).sum();
+    let d2: f64 = d.iter().map(|a| a[0] * a[0] + a[1] * a[1] + a[2] * a[2]).sum();
+    Ok(2.0 * (e_c - p.energy + d_dot_f) / d2)
+}
+
+fn run_curvature(run_dir: &Path, test: &[crate::frame::Frame]) -> Result<f64> {
+    let ck = crate::train::checkpoint::Checkpoint::load(&run_dir.join("checkpoints").join("best.ckpt"))?;
+    random_direction_curvature(&ck.model, test)
+}
+
+/// The reference surface's mean curvature tr(H)/3N estimated from its forces: for canonical sampling at
+/// temperature T, ⟨F_i²⟩ = k_BT ⟨∂²E/∂x_i²⟩ (integration by parts), so tr(H)/3N ≈ ⟨F²⟩ / k_BT (eV/Å²).
+pub fn thermal_curvature(frames: &[crate::frame::Frame], temperature_k: f64) -> f64 {
+    const BOLTZMANN_EV_PER_K: f64 = 8.617_333_262e-5;
+    let (mut sum, mut n) = (0.0, 0usize);
+    for f in frames.iter().filter_map(|f| f.forces.as_ref()) {
+        sum += f.iter().map(|x| x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sum::<f64>();
+        n += 3 * f.len();
+    }
+    sum / n.max(1) as f64 / (BOLTZMANN_EV_PER_K * temperature_k)
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -243,23 +316,30 @@ pub fn aggregate(results: &[RunResult]) -> Vec<Aggregate> {
                 forces_mae_mev_per_a: col(&|m| m.forces_mae_mev_per_A),
                 forces_rmse_mev_per_a: col(&|m| m.forces_rmse_mev_per_A),
                 train_seconds: mean_std(&rs.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
+                curvature_ev_per_a2: mean_std(&rs.iter().filter_map(|r| r.curvature_ev_per_a2).collect::<Vec<_>>()),
             }
         })
         .collect()
 }
 
-fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Aggregate]) -> Result<()> {
-    let json = serde_json::json!({ "spec": spec, "runs": results, "summary": aggs });
+fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Aggregate], thermal: Option<f64>) -> Result<()> {
+    let json = serde_json::json!({
+        "spec": spec,
+        "test_thermal_curvature_ev_per_A2": thermal,
+        "runs": results,
+        "summary": aggs,
+    });
     let path = out.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&json).map_err(|e| Error::invalid(e.to_string()))?)
         .map_err(|e| Error::io(&path, e))?;
     let mut csv = String::from(
         "labels,variant,size,n_seeds,energy_mae_mev_per_atom,energy_mae_std,energy_rmse_mev_per_atom,energy_rmse_std,\
-         forces_mae_mev_per_A,forces_mae_std,forces_rmse_mev_per_A,forces_rmse_std,train_seconds\n",
+         forces_mae_mev_per_A,forces_mae_std,forces_rmse_mev_per_A,forces_rmse_std,train_seconds,\
+         curvature_eV_per_A2,curvature_std\n",
     );
     for a in aggs {
         csv += &format!(
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.1}\n",
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.1},{:.3},{:.3}\n",
             a.labels,
             a.variant,
             a.size,
@@ -272,7 +352,9 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
             a.forces_mae_mev_per_a.1,
             a.forces_rmse_mev_per_a.0,
             a.forces_rmse_mev_per_a.1,
-            a.train_seconds.0
+            a.train_seconds.0,
+            a.curvature_ev_per_a2.0,
+            a.curvature_ev_per_a2.1
         );
     }
     let path = out.join("summary.csv");

@@ -169,6 +169,12 @@ fn piwsl_benchmark_smoke_run_writes_results_and_each_variant_changes_the_loss() 
     // 2 sizes × (4 variants with forces + 3 energy-only) × 1 seed
     assert_eq!(r["runs"].as_array().unwrap().len(), 14);
     assert_eq!(r["summary"].as_array().unwrap().len(), 14);
+    assert!(r["test_thermal_curvature_ev_per_A2"].as_f64().unwrap() > 1.0, "{}", r["test_thermal_curvature_ev_per_A2"]);
+    for run in r["runs"].as_array().unwrap() {
+        assert!(run["curvature_ev_per_a2"].as_f64().unwrap().is_finite(), "{run}");
+        let epochs = if run["size"] == 32 { 1 } else { 2 }; // max_structure_epochs = 32 caps the larger set
+        assert_eq!(run["epochs"], epochs, "{run}");
+    }
     for a in r["summary"].as_array().unwrap() {
         for k in ["energy_rmse_mev_per_atom", "forces_rmse_mev_per_a", "train_seconds"] {
             assert!(a[k][0].as_f64().unwrap() > 0.0, "{k}: {a}");

@@ -157,3 +157,36 @@ fn energy_and_forces_are_continuous_when_a_neighbour_crosses_the_cutoff() {
     let curv: Vec<f64> = (1..6).map(|k| (e[k + 1] - 2.0 * e[k] + e[k - 1]) / 1e-4).collect();
     assert!(curv.iter().all(|c| c.abs() < 1e-2), "curvature near the cutoff {curv:?}");
 }
+
+#[test]
+fn benchmark_curvature_probes_measure_the_hessian() {
+    // directional_curvature = ΔᵀHΔ/|Δ|² up to O(|Δ|): compare with a central second difference of the energy
+    let f = molecule();
+    let m = random_model(vec![1, 6, 8], 4.0, &[f.clone()], 5);
+    let mut rng = pilip::rng::Rng::new(3);
+    let d: Vec<[f64; 3]> = (0..f.len()).map(|_| [0, 1, 2].map(|_| 1e-5 * (2.0 * rng.uniform() - 1.0))).collect();
+    let shifted = |s: f64| {
+        let mut g = f.clone();
+        for (x, y) in g.positions.iter_mut().zip(&d) {
+            for a in 0..3 {
+                x[a] += s * y[a];
+            }
+        }
+        energy(&m, &g)
+    };
+    let d2: f64 = d.iter().flatten().map(|x| x * x).sum();
+    let exact = (shifted(1.0) - 2.0 * shifted(0.0) + shifted(-1.0)) / d2;
+    let probe = pilip::piwsl_bench::directional_curvature(&m, &f, &d).unwrap();
+    assert!(exact.abs() > 0.1, "curvature too small to test: {exact}");
+    assert!((probe - exact).abs() < 0.01 * exact.abs(), "probe {probe} vs second difference {exact}");
+
+    // thermal estimate ⟨F²⟩/k_BT: forces of ±1 and ±2 eV/Å give ⟨F²⟩ = 2.5 eV²/Å²
+    let mut g = f.clone();
+    g.forces = Some((0..f.len()).map(|i| if i % 2 == 0 { [1.0, -1.0, 1.0] } else { [2.0, 2.0, -2.0] }).collect());
+    g.positions.truncate(2);
+    g.numbers.truncate(2);
+    g.forces.as_mut().unwrap().truncate(2);
+    let kt = 8.617_333_262e-5 * 500.0;
+    let k = pilip::piwsl_bench::thermal_curvature(&[g], 500.0);
+    assert!((k - 2.5 / kt).abs() < 1e-9 * k, "{k}");
+}

@@ -100,7 +100,8 @@ pub fn displacement(rng: &mut Rng, n: usize, eps: f64) -> Vec<Vec3> {
     d
 }
 
-fn displaced(frame: &Frame, d: &[Vec3]) -> Frame {
+/// `frame` with every atom moved by `d`.
+pub(crate) fn displaced(frame: &Frame, d: &[Vec3]) -> Frame {
     let mut g = frame.clone();
     for (x, y) in g.positions.iter_mut().zip(d) {
         for a in 0..3 {
