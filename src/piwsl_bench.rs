@@ -156,16 +156,17 @@ fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf,
 }
 
 /// Runs (or reuses) every run of the suite and writes `results.json`, `runs.csv`, `summary.csv` and plots.
-pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
+/// With `report_only`, nothing is trained: the finished runs are summarised and the missing ones listed.
+pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggregate>> {
     let out = &spec.output_dir;
     let base = Config::load(&spec.config, &set_args(&spec.overrides))?;
     let (pool, test, _) = prepare_data(spec, &base, &out.join("data"))?;
     let test_frames = extxyz::read_file(&test, &base.data.keys)?;
-    let mut results = Vec::new();
+    let (mut results, mut missing) = (Vec::new(), Vec::new());
     for &size in &spec.sizes {
         for labels in &spec.label_modes {
             for variant in &spec.variants {
-                if labels == "energy" && variant == "weak" {
+                if labels == "energy" && needs_forces(&spec.variant_overrides[variant]) {
                     continue; // weak labels need reference forces
                 }
                 for &seed in &spec.seeds {
@@ -181,6 +182,10 @@ pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
                             results.push(r);
                             continue;
                         }
+                    }
+                    if report_only {
+                        missing.push(name);
+                        continue;
                     }
                     let mut sets = set_args(&spec.overrides);
                     sets.extend(set_args(&spec.variant_overrides[variant]));
@@ -231,10 +236,18 @@ pub fn run(spec: &BenchSpec, quiet: bool) -> Result<Vec<Aggregate>> {
             }
         }
     }
+    if !missing.is_empty() {
+        println!("{} runs not finished (summary without them): {}", missing.len(), missing.join(", "));
+    }
     let aggregates = aggregate(&results);
     let thermal = spec.temperature_k.map(|t| thermal_curvature(&test_frames, t));
     write_outputs(out, spec, &results, &aggregates, thermal)?;
     Ok(aggregates)
+}
+
+/// Weak labels need reference forces, so such variants are skipped for energy-only training.
+fn needs_forces(overrides: &BTreeMap<String, toml::Value>) -> bool {
+    overrides.get("loss.weak_label_weight").and_then(|v| v.as_float().or(v.as_integer().map(|i| i as f64))).is_some_and(|w| w > 0.0)
 }
 
 fn save_result(path: &Path, r: &RunResult) -> Result<()> {

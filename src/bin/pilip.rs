@@ -136,6 +136,9 @@ enum Cmd {
         set: Vec<String>,
         #[arg(long)]
         quiet: bool,
+        /// Train nothing: summarise the finished runs of the selection (a partial suite) and list the missing ones.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Time energy + forces (+ virial) evaluations of a model on one structure (single thread).
     Bench {
@@ -334,13 +337,13 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Cmd::BenchPiwsl { spec, set, quiet } => {
+        Cmd::BenchPiwsl { spec, set, quiet, report_only } => {
             let spec = pilip::piwsl_bench::BenchSpec::load(&spec, &set)?;
-            let aggs = pilip::piwsl_bench::run(&spec, quiet)?;
-            println!("{:<7} {:<10} {:>6} {:>5} {:>16} {:>16}", "labels", "variant", "size", "seeds", "E RMSE meV/atom", "F RMSE meV/Å");
+            let aggs = pilip::piwsl_bench::run(&spec, quiet, report_only)?;
+            println!("{:<7} {:<20} {:>6} {:>5} {:>16} {:>16}", "labels", "variant", "size", "seeds", "E RMSE meV/atom", "F RMSE meV/Å");
             for a in &aggs {
                 println!(
-                    "{:<7} {:<10} {:>6} {:>5} {:>9.3} ± {:<5.3} {:>9.1} ± {:<5.1}",
+                    "{:<7} {:<20} {:>6} {:>5} {:>9.3} ± {:<5.3} {:>9.1} ± {:<5.1}",
                     a.labels, a.variant, a.size, a.n_seeds, a.energy_rmse_mev_per_atom.0, a.energy_rmse_mev_per_atom.1,
                     a.forces_rmse_mev_per_a.0, a.forces_rmse_mev_per_a.1
                 );
