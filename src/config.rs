@@ -116,7 +116,7 @@ impl Default for LossConfig {
             pitc_order: 1,
             pisc_weight: 0.0,
             weak_label_weight: 0.0,
-            epsilon: 0.03,
+            epsilon: 0.01,
             per_atom: true,
             ramp_epochs: 0,
         }
