@@ -45,6 +45,7 @@ def aggregate(d: Path):
                     "forces_rmse_mev_per_a": mean_std([x["forces_rmse_mev_per_A"] for x in t]),
                     "forces_mae_mev_per_a": mean_std([x["forces_mae_mev_per_A"] for x in t]),
                     "curvature_ev_per_a2": mean_std([r.get("curvature_ev_per_a2") for r in rs]),
+                    "stress_rmse_mev_per_a3": mean_std([x.get("stress_rmse_mev_per_A3") for x in t]),
                     "train_seconds": mean_std([r["train_seconds"] for r in rs])})
     return out
 
@@ -54,6 +55,9 @@ def suite(d: Path):
     spec, summary = res["spec"], aggregate(d)
     name = d.name
     print(f"## Suite `{name}` ({spec['config']}, test = {spec['n_test']} structures, {spec['test_split']} split)\n")
+    if not summary:
+        print("(no finished runs)\n")
+        return
     kth = res.get("test_thermal_curvature_ev_per_A2")
     if kth:
         print(f"Thermal curvature of the test set ⟨F²⟩/k_BT at {spec['temperature_k']:.0f} K: **{kth:.1f} eV/Å²** "
@@ -64,12 +68,15 @@ def suite(d: Path):
             continue
         title = "energy-only training" if labels == "energy" else "training with forces"
         print(f"### {title}\n")
-        print("| size | variant | seeds | E RMSE (meV/atom) | F RMSE (meV/Å) | F MAE (meV/Å) | curvature (eV/Å²) | train time (s) |")
-        print("|---:|---|---:|---:|---:|---:|---:|---:|")
+        stress = any(a["stress_rmse_mev_per_a3"][0] is not None for a in rows)
+        print("| size | variant | seeds | E RMSE (meV/atom) | F RMSE (meV/Å) | F MAE (meV/Å) |"
+              + (" stress RMSE (meV/Å³) |" if stress else "") + " curvature (eV/Å²) | train time (s) |")
+        print("|---:|---|---:|---:|---:|---:|" + ("---:|" if stress else "") + "---:|---:|")
         for a in sorted(rows, key=lambda a: (a["size"], a["variant"] != "standard", a["variant"])):
             print(f"| {a['size']} | {a['variant']} | {a['n_seeds']} | {pm(a['energy_rmse_mev_per_atom'], 2)} | "
                   f"{pm(a['forces_rmse_mev_per_a'], 0)} | {pm(a['forces_mae_mev_per_a'], 0)} | "
-                  f"{pm(a['curvature_ev_per_a2'], 1)} | {a['train_seconds'][0]:.0f} |")
+                  + (f"{pm(a['stress_rmse_mev_per_a3'], 2)} | " if stress else "")
+                  + f"{pm(a['curvature_ev_per_a2'], 1)} | {a['train_seconds'][0]:.0f} |")
         print()
         std = {a["size"]: a for a in rows if a["variant"] == "standard"}
         others = sorted({a["variant"] for a in rows} - {"standard"})

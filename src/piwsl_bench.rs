@@ -6,6 +6,8 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::frame::{Frame, Vec3};
+use crate::model::Model;
 use crate::io::extxyz;
 use crate::metrics::Metrics;
 use serde::{Deserialize, Serialize};
@@ -84,6 +86,8 @@ pub struct Aggregate {
     pub energy_rmse_mev_per_atom: (f64, f64),
     pub forces_mae_mev_per_a: (f64, f64),
     pub forces_rmse_mev_per_a: (f64, f64),
+    /// NaN for non-periodic data.
+    pub stress_rmse_mev_per_a3: (f64, f64),
     pub train_seconds: (f64, f64),
     pub curvature_ev_per_a2: (f64, f64),
 }
@@ -155,7 +159,7 @@ fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf,
     Ok((abs(pool), abs(test_path), frames.len()))
 }
 
-/// Runs (or reuses) every run of the suite and writes `results.json`, `runs.csv`, `summary.csv` and plots.
+/// Runs (or reuses) every run of the suite and writes `results.json`, `summary.csv` and plots.
 /// With `report_only`, nothing is trained: the finished runs are summarised and the missing ones listed.
 pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggregate>> {
     let out = &spec.output_dir;
@@ -263,7 +267,7 @@ const CURVATURE_PROBE_EPSILON: f64 = 0.005;
 ///
 /// This is what first-order PITC penalises, so comparing it with the data's own curvature
 /// ([`thermal_curvature`]) says whether a model is rougher than the true surface (PITC can help) or not.
-pub fn random_direction_curvature(model: &crate::model::Model, frames: &[crate::frame::Frame]) -> Result<f64> {
+pub fn random_direction_curvature(model: &Model, frames: &[Frame]) -> Result<f64> {
     let mut rng = crate::rng::Rng::new(0x5eed);
     let mut sum = 0.0;
     for f in frames {
@@ -275,7 +279,7 @@ pub fn random_direction_curvature(model: &crate::model::Model, frames: &[crate::
 
 /// 2[E(R+Δ) − E(R) + Δ·F(R)] / |Δ|² (eV/Å²): the first-order Taylor residual that PITC penalises, scaled to a
 /// curvature.
-pub fn directional_curvature(model: &crate::model::Model, frame: &crate::frame::Frame, d: &[crate::frame::Vec3]) -> Result<f64> {
+pub fn directional_curvature(model: &Model, frame: &Frame, d: &[Vec3]) -> Result<f64> {
     let p = model.predict_frame(frame)?;
     let e_c = model.predict_frame(&crate::train::loss::displaced(frame, d))?.energy;
     let d_dot_f: f64 = d.iter().zip(&p.forces).map(|(a, b)| a[0] * b[0] + a[1] * b[1] + a[2] * b[2]).sum();
@@ -283,14 +287,14 @@ pub fn directional_curvature(model: &crate::model::Model, frame: &crate::frame::
     Ok(2.0 * (e_c - p.energy + d_dot_f) / d2)
 }
 
-fn run_curvature(run_dir: &Path, test: &[crate::frame::Frame]) -> Result<f64> {
+fn run_curvature(run_dir: &Path, test: &[Frame]) -> Result<f64> {
     let ck = crate::train::checkpoint::Checkpoint::load(&run_dir.join("checkpoints").join("best.ckpt"))?;
     random_direction_curvature(&ck.model, test)
 }
 
 /// The reference surface's mean curvature tr(H)/3N estimated from its forces: for canonical sampling at
 /// temperature T, ⟨F_i²⟩ = k_BT ⟨∂²E/∂x_i²⟩ (integration by parts), so tr(H)/3N ≈ ⟨F²⟩ / k_BT (eV/Å²).
-pub fn thermal_curvature(frames: &[crate::frame::Frame], temperature_k: f64) -> f64 {
+pub fn thermal_curvature(frames: &[Frame], temperature_k: f64) -> f64 {
     const BOLTZMANN_EV_PER_K: f64 = 8.617_333_262e-5;
     let (mut sum, mut n) = (0.0, 0usize);
     for f in frames.iter().filter_map(|f| f.forces.as_ref()) {
@@ -328,6 +332,7 @@ pub fn aggregate(results: &[RunResult]) -> Vec<Aggregate> {
                 energy_rmse_mev_per_atom: col(&|m| m.energy_rmse_mev_per_atom),
                 forces_mae_mev_per_a: col(&|m| m.forces_mae_mev_per_A),
                 forces_rmse_mev_per_a: col(&|m| m.forces_rmse_mev_per_A),
+                stress_rmse_mev_per_a3: col(&|m| m.stress_rmse_mev_per_A3),
                 train_seconds: mean_std(&rs.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
                 curvature_ev_per_a2: mean_std(&rs.iter().filter_map(|r| r.curvature_ev_per_a2).collect::<Vec<_>>()),
             }
@@ -347,12 +352,12 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
         .map_err(|e| Error::io(&path, e))?;
     let mut csv = String::from(
         "labels,variant,size,n_seeds,energy_mae_mev_per_atom,energy_mae_std,energy_rmse_mev_per_atom,energy_rmse_std,\
-         forces_mae_mev_per_A,forces_mae_std,forces_rmse_mev_per_A,forces_rmse_std,train_seconds,\
-         curvature_eV_per_A2,curvature_std\n",
+         forces_mae_mev_per_A,forces_mae_std,forces_rmse_mev_per_A,forces_rmse_std,stress_rmse_mev_per_A3,stress_rmse_std,\
+         train_seconds,curvature_eV_per_A2,curvature_std\n",
     );
     for a in aggs {
         csv += &format!(
-            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.1},{:.3},{:.3}\n",
+            "{},{},{},{},{:.4},{:.4},{:.4},{:.4},{:.3},{:.3},{:.3},{:.3},{:.4},{:.4},{:.1},{:.3},{:.3}\n",
             a.labels,
             a.variant,
             a.size,
@@ -365,6 +370,8 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
             a.forces_mae_mev_per_a.1,
             a.forces_rmse_mev_per_a.0,
             a.forces_rmse_mev_per_a.1,
+            a.stress_rmse_mev_per_a3.0,
+            a.stress_rmse_mev_per_a3.1,
             a.train_seconds.0,
             a.curvature_ev_per_a2.0,
             a.curvature_ev_per_a2.1
