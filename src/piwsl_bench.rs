@@ -214,7 +214,7 @@ pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggre
                     ]);
                     let cfg = Config::load(&spec.config, &sets)?;
                     let t0 = std::time::Instant::now();
-                    let s = crate::train::train(&cfg, &crate::train::TrainOptions { resume: None, stop_after: None, quiet: true })?;
+                    let s = train_or_resume(&cfg, &run_dir)?;
                     let r = RunResult {
                         size,
                         seed,
@@ -247,6 +247,23 @@ pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggre
     let thermal = spec.temperature_k.map(|t| thermal_curvature(&test_frames, t));
     write_outputs(out, spec, &results, &aggregates, thermal)?;
     Ok(aggregates)
+}
+
+/// Trains one run; a run that was interrupted (its directory holds `last.ckpt` but no result) continues from its
+/// checkpoint, or starts again if the checkpoint cannot be resumed (e.g. written by a pilip with other defaults).
+fn train_or_resume(cfg: &Config, run_dir: &Path) -> Result<crate::train::TrainSummary> {
+    let last = run_dir.join("checkpoints").join("last.ckpt");
+    let options = |resume| crate::train::TrainOptions { resume, stop_after: None, quiet: true };
+    if last.exists() {
+        match crate::train::train(cfg, &options(Some(last.clone()))) {
+            Ok(s) => return Ok(s),
+            Err(e) => {
+                eprintln!("{}: cannot resume ({e}); training again from the start", run_dir.display());
+                std::fs::remove_dir_all(run_dir.join("checkpoints")).map_err(|e| Error::io(run_dir, e))?;
+            }
+        }
+    }
+    crate::train::train(cfg, &options(None))
 }
 
 /// Weak labels need reference forces, so such variants are skipped for energy-only training.

@@ -201,9 +201,15 @@ fn piwsl_benchmark_smoke_run_writes_results_and_each_variant_changes_the_loss() 
     }
     let weak = terms("forces", "weak");
     assert!(weak["weak"].as_f64().unwrap() > 0.0, "{weak}");
-    // a second invocation reuses the finished runs instead of training again
+    // a second invocation reuses the finished runs instead of training again, and finishes an interrupted run
+    // (a run directory with checkpoints but no result) instead of refusing to touch it
     let saved = dir.join("runs/forces/pitc/n16_s1/bench_result.json");
     let before = std::fs::metadata(&saved).unwrap().modified().unwrap();
+    let interrupted = dir.join("runs/energy/pitc_pisc/n32_s1/bench_result.json");
+    let expected: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&interrupted).unwrap()).unwrap();
+    std::fs::remove_file(&interrupted).unwrap();
     run_ok(pilip().arg("bench-piwsl").arg(&spec).arg("--quiet").arg("--set").arg(format!("output_dir={:?}", dir.display().to_string())));
     assert_eq!(std::fs::metadata(&saved).unwrap().modified().unwrap(), before);
+    let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&interrupted).unwrap()).unwrap();
+    assert_eq!(again["test"], expected["test"]);
 }
