@@ -204,11 +204,18 @@ fn energy_only_training_with_pitc_learns_correlated_forces() {
 
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
-    let (da, db) = (tmpdir("resume_a"), tmpdir("resume_b"));
+    // the cosine schedule never updates its "best" (+∞), which must survive the JSON checkpoint
+    for schedule in ["plateau", "cosine"] {
+        resume_reproduces_the_uninterrupted_run_with(schedule);
+    }
+}
+
+fn resume_reproduces_the_uninterrupted_run_with(schedule: &str) {
+    let (da, db) = (tmpdir(&format!("resume_a_{schedule}")), tmpdir(&format!("resume_b_{schedule}")));
     let mut ca = small_config(&da);
     ca.training.max_epochs = 4;
     ca.training.ema_decay = 0.9;
-    ca.training.schedule = "plateau".into();
+    ca.training.schedule = schedule.into();
     ca.loss.pitc_weight = 0.5;
     ca.loss.pisc_weight = 0.1;
     let mut cb = ca.clone();

@@ -57,6 +57,7 @@ pub struct Schedule {
     pub lr: f64,
     pub patience: usize,
     pub factor: f64,
+    #[serde(with = "crate::train::checkpoint::non_finite")]
     pub best: f64,
     pub bad_epochs: usize,
     pub max_epochs: usize,
