@@ -16,11 +16,15 @@ def pm(x, digits):
     return f"{m:.{digits}f} ± {s:.{digits}f}"
 
 
-def ratio(a, b):
-    """a/b with the spread propagated from the seed standard deviations (first order)."""
-    (ma, sa), (mb, sb) = a, b
-    r = ma / mb
-    return r, r * math.sqrt((sa / ma) ** 2 + (sb / mb) ** 2)
+def paired_ratio(std_runs, var_runs, key):
+    """Mean ± std over seeds of standard/variant per seed (same training set and split for a seed)."""
+    a = {r["seed"]: r["test"][key] for r in std_runs}
+    b = {r["seed"]: r["test"][key] for r in var_runs}
+    seeds = sorted(set(a) & set(b))
+    return mean_std([a[k] / b[k] for k in seeds]), len(seeds)
+
+
+RUNS = {}  # (labels, variant, size) -> the finished runs of the suite being printed
 
 
 def mean_std(v):
@@ -38,6 +42,8 @@ def aggregate(d: Path):
         r = json.loads(f.read_text())
         groups.setdefault((r["labels"], r["variant"], r["size"]), []).append(r)
     out = []
+    RUNS.clear()
+    RUNS.update(groups)
     for (labels, variant, size), rs in groups.items():
         t = [r["test"] for r in rs]
         out.append({"labels": labels, "variant": variant, "size": size, "n_seeds": len(rs),
@@ -81,15 +87,17 @@ def suite(d: Path):
         std = {a["size"]: a for a in rows if a["variant"] == "standard"}
         others = sorted({a["variant"] for a in rows} - {"standard"})
         if std and others:
-            print(f"Ratios standard / variant ({title}; > 1 means the variant is better; ± from the seed spread):\n")
-            print("| size | variant | E RMSE ratio | F RMSE ratio |")
-            print("|---:|---|---:|---:|")
+            print(f"Ratios standard / variant ({title}; > 1 means the variant is better), paired by seed (same training "
+                  "set), mean ± std over the seeds:\n")
+            print("| size | variant | seeds | E RMSE ratio | F RMSE ratio |")
+            print("|---:|---|---:|---:|---:|")
             for a in sorted(rows, key=lambda a: (a["size"], a["variant"])):
-                s = std.get(a["size"])
-                if a["variant"] == "standard" or s is None:
+                if a["variant"] == "standard" or a["size"] not in std:
                     continue
-                re_, rf = ratio(s["energy_rmse_mev_per_atom"], a["energy_rmse_mev_per_atom"]), ratio(s["forces_rmse_mev_per_a"], a["forces_rmse_mev_per_a"])
-                print(f"| {a['size']} | {a['variant']} | {re_[0]:.2f} ± {re_[1]:.2f} | {rf[0]:.2f} ± {rf[1]:.2f} |")
+                s_runs, v_runs = RUNS[(labels, "standard", a["size"])], RUNS[(labels, a["variant"], a["size"])]
+                (re_, n), (rf, _) = (paired_ratio(s_runs, v_runs, "energy_rmse_mev_per_atom"),
+                                     paired_ratio(s_runs, v_runs, "forces_rmse_mev_per_A"))
+                print(f"| {a['size']} | {a['variant']} | {n} | {pm(re_, 2)} | {pm(rf, 2)} |")
             print()
     sg = d / "sgdml.json"
     if sg.exists():
