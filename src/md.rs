@@ -12,7 +12,7 @@ use crate::rng::Rng;
 /// eV/amu in Å²/fs².
 const EV_PER_AMU: f64 = 9.648_533_212e-3;
 /// Boltzmann constant, eV/K.
-const KB: f64 = 8.617_333_262e-5;
+pub const KB: f64 = 8.617_333_262e-5;
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MdOptions {

@@ -126,8 +126,9 @@ fn set_args(map: &BTreeMap<String, toml::Value>) -> Vec<String> {
     map.iter().map(|(k, v)| format!("{k}={v}")).collect()
 }
 
-/// Splits the base config's data file into the fixed test set and the training pool (written to `dir`).
-fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf, PathBuf, usize)> {
+/// Splits the base config's data file into the fixed test set and the training pool (both written to `dir`); returns
+/// their paths and the test frames.
+fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf, PathBuf, Vec<Frame>)> {
     let mut frames = extxyz::read_file(&base.data.file, &base.data.keys)?;
     let n = frames.len();
     if spec.n_test + spec.n_valid + spec.sizes.iter().max().copied().unwrap_or(0) > n {
@@ -156,7 +157,7 @@ fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf,
     extxyz::write_file(&pool, &frames, &base.data.keys)?;
     extxyz::write_file(&test_path, &test, &base.data.keys)?;
     let abs = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
-    Ok((abs(pool), abs(test_path), frames.len()))
+    Ok((abs(pool), abs(test_path), test))
 }
 
 /// Runs (or reuses) every run of the suite and writes `results.json`, `summary.csv` and plots.
@@ -164,8 +165,7 @@ fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf,
 pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggregate>> {
     let out = &spec.output_dir;
     let base = Config::load(&spec.config, &set_args(&spec.overrides))?;
-    let (pool, test, _) = prepare_data(spec, &base, &out.join("data"))?;
-    let test_frames = extxyz::read_file(&test, &base.data.keys)?;
+    let (pool, test, test_frames) = prepare_data(spec, &base, &out.join("data"))?;
     let (mut results, mut missing) = (Vec::new(), Vec::new());
     for &size in &spec.sizes {
         for labels in &spec.label_modes {
@@ -312,13 +312,12 @@ fn run_curvature(run_dir: &Path, test: &[Frame]) -> Result<f64> {
 /// The reference surface's mean curvature tr(H)/3N estimated from its forces: for canonical sampling at
 /// temperature T, ⟨F_i²⟩ = k_BT ⟨∂²E/∂x_i²⟩ (integration by parts), so tr(H)/3N ≈ ⟨F²⟩ / k_BT (eV/Å²).
 pub fn thermal_curvature(frames: &[Frame], temperature_k: f64) -> f64 {
-    const BOLTZMANN_EV_PER_K: f64 = 8.617_333_262e-5;
     let (mut sum, mut n) = (0.0, 0usize);
     for f in frames.iter().filter_map(|f| f.forces.as_ref()) {
         sum += f.iter().map(|x| x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sum::<f64>();
         n += 3 * f.len();
     }
-    sum / n.max(1) as f64 / (BOLTZMANN_EV_PER_K * temperature_k)
+    sum / n.max(1) as f64 / (crate::md::KB * temperature_k)
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
