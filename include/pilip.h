@@ -18,14 +18,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-// Library version, `MAJOR.MINOR.PATCH` (also returned by `pilip_version()`).
+// Library version, MAJOR.MINOR.PATCH (also returned by pilip_version()).
 #define PILIP_VERSION_MAJOR 0
-
 #define PILIP_VERSION_MINOR 1
-
 #define PILIP_VERSION_PATCH 0
 
-// Version of this C ABI; incremented when a signature or a documented behaviour changes incompatibly.
+// Version of this C ABI; incremented when a signature or a documented behaviour changes incompatibly (new
+// functions and new status codes are additions, not incompatible changes).
 #define PILIP_ABI_VERSION 1
 
 // Newest model-format version this library reads (older ones are read too; newer ones are refused).
@@ -48,8 +47,12 @@ typedef int32_t pilip_status_t;
 #define PILIP_ERROR_IO 2
 
 // The file is not a pilip model this library can run (not ONNX, truncated, corrupted, newer format version,
-// inconsistent metadata or graph signature).
+// unknown model family, inconsistent metadata or graph signature).
 #define PILIP_ERROR_MODEL 3
+
+// The requested network engine is not available (not compiled into this libpilip, or its library — ONNX
+// Runtime — cannot be found or loaded) or it failed while evaluating.
+#define PILIP_ERROR_ENGINE 4
 
 // A bug in pilip (an internal panic was caught). Please report it with the message.
 #define PILIP_ERROR_INTERNAL 255
@@ -88,9 +91,16 @@ pilip_status_t pilip_model_species(const pilip_model_t *model,
                                    size_t capacity,
                                    size_t *count);
 
-// The model's metadata as a JSON object (format_version, library_version, species, symbols, cutoff, units,
-// descriptor, reference_energies, dtype, checksum, engine, path). The string is owned by the model and valid
-// until `pilip_model_free`.
+// The element symbol (e.g. "Cu") of the model's species number `index`, in the order of `pilip_model_species`.
+// The string is owned by the model and valid until `pilip_model_free`; `index` beyond the species count is an
+// invalid argument.
+pilip_status_t pilip_model_symbol(const pilip_model_t *model,
+                                  size_t index,
+                                  const char **symbol);
+
+// The model's metadata as a JSON object (format_version, library_version, species, symbols, family, cutoff,
+// units, descriptor, n_features, reference_energies, dtype, checksum, engine, path). The string is owned by the
+// model and valid until `pilip_model_free`.
 pilip_status_t pilip_model_metadata_json(const pilip_model_t *model,
                                          const char **json);
 
@@ -145,10 +155,6 @@ pilip_status_t pilip_model_compute_neighbors(const pilip_model_t *model,
                                              double *forces,
                                              double *virial,
                                              double *atomic_virial);
-
-// Panics inside the library on purpose and returns the resulting status (always `PILIP_ERROR_INTERNAL`):
-// lets tests check that a panic never crosses the C ABI.
-pilip_status_t pilip_debug_panic(void);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -14,7 +14,8 @@
 
 namespace pilip {
 
-/// Thrown for any non-zero status; `status()` is the C status code, `what()` the library's message.
+/// Thrown for any non-zero status; `status()` is the C status code (PILIP_ERROR_INVALID_ARGUMENT, _IO, _MODEL,
+/// _ENGINE or _INTERNAL), `what()` the library's message.
 class Error : public std::runtime_error {
 public:
     Error(pilip_status_t status, const std::string &message) : std::runtime_error(message), status_(status) {}
@@ -70,6 +71,20 @@ public:
         std::vector<int32_t> z(n);
         check(pilip_model_species(model_, z.data(), z.size(), &n));
         return z;
+    }
+
+    /// Element symbols of species(), in the same order (e.g. "Cu"): the names the library uses.
+    std::vector<std::string> symbols() const {
+        size_t n = 0;
+        check(pilip_model_species(model_, nullptr, 0, &n));
+        std::vector<std::string> s;
+        s.reserve(n);
+        for (size_t i = 0; i < n; i++) {
+            const char *symbol = nullptr;
+            check(pilip_model_symbol(model_, i, &symbol));
+            s.emplace_back(symbol);
+        }
+        return s;
     }
 
     std::string metadata_json() const {

@@ -10,30 +10,35 @@
 #include "neighbor.h"
 #include "update.h"
 
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 
 using namespace LAMMPS_NS;
 
 namespace {
 
-const char *const SYMBOLS[] = {
-    "H",  "He", "Li", "Be", "B",  "C",  "N",  "O",  "F",  "Ne", "Na", "Mg", "Al", "Si", "P",  "S",  "Cl", "Ar",
-    "K",  "Ca", "Sc", "Ti", "V",  "Cr", "Mn", "Fe", "Co", "Ni", "Cu", "Zn", "Ga", "Ge", "As", "Se", "Br", "Kr",
-    "Rb", "Sr", "Y",  "Zr", "Nb", "Mo", "Tc", "Ru", "Rh", "Pd", "Ag", "Cd", "In", "Sn", "Sb", "Te", "I",  "Xe",
-    "Cs", "Ba", "La", "Ce", "Pr", "Nd", "Pm", "Sm", "Eu", "Gd", "Tb", "Dy", "Ho", "Er", "Tm", "Yb", "Lu", "Hf",
-    "Ta", "W",  "Re", "Os", "Ir", "Pt", "Au", "Hg", "Tl", "Pb", "Bi", "Po", "At", "Rn", "Fr", "Ra", "Ac", "Th",
-    "Pa", "U",  "Np", "Pu", "Am", "Cm", "Bk", "Cf", "Es", "Fm", "Md", "No", "Lr", "Rf", "Db", "Sg", "Bh", "Hs",
-    "Mt", "Ds", "Rg", "Cn", "Nh", "Fl", "Mc", "Lv", "Ts", "Og"};
-
-int atomic_number(const std::string &symbol) {
-    for (int z = 1; z <= 118; z++)
-        if (symbol == SYMBOLS[z - 1]) return z;
-    return 0;
+// A JSON string literal of `s`: options_json carries user paths, which may hold '"', '\' or control characters.
+std::string json_string(const std::string &s) {
+    std::string out = "\"";
+    for (unsigned char c : s) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+            out += static_cast<char>(c);
+        } else if (c < 0x20) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
+            out += buf;
+        } else {
+            out += static_cast<char>(c);  // UTF-8 bytes pass through unchanged
+        }
+    }
+    return out + "\"";
 }
 
-std::string species_list(const std::vector<int32_t> &zs) {
+std::string joined(const std::vector<std::string> &words) {
     std::string s;
-    for (int32_t z : zs) s += (s.empty() ? "" : " ") + std::string(z >= 1 && z <= 118 ? SYMBOLS[z - 1] : "?");
+    for (const std::string &w : words) s += (s.empty() ? "" : " ") + w;
     return s;
 }
 
@@ -97,9 +102,10 @@ void PairPilip::settings(int narg, char **arg) {
             error->all(FLERR, "pair_style pilip: unknown keyword '{}' (expected: engine, ort_library, threads)", key);
         }
     }
-    options_json = "{\"engine\": \"" + engine + "\", \"threads\": " + threads;
-    if (!library.empty()) options_json += ", \"ort_library\": \"" + library + "\"";
+    options_json = "{\"engine\": " + json_string(engine) + ", \"threads\": " + threads;
+    if (!library.empty()) options_json += ", \"ort_library\": " + json_string(library);
     options_json += "}";
+    settings_text = "engine " + engine + ", threads " + threads;
 }
 
 // pair_coeff * * MODEL.onnx E1 ... En
@@ -118,10 +124,22 @@ void PairPilip::coeff(int narg, char **arg) {
     try {
         model = std::make_unique<pilip::Model>(arg[2], options_json);
     } catch (const pilip::Error &e) {
-        error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}': {}", arg[2], e.what());
+        // A bad file is the model's fault; otherwise name the pair_style settings the library refused or
+        // could not honour (e.g. 'threads 2' with engine tract, a missing ort_library).
+        if (e.status() == PILIP_ERROR_IO || e.status() == PILIP_ERROR_MODEL)
+            error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}': {}", arg[2], e.what());
+        error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}' ({}): {}", arg[2], settings_text,
+                   e.what());
     }
-    model_cutoff = model->cutoff();
-    const std::vector<int32_t> species = model->species();
+    std::vector<int32_t> species;
+    std::vector<std::string> symbols;
+    try {
+        model_cutoff = model->cutoff();
+        species = model->species();
+        symbols = model->symbols();
+    } catch (const pilip::Error &e) {
+        error->all(FLERR, "pair_coeff for pair_style pilip: model '{}': {}", arg[2], e.what());
+    }
     type_z.assign(ntypes + 1, 0);
     has_null_types = false;
     for (int t = 1; t <= ntypes; t++) {
@@ -130,22 +148,20 @@ void PairPilip::coeff(int narg, char **arg) {
             has_null_types = true;
             continue;
         }
-        int z = atomic_number(sym);
-        if (z == 0)
-            error->all(FLERR, "pair_coeff for pair_style pilip: '{}' (atom type {}) is not an element symbol", sym, t);
-        bool known = false;
-        for (int32_t s : species) known |= s == z;
-        if (!known)
+        // The model's own symbols name its species: no element table of our own to disagree with it.
+        size_t k = 0;
+        while (k < symbols.size() && symbols[k] != sym) k++;
+        if (k == symbols.size())
             error->all(FLERR,
                        "pair_coeff for pair_style pilip: element '{}' (atom type {}) is not in model '{}', which "
                        "knows: {}",
-                       sym, t, arg[2], species_list(species));
-        type_z[t] = z;
+                       sym, t, arg[2], joined(symbols));
+        type_z[t] = species[k];
     }
     map_element2type(ntypes, arg + 3);
     if (comm->me == 0)
         utils::logmesg(lmp, "pair_style pilip: model {} (pilip {}, format version {}), species {}, cutoff {} A\n",
-                       arg[2], pilip::version(), PILIP_MODEL_FORMAT_VERSION, species_list(species), model_cutoff);
+                       arg[2], pilip::version(), PILIP_MODEL_FORMAT_VERSION, joined(symbols), model_cutoff);
 }
 
 void PairPilip::init_style() {

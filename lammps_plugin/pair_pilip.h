@@ -24,6 +24,7 @@ public:
 protected:
     std::unique_ptr<pilip::Model> model;
     std::string options_json;       // from pair_style keywords
+    std::string settings_text;      // "engine E, threads N", for error messages
     double model_cutoff = 0.0;
     std::vector<int32_t> type_z;    // atomic number per LAMMPS type (index 1..ntypes), 0 = NULL
     bool has_null_types = false;

@@ -1,22 +1,106 @@
 //! The training configuration: one sectioned TOML file; unknown keys are rejected; `--set a.b=v` overrides.
+//! Every choice between named alternatives is an enum, so a misspelling is refused with the list of valid
+//! spellings (docs/config.md lists every key).
 
 use crate::descriptor::DescriptorSpec;
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::io::extxyz::LabelKeys;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// A training run's configuration (`pilip train CONFIG.toml`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
+    /// `[data]`: files, label keys, the split.
     pub data: DataConfig,
+    /// `[descriptor]`: the power-spectrum family's descriptor.
     pub descriptor: DescriptorSpec,
+    /// `[model]`: family, network widths, scales.
     pub model: ModelConfig,
+    /// `[loss]`: weights of the loss terms.
     pub loss: LossConfig,
+    /// `[training]`: optimiser, schedule, stopping, threads.
     pub training: TrainingConfig,
+    /// `[output]`: the run directory.
     pub output: OutputConfig,
 }
 
+/// How `data.file` is split into training, validation and test structures.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Split {
+    /// Shuffled with `split_seed`.
+    #[default]
+    Random,
+    /// File order: train first, validation right after, test = the last block (a later part of a trajectory).
+    Contiguous,
+}
+
+/// The penalty on the per-atom energy error.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EnergyLoss {
+    /// Squared error.
+    #[default]
+    Mse,
+    /// Squared below `huber_delta`, linear above (robust to a few bad labels).
+    Huber,
+}
+
+/// The optimiser.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Optimizer {
+    /// Adam with L2 weight decay added to the gradient.
+    Adam,
+    /// Adam with decoupled weight decay.
+    #[default]
+    AdamW,
+}
+
+/// The learning-rate schedule.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Schedule {
+    /// Multiply by `plateau_factor` after `plateau_patience` epochs without improvement.
+    #[default]
+    Plateau,
+    /// Cosine decay from `lr` to `lr_min` over `max_epochs`.
+    Cosine,
+    /// `lr` throughout.
+    Constant,
+}
+
+/// The validation figure that early stopping, the plateau schedule and `best.ckpt` follow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoppingMetric {
+    /// The labelled loss terms with the training weights.
+    #[default]
+    ValLoss,
+    /// Energy RMSE, meV/atom.
+    ValEnergyRmse,
+    /// Force RMSE, meV/Å.
+    ValForcesRmse,
+    /// Stress RMSE, meV/Å³.
+    ValStressRmse,
+}
+
+impl StoppingMetric {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            StoppingMetric::ValLoss => "val_loss",
+            StoppingMetric::ValEnergyRmse => "val_energy_rmse",
+            StoppingMetric::ValForcesRmse => "val_forces_rmse",
+            StoppingMetric::ValStressRmse => "val_stress_rmse",
+        }
+    }
+}
+
+/// `[data]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct DataConfig {
@@ -24,16 +108,23 @@ pub struct DataConfig {
     pub file: PathBuf,
     /// Optional separate validation and test files.
     pub valid_file: Option<PathBuf>,
+    /// Optional separate test file (then nothing of `file` is held out for testing).
     pub test_file: Option<PathBuf>,
+    /// Names of the label keys in the files.
     pub keys: LabelKeys,
-    /// "random" (shuffled with split_seed) or "contiguous" (train = first block, valid = next, test = last block).
-    pub split: String,
+    /// "random" or "contiguous".
+    pub split: Split,
+    /// Seed of the random split.
     pub split_seed: u64,
-    /// Sizes of the splits; 0 means "use the fraction".
+    /// Training structures; 0 = all that are not validation or test.
     pub n_train: usize,
+    /// Validation structures; 0 = `valid_fraction` of the file (at least one).
     pub n_valid: usize,
+    /// Test structures; 0 = `test_fraction` of the file (at least one, unless the fraction is 0: no test set).
     pub n_test: usize,
+    /// Fraction of the file used for validation when `n_valid` is 0.
     pub valid_fraction: f64,
+    /// Fraction of the file held out for testing when `n_test` is 0; 0.0 with `n_test = 0` = no test set.
     pub test_fraction: f64,
     /// Drop force labels from training structures (energy-only training on a labelled set); 1.0 keeps all.
     pub train_forces_fraction: f64,
@@ -46,7 +137,7 @@ impl Default for DataConfig {
             valid_file: None,
             test_file: None,
             keys: LabelKeys::default(),
-            split: "random".into(),
+            split: Split::Random,
             split_seed: 1,
             n_train: 0,
             n_valid: 0,
@@ -58,9 +149,12 @@ impl Default for DataConfig {
     }
 }
 
+/// `[model]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
+    /// The model family: "power_spectrum" (the fast preset).
+    pub family: Family,
     /// Hidden layer widths of each per-element network.
     pub hidden: Vec<usize>,
     /// Energy scale of the network output in eV; 0 = automatic (force RMS, else per-atom energy spread).
@@ -71,17 +165,18 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3 }
+        ModelConfig { family: Family::PowerSpectrum, hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3 }
     }
 }
 
+/// `[loss]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     /// Weight of the per-atom energy error ((E − E_ref)/N)², eV².
     pub energy_weight: f64,
     /// "mse" or "huber".
-    pub energy_loss: String,
+    pub energy_loss: EnergyLoss,
     /// Huber threshold in eV/atom.
     pub huber_delta: f64,
     /// Weight of the force error per component, (eV/Å)².
@@ -108,7 +203,7 @@ impl Default for LossConfig {
     fn default() -> Self {
         LossConfig {
             energy_weight: 1.0,
-            energy_loss: "mse".into(),
+            energy_loss: EnergyLoss::Mse,
             huber_delta: 0.01,
             forces_weight: 1.0,
             stress_weight: 0.0,
@@ -123,29 +218,39 @@ impl Default for LossConfig {
     }
 }
 
+/// `[training]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct TrainingConfig {
+    /// Seed of the initial weights, the batch order and the PIWSL displacements.
     pub seed: u64,
+    /// Upper bound on the epochs.
     pub max_epochs: usize,
     /// Structures per mini-batch.
     pub batch_size: usize,
     /// "adam" or "adamw".
-    pub optimizer: String,
+    pub optimizer: Optimizer,
+    /// Initial learning rate.
     pub lr: f64,
+    /// Weight decay (L2 for adam, decoupled for adamw).
     pub weight_decay: f64,
     /// "plateau", "cosine" or "constant".
-    pub schedule: String,
+    pub schedule: Schedule,
+    /// Floor of the learning rate.
     pub lr_min: f64,
+    /// Epochs without improvement before the plateau schedule lowers the rate.
     pub plateau_patience: usize,
+    /// Factor of each plateau reduction.
     pub plateau_factor: f64,
     /// Global gradient-norm clip; 0 = off.
     pub clip_grad_norm: f64,
     /// Exponential moving average of the weights used for validation and the best checkpoint; 0 = off.
     pub ema_decay: f64,
     /// Metric for early stopping, plateau and `best`: val_loss, val_energy_rmse, val_forces_rmse, val_stress_rmse.
-    pub early_stopping_metric: String,
+    pub early_stopping_metric: StoppingMetric,
+    /// Epochs without improvement before training stops.
     pub patience: usize,
+    /// Smallest decrease of the metric that counts as an improvement.
     pub min_delta: f64,
     /// Worker threads; 0 = all cores.
     pub threads: usize,
@@ -157,16 +262,16 @@ impl Default for TrainingConfig {
             seed: 1,
             max_epochs: 200,
             batch_size: 8,
-            optimizer: "adamw".into(),
+            optimizer: Optimizer::AdamW,
             lr: 3e-3,
             weight_decay: 0.0,
-            schedule: "plateau".into(),
+            schedule: Schedule::Plateau,
             lr_min: 1e-5,
             plateau_patience: 10,
             plateau_factor: 0.5,
             clip_grad_norm: 100.0,
             ema_decay: 0.0,
-            early_stopping_metric: "val_loss".into(),
+            early_stopping_metric: StoppingMetric::ValLoss,
             patience: 40,
             min_delta: 0.0,
             threads: 0,
@@ -174,9 +279,11 @@ impl Default for TrainingConfig {
     }
 }
 
+/// `[output]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct OutputConfig {
+    /// Where logs, splits and checkpoints go.
     pub run_dir: PathBuf,
 }
 
@@ -216,21 +323,17 @@ impl Config {
         Ok(cfg)
     }
 
+    /// The config as TOML (`config.resolved.toml`).
     pub fn to_toml(&self) -> String {
         toml::to_string(self).unwrap_or_default()
     }
 
+    /// Range checks that the types cannot express.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         self.descriptor.validate().map_err(Error::Config)?;
         if self.data.file.as_os_str().is_empty() {
             return bad("data.file is required (path to an extended XYZ file)".into());
-        }
-        if !["random", "contiguous"].contains(&self.data.split.as_str()) {
-            return bad(format!("data.split must be \"random\" or \"contiguous\", got \"{}\"", self.data.split));
-        }
-        if !["mse", "huber"].contains(&self.loss.energy_loss.as_str()) {
-            return bad(format!("loss.energy_loss must be \"mse\" or \"huber\", got \"{}\"", self.loss.energy_loss));
         }
         if ![1, 2].contains(&self.loss.pitc_order) {
             return bad(format!("loss.pitc_order must be 1 or 2, got {}", self.loss.pitc_order));
@@ -250,22 +353,6 @@ impl Config {
             if !(w >= 0.0 && w.is_finite()) {
                 return bad(format!("loss.{name} must be a finite number >= 0, got {w}"));
             }
-        }
-        if !["adam", "adamw"].contains(&self.training.optimizer.as_str()) {
-            return bad(format!("training.optimizer must be \"adam\" or \"adamw\", got \"{}\"", self.training.optimizer));
-        }
-        if !["plateau", "cosine", "constant"].contains(&self.training.schedule.as_str()) {
-            return bad(format!(
-                "training.schedule must be \"plateau\", \"cosine\" or \"constant\", got \"{}\"",
-                self.training.schedule
-            ));
-        }
-        let metrics = ["val_loss", "val_energy_rmse", "val_forces_rmse", "val_stress_rmse"];
-        if !metrics.contains(&self.training.early_stopping_metric.as_str()) {
-            return bad(format!(
-                "training.early_stopping_metric must be one of {metrics:?}, got \"{}\"",
-                self.training.early_stopping_metric
-            ));
         }
         if self.training.batch_size == 0 {
             return bad("training.batch_size must be >= 1".into());
@@ -290,7 +377,7 @@ impl Config {
 }
 
 /// The value of a `--set key=value` override: parsed as TOML, else taken as a string.
-pub(crate) fn override_value(value: &str) -> toml::Value {
+pub fn override_value(value: &str) -> toml::Value {
     toml::from_str::<toml::Table>(&format!("v = {value}"))
         .ok()
         .and_then(|mut t| t.remove("v"))

@@ -1,22 +1,29 @@
 //! Loading and splitting the data named in the `[data]` config section.
 
-use crate::config::DataConfig;
+use crate::config::{DataConfig, Split};
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::io::extxyz;
 use crate::rng::Rng;
 
+/// The three sets of a run.
 #[derive(Clone, Debug, Default)]
 pub struct Splits {
+    /// Training structures (force labels possibly dropped, `train_forces_fraction`).
     pub train: Vec<Frame>,
+    /// Validation structures (early stopping, schedule, `best.ckpt`); never empty.
     pub valid: Vec<Frame>,
+    /// Held-out test structures; empty when the config asks for no test set.
     pub test: Vec<Frame>,
-    /// Indices into the main file (empty for frames from separate files).
+    /// Indices of `train` into the main file.
     pub train_idx: Vec<usize>,
+    /// Indices of `valid` into the main file (empty for a separate file).
     pub valid_idx: Vec<usize>,
+    /// Indices of `test` into the main file (empty for a separate file).
     pub test_idx: Vec<usize>,
 }
 
+/// Reads the data files and splits them as configured.
 pub fn load(cfg: &DataConfig) -> Result<Splits> {
     let all = extxyz::read_file(&cfg.file, &cfg.keys)?;
     if all.is_empty() {
@@ -25,11 +32,15 @@ pub fn load(cfg: &DataConfig) -> Result<Splits> {
     let n = all.len();
     let separate_valid = cfg.valid_file.is_some();
     let separate_test = cfg.test_file.is_some();
+    // A fraction of 0 asks for none (only meaningful for the test set: validation is required below);
+    // any other fraction gives at least one structure.
     let count = |explicit: usize, frac: f64, separate: bool| {
         if separate {
             0
         } else if explicit > 0 {
             explicit
+        } else if frac == 0.0 {
+            0
         } else {
             ((n as f64) * frac).round().max(1.0) as usize
         }
@@ -45,7 +56,7 @@ pub fn load(cfg: &DataConfig) -> Result<Splits> {
     }
     let mut order: Vec<usize> = (0..n).collect();
     // "contiguous" keeps file order: train first, validation right after, test at the end (a later block).
-    if cfg.split == "random" {
+    if cfg.split == Split::Random {
         Rng::new(cfg.split_seed).shuffle(&mut order);
     }
     let (train_idx, valid_idx, test_idx) =
@@ -66,7 +77,11 @@ pub fn load(cfg: &DataConfig) -> Result<Splits> {
         s.test = extxyz::read_file(p, &cfg.keys)?;
     }
     if s.valid.is_empty() {
-        return Err(Error::Config("data: the validation set is empty".into()));
+        return Err(Error::Config(
+            "data: the validation set is empty; set data.n_valid or data.valid_fraction > 0, or data.valid_file \
+             (validation drives early stopping and best.ckpt)"
+                .into(),
+        ));
     }
     if cfg.train_forces_fraction < 1.0 {
         // keep forces on a seeded subset of the training structures

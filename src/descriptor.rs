@@ -43,6 +43,7 @@ impl Default for DescriptorSpec {
 }
 
 impl DescriptorSpec {
+    /// Range checks; the message names the key (`descriptor.…`).
     pub fn validate(&self) -> Result<(), String> {
         if !(self.cutoff > 0.0 && self.cutoff.is_finite()) {
             return Err(format!("descriptor.cutoff must be > 0 Å, got {}", self.cutoff));
@@ -75,6 +76,7 @@ struct Monomial {
 /// A descriptor for a fixed list of species (the species index of an atom selects its density channels).
 #[derive(Clone, Debug)]
 pub struct Descriptor {
+    /// The hyper-parameters it was built from.
     pub spec: DescriptorSpec,
     n_species: usize,
     monomials: Vec<Monomial>,
@@ -94,7 +96,9 @@ struct PairCache {
 /// Descriptors of one structure plus what their derivatives need.
 #[derive(Clone, Debug)]
 pub struct Descriptors {
+    /// Centre atoms (rows).
     pub n_atoms: usize,
+    /// Features per atom (columns).
     pub n_features: usize,
     /// Row-major `[n_atoms][n_features]`.
     pub features: Vec<f64>,
@@ -105,11 +109,13 @@ pub struct Descriptors {
     /// pair direction when derivatives need them: caching them (~1 KB per pair) made large systems memory-bound.
     radial: Vec<f64>,
     d_radial: Vec<f64>,
+    /// The neighbour list the descriptors were computed from (neighbours sorted by species).
     pub neighbors: NeighborList,
     species_of_neighbor: Vec<usize>,
 }
 
 impl Descriptor {
+    /// The descriptor of `spec` for a model with `n_species` elements.
     pub fn new(spec: &DescriptorSpec, n_species: usize) -> Self {
         let mut monomials = Vec::new();
         let mut l_start = vec![0];
@@ -138,12 +144,14 @@ impl Descriptor {
         }
     }
 
+    /// Density channels: one per (neighbour species, radial function).
     pub fn n_channels(&self) -> usize {
         self.n_species * self.spec.n_radial
     }
     fn n_monomials(&self) -> usize {
         self.monomials.len()
     }
+    /// Features per atom: the l = 0 densities and the power spectrum of every channel pair and l.
     pub fn n_features(&self) -> usize {
         let c = self.n_channels();
         c + (self.spec.l_max + 1) * c * (c + 1) / 2

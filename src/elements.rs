@@ -1,4 +1,7 @@
-//! Chemical element symbols and atomic numbers (H..Og).
+//! Chemical elements: symbols and atomic numbers (H..Og), masses, covalent radii, and the one error message for
+//! an element a model does not know.
+
+use crate::error::Error;
 
 const SYMBOLS: [&str; 118] = [
     "H", "He", "Li", "Be", "B", "C", "N", "O", "F", "Ne", "Na", "Mg", "Al", "Si", "P", "S", "Cl", "Ar", "K",
@@ -21,6 +24,16 @@ pub fn symbol(z: u32) -> Option<&'static str> {
         return None;
     }
     SYMBOLS.get(z as usize - 1).copied()
+}
+
+/// The error for atom `i` whose atomic number `z` is not among a model's `species` (shared by the training-time
+/// model and the runtime, so users see one message).
+pub fn unknown_element(i: usize, z: i64, species: &[u32]) -> Error {
+    Error::invalid(format!(
+        "atom {i} has atomic number {z}{}, which this model does not know; model species: [{}]",
+        u32::try_from(z).ok().and_then(symbol).map(|s| format!(" ({s})")).unwrap_or_default(),
+        species.iter().map(|&s| symbol(s).unwrap_or("?")).collect::<Vec<_>>().join(", ")
+    ))
 }
 
 #[cfg(test)]

@@ -1,7 +1,8 @@
 //! Error metrics of a model against reference labels (energies per atom, force components, stress).
 
 use crate::frame::Frame;
-use crate::model::{Model, Prediction};
+use crate::model::Model;
+use crate::prediction::Prediction;
 use rayon::prelude::*;
 use serde::Serialize;
 
@@ -9,14 +10,23 @@ use serde::Serialize;
 #[allow(non_snake_case)] // the JSON keys users script against spell Å as A
 #[derive(Clone, Debug, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Metrics {
+    /// Structures compared.
     pub n_structures: usize,
+    /// Energy MAE per atom, meV/atom.
     pub energy_mae_mev_per_atom: Option<f64>,
+    /// Energy RMSE per atom, meV/atom.
     pub energy_rmse_mev_per_atom: Option<f64>,
+    /// Energy MAE per structure, meV.
     pub energy_mae_mev: Option<f64>,
+    /// Energy RMSE per structure, meV.
     pub energy_rmse_mev: Option<f64>,
+    /// Force-component MAE, meV/Å.
     pub forces_mae_mev_per_A: Option<f64>,
+    /// Force-component RMSE, meV/Å.
     pub forces_rmse_mev_per_A: Option<f64>,
+    /// Stress-component MAE, meV/Å³.
     pub stress_mae_mev_per_A3: Option<f64>,
+    /// Stress-component RMSE, meV/Å³.
     pub stress_rmse_mev_per_A3: Option<f64>,
     /// Pearson correlation of predicted and reference force components (how much force "shape" is learnt).
     pub forces_correlation: Option<f64>,
@@ -57,6 +67,7 @@ pub fn predict_all_with(
     frames.par_iter().map(predict).collect()
 }
 
+/// Errors of `preds` against the labels of `frames` (same order).
 pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {
     let (mut ea, mut es, mut fa, mut sa) = (Acc::default(), Acc::default(), Acc::default(), Acc::default());
     let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);

@@ -19,18 +19,22 @@ pub struct Neighbor {
 /// Full neighbour list (both i→j and j→i), grouped by centre atom.
 #[derive(Clone, Debug)]
 pub struct NeighborList {
+    /// Å.
     pub cutoff: f64,
     offsets: Vec<usize>,
     neighbors: Vec<Neighbor>,
 }
 
 impl NeighborList {
+    /// Neighbours of centre `i`.
     pub fn of(&self, i: usize) -> &[Neighbor] {
         &self.neighbors[self.offsets[i]..self.offsets[i + 1]]
     }
+    /// Centre atoms.
     pub fn n_atoms(&self) -> usize {
         self.offsets.len() - 1
     }
+    /// Directed pairs (each bond counted from both ends).
     pub fn n_pairs(&self) -> usize {
         self.neighbors.len()
     }
@@ -48,10 +52,13 @@ impl NeighborList {
         }
     }
 
+    /// [`NeighborList::build`] of a frame.
     pub fn for_frame(frame: &Frame, cutoff: f64) -> Result<Self> {
         Self::build(&frame.positions, frame.cell.as_ref(), frame.pbc, cutoff)
     }
 
+    /// All pairs closer than `cutoff`, with periodic images along the periodic axes of `cell` (rows are
+    /// lattice vectors; required when any `pbc` is set).
     pub fn build(positions: &[Vec3], cell: Option<&Mat3>, pbc: [bool; 3], cutoff: f64) -> Result<Self> {
         if !(cutoff > 0.0 && cutoff.is_finite()) {
             return Err(Error::invalid(format!("cutoff must be a positive number, got {cutoff}")));

@@ -11,7 +11,9 @@ use crate::linalg::gemm;
 /// `[in][out]`), b₀, W₁, b₁, …
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Mlp {
+    /// Layer widths, input first, output (1) last.
     pub sizes: Vec<usize>,
+    /// All weights and biases, layer by layer.
     pub params: Vec<f64>,
 }
 
@@ -42,6 +44,7 @@ impl Mlp {
         Mlp { sizes: sizes.to_vec(), params }
     }
 
+    /// Input width.
     pub fn n_inputs(&self) -> usize {
         self.sizes[0]
     }
@@ -56,6 +59,7 @@ impl Mlp {
         }
         (off, off + self.sizes[k] * self.sizes[k + 1])
     }
+    /// Number of weights and biases.
     pub fn n_params(&self) -> usize {
         self.params.len()
     }

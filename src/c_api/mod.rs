@@ -26,24 +26,54 @@ pub const PILIP_ERROR_INVALID_ARGUMENT: pilip_status_t = 1;
 /// A file could not be read.
 pub const PILIP_ERROR_IO: pilip_status_t = 2;
 /// The file is not a pilip model this library can run (not ONNX, truncated, corrupted, newer format version,
-/// inconsistent metadata or graph signature).
+/// unknown model family, inconsistent metadata or graph signature).
 pub const PILIP_ERROR_MODEL: pilip_status_t = 3;
+/// The requested network engine is not available (not compiled into this libpilip, or its library — ONNX
+/// Runtime — cannot be found or loaded) or it failed while evaluating.
+pub const PILIP_ERROR_ENGINE: pilip_status_t = 4;
 /// A bug in pilip (an internal panic was caught). Please report it with the message.
 pub const PILIP_ERROR_INTERNAL: pilip_status_t = 255;
 
-/// Library version, `MAJOR.MINOR.PATCH` (also returned by `pilip_version()`).
-pub const PILIP_VERSION_MAJOR: i32 = 0;
-pub const PILIP_VERSION_MINOR: i32 = 1;
-pub const PILIP_VERSION_PATCH: i32 = 0;
-/// Version of this C ABI; incremented when a signature or a documented behaviour changes incompatibly.
+/// Library version `MAJOR.MINOR.PATCH` from Cargo.toml (the header's `PILIP_VERSION_MAJOR/MINOR/PATCH` are
+/// written from the same numbers by build.rs).
+pub const PILIP_VERSION_MAJOR: i32 = version_number(env!("CARGO_PKG_VERSION_MAJOR"));
+/// See [`PILIP_VERSION_MAJOR`].
+pub const PILIP_VERSION_MINOR: i32 = version_number(env!("CARGO_PKG_VERSION_MINOR"));
+/// See [`PILIP_VERSION_MAJOR`].
+pub const PILIP_VERSION_PATCH: i32 = version_number(env!("CARGO_PKG_VERSION_PATCH"));
+/// Version of this C ABI; incremented when a signature or a documented behaviour changes incompatibly (new
+/// functions and new status codes are additions, not incompatible changes).
 pub const PILIP_ABI_VERSION: i32 = 1;
 /// Newest model-format version this library reads (older ones are read too; newer ones are refused).
 pub const PILIP_MODEL_FORMAT_VERSION: i32 = 1;
+
+/// A decimal version component at compile time.
+const fn version_number(digits: &str) -> i32 {
+    let bytes = digits.as_bytes();
+    let mut value = 0;
+    let mut k = 0;
+    while k < bytes.len() {
+        value = value * 10 + (bytes[k] - b'0') as i32;
+        k += 1;
+    }
+    value
+}
+
+/// The status code of each kind of error: the one place where Rust errors become C status codes.
+pub fn status_of(e: &Error) -> pilip_status_t {
+    match e {
+        Error::Io { .. } => PILIP_ERROR_IO,
+        Error::Model(_) => PILIP_ERROR_MODEL,
+        Error::Engine(_) => PILIP_ERROR_ENGINE,
+        Error::Parse { .. } | Error::Config(_) | Error::Invalid(_) => PILIP_ERROR_INVALID_ARGUMENT,
+    }
+}
 
 /// A loaded model. Immutable after `pilip_model_load`: one model may be used by any number of threads at once.
 pub struct pilip_model_t {
     potential: Potential,
     metadata_json: CString,
+    symbols: Vec<CString>,
 }
 
 thread_local! {
@@ -62,21 +92,11 @@ impl Failure {
     fn arg(msg: impl Into<String>) -> Self {
         Failure(PILIP_ERROR_INVALID_ARGUMENT, msg.into())
     }
-    /// Errors while loading a model: I/O stays I/O, everything else is a model problem.
-    fn loading(e: Error) -> Self {
-        match e {
-            Error::Io { .. } => Failure(PILIP_ERROR_IO, e.to_string()),
-            e => Failure(PILIP_ERROR_MODEL, e.to_string()),
-        }
-    }
 }
 
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
-        match e {
-            Error::Io { .. } => Failure(PILIP_ERROR_IO, e.to_string()),
-            e => Failure(PILIP_ERROR_INVALID_ARGUMENT, e.to_string()),
-        }
+        Failure(status_of(&e), e.to_string())
     }
 }
 
@@ -132,7 +152,10 @@ unsafe fn model_ref<'a>(model: *const pilip_model_t) -> Result<&'a pilip_model_t
     Ok(&*model)
 }
 
-static VERSION: &CStr = c"0.1.0";
+static VERSION: &CStr = match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+    Ok(v) => v,
+    Err(_) => panic!("the package version contains a NUL byte"),
+};
 
 /// The library version as "MAJOR.MINOR.PATCH" (static string, never NULL).
 #[no_mangle]
@@ -168,14 +191,15 @@ pub unsafe extern "C" fn pilip_model_load(
             RuntimeOptions::default()
         } else {
             let s = CStr::from_ptr(options_json).to_str().map_err(|_| Failure::arg("'options_json' is not valid UTF-8"))?;
-            RuntimeOptions::from_json(s).map_err(|e| Failure::arg(e.to_string()))?
+            RuntimeOptions::from_json(s)?
         };
-        let potential = Potential::load(std::path::Path::new(path), &options).map_err(Failure::loading)?;
+        let potential = Potential::load(std::path::Path::new(path), &options)?;
         let mut json = serde_json::to_value(&potential.metadata).map_err(|e| Failure::arg(e.to_string()))?;
         json["engine"] = potential.engine_name().into();
         json["path"] = path.into();
         let metadata_json = CString::new(json.to_string()).map_err(|e| Failure::arg(e.to_string()))?;
-        *model = Box::into_raw(Box::new(pilip_model_t { potential, metadata_json }));
+        let symbols = potential.metadata.symbols.iter().map(|s| CString::new(s.as_str()).unwrap_or_default()).collect();
+        *model = Box::into_raw(Box::new(pilip_model_t { potential, metadata_json, symbols }));
         Ok(())
     })
 }
@@ -222,9 +246,25 @@ pub unsafe extern "C" fn pilip_model_species(
     })
 }
 
-/// The model's metadata as a JSON object (format_version, library_version, species, symbols, cutoff, units,
-/// descriptor, reference_energies, dtype, checksum, engine, path). The string is owned by the model and valid
-/// until `pilip_model_free`.
+/// The element symbol (e.g. "Cu") of the model's species number `index`, in the order of `pilip_model_species`.
+/// The string is owned by the model and valid until `pilip_model_free`; `index` beyond the species count is an
+/// invalid argument.
+#[no_mangle]
+pub unsafe extern "C" fn pilip_model_symbol(model: *const pilip_model_t, index: usize, symbol: *mut *const c_char) -> pilip_status_t {
+    guard("pilip_model_symbol", || {
+        let m = model_ref(model)?;
+        not_null(symbol, "symbol")?;
+        let s = m.symbols.get(index).ok_or_else(|| {
+            Failure::arg(format!("species index {index} is out of range: the model has {} species", m.symbols.len()))
+        })?;
+        *symbol = s.as_ptr();
+        Ok(())
+    })
+}
+
+/// The model's metadata as a JSON object (format_version, library_version, species, symbols, family, cutoff,
+/// units, descriptor, n_features, reference_energies, dtype, checksum, engine, path). The string is owned by the
+/// model and valid until `pilip_model_free`.
 #[no_mangle]
 pub unsafe extern "C" fn pilip_model_metadata_json(model: *const pilip_model_t, json: *mut *const c_char) -> pilip_status_t {
     guard("pilip_model_metadata_json", || {
@@ -370,8 +410,9 @@ pub unsafe extern "C" fn pilip_model_compute_neighbors(
     })
 }
 
-/// Panics inside the library on purpose and returns the resulting status (always `PILIP_ERROR_INTERNAL`):
-/// lets tests check that a panic never crosses the C ABI.
+/// Test-only (exported from the library, kept out of `pilip.h`): panics inside the library on purpose and
+/// returns the resulting status (always `PILIP_ERROR_INTERNAL`), so tests can check that a panic never crosses
+/// the C ABI.
 #[no_mangle]
 pub extern "C" fn pilip_debug_panic() -> pilip_status_t {
     guard("pilip_debug_panic", || panic!("deliberate panic requested by pilip_debug_panic"))

@@ -15,8 +15,11 @@ use std::path::Path;
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LabelKeys {
+    /// Per-frame key of the total energy (eV).
     pub energy: String,
+    /// Per-atom column of the forces (eV/Å).
     pub forces: String,
+    /// Per-frame key of the stress (eV/Å³, 9 or 6 Voigt values, ASE sign).
     pub stress: String,
 }
 
@@ -308,6 +311,7 @@ pub fn write_file(path: &Path, frames: &[Frame], keys: &LabelKeys) -> Result<()>
     std::fs::write(path, to_string(frames, keys)).map_err(|e| Error::io(path, e))
 }
 
+/// Extended XYZ text of `frames` (labels under `keys`).
 pub fn to_string(frames: &[Frame], keys: &LabelKeys) -> String {
     let mut s = String::new();
     for f in frames {

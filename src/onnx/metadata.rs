@@ -3,14 +3,17 @@
 //! Everything the runtime needs besides the network travels here: the descriptor specification (the runtime
 //! computes descriptors in Rust), the species order of the graph's inputs, the per-element reference energies
 //! (added in f64 outside the graph so an f32 graph loses no precision on large absolute energies), units, the
-//! graph's floating-point type and a checksum of the graph.
+//! graph's floating-point type, the model family and a checksum of the graph.
 
 use crate::descriptor::{Descriptor, DescriptorSpec};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use std::collections::BTreeMap;
 
 /// Version of the exported model format. Bumped when the graph signature or a metadata key changes meaning;
-/// the runtime refuses newer versions (it cannot know what changed) and reads every older one it knows.
+/// the runtime refuses newer versions (it cannot know what changed) and reads every older one it knows. A new
+/// model family is written with a new version, so that readers from before it refuse the file (policy:
+/// `docs/c-api.md`).
 pub const MODEL_FORMAT_VERSION: u32 = 1;
 /// Prefix of every pilip key in `metadata_props`.
 pub const KEY_PREFIX: &str = "pilip.";
@@ -19,22 +22,26 @@ pub const KEY_PREFIX: &str = "pilip.";
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Dtype {
+    /// Single precision (the default export: ~2× faster, 1e-5 relative).
     F32,
+    /// Double precision.
     F64,
 }
 
 impl Dtype {
+    /// "f32" or "f64".
     pub fn name(self) -> &'static str {
         match self {
             Dtype::F32 => "f32",
             Dtype::F64 => "f64",
         }
     }
+    /// Reads "f32"/"float32" or "f64"/"float64".
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "f32" | "float32" => Ok(Dtype::F32),
             "f64" | "float64" => Ok(Dtype::F64),
-            other => Err(Error::invalid(format!("dtype must be 'f32' or 'f64', got '{other}'"))),
+            other => Err(Error::model(format!("dtype must be 'f32' or 'f64', got '{other}'"))),
         }
     }
 }
@@ -42,20 +49,29 @@ impl Dtype {
 /// Decoded metadata of a pilip ONNX model.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ModelMetadata {
+    /// [`MODEL_FORMAT_VERSION`] of the writer.
     pub format_version: u32,
     /// pilip version that wrote the file.
     pub library_version: String,
     /// Atomic numbers in graph-input order.
     pub species: Vec<u32>,
+    /// Element symbols of `species`.
     pub symbols: Vec<String>,
+    /// The model family (`pilip.model_family`; files without the key are power-spectrum models).
+    pub family: Family,
     /// Å.
     pub cutoff: f64,
+    /// Always "eV".
     pub energy_unit: String,
+    /// Always "angstrom".
     pub length_unit: String,
+    /// The family's descriptor hyper-parameters.
     pub descriptor: DescriptorSpec,
+    /// Length of each atom's descriptor (the graph inputs' second dimension).
     pub n_features: usize,
     /// eV per atom, per species, added to the graph's atomic energies.
     pub reference_energies: Vec<f64>,
+    /// Floating-point type of the graph.
     pub dtype: Dtype,
     /// FNV-1a 64 of the encoded ONNX graph, hex.
     pub checksum: String,
@@ -64,11 +80,12 @@ pub struct ModelMetadata {
 impl ModelMetadata {
     /// The key/value pairs written to `metadata_props`.
     pub fn to_props(&self) -> Vec<(String, String)> {
-        let props: [(&str, String); 12] = [
+        let props: [(&str, String); 13] = [
             ("format_version", self.format_version.to_string()),
             ("library_version", self.library_version.clone()),
             ("species", json(&self.species)),
             ("symbols", json(&self.symbols)),
+            ("model_family", self.family.name().into()),
             ("cutoff", json(&self.cutoff)),
             ("energy_unit", self.energy_unit.clone()),
             ("length_unit", self.length_unit.clone()),
@@ -80,25 +97,25 @@ impl ModelMetadata {
         ];
         props
             .into_iter()
-        .map(|(k, v)| (format!("{KEY_PREFIX}{k}"), v))
-        .collect()
+            .map(|(k, v)| (format!("{KEY_PREFIX}{k}"), v))
+            .collect()
     }
 
     /// Parses and validates the metadata; `source` names the file in error messages.
     pub fn from_props(props: &BTreeMap<String, String>, source: &str) -> Result<Self> {
         let not_pilip = || {
-            Error::invalid(format!(
+            Error::model(format!(
                 "{source}: this ONNX file is not a pilip model (no '{KEY_PREFIX}format_version' in its metadata); \
                  create one with `pilip export CHECKPOINT -o model.onnx`"
             ))
         };
         let get = |k: &str| -> Result<&String> {
             props.get(&format!("{KEY_PREFIX}{k}")).ok_or_else(|| {
-                Error::invalid(format!("{source}: pilip model metadata lacks the key '{KEY_PREFIX}{k}'; re-export the model"))
+                Error::model(format!("{source}: pilip model metadata lacks the key '{KEY_PREFIX}{k}'; re-export the model"))
             })
         };
         let bad = |k: &str, e: &dyn std::fmt::Display| {
-            Error::invalid(format!("{source}: pilip model metadata '{KEY_PREFIX}{k}' is malformed: {e}"))
+            Error::model(format!("{source}: pilip model metadata '{KEY_PREFIX}{k}' is malformed: {e}"))
         };
         let format_version: u32 = props
             .get(&format!("{KEY_PREFIX}format_version"))
@@ -107,7 +124,7 @@ impl ModelMetadata {
             .map_err(|e| bad("format_version", &e))?;
         let library_version = get("library_version")?.clone();
         if format_version > MODEL_FORMAT_VERSION {
-            return Err(Error::invalid(format!(
+            return Err(Error::model(format!(
                 "{source}: model format version {format_version} (written by pilip {library_version}) is newer than \
                  this pilip {} supports (≤ {MODEL_FORMAT_VERSION}); upgrade pilip, or export the model again with this version",
                 env!("CARGO_PKG_VERSION")
@@ -127,11 +144,16 @@ impl ModelMetadata {
         let reference_energies: Vec<f64> =
             parse_json(get("reference_energies")?).map_err(|e| bad("reference_energies", &e))?;
         let dtype = Dtype::parse(get("dtype")?).map_err(|e| bad("dtype", &e))?;
+        let family = match props.get(&format!("{KEY_PREFIX}model_family")) {
+            Some(name) => Family::parse(name).map_err(|e| Error::model(format!("{source}: {e}")))?,
+            None => Family::PowerSpectrum,
+        };
         let meta = ModelMetadata {
             format_version,
             library_version,
             species,
             symbols,
+            family,
             cutoff,
             energy_unit: get("energy_unit")?.clone(),
             length_unit: get("length_unit")?.clone(),
@@ -141,7 +163,7 @@ impl ModelMetadata {
             dtype,
             checksum: get("checksum")?.clone(),
         };
-        meta.validate().map_err(|e| Error::invalid(format!("{source}: inconsistent pilip model metadata: {e}")))?;
+        meta.validate().map_err(|e| Error::model(format!("{source}: inconsistent pilip model metadata: {e}")))?;
         Ok(meta)
     }
 
@@ -174,7 +196,9 @@ impl ModelMetadata {
         if self.cutoff != self.descriptor.cutoff {
             return Err(format!("cutoff {} differs from the descriptor's {}", self.cutoff, self.descriptor.cutoff));
         }
-        let nf = Descriptor::new(&self.descriptor, self.species.len()).n_features();
+        let nf = match self.family {
+            Family::PowerSpectrum => Descriptor::new(&self.descriptor, self.species.len()).n_features(),
+        };
         if nf != self.n_features {
             return Err(format!("n_features is {} but the descriptor has {nf}", self.n_features));
         }
@@ -193,6 +217,7 @@ impl ModelMetadata {
     }
 }
 
+/// Names of the graph input and outputs of the species with element `symbol`.
 pub fn io_names(symbol: &str) -> [String; 3] {
     [format!("descriptors_{symbol}"), format!("energies_{symbol}"), format!("gradients_{symbol}")]
 }
@@ -217,6 +242,7 @@ pub fn describe(m: &ModelMetadata) -> String {
     let d = &m.descriptor;
     format!(
         "pilip model format version {}, written by pilip {}\n\
+         model family:       {}\n\
          species:            {} (atomic numbers {:?})\n\
          reference energies: {:?} eV\n\
          cutoff:             {} Å\n\
@@ -226,6 +252,7 @@ pub fn describe(m: &ModelMetadata) -> String {
          graph checksum:     {}",
         m.format_version,
         m.library_version,
+        m.family.name(),
         m.symbols.join(" "),
         m.species,
         m.reference_energies,

@@ -15,7 +15,9 @@ pub type SpeciesOutput = (Vec<f64>, Vec<f64>);
 /// Evaluates all species' networks; `batches[s]` holds the raw descriptors of the atoms of species s, row-major
 /// `[n_s][F]`, and may be empty. Must be callable from several threads at once.
 pub trait Engine: Send + Sync {
+    /// "tract", "ort".
     fn name(&self) -> &'static str;
+    /// Per species: energies `[n_s]` and ∂E/∂G `[n_s][F]` of the batch.
     fn run(&self, batches: &[Vec<f64>], n_features: usize) -> Result<Vec<SpeciesOutput>>;
 }
 
@@ -36,7 +38,7 @@ pub(crate) fn unpadded(mut energies: Vec<f64>, mut gradients: Vec<f64>, batch_le
 }
 
 fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
-    Error::invalid(format!("{engine} engine failed while evaluating the network: {e}"))
+    Error::engine(format!("{engine} engine failed while evaluating the network: {e}"))
 }
 
 /// tract-onnx: the graph is optimised once at load; each call runs a fresh state of the shared plan.
@@ -47,9 +49,10 @@ pub struct TractEngine {
 }
 
 impl TractEngine {
+    /// Optimises the decoded graph for repeated runs.
     pub fn new(proto: &pb::ModelProto, meta: &ModelMetadata, source: &str) -> Result<Self> {
         let fail = |stage: &str, e: TractError| {
-            Error::invalid(format!("{source}: tract could not {stage} the model graph: {e:#}"))
+            Error::model(format!("{source}: tract could not {stage} the model graph: {e:#}"))
         };
         let model = tract_onnx::onnx().model_for_proto_model(proto).map_err(|e| fail("read", e))?;
         let model = model.into_optimized().map_err(|e| fail("optimise", e))?;

@@ -10,33 +10,48 @@ pub mod engine;
 pub mod ort_engine;
 
 use crate::descriptor::Descriptor;
+use crate::elements::unknown_element;
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::frame::{Mat3, Vec3};
-use crate::model::Prediction;
 use crate::neighbors::{Neighbor, NeighborList};
-use crate::onnx::metadata::{checksum, Dtype, ModelMetadata};
+use crate::onnx::decode::decode;
+use crate::onnx::metadata::ModelMetadata;
+use crate::prediction::{stress_from_virial, Prediction};
 use engine::{Engine, TractEngine};
-use prost::Message;
 use std::path::{Path, PathBuf};
-use tract_onnx::pb;
 
 /// Which engine evaluates the networks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EngineKind {
+    /// tract-onnx: pure Rust, built in, single-threaded per call.
     #[default]
     Tract,
+    /// ONNX Runtime, loaded at run time (cargo feature `ort`).
     Ort,
+}
+
+impl EngineKind {
+    /// "tract" or "ort".
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Tract => "tract",
+            EngineKind::Ort => "ort",
+        }
+    }
 }
 
 /// Load options (the C API's `options_json`): `{"engine": "tract"|"ort", "ort_library": PATH, "threads": N}`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeOptions {
+    /// Which engine runs the networks.
     pub engine: EngineKind,
     /// libonnxruntime.so for engine "ort" (default: $ORT_DYLIB_PATH).
     pub ort_library: Option<PathBuf>,
-    /// Intra-op threads of engine "ort".
+    /// Threads of one network evaluation: intra-op threads of engine "ort"; engine "tract" runs one thread per
+    /// call and accepts only 1 (parallelise over calls instead: one model may be used by many threads at once).
     pub threads: usize,
 }
 
@@ -52,19 +67,39 @@ impl RuntimeOptions {
         if s.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_json::from_str(s).map_err(|e| {
+        let options: Self = serde_json::from_str(s).map_err(|e| {
             Error::invalid(format!(
                 "options_json: {e}; expected an object like {{\"engine\": \"tract\" | \"ort\", \"ort_library\": \"/path/libonnxruntime.so\", \"threads\": 1}}"
             ))
-        })
+        })?;
+        options.validate()?;
+        Ok(options)
+    }
+
+    /// Refuses what the chosen engine cannot honour instead of ignoring it.
+    pub fn validate(&self) -> Result<()> {
+        if self.threads == 0 {
+            return Err(Error::invalid("threads must be >= 1"));
+        }
+        if self.engine == EngineKind::Tract && self.threads != 1 {
+            return Err(Error::invalid(format!(
+                "engine 'tract' evaluates a model on one thread per call and cannot use threads = {}; use threads 1 \
+                 (and run several calls, MPI ranks or seeds in parallel), or engine 'ort' for intra-op threads",
+                self.threads
+            )));
+        }
+        Ok(())
     }
 }
 
 /// An MD engine's view of its atoms: `positions`/`numbers` of local and ghost atoms (`[n_total]`), the centres
 /// (atom indices whose energy is wanted) and a full neighbour list of each centre, indexed by atom index.
 pub struct LocalSystem<'a> {
+    /// Å, `[n_total]`.
     pub positions: &'a [Vec3],
+    /// Atomic numbers, `[n_total]` (atoms that take no part may carry any number).
     pub numbers: &'a [i32],
+    /// Atom indices whose energy is wanted (the MD engine's local atoms).
     pub centers: &'a [usize],
     /// `neighbors(i)` lists the neighbour atom indices of centre atom i (may include atoms beyond the cutoff).
     pub neighbors: &'a dyn Fn(usize) -> &'a [i32],
@@ -72,10 +107,15 @@ pub struct LocalSystem<'a> {
 
 /// Accumulated outputs of [`Potential::compute_local`]; each present array is **added** to.
 pub struct LocalOutputs<'a> {
+    /// += Σ over centres of E_i, eV.
     pub energy: Option<&'a mut f64>,
+    /// `[n_total]`, += E_i of each centre.
     pub atomic_energies: Option<&'a mut [f64]>,
+    /// `[n_total]`, forces on centres and neighbours (ghosts included), eV/Å.
     pub forces: Option<&'a mut [Vec3]>,
+    /// eV, the sign of [`Prediction::virial`].
     pub virial: Option<&'a mut Mat3>,
+    /// `[n_total]` row-major 3×3, each pair term split half/half between its atoms.
     pub atomic_virial: Option<&'a mut [[f64; 9]]>,
 }
 
@@ -83,10 +123,17 @@ pub struct LocalOutputs<'a> {
 /// bits, `NEIGHMASK`), so its lists can be passed unchanged.
 pub const NEIGHBOR_INDEX_MASK: i32 = 0x1FFF_FFFF;
 
+/// A loaded, verified model: metadata, the family's evaluator and the network engine.
 pub struct Potential {
+    /// What the model file says about itself.
     pub metadata: ModelMetadata,
-    descriptor: Descriptor,
+    evaluator: Evaluator,
     engine: Box<dyn Engine>,
+}
+
+/// The family-specific part of an evaluation (what the Rust side computes around the engine's networks).
+enum Evaluator {
+    PowerSpectrum(Descriptor),
 }
 
 impl Potential {
@@ -98,6 +145,7 @@ impl Potential {
 
     /// Loads a model from the bytes of an ONNX file; `source` names it in error messages.
     pub fn from_bytes(bytes: &[u8], source: &str, options: &RuntimeOptions) -> Result<Self> {
+        options.validate()?;
         let (proto, metadata) = decode(bytes, source)?;
         let engine: Box<dyn Engine> = match options.engine {
             EngineKind::Tract => Box::new(TractEngine::new(&proto, &metadata, source)?),
@@ -105,19 +153,23 @@ impl Potential {
             EngineKind::Ort => Box::new(engine_ort(bytes, &metadata, options, source)?),
             #[cfg(not(feature = "ort"))]
             EngineKind::Ort => {
-                return Err(Error::invalid(
+                return Err(Error::engine(
                     "engine 'ort' is not compiled into this pilip; rebuild with `cargo build --release --features ort`",
                 ))
             }
         };
-        let descriptor = Descriptor::new(&metadata.descriptor, metadata.species.len());
-        Ok(Potential { metadata, descriptor, engine })
+        let evaluator = match metadata.family {
+            Family::PowerSpectrum => Evaluator::PowerSpectrum(Descriptor::new(&metadata.descriptor, metadata.species.len())),
+        };
+        Ok(Potential { metadata, evaluator, engine })
     }
 
+    /// "tract" or "ort".
     pub fn engine_name(&self) -> &'static str {
         self.engine.name()
     }
 
+    /// Cutoff radius, Å.
     pub fn cutoff(&self) -> f64 {
         self.metadata.cutoff
     }
@@ -125,7 +177,7 @@ impl Potential {
     /// Species index of atom `i` with atomic number `z`, or an error naming the atom and the model's species.
     fn species_index(&self, i: usize, z: i64) -> Result<usize> {
         let species = &self.metadata.species;
-        species.iter().position(|&s| s as i64 == z).ok_or_else(|| crate::model::unknown_element(i, z, species))
+        species.iter().position(|&s| s as i64 == z).ok_or_else(|| unknown_element(i, z, species))
     }
 
     fn species_of(&self, numbers: &[i32]) -> Result<Vec<usize>> {
@@ -135,7 +187,20 @@ impl Potential {
     /// Atomic energies of the centres of `nl` (centre c is atom `centers[c]`, or atom c) and the per-pair
     /// energy gradients ∂E/∂r_ij in neighbour-list order.
     fn evaluate(&self, species: &[usize], centers: Option<&[usize]>, nl: NeighborList) -> Result<(Vec<f64>, Vec<Vec3>, NeighborList)> {
-        let d = self.descriptor.compute(species, nl);
+        match &self.evaluator {
+            Evaluator::PowerSpectrum(descriptor) => self.evaluate_power_spectrum(descriptor, species, centers, nl),
+        }
+    }
+
+    /// Descriptors in Rust, the networks in the engine (batched per species), the chain rule back in Rust.
+    fn evaluate_power_spectrum(
+        &self,
+        descriptor: &Descriptor,
+        species: &[usize],
+        centers: Option<&[usize]>,
+        nl: NeighborList,
+    ) -> Result<(Vec<f64>, Vec<Vec3>, NeighborList)> {
+        let d = descriptor.compute(species, nl);
         let (n, nf) = (d.n_atoms, d.n_features);
         let mut batches = vec![Vec::new(); self.metadata.species.len()];
         let mut rows = Vec::with_capacity(n);
@@ -154,7 +219,7 @@ impl Potential {
         if atomic.iter().chain(&de_dg).any(|e| !e.is_finite()) {
             return Err(Error::invalid("the network produced a non-finite energy or gradient"));
         }
-        let pair_grads = self.descriptor.vjp(&d, &de_dg);
+        let pair_grads = descriptor.vjp(&d, &de_dg);
         Ok((atomic, pair_grads, d.neighbors))
     }
 
@@ -174,9 +239,9 @@ impl Potential {
         let (atomic_energies, pair_grads, nl) = self.evaluate(&species, None, nl)?;
         let mut forces = vec![[0.0; 3]; positions.len()];
         let mut virial = [[0.0; 3]; 3];
-        crate::forces::accumulate(&nl, None, &pair_grads, Some(&mut forces), &mut virial, None);
+        crate::prediction::accumulate(&nl, None, &pair_grads, Some(&mut forces), &mut virial, None);
         let stress = match (cell, pbc) {
-            (Some(c), [true, true, true]) => Some(crate::model::stress_from_virial(&virial, crate::frame::det3(c).abs())),
+            (Some(c), [true, true, true]) => Some(stress_from_virial(&virial, crate::frame::det3(c).abs())),
             _ => None,
         };
         Ok(Prediction { energy: atomic_energies.iter().sum(), atomic_energies, forces, virial, stress })
@@ -262,7 +327,7 @@ impl Potential {
             check_len("atomic_virial", av.len(), n_total)?;
         }
         let mut virial = [[0.0; 3]; 3];
-        crate::forces::accumulate(&nl, Some(sys.centers), &pair_grads, out.forces, &mut virial, out.atomic_virial);
+        crate::prediction::accumulate(&nl, Some(sys.centers), &pair_grads, out.forces, &mut virial, out.atomic_virial);
         if let Some(w) = out.virial {
             for a in 0..3 {
                 for b in 0..3 {
@@ -284,81 +349,4 @@ fn check_len(name: &str, got: usize, want: usize) -> Result<()> {
 #[cfg(feature = "ort")]
 fn engine_ort(bytes: &[u8], meta: &ModelMetadata, options: &RuntimeOptions, source: &str) -> Result<ort_engine::OrtEngine> {
     ort_engine::OrtEngine::new(bytes, meta, options.ort_library.as_deref(), options.threads, source)
-}
-
-/// Decodes an ONNX file and checks that it is a pilip model this runtime can run: metadata, checksum, and the
-/// graph's inputs and outputs (names, element type, shapes).
-pub fn decode(bytes: &[u8], source: &str) -> Result<(pb::ModelProto, ModelMetadata)> {
-    let proto = pb::ModelProto::decode(bytes).map_err(|e| {
-        Error::invalid(format!("{source}: not a readable ONNX file ({e}); is it truncated or not an ONNX model?"))
-    })?;
-    let props = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
-    let meta = ModelMetadata::from_props(&props, source)?;
-    let graph = proto.graph.as_ref().ok_or_else(|| Error::invalid(format!("{source}: the ONNX file has no graph")))?;
-    let sum = checksum(&graph.encode_to_vec());
-    if sum != meta.checksum {
-        return Err(Error::invalid(format!(
-            "{source}: graph checksum {sum} does not match the metadata's {}; the file was modified or corrupted — export it again",
-            meta.checksum
-        )));
-    }
-    check_signature(graph, &meta).map_err(|e| Error::invalid(format!("{source}: {e}")))?;
-    Ok((proto, meta))
-}
-
-fn check_signature(graph: &pb::GraphProto, meta: &ModelMetadata) -> std::result::Result<(), String> {
-    use pb::tensor_shape_proto::dimension::Value;
-    let want_type = match meta.dtype {
-        Dtype::F32 => pb::tensor_proto::DataType::Float as i32,
-        Dtype::F64 => pb::tensor_proto::DataType::Double as i32,
-    };
-    let describe = |v: &pb::ValueInfoProto| -> Option<(i32, Vec<Option<i64>>)> {
-        match v.r#type.as_ref()?.value.as_ref()? {
-            pb::type_proto::Value::TensorType(t) => Some((
-                t.elem_type,
-                t.shape
-                    .as_ref()?
-                    .dim
-                    .iter()
-                    .map(|d| match d.value {
-                        Some(Value::DimValue(n)) => Some(n),
-                        _ => None,
-                    })
-                    .collect(),
-            )),
-        }
-    };
-    let ns = meta.species.len();
-    if graph.input.len() != ns || graph.output.len() != 2 * ns {
-        return Err(format!(
-            "graph has {} inputs and {} outputs; a pilip model with {ns} species has {ns} and {}",
-            graph.input.len(),
-            graph.output.len(),
-            2 * ns
-        ));
-    }
-    let nf = meta.n_features as i64;
-    for k in 0..ns {
-        let [g, e, d] = meta.io_names(k);
-        let checks = [
-            (&graph.input[k], g, vec![None, Some(nf)]),
-            (&graph.output[2 * k], e, vec![None]),
-            (&graph.output[2 * k + 1], d, vec![None, Some(nf)]),
-        ];
-        for (v, name, shape) in checks {
-            if v.name != name {
-                return Err(format!("graph value '{}' found where '{name}' was expected", v.name));
-            }
-            match describe(v) {
-                Some((t, s)) if t == want_type && s == shape => {}
-                _ => {
-                    return Err(format!(
-                        "graph value '{name}' does not have element type {} and shape {shape:?} (None = any)",
-                        meta.dtype.name()
-                    ))
-                }
-            }
-        }
-    }
-    Ok(())
 }

@@ -9,9 +9,11 @@ use crate::runtime::engine::{padded, unpadded, Engine, SpeciesOutput};
 use ort::session::Session;
 use ort::value::Tensor;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::Mutex;
 
-static ENVIRONMENT: OnceLock<std::result::Result<(PathBuf, ort::environment::Environment), String>> = OnceLock::new();
+/// The process's ONNX Runtime environment and the library it came from, once one has loaded. Only a success is
+/// kept: after a wrong path (a typo, a missing file) a later load with the right path still works.
+static ENVIRONMENT: Mutex<Option<(PathBuf, &'static ort::environment::Environment)>> = Mutex::new(None);
 
 /// Where to find libonnxruntime: the `ort_library` option, else `ORT_DYLIB_PATH`.
 fn library_path(option: Option<&Path>) -> Result<PathBuf> {
@@ -19,7 +21,7 @@ fn library_path(option: Option<&Path>) -> Result<PathBuf> {
         return Ok(p.to_path_buf());
     }
     std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from).ok_or_else(|| {
-        Error::invalid(
+        Error::engine(
             "engine 'ort' needs the ONNX Runtime library: set the option \"ort_library\" or the environment \
              variable ORT_DYLIB_PATH to libonnxruntime.so (e.g. from `pip install onnxruntime`: \
              site-packages/onnxruntime/capi/libonnxruntime.so.1.*)",
@@ -29,30 +31,31 @@ fn library_path(option: Option<&Path>) -> Result<PathBuf> {
 
 fn environment(option: Option<&Path>) -> Result<&'static ort::environment::Environment> {
     let path = library_path(option)?;
-    let env = ENVIRONMENT.get_or_init(|| {
-        if !path.is_file() {
-            return Err(format!("ONNX Runtime library {} does not exist", path.display()));
+    let mut loaded = ENVIRONMENT.lock().map_err(|_| Error::engine("ONNX Runtime: a previous load panicked"))?;
+    if let Some((from, env)) = loaded.as_ref() {
+        if *from != path {
+            return Err(Error::engine(format!(
+                "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
+                from.display(),
+                path.display()
+            )));
         }
-        let built = ort::init_from(&path)
-            .map_err(|e| e.to_string())
-            .and_then(|b| b.with_name("pilip").build().map_err(|e| e.to_string()));
-        built.map(|env| (path.clone(), env)).map_err(|e| format!("could not load ONNX Runtime from {}: {e}", path.display()))
-    });
-    match env {
-        Ok((loaded, env)) => {
-            if *loaded != path {
-                return Err(Error::invalid(format!(
-                    "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
-                    loaded.display(),
-                    path.display()
-                )));
-            }
-            Ok(env)
-        }
-        Err(e) => Err(Error::invalid(e.clone())),
+        return Ok(env);
     }
+    if !path.is_file() {
+        return Err(Error::engine(format!("ONNX Runtime library {} does not exist", path.display())));
+    }
+    let env = ort::init_from(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| b.with_name("pilip").build().map_err(|e| e.to_string()))
+        .map_err(|e| Error::engine(format!("could not load ONNX Runtime from {}: {e}", path.display())))?;
+    // One environment per process for the process's lifetime (ONNX Runtime's own rule).
+    let env: &'static ort::environment::Environment = Box::leak(Box::new(env));
+    *loaded = Some((path, env));
+    Ok(env)
 }
 
+/// One ONNX Runtime session of a model.
 pub struct OrtEngine {
     session: Mutex<Session>,
     dtype: Dtype,
@@ -60,9 +63,10 @@ pub struct OrtEngine {
 }
 
 impl OrtEngine {
+    /// A session of the model in `bytes` with `threads` intra-op threads.
     pub fn new(bytes: &[u8], meta: &ModelMetadata, library: Option<&Path>, threads: usize, source: &str) -> Result<Self> {
         let env = environment(library)?;
-        let fail = |e: ort::Error| Error::invalid(format!("{source}: ONNX Runtime could not load the model: {e}"));
+        let fail = |e: ort::Error| Error::model(format!("{source}: ONNX Runtime could not load the model: {e}"));
         let session = Session::builder(env)
             .map_err(fail)?
             .with_intra_threads(threads.max(1))
@@ -74,7 +78,7 @@ impl OrtEngine {
 }
 
 fn ort_error(e: impl std::fmt::Display) -> Error {
-    Error::invalid(format!("ort engine failed while evaluating the network: {e}"))
+    Error::engine(format!("ort engine failed while evaluating the network: {e}"))
 }
 
 impl Engine for OrtEngine {

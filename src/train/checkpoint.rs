@@ -8,35 +8,54 @@ use crate::train::optim::{Adam, Schedule};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 
+/// The `format` field of every checkpoint.
 pub const FORMAT: &str = "pilip-checkpoint";
+/// Newest checkpoint format this pilip writes and reads (older ones are read too).
 pub const FORMAT_VERSION: u32 = 1;
 
+/// A checkpoint file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Checkpoint {
+    /// Always [`FORMAT`].
     pub format: String,
+    /// [`FORMAT_VERSION`] of the writer.
     pub format_version: u32,
+    /// pilip version of the writer.
     pub pilip_version: String,
+    /// The run's resolved config.
     pub config: Config,
+    /// The model (EMA weights for `best.ckpt` when enabled).
     pub model: Model,
+    /// Everything needed to continue bit-for-bit (`last.ckpt` only).
     pub state: Option<TrainState>,
 }
 
+/// The training loop's state after an epoch.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct TrainState {
+    /// Epochs completed.
     pub epochs_done: usize,
+    /// Optimiser steps taken (selects the PIWSL displacements).
     pub step: u64,
+    /// Optimiser moments.
     pub optimizer: Adam,
+    /// Learning-rate schedule.
     pub schedule: Schedule,
+    /// EMA of the weights, if enabled.
     pub ema: Option<Vec<f64>>,
-    #[serde(with = "non_finite")]
+    /// Early-stopping metric of the best epoch.
+    #[serde(with = "crate::io::non_finite")]
     pub best_metric: f64,
+    /// The best epoch (1-based; 0 before any).
     pub best_epoch: usize,
+    /// Epochs since the last improvement.
     pub bad_epochs: usize,
     /// True once early stopping or max_epochs ended the run.
     pub finished: bool,
 }
 
 impl Checkpoint {
+    /// A checkpoint of `model` trained with `config`.
     pub fn new(config: &Config, model: &Model, state: Option<TrainState>) -> Self {
         Checkpoint {
             format: FORMAT.into(),
@@ -48,11 +67,13 @@ impl Checkpoint {
         }
     }
 
+    /// Writes the checkpoint atomically.
     pub fn save(&self, path: &Path) -> Result<()> {
         let bytes = serde_json::to_vec(self).map_err(|e| Error::invalid(format!("serialising checkpoint: {e}")))?;
         crate::io::write_atomically(path, &bytes)
     }
 
+    /// Reads and checks a checkpoint.
     pub fn load(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
         let ck: Checkpoint = serde_json::from_slice(&bytes).map_err(|e| {
@@ -70,64 +91,5 @@ impl Checkpoint {
             )));
         }
         Ok(ck)
-    }
-}
-
-/// Serde for f64 fields that may be ±∞ or NaN (e.g. "best so far" before any improvement, which the cosine
-/// schedule never updates): JSON has no infinity and serde_json would write `null`, which then cannot be read back
-/// into an f64 — a checkpoint that cannot be resumed. Non-finite values are written as "inf" / "-inf" / "nan";
-/// `null` (what older checkpoints hold) reads as +∞.
-pub(crate) mod non_finite {
-    use serde::de::Error as _;
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(x: &f64, s: S) -> Result<S::Ok, S::Error> {
-        match *x {
-            x if x.is_finite() => s.serialize_f64(x),
-            x if x.is_nan() => s.serialize_str("nan"),
-            x if x > 0.0 => s.serialize_str("inf"),
-            _ => s.serialize_str("-inf"),
-        }
-    }
-
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Repr {
-        Number(f64),
-        Text(String),
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
-        match Option::<Repr>::deserialize(d)? {
-            None => Ok(f64::INFINITY),
-            Some(Repr::Number(x)) => Ok(x),
-            Some(Repr::Text(t)) => match t.as_str() {
-                "inf" => Ok(f64::INFINITY),
-                "-inf" => Ok(f64::NEG_INFINITY),
-                "nan" => Ok(f64::NAN),
-                other => Err(D::Error::custom(format!("expected a number, \"inf\", \"-inf\" or \"nan\", got \"{other}\""))),
-            },
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[derive(serde::Serialize, serde::Deserialize)]
-    struct Best {
-        #[serde(with = "super::non_finite")]
-        x: f64,
-    }
-
-    #[test]
-    fn non_finite_values_round_trip_and_old_nulls_read_as_infinity() {
-        for x in [1.5, f64::INFINITY, f64::NEG_INFINITY] {
-            let text = serde_json::to_string(&Best { x }).unwrap();
-            assert_eq!(serde_json::from_str::<Best>(&text).unwrap().x, x, "{text}");
-        }
-        assert!(serde_json::from_str::<Best>(&serde_json::to_string(&Best { x: f64::NAN }).unwrap()).unwrap().x.is_nan());
-        assert_eq!(serde_json::from_str::<Best>(r#"{"x":null}"#).unwrap().x, f64::INFINITY);
-        let e = serde_json::from_str::<Best>(r#"{"x":"big"}"#).err().unwrap().to_string();
-        assert!(e.contains("big"), "{e}");
     }
 }

@@ -12,26 +12,82 @@
 //!
 //! each divided by N when `per_atom`, squared, averaged over the structures of the batch.
 
-use crate::config::LossConfig;
+use crate::config::{EnergyLoss, LossConfig};
 use crate::error::Result;
-use crate::frame::{Frame, Mat3, Vec3};
-use crate::model::Model;
+use crate::frame::{displaced, Frame, Mat3, Vec3};
+use crate::model::{Environments, Model};
+use crate::prediction::Prediction;
 use crate::rng::Rng;
 
-/// Names of the loss terms, in log order.
-pub const TERMS: [&str; 6] = ["energy", "forces", "stress", "pitc", "pisc", "weak"];
+/// The weighted loss terms of one structure or summed over a batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct LossTerms {
+    /// Per-atom energy error.
+    pub energy: f64,
+    /// Force-component error.
+    pub forces: f64,
+    /// Stress-component error.
+    pub stress: f64,
+    /// Taylor consistency (PITC).
+    pub pitc: f64,
+    /// Path independence (PISC).
+    pub pisc: f64,
+    /// Weak labels from reference forces.
+    pub weak: f64,
+}
+
+impl LossTerms {
+    /// The terms' names, in log order (the keys of `metrics.jsonl`'s `train` object).
+    pub const NAMES: [&'static str; 6] = ["energy", "forces", "stress", "pitc", "pisc", "weak"];
+
+    /// The values in the order of [`LossTerms::NAMES`].
+    pub fn values(&self) -> [f64; 6] {
+        [self.energy, self.forces, self.stress, self.pitc, self.pisc, self.weak]
+    }
+
+    /// `(name, value)` in log order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, f64)> {
+        Self::NAMES.into_iter().zip(self.values())
+    }
+
+    /// The value of the term called `name` (one of [`LossTerms::NAMES`]).
+    pub fn get(&self, name: &str) -> Option<f64> {
+        self.named().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// The sum of all terms.
+    pub fn total(&self) -> f64 {
+        self.values().iter().sum()
+    }
+
+    /// Adds `other` term by term.
+    pub fn add(&mut self, other: &LossTerms) {
+        self.energy += other.energy;
+        self.forces += other.forces;
+        self.stress += other.stress;
+        self.pitc += other.pitc;
+        self.pisc += other.pisc;
+        self.weak += other.weak;
+    }
+}
 
 /// Batch-level normalisers so that each term is a mean over the batch.
 #[derive(Clone, Copy, Debug)]
 pub struct Normalizers {
+    /// Structures with an energy label.
     pub n_energy: f64,
+    /// Force components with labels.
     pub n_force_components: f64,
+    /// Fully periodic structures with a stress label.
     pub n_stress: f64,
+    /// Structures.
     pub n_structures: f64,
+    /// Structures with energy and forces (weak labels).
     pub n_weak: f64,
 }
 
 impl Normalizers {
+    /// The normalisers of a batch.
     pub fn of(frames: &[&Frame]) -> Self {
         let count = |p: &dyn Fn(&Frame) -> bool| frames.iter().filter(|f| p(f)).count() as f64;
         Normalizers {
@@ -47,15 +103,22 @@ impl Normalizers {
 /// Weights in effect for one step (PIWSL weights possibly ramped).
 #[derive(Clone, Debug)]
 pub struct Weights {
+    /// `loss.energy_weight`.
     pub energy: f64,
+    /// `loss.forces_weight`.
     pub forces: f64,
+    /// `loss.stress_weight`.
     pub stress: f64,
+    /// `loss.pitc_weight`, ramped.
     pub pitc: f64,
+    /// `loss.pisc_weight`, ramped.
     pub pisc: f64,
+    /// `loss.weak_label_weight`, ramped.
     pub weak: f64,
 }
 
 impl Weights {
+    /// The weights of `epoch` (0-based): the PIWSL weights rise linearly over `ramp_epochs`.
     pub fn at_epoch(cfg: &LossConfig, epoch: usize) -> Self {
         let ramp = if cfg.ramp_epochs == 0 { 1.0 } else { ((epoch + 1) as f64 / cfg.ramp_epochs as f64).min(1.0) };
         Weights {
@@ -100,23 +163,12 @@ pub fn displacement(rng: &mut Rng, n: usize, eps: f64) -> Vec<Vec3> {
     d
 }
 
-/// `frame` with every atom moved by `d`.
-pub(crate) fn displaced(frame: &Frame, d: &[Vec3]) -> Frame {
-    let mut g = frame.clone();
-    for (x, y) in g.positions.iter_mut().zip(d) {
-        for a in 0..3 {
-            x[a] += y[a];
-        }
-    }
-    g
-}
-
 /// −Σ δ·F = derivative of E along δ.
 fn directional(forces: &[Vec3], d: &[Vec3]) -> f64 {
     -forces.iter().zip(d).map(|(f, x)| f[0] * x[0] + f[1] * x[1] + f[2] * x[2]).sum::<f64>()
 }
 
-/// Loss values (weighted, as in `TERMS`) of one structure; the parameter gradient is added into `grad`.
+/// Loss terms (weighted) of one structure; the parameter gradient is added into `grad`.
 #[allow(clippy::too_many_arguments)]
 pub fn structure_loss_and_grad(
     model: &Model,
@@ -126,107 +178,46 @@ pub fn structure_loss_and_grad(
     norm: &Normalizers,
     rng: &mut Rng,
     grad: Option<&mut [f64]>,
-) -> Result<[f64; 6]> {
-    let n = frame.len();
-    let nf = n as f64;
-    let mut loss = [0.0; 6];
+) -> Result<LossTerms> {
+    let mut terms = LossTerms::default();
     let env_r = model.frame_environments(frame)?;
     let pred_r = model.predict(&env_r);
     let mut cr = Coeffs::new();
-
-    if let (Some(e), true) = (frame.energy, w.energy > 0.0) {
-        let r = (pred_r.energy - e) / nf;
-        let (l, dl) = if cfg.energy_loss == "huber" {
-            let d = cfg.huber_delta;
-            if r.abs() <= d { (r * r, 2.0 * r) } else { (2.0 * d * r.abs() - d * d, 2.0 * d * r.signum()) }
-        } else {
-            (r * r, 2.0 * r)
-        };
-        loss[0] = w.energy * l / norm.n_energy;
-        cr.a += w.energy * dl / nf / norm.n_energy;
-    }
-    if let (Some(fref), true) = (&frame.forces, w.forces > 0.0) {
-        let k = w.forces / norm.n_force_components;
-        let mut v = vec![[0.0; 3]; n];
-        for i in 0..n {
-            for a in 0..3 {
-                let d = pred_r.forces[i][a] - fref[i][a];
-                loss[1] += k * d * d;
-                v[i][a] = 2.0 * k * d;
-            }
-        }
-        // Σ v·F = −D_v E
-        cr.add_disp(n, -1.0, &v);
-    }
-    if let (Some(sref), Some(s), Some(vol), true) = (&frame.stress, &pred_r.stress, env_r.volume, w.stress > 0.0) {
-        let k = w.stress / (9.0 * norm.n_stress);
-        let mut c = [[0.0; 3]; 3];
-        for a in 0..3 {
-            for b in 0..3 {
-                let d = s[a][b] - sref[a][b];
-                loss[2] += k * d * d;
-                // σ_ab = (1/V) ∂E/∂ε_ab, i.e. D_{c/V} E = Σ c_ab σ_ab
-                c[a][b] = 2.0 * k * d / vol;
-            }
-        }
-        cr.strain = Some(c);
-    }
+    terms.energy = energy_term(frame, &pred_r, cfg, w.energy, norm, &mut cr);
+    terms.forces = forces_term(frame, &pred_r, w.forces, norm, &mut cr);
+    terms.stress = stress_term(frame, &pred_r, env_r.volume, w.stress, norm, &mut cr);
 
     let want_pitc = w.pitc > 0.0;
     let want_weak = w.weak > 0.0 && frame.energy.is_some() && frame.forces.is_some();
     let want_pisc = w.pisc > 0.0;
-    let mut configs: Vec<(crate::model::Environments, Coeffs)> = Vec::new();
+    // Configurations besides R whose primitive enters the gradient (B before C, as the sums were always done).
+    let mut configs: Vec<(Environments, Coeffs)> = Vec::new();
     if want_pitc || want_weak || want_pisc {
-        let scale = if cfg.per_atom { 1.0 / nf } else { 1.0 };
+        let n = frame.len();
         let d1 = displacement(rng, n, cfg.epsilon);
         let d2 = if want_pisc { Some(displacement(rng, n, cfg.epsilon)) } else { None };
         let env_c = model.frame_environments(&displaced(frame, &d1))?;
         let second_order = want_pitc && cfg.pitc_order == 2;
-        let (e_c, f_c) = if second_order {
+        let (energy, forces) = if second_order {
             let p = model.predict(&env_c);
             (p.energy, Some(p.forces))
         } else {
             (model.energy_of(&env_c), None)
         };
-        let mut cc = Coeffs::new();
+        let scale = if cfg.per_atom { 1.0 / n as f64 } else { 1.0 };
+        let mut c = Displaced { d: d1, energy, forces, scale, coeffs: Coeffs::new() };
         if want_pitc {
-            let d_r = directional(&pred_r.forces, &d1);
-            let target = match &f_c {
-                Some(fc) => pred_r.energy + 0.5 * d_r + 0.5 * directional(fc, &d1),
-                None => pred_r.energy + d_r,
-            };
-            let r = (e_c - target) * scale;
-            loss[3] = w.pitc * r * r / norm.n_structures;
-            let k = 2.0 * w.pitc * r * scale / norm.n_structures;
-            cc.a += k;
-            cr.a -= k;
-            if second_order {
-                cc.add_disp(n, -0.5 * k, &d1);
-                cr.add_disp(n, -0.5 * k, &d1);
-            } else {
-                cr.add_disp(n, -k, &d1);
-            }
+            terms.pitc = pitc_term(&pred_r, &mut c, w.pitc, norm, &mut cr);
         }
         if want_weak {
-            let (e_ref, f_ref) = (frame.energy.unwrap_or(0.0), frame.forces.as_deref().unwrap_or(&[]));
-            let r = (e_c - (e_ref + directional(f_ref, &d1))) * scale;
-            loss[5] = w.weak * r * r / norm.n_weak;
-            cc.a += 2.0 * w.weak * r * scale / norm.n_weak;
+            terms.weak = weak_term(frame, &mut c, w.weak, norm);
         }
         if let Some(d2) = d2 {
-            let env_b = model.frame_environments(&displaced(frame, &d2))?;
-            let p_b = model.predict(&env_b);
-            let diff: Vec<Vec3> = d1.iter().zip(&d2).map(|(a, b)| [a[0] - b[0], a[1] - b[1], a[2] - b[2]]).collect();
-            let r = (e_c - (p_b.energy + directional(&p_b.forces, &diff))) * scale;
-            loss[4] = w.pisc * r * r / norm.n_structures;
-            let k = 2.0 * w.pisc * r * scale / norm.n_structures;
-            cc.a += k;
-            let mut cb = Coeffs::new();
-            cb.a -= k;
-            cb.add_disp(n, -k, &diff);
+            let (loss, env_b, cb) = pisc_term(model, frame, &mut c, &d2, w.pisc, norm)?;
+            terms.pisc = loss;
             configs.push((env_b, cb));
         }
-        configs.push((env_c, cc));
+        configs.push((env_c, c.coeffs));
     }
     if let Some(grad) = grad {
         model.accumulate_param_grad(&env_r, cr.a, cr.disp.as_deref(), cr.strain.as_ref(), grad);
@@ -234,5 +225,123 @@ pub fn structure_loss_and_grad(
             model.accumulate_param_grad(env, c.a, c.disp.as_deref(), c.strain.as_ref(), grad);
         }
     }
-    Ok(loss)
+    Ok(terms)
+}
+
+/// The displaced configuration C = R + Δ¹ shared by PITC, weak labels and PISC.
+struct Displaced {
+    d: Vec<Vec3>,
+    /// E(C).
+    energy: f64,
+    /// F(C), only for second-order PITC.
+    forces: Option<Vec<Vec3>>,
+    /// 1/N with `per_atom`, else 1.
+    scale: f64,
+    /// Coefficients of the primitive at C.
+    coeffs: Coeffs,
+}
+
+/// Per-atom energy error (MSE or Huber): r = (E − E_ref)/N.
+fn energy_term(frame: &Frame, pred: &Prediction, cfg: &LossConfig, weight: f64, norm: &Normalizers, cr: &mut Coeffs) -> f64 {
+    let (Some(e), true) = (frame.energy, weight > 0.0) else { return 0.0 };
+    let nf = frame.len() as f64;
+    let r = (pred.energy - e) / nf;
+    let (l, dl) = match cfg.energy_loss {
+        EnergyLoss::Huber => {
+            let d = cfg.huber_delta;
+            if r.abs() <= d { (r * r, 2.0 * r) } else { (2.0 * d * r.abs() - d * d, 2.0 * d * r.signum()) }
+        }
+        EnergyLoss::Mse => (r * r, 2.0 * r),
+    };
+    cr.a += weight * dl / nf / norm.n_energy;
+    weight * l / norm.n_energy
+}
+
+/// Squared force-component error.
+fn forces_term(frame: &Frame, pred: &Prediction, weight: f64, norm: &Normalizers, cr: &mut Coeffs) -> f64 {
+    let (Some(fref), true) = (&frame.forces, weight > 0.0) else { return 0.0 };
+    let n = frame.len();
+    let k = weight / norm.n_force_components;
+    let mut loss = 0.0;
+    let mut v = vec![[0.0; 3]; n];
+    for i in 0..n {
+        for a in 0..3 {
+            let d = pred.forces[i][a] - fref[i][a];
+            loss += k * d * d;
+            v[i][a] = 2.0 * k * d;
+        }
+    }
+    // Σ v·F = −D_v E
+    cr.add_disp(n, -1.0, &v);
+    loss
+}
+
+/// Squared stress-component error (fully periodic structures).
+fn stress_term(frame: &Frame, pred: &Prediction, volume: Option<f64>, weight: f64, norm: &Normalizers, cr: &mut Coeffs) -> f64 {
+    let (Some(sref), Some(s), Some(vol), true) = (&frame.stress, &pred.stress, volume, weight > 0.0) else { return 0.0 };
+    let k = weight / (9.0 * norm.n_stress);
+    let mut loss = 0.0;
+    let mut c = [[0.0; 3]; 3];
+    for a in 0..3 {
+        for b in 0..3 {
+            let d = s[a][b] - sref[a][b];
+            loss += k * d * d;
+            // σ_ab = (1/V) ∂E/∂ε_ab, i.e. D_{c/V} E = Σ c_ab σ_ab
+            c[a][b] = 2.0 * k * d / vol;
+        }
+    }
+    cr.strain = Some(c);
+    loss
+}
+
+/// PITC: r = E(C) − [E(R) + D_Δ E(R)] (order 1) or E(C) − [E(R) + ½D_Δ E(R) + ½D_Δ E(C)] (order 2).
+fn pitc_term(pred_r: &Prediction, c: &mut Displaced, weight: f64, norm: &Normalizers, cr: &mut Coeffs) -> f64 {
+    let n = pred_r.forces.len();
+    let d_r = directional(&pred_r.forces, &c.d);
+    let target = match &c.forces {
+        Some(fc) => pred_r.energy + 0.5 * d_r + 0.5 * directional(fc, &c.d),
+        None => pred_r.energy + d_r,
+    };
+    let r = (c.energy - target) * c.scale;
+    let loss = weight * r * r / norm.n_structures;
+    let k = 2.0 * weight * r * c.scale / norm.n_structures;
+    c.coeffs.a += k;
+    cr.a -= k;
+    if c.forces.is_some() {
+        c.coeffs.add_disp(n, -0.5 * k, &c.d);
+        cr.add_disp(n, -0.5 * k, &c.d);
+    } else {
+        cr.add_disp(n, -k, &c.d);
+    }
+    loss
+}
+
+/// Weak labels: r = E(C) − [E_ref(R) − Δ·F_ref(R)] (structures with energy and forces).
+fn weak_term(frame: &Frame, c: &mut Displaced, weight: f64, norm: &Normalizers) -> f64 {
+    let (e_ref, f_ref) = (frame.energy.unwrap_or(0.0), frame.forces.as_deref().unwrap_or(&[]));
+    let r = (c.energy - (e_ref + directional(f_ref, &c.d))) * c.scale;
+    c.coeffs.a += 2.0 * weight * r * c.scale / norm.n_weak;
+    weight * r * r / norm.n_weak
+}
+
+/// PISC: r = E(C) − [E(B) + D_{Δ¹−Δ²} E(B)] with B = R + Δ²; returns the loss and B with its coefficients.
+fn pisc_term(
+    model: &Model,
+    frame: &Frame,
+    c: &mut Displaced,
+    d2: &[Vec3],
+    weight: f64,
+    norm: &Normalizers,
+) -> Result<(f64, Environments, Coeffs)> {
+    let env_b = model.frame_environments(&displaced(frame, d2))?;
+    let p_b = model.predict(&env_b);
+    let diff: Vec<Vec3> = c.d.iter().zip(d2).map(|(a, b)| [a[0] - b[0], a[1] - b[1], a[2] - b[2]]).collect();
+    let r = (c.energy - (p_b.energy + directional(&p_b.forces, &diff))) * c.scale;
+    let loss = weight * r * r / norm.n_structures;
+    let k = 2.0 * weight * r * c.scale / norm.n_structures;
+    c.coeffs.a += k;
+    let mut cb = Coeffs::new();
+    cb.a -= k;
+    cb.add_disp(frame.len(), -k, &diff);
+    Ok((loss, env_b, cb))
 }

@@ -1,24 +1,31 @@
 //! `pilip train`: the training loop (mini-batches, data parallelism over structures, validation, schedules,
 //! early stopping, atomic checkpoints, exact resume).
+//!
+//! A run is: set up the run directory ([`RunDir`]), start or resume ([`start_or_resume`]), then epochs
+//! ([`run_epoch`]) each followed by validation and checkpoints ([`validate_and_checkpoint`]), and at the end the
+//! test metrics of the best model ([`finish`]).
 
 pub mod checkpoint;
+pub mod curvature;
 pub mod loss;
 pub mod optim;
 
-use crate::config::Config;
-use crate::dataset;
+use crate::config::{Config, LossConfig, Optimizer, StoppingMetric};
+use crate::dataset::{self, Splits};
 use crate::error::{Error, Result};
+use crate::family::Family;
 use crate::frame::Frame;
 use crate::metrics::{self, Metrics};
 use crate::model::Model;
 use crate::rng::Rng;
 use checkpoint::{Checkpoint, TrainState};
-use loss::{Normalizers, Weights, TERMS};
+use loss::{LossTerms, Normalizers, Weights};
 use optim::{Adam, Schedule};
 use rayon::prelude::*;
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 
+/// How `pilip train` runs, besides the config.
 #[derive(Clone, Debug, Default)]
 pub struct TrainOptions {
     /// Continue from this checkpoint (`RUN/checkpoints/last.ckpt`).
@@ -29,28 +36,38 @@ pub struct TrainOptions {
     pub quiet: bool,
 }
 
+/// What a (possibly partial) run achieved.
 #[derive(Clone, Debug)]
 pub struct TrainSummary {
+    /// The run directory.
     pub run_dir: PathBuf,
+    /// Epochs completed so far.
     pub epochs_done: usize,
+    /// Epoch of `best.ckpt`.
     pub best_epoch: usize,
+    /// The early-stopping metric of `best.ckpt`.
     pub best_metric: f64,
+    /// Validation metrics (of the best model once finished, else of the last epoch).
     pub valid: Metrics,
+    /// Test metrics of the best model, once finished and if there is a test set.
     pub test: Option<Metrics>,
+    /// True once early stopping or `max_epochs` ended the run.
     pub finished: bool,
 }
 
-/// Builds a model for the training data: species, reference energies, descriptor statistics, energy scale.
+/// Builds a model for the training data: species, reference energies, input statistics, energy scale.
 pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
     let mut species: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).collect();
     species.sort_unstable();
     species.dedup();
-    let mut model = Model::new(cfg.descriptor.clone(), species, &cfg.model.hidden, cfg.training.seed);
+    let mut model = match cfg.model.family {
+        Family::PowerSpectrum => Model::power_spectrum(cfg.descriptor.clone(), species, &cfg.model.hidden, cfg.training.seed),
+    };
     let refs: Vec<&Frame> = train.iter().collect();
     model.fit_reference_energies(&refs)?;
     let sample: Vec<&Frame> = train.iter().take(500).collect();
     let envs: Vec<_> = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
-    model.fit_feature_statistics(&envs, cfg.model.feature_std_floor);
+    model.fit_input_statistics(&envs, cfg.model.feature_std_floor);
     model.energy_scale = if cfg.model.energy_scale > 0.0 {
         cfg.model.energy_scale
     } else {
@@ -85,34 +102,35 @@ fn auto_energy_scale(model: &Model, train: &[Frame]) -> f64 {
 }
 
 /// Loss terms and parameter gradient of one mini-batch. Per-structure gradients are summed in batch order,
-/// so the result does not depend on the number of threads.
+/// so the result does not depend on the number of threads. `seed` is `training.seed`; `step` and the structures'
+/// `ids` select the random displacements of the PIWSL terms.
+#[allow(clippy::too_many_arguments)]
 pub fn batch_loss_and_grad(
     model: &Model,
     frames: &[&Frame],
     ids: &[usize],
-    cfg: &Config,
+    loss_cfg: &LossConfig,
+    seed: u64,
     w: &Weights,
     step: u64,
     with_grad: bool,
-) -> Result<([f64; 6], Vec<f64>)> {
+) -> Result<(LossTerms, Vec<f64>)> {
     let norm = Normalizers::of(frames);
     let np = model.n_params();
-    let parts: Vec<([f64; 6], Vec<f64>)> = frames
+    let parts: Vec<(LossTerms, Vec<f64>)> = frames
         .par_iter()
         .zip(ids.par_iter())
         .map(|(f, &id)| {
-            let mut rng = Rng::derive(cfg.training.seed ^ 0x9157_1c0f, step, id as u64);
+            let mut rng = Rng::derive(seed ^ 0x9157_1c0f, step, id as u64);
             let mut g = if with_grad { vec![0.0; np] } else { Vec::new() };
-            let l = loss::structure_loss_and_grad(model, f, &cfg.loss, w, &norm, &mut rng, with_grad.then_some(&mut g[..]))?;
+            let l = loss::structure_loss_and_grad(model, f, loss_cfg, w, &norm, &mut rng, with_grad.then_some(&mut g[..]))?;
             Ok((l, g))
         })
         .collect::<Result<_>>()?;
-    let mut total = [0.0; 6];
+    let mut total = LossTerms::default();
     let mut grad = if with_grad { vec![0.0; np] } else { Vec::new() };
     for (l, g) in parts {
-        for k in 0..6 {
-            total[k] += l[k];
-        }
+        total.add(&l);
         for (a, b) in grad.iter_mut().zip(&g) {
             *a += b;
         }
@@ -120,22 +138,22 @@ pub fn batch_loss_and_grad(
     Ok((total, grad))
 }
 
-fn metric_value(name: &str, m: &Metrics, val_loss: f64) -> Option<f64> {
-    match name {
-        "val_loss" => Some(val_loss),
-        "val_energy_rmse" => m.energy_rmse_mev_per_atom,
-        "val_forces_rmse" => m.forces_rmse_mev_per_A,
-        "val_stress_rmse" => m.stress_rmse_mev_per_A3,
-        _ => None,
+fn metric_value(metric: StoppingMetric, m: &Metrics, val_loss: f64) -> f64 {
+    match metric {
+        StoppingMetric::ValLoss => Some(val_loss),
+        StoppingMetric::ValEnergyRmse => m.energy_rmse_mev_per_atom,
+        StoppingMetric::ValForcesRmse => m.forces_rmse_mev_per_A,
+        StoppingMetric::ValStressRmse => m.stress_rmse_mev_per_A3,
     }
+    .unwrap_or(f64::INFINITY)
 }
 
 /// The validation loss: the labelled terms with the training weights (eV units), no random terms.
-fn validation_loss(cfg: &Config, m: &Metrics) -> f64 {
+fn validation_loss(cfg: &LossConfig, m: &Metrics) -> f64 {
     let sq = |x: Option<f64>| x.map(|v| (v / 1000.0).powi(2)).unwrap_or(0.0);
-    cfg.loss.energy_weight * sq(m.energy_rmse_mev_per_atom)
-        + cfg.loss.forces_weight * sq(m.forces_rmse_mev_per_A)
-        + cfg.loss.stress_weight * sq(m.stress_rmse_mev_per_A3)
+    cfg.energy_weight * sq(m.energy_rmse_mev_per_atom)
+        + cfg.forces_weight * sq(m.forces_rmse_mev_per_A)
+        + cfg.stress_weight * sq(m.stress_rmse_mev_per_A3)
 }
 
 /// Human-readable list of the config keys that differ.
@@ -164,43 +182,89 @@ fn config_diff(a: &Config, b: &Config) -> Vec<String> {
     out
 }
 
-struct RunFiles {
+/// The run directory: its checkpoint paths and the two log files (`train.log`, `metrics.jsonl`).
+struct RunDir {
+    dir: PathBuf,
+    last: PathBuf,
+    best: PathBuf,
     log: std::fs::File,
     metrics: std::fs::File,
+    quiet: bool,
 }
 
-fn open_run_files(dir: &Path, epochs_done: Option<usize>) -> Result<RunFiles> {
-    let mp = dir.join("metrics.jsonl");
-    if let Some(done) = epochs_done {
-        // Drop lines of epochs after the checkpoint (written before an interruption).
-        let text = std::fs::read_to_string(&mp).unwrap_or_default();
-        let kept: Vec<&str> = text
-            .lines()
-            .filter(|l| {
-                serde_json::from_str::<serde_json::Value>(l)
-                    .ok()
-                    .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
-                    .is_some_and(|e| (e as usize) <= done)
-            })
-            .collect();
-        let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
-        std::fs::write(&mp, body).map_err(|e| Error::io(&mp, e))?;
+impl RunDir {
+    /// Creates `run_dir/checkpoints`; refuses to start over an existing run unless resuming.
+    fn prepare(cfg: &Config, resuming: bool) -> Result<(PathBuf, PathBuf, PathBuf)> {
+        let dir = cfg.output.run_dir.clone();
+        let ckpt_dir = dir.join("checkpoints");
+        std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
+        let (last, best) = (ckpt_dir.join("last.ckpt"), ckpt_dir.join("best.ckpt"));
+        if !resuming && last.exists() {
+            return Err(Error::Config(format!(
+                "{} already holds a run; continue it with --resume {} or choose another output.run_dir",
+                dir.display(),
+                last.display()
+            )));
+        }
+        Ok((dir, last, best))
     }
-    let open = |p: PathBuf, append: bool| {
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(append)
-            .write(true)
-            .truncate(!append)
-            .open(&p)
-            .map_err(|e| Error::io(p, e))
-    };
-    let resume = epochs_done.is_some();
-    Ok(RunFiles { log: open(dir.join("train.log"), resume)?, metrics: open(mp, resume)? })
+
+    /// Opens the log files; when resuming after epoch `epochs_done`, drops the lines of later epochs (written
+    /// before an interruption) from `metrics.jsonl` and appends.
+    fn open(dir: PathBuf, last: PathBuf, best: PathBuf, epochs_done: Option<usize>, quiet: bool) -> Result<Self> {
+        let mp = dir.join("metrics.jsonl");
+        if let Some(done) = epochs_done {
+            let text = std::fs::read_to_string(&mp).unwrap_or_default();
+            let kept: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    serde_json::from_str::<serde_json::Value>(l)
+                        .ok()
+                        .and_then(|v| v.get("epoch").and_then(|e| e.as_u64()))
+                        .is_some_and(|e| (e as usize) <= done)
+                })
+                .collect();
+            let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
+            std::fs::write(&mp, body).map_err(|e| Error::io(&mp, e))?;
+        }
+        let open = |p: PathBuf, append: bool| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(append)
+                .write(true)
+                .truncate(!append)
+                .open(&p)
+                .map_err(|e| Error::io(p, e))
+        };
+        let resume = epochs_done.is_some();
+        Ok(RunDir { log: open(dir.join("train.log"), resume)?, metrics: open(mp, resume)?, dir, last, best, quiet })
+    }
+
+    /// A line to `train.log` (and stdout unless quiet).
+    fn log(&mut self, line: &str) {
+        if !self.quiet {
+            println!("{line}");
+        }
+        let _ = writeln!(self.log, "{line}");
+    }
+
+}
+
+/// Writes `config.resolved.toml`, `split.json` and `test.extxyz` into the run directory.
+fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
+    let cfg_path = dir.join("config.resolved.toml");
+    std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| Error::io(&cfg_path, e))?;
+    let split_path = dir.join("split.json");
+    let split_json = serde_json::json!({"file": cfg.data.file, "train": splits.train_idx, "valid": splits.valid_idx, "test": splits.test_idx});
+    std::fs::write(&split_path, split_json.to_string()).map_err(|e| Error::io(&split_path, e))?;
+    if !splits.test.is_empty() {
+        crate::io::extxyz::write_file(&dir.join("test.extxyz"), &splits.test, &cfg.data.keys)?;
+    }
+    Ok(())
 }
 
 /// Trains a model as configured. Writes `RUN_DIR/{config.resolved.toml, train.log, metrics.jsonl,
-/// split.json, checkpoints/{best,last}.ckpt}`.
+/// split.json, test.extxyz, test_metrics.json, checkpoints/{best,last}.ckpt}`.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     let threads = if cfg.training.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { cfg.training.threads };
     let pool = rayon::ThreadPoolBuilder::new()
@@ -211,234 +275,53 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
 }
 
 fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
-    let run_dir = cfg.output.run_dir.clone();
-    let ckpt_dir = run_dir.join("checkpoints");
-    std::fs::create_dir_all(&ckpt_dir).map_err(|e| Error::io(&ckpt_dir, e))?;
-    let last_path = ckpt_dir.join("last.ckpt");
-    let best_path = ckpt_dir.join("best.ckpt");
-
+    let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let resumed = match &opts.resume {
-        Some(p) => {
-            let ck = Checkpoint::load(p)?;
-            let diff = config_diff(&ck.config, cfg);
-            if !diff.is_empty() {
-                return Err(Error::Config(format!(
-                    "refusing to resume from {}: the config differs from the checkpoint's:\n  {}\n\
-                     (resume continues the same run; start a new run_dir to change settings)",
-                    p.display(),
-                    diff.join("\n  ")
-                )));
-            }
-            let st = ck.state.clone().ok_or_else(|| {
-                Error::invalid(format!("{}: has no training state (is it a best.ckpt? resume from last.ckpt)", p.display()))
-            })?;
-            Some((ck.model, st))
-        }
-        None => {
-            if last_path.exists() {
-                return Err(Error::Config(format!(
-                    "{} already holds a run; continue it with --resume {} or choose another output.run_dir",
-                    run_dir.display(),
-                    last_path.display()
-                )));
-            }
-            None
-        }
+        Some(p) => Some(resume_from(cfg, p)?),
+        None => None,
     };
-    let cfg_path = run_dir.join("config.resolved.toml");
-    std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| Error::io(&cfg_path, e))?;
-
     let splits = dataset::load(&cfg.data)?;
-    let split_path = run_dir.join("split.json");
-    let split_json = serde_json::json!({"file": cfg.data.file, "train": splits.train_idx, "valid": splits.valid_idx, "test": splits.test_idx});
-    std::fs::write(&split_path, split_json.to_string()).map_err(|e| Error::io(&split_path, e))?;
-    if !splits.test.is_empty() {
-        crate::io::extxyz::write_file(&run_dir.join("test.extxyz"), &splits.test, &cfg.data.keys)?;
-    }
-    let has = |frames: &[Frame], p: &dyn Fn(&Frame) -> bool| frames.iter().any(p);
-    let metric = cfg.training.early_stopping_metric.as_str();
-    let needs = match metric {
-        "val_forces_rmse" => Some(("forces", has(&splits.valid, &|f| f.forces.is_some()))),
-        "val_stress_rmse" => Some(("stress", has(&splits.valid, &|f| f.stress.is_some()))),
-        "val_energy_rmse" => Some(("energies", has(&splits.valid, &|f| f.energy.is_some()))),
-        _ => None,
-    };
-    if let Some((what, false)) = needs {
-        return Err(Error::Config(format!("training.early_stopping_metric = \"{metric}\" but the validation set has no {what}")));
-    }
-
-    let (mut model, mut st) = match resumed {
-        Some((m, s)) => (m, s),
+    write_inputs(&dir, cfg, &splits)?;
+    check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
+    let (mut model, mut st) = start_or_resume(cfg, &splits, resumed)?;
+    let mut run = RunDir::open(dir, last, best, opts.resume.as_ref().map(|_| st.epochs_done), opts.quiet)?;
+    match &opts.resume {
         None => {
-            let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
-            let model = initial_model(cfg, &splits.train, &all)?;
-            let t = &cfg.training;
-            let st = TrainState {
-                epochs_done: 0,
-                step: 0,
-                optimizer: Adam::new(model.n_params(), t.optimizer == "adamw", t.weight_decay),
-                schedule: Schedule::new(&t.schedule, t.lr, t.lr_min, t.plateau_patience, t.plateau_factor, t.max_epochs),
-                ema: (t.ema_decay > 0.0).then(|| model.params()),
-                best_metric: f64::INFINITY,
-                best_epoch: 0,
-                bad_epochs: 0,
-                finished: false,
-            };
-            (model, st)
+            let species: Vec<&str> = model.species.iter().map(|z| crate::elements::symbol(*z).unwrap_or("?")).collect();
+            run.log(&format!(
+                "pilip {} | train {} valid {} test {} structures | species {:?} | {} descriptor features | {} parameters | energy scale {:.4} eV | {} threads",
+                env!("CARGO_PKG_VERSION"),
+                splits.train.len(),
+                splits.valid.len(),
+                splits.test.len(),
+                species,
+                model.n_features(),
+                model.n_params(),
+                model.energy_scale,
+                rayon::current_num_threads()
+            ));
         }
-    };
-    let mut files = open_run_files(&run_dir, opts.resume.as_ref().map(|_| st.epochs_done))?;
-    let log = |files: &mut RunFiles, line: &str, quiet: bool| {
-        if !quiet {
-            println!("{line}");
-        }
-        let _ = writeln!(files.log, "{line}");
-    };
-    if opts.resume.is_none() {
-        let species: Vec<&str> = model.species.iter().map(|z| crate::elements::symbol(*z).unwrap_or("?")).collect();
-        let head = format!(
-            "pilip {} | train {} valid {} test {} structures | species {:?} | {} descriptor features | {} parameters | energy scale {:.4} eV | {} threads",
-            env!("CARGO_PKG_VERSION"),
-            splits.train.len(),
-            splits.valid.len(),
-            splits.test.len(),
-            species,
-            model.descriptor().n_features(),
-            model.n_params(),
-            model.energy_scale,
-            rayon::current_num_threads()
-        );
-        log(&mut files, &head, opts.quiet);
-    } else {
-        log(&mut files, &format!("resumed after epoch {} from {}", st.epochs_done, opts.resume.as_ref().map(|p| p.display().to_string()).unwrap_or_default()), opts.quiet);
+        Some(p) => run.log(&format!("resumed after epoch {} from {}", st.epochs_done, p.display())),
     }
 
-    let t = &cfg.training;
-    let bs = t.batch_size.min(splits.train.len()).max(1);
-    let n_batches = splits.train.len().div_ceil(bs);
     let progress = !opts.quiet && std::io::stderr().is_terminal();
     let mut last_valid = Metrics::default();
     let mut epochs_this_run = 0;
-    while !st.finished && st.epochs_done < t.max_epochs {
-        let epoch = st.epochs_done;
+    while !st.finished && st.epochs_done < cfg.training.max_epochs {
         let t0 = std::time::Instant::now();
-        let w = Weights::at_epoch(&cfg.loss, epoch);
-        let mut order: Vec<usize> = (0..splits.train.len()).collect();
-        Rng::derive(t.seed, epoch as u64, 0x5_4ff1e).shuffle(&mut order);
-        let mut sums = [0.0; 6];
-        let mut params = model.params();
-        for (b, ids) in order.chunks(bs).enumerate() {
-            let frames: Vec<&Frame> = ids.iter().map(|&i| &splits.train[i]).collect();
-            let (l, mut g) = batch_loss_and_grad(&model, &frames, ids, cfg, &w, st.step, true)?;
-            let total: f64 = l.iter().sum();
-            if !total.is_finite() {
-                return Err(Error::invalid(format!(
-                    "training diverged (non-finite loss) at epoch {} batch {b}; lower training.lr (now {:.2e}) or the loss weights; \
-                     the last good state is in {}",
-                    epoch + 1,
-                    st.schedule.lr,
-                    last_path.display()
-                )));
-            }
-            for k in 0..6 {
-                sums[k] += l[k];
-            }
-            optim::clip_grad_norm(&mut g, t.clip_grad_norm);
-            st.optimizer.step(&mut params, &g, st.schedule.lr);
-            model.set_params(&params);
-            if let Some(e) = st.ema.as_mut() {
-                optim::ema_update(e, &params, t.ema_decay);
-            }
-            st.step += 1;
-            if progress {
-                let done = (b + 1) * 30 / n_batches;
-                eprint!("\repoch {:>4} [{}{}] {}/{} batches", epoch + 1, "#".repeat(done), ".".repeat(30 - done), b + 1, n_batches);
-                let _ = std::io::stderr().flush();
-            }
-        }
-        if progress {
-            eprint!("\r{}\r", " ".repeat(70));
-        }
-        // validation with the EMA weights if enabled
-        let eval_model = match &st.ema {
-            Some(e) => {
-                let mut m = model.clone();
-                m.set_params(e);
-                m
-            }
-            None => model.clone(),
-        };
-        let preds = metrics::predict_all(&eval_model, &splits.valid)?;
-        let vm = metrics::compute(&splits.valid, &preds);
-        let val_loss = validation_loss(cfg, &vm);
-        let mval = metric_value(metric, &vm, val_loss).unwrap_or(f64::INFINITY);
         let lr_used = st.schedule.lr;
-        st.schedule.end_epoch(epoch, mval);
-        st.epochs_done += 1;
-        let improved = mval < st.best_metric - t.min_delta;
-        if improved {
-            st.best_metric = mval;
-            st.best_epoch = st.epochs_done;
-            st.bad_epochs = 0;
-            Checkpoint::new(cfg, &eval_model, None).save(&best_path)?;
-        } else {
-            st.bad_epochs += 1;
-        }
-        if st.bad_epochs > t.patience || st.epochs_done >= t.max_epochs {
-            st.finished = true;
-        }
-        let nb = n_batches as f64;
-        let train_terms: serde_json::Map<String, serde_json::Value> =
-            TERMS.iter().zip(sums).map(|(k, v)| (k.to_string(), serde_json::json!(v / nb))).collect();
-        let line = serde_json::json!({
-            "epoch": st.epochs_done, "lr": lr_used, "train": train_terms,
-            "train_loss": sums.iter().sum::<f64>() / nb, "val": vm, "val_loss": val_loss,
-            "metric": metric, "metric_value": mval, "best_epoch": st.best_epoch,
-            "time_s": t0.elapsed().as_secs_f64(),
-        });
-        let _ = writeln!(files.metrics, "{line}");
-        let terms: Vec<String> = TERMS
-            .iter()
-            .zip(sums)
-            .filter(|(_, v)| *v != 0.0)
-            .map(|(k, v)| format!("{k} {:.3e}", v / nb))
-            .collect();
-        let text = format!(
-            "epoch {:>4} | lr {:.2e} | train {} | val {} | {} {:.4}{} | {:.1} s",
-            st.epochs_done,
-            lr_used,
-            terms.join(" "),
-            vm.summary(),
-            metric,
-            mval,
-            if improved { " *" } else { "" },
-            t0.elapsed().as_secs_f64()
-        );
-        log(&mut files, &text, opts.quiet);
-        Checkpoint::new(cfg, &model, Some(st.clone())).save(&last_path)?;
-        last_valid = vm;
+        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, progress, &run.last)?;
+        last_valid = validate_and_checkpoint(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
         if opts.stop_after.is_some_and(|n| epochs_this_run >= n) && !st.finished {
-            log(&mut files, &format!("stopped after {} epochs in this run; continue with --resume {}", epochs_this_run, last_path.display()), opts.quiet);
+            let line = format!("stopped after {} epochs in this run; continue with --resume {}", epochs_this_run, run.last.display());
+            run.log(&line);
             break;
         }
     }
-    let mut test = None;
-    if st.finished {
-        let best = if best_path.exists() { Checkpoint::load(&best_path)?.model } else { model.clone() };
-        let vp = metrics::predict_all(&best, &splits.valid)?;
-        last_valid = metrics::compute(&splits.valid, &vp);
-        if !splits.test.is_empty() {
-            let tp = metrics::predict_all(&best, &splits.test)?;
-            let tm = metrics::compute(&splits.test, &tp);
-            log(&mut files, &format!("best epoch {} | test ({} structures): {}", st.best_epoch, splits.test.len(), tm.summary()), opts.quiet);
-            let p = run_dir.join("test_metrics.json");
-            std::fs::write(&p, serde_json::to_string_pretty(&tm).unwrap_or_default()).map_err(|e| Error::io(&p, e))?;
-            test = Some(tm);
-        }
-    }
+    let test = if st.finished { finish(&model, &splits, &mut run, &st, &mut last_valid)? } else { None };
     Ok(TrainSummary {
-        run_dir,
+        run_dir: run.dir,
         epochs_done: st.epochs_done,
         best_epoch: st.best_epoch,
         best_metric: st.best_metric,
@@ -446,4 +329,190 @@ fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         test,
         finished: st.finished,
     })
+}
+
+/// The model and training state of `checkpoint`, which must have been written with the same config.
+fn resume_from(cfg: &Config, checkpoint: &Path) -> Result<(Model, TrainState)> {
+    let ck = Checkpoint::load(checkpoint)?;
+    let diff = config_diff(&ck.config, cfg);
+    if !diff.is_empty() {
+        return Err(Error::Config(format!(
+            "refusing to resume from {}: the config differs from the checkpoint's:\n  {}\n\
+             (resume continues the same run; start a new run_dir to change settings)",
+            checkpoint.display(),
+            diff.join("\n  ")
+        )));
+    }
+    let st = ck.state.clone().ok_or_else(|| {
+        Error::invalid(format!("{}: has no training state (is it a best.ckpt? resume from last.ckpt)", checkpoint.display()))
+    })?;
+    Ok((ck.model, st))
+}
+
+/// Refuses an early-stopping metric the validation set has no labels for.
+fn check_stopping_metric(metric: StoppingMetric, valid: &[Frame]) -> Result<()> {
+    let has = |p: &dyn Fn(&Frame) -> bool| valid.iter().any(p);
+    let missing = match metric {
+        StoppingMetric::ValForcesRmse if !has(&|f| f.forces.is_some()) => Some("forces"),
+        StoppingMetric::ValStressRmse if !has(&|f| f.stress.is_some()) => Some("stress"),
+        StoppingMetric::ValEnergyRmse if !has(&|f| f.energy.is_some()) => Some("energies"),
+        _ => None,
+    };
+    match missing {
+        Some(what) => Err(Error::Config(format!(
+            "training.early_stopping_metric = \"{}\" but the validation set has no {what}",
+            metric.name()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The resumed model and state, or a fresh model fitted to the training data with a new optimiser state.
+fn start_or_resume(cfg: &Config, splits: &Splits, resumed: Option<(Model, TrainState)>) -> Result<(Model, TrainState)> {
+    if let Some(r) = resumed {
+        return Ok(r);
+    }
+    let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
+    let model = initial_model(cfg, &splits.train, &all)?;
+    let t = &cfg.training;
+    let st = TrainState {
+        epochs_done: 0,
+        step: 0,
+        optimizer: Adam::new(model.n_params(), t.optimizer == Optimizer::AdamW, t.weight_decay),
+        schedule: Schedule::new(t.schedule, t.lr, t.lr_min, t.plateau_patience, t.plateau_factor, t.max_epochs),
+        ema: (t.ema_decay > 0.0).then(|| model.params()),
+        best_metric: f64::INFINITY,
+        best_epoch: 0,
+        bad_epochs: 0,
+        finished: false,
+    };
+    Ok((model, st))
+}
+
+/// One pass over the shuffled training set: a gradient step per mini-batch. Returns the summed loss terms.
+fn run_epoch(model: &mut Model, st: &mut TrainState, train: &[Frame], cfg: &Config, progress: bool, last: &Path) -> Result<LossTerms> {
+    let t = &cfg.training;
+    let epoch = st.epochs_done;
+    let bs = t.batch_size.min(train.len()).max(1);
+    let n_batches = train.len().div_ceil(bs);
+    let w = Weights::at_epoch(&cfg.loss, epoch);
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    Rng::derive(t.seed, epoch as u64, 0x5_4ff1e).shuffle(&mut order);
+    let mut sums = LossTerms::default();
+    let mut params = model.params();
+    for (b, ids) in order.chunks(bs).enumerate() {
+        let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
+        let (l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true)?;
+        if !l.total().is_finite() {
+            return Err(Error::invalid(format!(
+                "training diverged (non-finite loss) at epoch {} batch {b}; lower training.lr (now {:.2e}) or the loss weights; \
+                 the last good state is in {}",
+                epoch + 1,
+                st.schedule.lr,
+                last.display()
+            )));
+        }
+        sums.add(&l);
+        optim::clip_grad_norm(&mut g, t.clip_grad_norm);
+        st.optimizer.step(&mut params, &g, st.schedule.lr);
+        model.set_params(&params);
+        if let Some(e) = st.ema.as_mut() {
+            optim::ema_update(e, &params, t.ema_decay);
+        }
+        st.step += 1;
+        if progress {
+            let done = (b + 1) * 30 / n_batches;
+            eprint!("\repoch {:>4} [{}{}] {}/{} batches", epoch + 1, "#".repeat(done), ".".repeat(30 - done), b + 1, n_batches);
+            let _ = std::io::stderr().flush();
+        }
+    }
+    if progress {
+        eprint!("\r{}\r", " ".repeat(70));
+    }
+    Ok(sums)
+}
+
+/// Validates (with the EMA weights if enabled), steps the schedule, updates early stopping, writes `best.ckpt`
+/// on improvement, one line to each log and `last.ckpt`. Returns the validation metrics.
+#[allow(clippy::too_many_arguments)]
+fn validate_and_checkpoint(
+    model: &Model,
+    st: &mut TrainState,
+    splits: &Splits,
+    cfg: &Config,
+    run: &mut RunDir,
+    sums: &LossTerms,
+    lr_used: f64,
+    t0: std::time::Instant,
+) -> Result<Metrics> {
+    let t = &cfg.training;
+    let metric = t.early_stopping_metric;
+    let eval_model = match &st.ema {
+        Some(e) => {
+            let mut m = model.clone();
+            m.set_params(e);
+            m
+        }
+        None => model.clone(),
+    };
+    let preds = metrics::predict_all(&eval_model, &splits.valid)?;
+    let vm = metrics::compute(&splits.valid, &preds);
+    let val_loss = validation_loss(&cfg.loss, &vm);
+    let mval = metric_value(metric, &vm, val_loss);
+    let epoch = st.epochs_done;
+    st.schedule.end_epoch(epoch, mval);
+    st.epochs_done += 1;
+    let improved = mval < st.best_metric - t.min_delta;
+    if improved {
+        st.best_metric = mval;
+        st.best_epoch = st.epochs_done;
+        st.bad_epochs = 0;
+        Checkpoint::new(cfg, &eval_model, None).save(&run.best)?;
+    } else {
+        st.bad_epochs += 1;
+    }
+    if st.bad_epochs > t.patience || st.epochs_done >= t.max_epochs {
+        st.finished = true;
+    }
+    let nb = splits.train.len().div_ceil(t.batch_size.min(splits.train.len()).max(1)) as f64;
+    let train_terms: serde_json::Map<String, serde_json::Value> =
+        sums.named().map(|(k, v)| (k.to_string(), serde_json::json!(v / nb))).collect();
+    let line = serde_json::json!({
+        "epoch": st.epochs_done, "lr": lr_used, "train": train_terms,
+        "train_loss": sums.values().iter().sum::<f64>() / nb, "val": vm, "val_loss": val_loss,
+        "metric": metric, "metric_value": mval, "best_epoch": st.best_epoch,
+        "time_s": t0.elapsed().as_secs_f64(),
+    });
+    let _ = writeln!(run.metrics, "{line}");
+    let terms: Vec<String> = sums.named().filter(|(_, v)| *v != 0.0).map(|(k, v)| format!("{k} {:.3e}", v / nb)).collect();
+    let text = format!(
+        "epoch {:>4} | lr {:.2e} | train {} | val {} | {} {:.4}{} | {:.1} s",
+        st.epochs_done,
+        lr_used,
+        terms.join(" "),
+        vm.summary(),
+        metric.name(),
+        mval,
+        if improved { " *" } else { "" },
+        t0.elapsed().as_secs_f64()
+    );
+    run.log(&text);
+    Checkpoint::new(cfg, model, Some(st.clone())).save(&run.last)?;
+    Ok(vm)
+}
+
+/// After the last epoch: validation and test metrics of the best model (`test_metrics.json`).
+fn finish(model: &Model, splits: &Splits, run: &mut RunDir, st: &TrainState, valid: &mut Metrics) -> Result<Option<Metrics>> {
+    let best = if run.best.exists() { Checkpoint::load(&run.best)?.model } else { model.clone() };
+    let vp = metrics::predict_all(&best, &splits.valid)?;
+    *valid = metrics::compute(&splits.valid, &vp);
+    if splits.test.is_empty() {
+        return Ok(None);
+    }
+    let tp = metrics::predict_all(&best, &splits.test)?;
+    let tm = metrics::compute(&splits.test, &tp);
+    run.log(&format!("best epoch {} | test ({} structures): {}", st.best_epoch, splits.test.len(), tm.summary()));
+    let p = run.dir.join("test_metrics.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&tm).unwrap_or_default()).map_err(|e| Error::io(&p, e))?;
+    Ok(Some(tm))
 }

@@ -1,22 +1,31 @@
 //! Adam / AdamW, gradient clipping, learning-rate schedules and the weight EMA — all with serialisable state so
 //! a resumed run continues bit-for-bit.
 
+use crate::config::Schedule as ScheduleKind;
 use serde::{Deserialize, Serialize};
 
+/// Adam's moment estimates and step count.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Adam {
+    /// First moments.
     pub m: Vec<f64>,
+    /// Second moments.
     pub v: Vec<f64>,
+    /// Steps taken.
     pub t: u64,
+    /// AdamW (decoupled weight decay) rather than L2 in the gradient.
     pub decoupled: bool,
+    /// Weight-decay coefficient.
     pub weight_decay: f64,
 }
 
 impl Adam {
+    /// Zero moments for `n` parameters.
     pub fn new(n: usize, decoupled: bool, weight_decay: f64) -> Self {
         Adam { m: vec![0.0; n], v: vec![0.0; n], t: 0, decoupled, weight_decay }
     }
 
+    /// One update of `params` with gradient `grad` and learning rate `lr`.
     pub fn step(&mut self, params: &mut [f64], grad: &[f64], lr: f64) {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         self.t += 1;
@@ -51,31 +60,41 @@ pub fn clip_grad_norm(grad: &mut [f64], max_norm: f64) -> f64 {
 /// Learning-rate schedule state.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Schedule {
-    pub kind: String,
+    /// Which schedule.
+    pub kind: ScheduleKind,
+    /// Initial rate.
     pub lr0: f64,
+    /// Floor.
     pub lr_min: f64,
+    /// Rate of the next epoch.
     pub lr: f64,
+    /// Plateau: epochs without improvement before a reduction.
     pub patience: usize,
+    /// Plateau: factor of a reduction.
     pub factor: f64,
-    #[serde(with = "crate::train::checkpoint::non_finite")]
+    /// Plateau: best metric so far (+∞ before the first epoch).
+    #[serde(with = "crate::io::non_finite")]
     pub best: f64,
+    /// Plateau: epochs since the last improvement.
     pub bad_epochs: usize,
+    /// Cosine: length of the decay.
     pub max_epochs: usize,
 }
 
 impl Schedule {
-    pub fn new(kind: &str, lr0: f64, lr_min: f64, patience: usize, factor: f64, max_epochs: usize) -> Self {
-        Schedule { kind: kind.into(), lr0, lr_min, lr: lr0, patience, factor, best: f64::INFINITY, bad_epochs: 0, max_epochs }
+    /// A schedule starting at `lr0`.
+    pub fn new(kind: ScheduleKind, lr0: f64, lr_min: f64, patience: usize, factor: f64, max_epochs: usize) -> Self {
+        Schedule { kind, lr0, lr_min, lr: lr0, patience, factor, best: f64::INFINITY, bad_epochs: 0, max_epochs }
     }
 
     /// Called after each epoch with the validation metric; sets the rate for the next epoch.
     pub fn end_epoch(&mut self, epoch: usize, metric: f64) {
-        match self.kind.as_str() {
-            "cosine" => {
+        match self.kind {
+            ScheduleKind::Cosine => {
                 let t = ((epoch + 1) as f64 / self.max_epochs.max(1) as f64).min(1.0);
                 self.lr = self.lr_min + 0.5 * (self.lr0 - self.lr_min) * (1.0 + (std::f64::consts::PI * t).cos());
             }
-            "plateau" => {
+            ScheduleKind::Plateau => {
                 if metric < self.best * (1.0 - 1e-4) {
                     self.best = metric;
                     self.bad_epochs = 0;
@@ -87,7 +106,7 @@ impl Schedule {
                     }
                 }
             }
-            _ => {}
+            ScheduleKind::Constant => {}
         }
     }
 }
@@ -111,12 +130,12 @@ mod tests {
             opt.step(&mut p, &g, 0.01);
         }
         assert!(p[0].abs() < 1e-3 && p[1].abs() < 1e-3, "{p:?}");
-        let mut s = Schedule::new("plateau", 1.0, 0.01, 2, 0.5, 100);
+        let mut s = Schedule::new(ScheduleKind::Plateau, 1.0, 0.01, 2, 0.5, 100);
         for e in 0..4 {
             s.end_epoch(e, 1.0);
         }
         assert_eq!(s.lr, 0.5);
-        let mut c = Schedule::new("cosine", 1.0, 0.0, 0, 0.0, 10);
+        let mut c = Schedule::new(ScheduleKind::Cosine, 1.0, 0.0, 0, 0.0, 10);
         c.end_epoch(4, 0.0);
         assert!((c.lr - 0.5).abs() < 1e-12);
         let mut g = vec![3.0, 4.0];

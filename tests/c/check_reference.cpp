@@ -22,6 +22,8 @@ int main(int argc, char **argv) {
     pilip::Model model(argv[1]);
     expect(model.cutoff() > 0.0, "cutoff");
     expect(!model.species().empty(), "species");
+    const std::vector<std::string> symbols = model.symbols();
+    expect(!symbols.empty() && symbols.size() == model.species().size() && !symbols[0].empty(), "one symbol per species");
     std::ifstream ref(argv[2]);
     int n_structures = 0;
     ref >> n_structures;

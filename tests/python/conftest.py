@@ -10,6 +10,7 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -55,16 +56,77 @@ def models(tmp_path_factory):
 
 
 class Reference:
-    """Whole-system results from libpilip's own neighbour list (pilip_model_compute) through pilip.Model."""
+    """Whole-system results straight from pilip_model_compute (libpilip's own neighbour list), called through
+    ctypes declarations written here from include/pilip.h and plain ctypes arrays: independent of pilip.Model
+    and pilip._c_lib.FUNCTIONS, so comparing the two checks pilip.Model's marshalling (array layouts, cell and
+    pbc, stress = -W/V) against the C function."""
+
+    _lib = None
+
+    @classmethod
+    def library(cls):
+        if cls._lib is None:
+            import pilip._c_lib
+
+            # The file pilip found, through a handle of our own: its function objects and declarations are separate.
+            lib = ctypes.CDLL(pilip._c_lib.lib()._name)
+            c_double_p, c_int32_p = ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_int32)
+            for name, restype, argtypes in [
+                ("pilip_last_error", ctypes.c_char_p, []),
+                ("pilip_model_load", ctypes.c_int32, [ctypes.c_char_p, ctypes.c_char_p, ctypes.POINTER(ctypes.c_void_p)]),
+                ("pilip_model_free", None, [ctypes.c_void_p]),
+                ("pilip_model_species", ctypes.c_int32,
+                 [ctypes.c_void_p, c_int32_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_size_t)]),
+                ("pilip_model_symbol", ctypes.c_int32, [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_char_p)]),
+                ("pilip_model_compute", ctypes.c_int32,
+                 [ctypes.c_void_p, ctypes.c_size_t, c_double_p, c_int32_p, c_double_p, ctypes.POINTER(ctypes.c_bool),
+                  c_double_p, c_double_p, c_double_p, c_double_p]),
+            ]:
+                fn = getattr(lib, name)
+                fn.restype, fn.argtypes = restype, argtypes
+            cls._lib = lib
+        return cls._lib
+
+    def _check(self, what, status):
+        if status != 0:
+            raise RuntimeError(f"{what}: status {status}: {self.lib.pilip_last_error().decode(errors='replace')}")
 
     def __init__(self, model_path):
-        import pilip
+        self.lib = self.library()
+        self.handle = ctypes.c_void_p()
+        self._check("pilip_model_load", self.lib.pilip_model_load(str(model_path).encode(), None, ctypes.byref(self.handle)))
 
-        self.model = pilip.Model(model_path)
+    def __del__(self):
+        if getattr(self, "handle", None) and self.handle.value:
+            self.lib.pilip_model_free(self.handle)
+
+    def species(self):
+        count = ctypes.c_size_t()
+        self._check("pilip_model_species", self.lib.pilip_model_species(self.handle, None, 0, ctypes.byref(count)))
+        z = (ctypes.c_int32 * count.value)()
+        self._check("pilip_model_species", self.lib.pilip_model_species(self.handle, z, count.value, ctypes.byref(count)))
+        return list(z)
+
+    def symbols(self):
+        out = []
+        for i in range(len(self.species())):
+            s = ctypes.c_char_p()
+            self._check("pilip_model_symbol", self.lib.pilip_model_symbol(self.handle, i, ctypes.byref(s)))
+            out.append(s.value.decode())
+        return out
 
     def compute(self, positions, numbers, cell=None, pbc=(False, False, False)):
-        r = self.model.compute(positions, numbers, cell, pbc)
-        return r.energy, r.energies, r.forces, r.virial
+        """(energy, energies (n,), forces (n, 3), virial (3, 3)); inputs row by row as pilip.h lays them out."""
+        n = len(numbers)
+        pos = (ctypes.c_double * (3 * n))(*[float(x) for row in positions for x in row])
+        z = (ctypes.c_int32 * n)(*[int(v) for v in numbers])
+        c = None if cell is None else (ctypes.c_double * 9)(*[float(x) for row in cell for x in row])
+        periodic = (ctypes.c_bool * 3)(*[bool(p) for p in pbc])
+        energy, energies = ctypes.c_double(), (ctypes.c_double * n)()
+        forces, virial = (ctypes.c_double * (3 * n))(), (ctypes.c_double * 9)()
+        self._check("pilip_model_compute", self.lib.pilip_model_compute(
+            self.handle, n, pos, z, c, periodic, ctypes.byref(energy), energies, forces, virial))
+        return energy.value, np.array(energies[:]), np.array(forces[:]).reshape(n, 3), np.array(virial[:]).reshape(3, 3)
 
 
 @pytest.fixture(scope="session")

@@ -234,3 +234,28 @@ def test_refusals_have_clear_messages(lammps_module, models, case, commands, mes
                            "mass 1 63.546", f"plugin load {PLUGIN}", f"pair_style {style}",
                            f"pair_coeff * * {model} {element}", "run 0"])
     assert message in str(err.value), f"{case}: {err.value}"
+
+
+def load_error(lammps_module, models, pair_style):
+    """The message of the LAMMPS error that `pair_coeff` for the Cu model raises after `pair_style`."""
+    lmp = lammps_module.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    lmp.commands_list(["units metal", "atom_style atomic", "lattice fcc 3.615", "region box block 0 2 0 2 0 2",
+                       "create_box 1 box", "create_atoms 1 box", "mass 1 63.546", f"plugin load {PLUGIN}"])
+    lmp.command(pair_style)
+    with pytest.raises(Exception) as err:
+        lmp.command(f"pair_coeff * * {models['cu']['f32']} Cu")
+    return str(err.value)
+
+
+def test_ort_library_paths_are_escaped_in_the_options_json(lammps_module, models):
+    # LAMMPS's single quotes let a '"' through; unescaped it would break options_json. Escaped, the library
+    # gets the path and reports that no ONNX Runtime is there (or, if one is loaded already, refuses a second).
+    path = '/tmp/has"quote/libonnxruntime.so'
+    message = load_error(lammps_module, models, f"pair_style pilip engine ort ort_library '{path}'")
+    assert path in message and "options_json" not in message, message
+
+
+def test_threads_other_than_one_are_refused_by_tract(lammps_module, models):
+    message = load_error(lammps_module, models, "pair_style pilip threads 2")
+    # the library's own message, after the plugin's "(engine tract, threads 2): "
+    assert re.search(r"\(engine tract, threads 2\): .*threads", message), message

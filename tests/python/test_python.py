@@ -51,6 +51,25 @@ def test_ctypes_declarations_match_the_header():
             assert C_TYPES[p] == a, f"{name}: parameter type {p} declared as {a}"
 
 
+def test_status_constants_match_the_header():
+    from pilip import _c_lib
+    text = (ROOT / "include" / "pilip.h").read_text()
+    header = {name: int(value) for name, value in re.findall(r"#define PILIP_(SUCCESS|ERROR_\w+) (\d+)", text)}
+    assert {"SUCCESS", "ERROR_INVALID_ARGUMENT", "ERROR_IO", "ERROR_MODEL", "ERROR_ENGINE", "ERROR_INTERNAL"} <= set(header)
+    for name, value in header.items():
+        assert getattr(_c_lib, name, None) == value, f"PILIP_{name} is {value} in pilip.h, {getattr(_c_lib, name, None)} in Python"
+    assert set(_c_lib.STATUS) == set(header.values())
+
+
+def test_one_version_for_cargo_the_package_and_the_library():
+    from pilip import _c_lib
+    section = re.search(r"^\[package\][ \t]*\n(.*?)(?=^\[|\Z)", (ROOT / "Cargo.toml").read_text(), re.M | re.S)
+    version = section and re.search(r'^version\s*=\s*"([^"]+)"', section.group(1), re.M)
+    assert version, "no version = \"...\" in the [package] section of Cargo.toml"
+    assert pilip.__version__ == version.group(1), "bindings/python/pilip/_version.py differs from Cargo.toml"
+    assert pilip.__version__ == _c_lib.lib().pilip_version().decode()
+
+
 @pytest.fixture(scope="module")
 def cu(models):
     return pilip.Model(models["cu"]["f64"])
@@ -68,13 +87,28 @@ def triclinic_cu():
     return atoms
 
 
-def test_model_api_matches_the_c_library(cu, models, reference):
+def test_model_api_matches_the_c_library(cu, hco, models, reference):
+    # conftest's Reference calls pilip_model_compute through its own ctypes declarations and plain arrays
+    ref = reference(models["cu"]["f64"])
     atoms = triclinic_cu()
     r = cu.compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
-    e, ae, f, w = reference(models["cu"]["f64"]).compute(atoms.positions, atoms.numbers, atoms.cell.array, (True,) * 3)
+    e, ae, f, w = ref.compute(atoms.positions, atoms.numbers, atoms.cell.array, (True,) * 3)
     assert r.energy == e and np.array_equal(r.energies, ae) and np.array_equal(r.forces, f) and np.array_equal(r.virial, w)
     np.testing.assert_allclose(r.stress, -w / atoms.get_volume(), rtol=1e-14)
-    assert cu.cutoff == 5.0 and list(cu.species) == [29] and cu.symbols == ["Cu"]
+    # Fortran-ordered and float32/int64 inputs, lists, a slab (pbc along two lattice vectors only)
+    pos32 = np.asfortranarray(atoms.positions.astype(np.float32))
+    r = cu.compute(pos32, atoms.numbers.astype(np.int64), atoms.cell.array.tolist(), [True, True, False])
+    e, ae, f, w = ref.compute(pos32.astype(np.float64), atoms.numbers, atoms.cell.array, (True, True, False))
+    assert r.energy == e and np.array_equal(r.energies, ae) and np.array_equal(r.forces, f) and np.array_equal(r.virial, w)
+    assert r.stress is None and r.forces.shape == (len(atoms), 3) and r.virial.shape == (3, 3)
+    pos, numbers = ethanol()
+    r = hco.compute(pos, list(numbers))
+    e, ae, f, w = reference(models["hco"]["f64"]).compute(pos, numbers)
+    assert r.energy == e and np.array_equal(r.energies, ae) and np.array_equal(r.forces, f) and np.array_equal(r.virial, w)
+    assert cu.cutoff == 5.0 and list(cu.species) == ref.species() == [29] and cu.symbols == ref.symbols() == ["Cu"]
+    hco_ref = reference(models["hco"]["f64"])
+    assert list(hco.species) == hco_ref.species() and hco.symbols == hco_ref.symbols()
+    assert sorted(hco.symbols) == ["C", "H", "O"]
     assert cu.metadata["format_version"] == 1 and cu.metadata["dtype"] == "f64"
 
 
@@ -128,9 +162,15 @@ def test_velocity_verlet_conserves_energy(cu):
     assert abs(e[-1] - e[0]) < 2e-4
 
 
-def test_calculator_recomputes_on_changes_and_caches_otherwise(cu):
-    calls = []
-    model_compute = cu.compute
+def test_calculator_recomputes_on_changes_and_caches_otherwise(cu, monkeypatch):
+    calls, computed_by = [], []
+    compute = pilip.Model.compute
+
+    def counting_compute(self, *args, **kwargs):
+        computed_by.append(self)
+        return compute(self, *args, **kwargs)
+
+    monkeypatch.setattr(pilip.Model, "compute", counting_compute)
 
     class Counting(pilip.Calculator):
         def calculate(self, *args, **kwargs):
@@ -139,6 +179,7 @@ def test_calculator_recomputes_on_changes_and_caches_otherwise(cu):
 
     atoms = triclinic_cu()
     atoms.calc = Counting(cu)
+    assert atoms.calc.model is cu, "a Model passed in is used, not reloaded"
     e0 = atoms.get_potential_energy()
     atoms.get_forces()
     atoms.get_stress()
@@ -154,7 +195,7 @@ def test_calculator_recomputes_on_changes_and_caches_otherwise(cu):
     assert len(calls) == 4
     with pytest.raises(PropertyNotImplementedError):
         atoms.get_stress()
-    assert model_compute == cu.compute
+    assert computed_by == [cu] * 4, "one Model.compute per calculation; the refused stress makes none"
 
 
 def test_bad_input_raises_clear_exceptions(cu, tmp_path):
@@ -169,6 +210,10 @@ def test_bad_input_raises_clear_exceptions(cu, tmp_path):
         pilip.Model(tmp_path / "missing.onnx", engine="torch")
     with pytest.raises(TypeError, match="model path"):
         pilip.Model(3.5)
+    with pytest.raises(pilip.InvalidInputError, match="threads"):
+        pilip.Model(cu.path, threads=2)  # tract runs one thread: refused rather than silently ignored
+    with pytest.raises(pilip.InvalidInputError, match="threads"):
+        pilip.Model(cu.path, threads=0)
     pos = np.zeros((2, 3))
     pos[1, 0] = 2.5
     with pytest.raises(pilip.InvalidInputError, match=r"positions must have shape \(2, 3\), got \(6,\)"):
@@ -191,6 +236,20 @@ def test_bad_input_raises_clear_exceptions(cu, tmp_path):
     atoms.calc = pilip.Calculator(cu)
     with pytest.raises(ValueError, match="Fe"):
         atoms.get_potential_energy()
+
+
+def test_a_missing_onnx_runtime_is_an_engine_error(cu, tmp_path):
+    from pilip import _c_lib
+    # Not ModelFileError/OSError: the model file is fine, the engine is missing. The explicit ort_library wins
+    # over ORT_DYLIB_PATH. ONNX Runtime loads once per process, so if another test already loaded it, the
+    # refusal says "already loaded" (still an engine error naming the path asked for).
+    missing = tmp_path / "missing_libonnxruntime.so"
+    with pytest.raises(pilip.EngineError) as err:
+        pilip.Model(cu.path, engine="ort", ort_library=missing)
+    assert not isinstance(err.value, OSError) and isinstance(err.value, RuntimeError)
+    assert err.value.status == _c_lib.ERROR_ENGINE
+    message = str(err.value)
+    assert str(missing) in message or "already loaded" in message, message
 
 
 def test_library_search_reports_the_paths_it_tried(monkeypatch, tmp_path):

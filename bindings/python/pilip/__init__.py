@@ -6,9 +6,10 @@
     atoms.calc = pilip.Calculator("model.onnx")                # needs ASE
 """
 from ._version import __version__
-from .model import InvalidInputError, Model, ModelFileError, PilipError, Result
+from .model import EngineError, InvalidInputError, Model, ModelFileError, PilipError, Result
 
-__all__ = ["Model", "Calculator", "Result", "PilipError", "InvalidInputError", "ModelFileError", "__version__"]
+__all__ = ["Model", "Calculator", "Result", "PilipError", "InvalidInputError", "ModelFileError", "EngineError",
+           "__version__"]
 
 
 def __getattr__(name):

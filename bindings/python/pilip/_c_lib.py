@@ -35,10 +35,25 @@ FUNCTIONS = {
         [ctypes.c_void_p, ctypes.c_size_t, c_double_p, c_int32_p, ctypes.c_size_t, c_int32_p, c_int32_p,
          ctypes.POINTER(c_int32_p), c_double_p, c_double_p, c_double_p, c_double_p, c_double_p],
     ),
-    "pilip_debug_panic": (ctypes.c_int32, []),
+    "pilip_model_symbol": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_char_p)]),
 }
 
-STATUS = {0: "success", 1: "invalid argument", 2: "I/O error", 3: "invalid model", 255: "internal error"}
+# pilip_status_t values — kept equal to the PILIP_* defines of include/pilip.h by tests/python/test_python.py
+SUCCESS = 0
+ERROR_INVALID_ARGUMENT = 1
+ERROR_IO = 2
+ERROR_MODEL = 3
+ERROR_ENGINE = 4
+ERROR_INTERNAL = 255
+
+STATUS = {
+    SUCCESS: "success",
+    ERROR_INVALID_ARGUMENT: "invalid argument",
+    ERROR_IO: "I/O error",
+    ERROR_MODEL: "invalid model",
+    ERROR_ENGINE: "engine unavailable or failed",
+    ERROR_INTERNAL: "internal error",
+}
 
 
 def candidate_paths():
@@ -69,6 +84,10 @@ def lib():
             handle = ctypes.CDLL(str(path))
         except OSError as e:
             tried.append(f"{path} ({e})")
+            continue
+        missing = [name for name in FUNCTIONS if not hasattr(handle, name)]
+        if missing:
+            tried.append(f"{path} (lacks {', '.join(missing)}: built from other sources than this package)")
             continue
         for name, (restype, argtypes) in FUNCTIONS.items():
             fn = getattr(handle, name)

@@ -26,18 +26,30 @@ class ModelFileError(PilipError, OSError):
     """The model file cannot be read or is not a pilip model this library can run."""
 
 
+class EngineError(PilipError, RuntimeError):
+    """The requested engine is not available (e.g. "ort" not compiled into libpilip, or ONNX Runtime cannot be
+    loaded) or it failed while evaluating; not an OSError, since the model file is not to blame."""
+
+
 def _raise(status):
     message = _c_lib.lib().pilip_last_error().decode(errors="replace")
-    if status == 1:
+    if status == _c_lib.ERROR_INVALID_ARGUMENT:
         raise InvalidInputError(message, status)
-    if status in (2, 3):
+    if status in (_c_lib.ERROR_IO, _c_lib.ERROR_MODEL):
         raise ModelFileError(message, status)
+    if status == _c_lib.ERROR_ENGINE:
+        raise EngineError(message, status)
     raise PilipError(message, status)
 
 
 def _check(status):
-    if status != 0:
+    if status != _c_lib.SUCCESS:
         _raise(status)
+
+
+def _invalid(message):
+    """An InvalidInputError detected in Python, with the status the library would have given."""
+    return InvalidInputError(message, _c_lib.ERROR_INVALID_ARGUMENT)
 
 
 @dataclass
@@ -58,9 +70,9 @@ def _array(x, name, shape, dtype):
     try:
         a = np.ascontiguousarray(x, dtype=dtype)
     except (TypeError, ValueError) as e:
-        raise InvalidInputError(f"{name} must be convertible to {np.dtype(dtype).name}: {e}", 1) from None
+        raise _invalid(f"{name} must be convertible to {np.dtype(dtype).name}: {e}") from None
     if a.shape != shape:
-        raise InvalidInputError(f"{name} must have shape {shape}, got {a.shape}", 1)
+        raise _invalid(f"{name} must have shape {shape}, got {a.shape}")
     return a
 
 
@@ -68,7 +80,8 @@ class Model:
     """A pilip model exported with `pilip export`.
 
     `engine` is "tract" (default, built in) or "ort" (ONNX Runtime: needs `ort_library` or ORT_DYLIB_PATH and a
-    libpilip built with `--features ort`). A Model may be shared between threads.
+    libpilip built with `--features ort`; EngineError otherwise). `threads` (intra-op threads) must be 1 for tract.
+    A Model may be shared between threads.
     """
 
     def __init__(self, path, engine="tract", ort_library=None, threads=1):
@@ -89,8 +102,17 @@ class Model:
         cutoff = ctypes.c_double()
         _check(self._lib.pilip_model_cutoff(self._handle, ctypes.byref(cutoff)))
         self.cutoff = cutoff.value
-        self.species = np.array(self.metadata["species"], dtype=np.int32)
-        self.symbols = list(self.metadata["symbols"])
+        # species and symbols from the library itself (the names it uses in its own messages)
+        count = ctypes.c_size_t()
+        _check(self._lib.pilip_model_species(self._handle, None, 0, ctypes.byref(count)))
+        self.species = np.zeros(count.value, dtype=np.int32)
+        _check(self._lib.pilip_model_species(self._handle, self.species.ctypes.data_as(_c_lib.c_int32_p),
+                                             count.value, ctypes.byref(count)))
+        self.symbols = []
+        for i in range(len(self.species)):
+            symbol = ctypes.c_char_p()
+            _check(self._lib.pilip_model_symbol(self._handle, i, ctypes.byref(symbol)))
+            self.symbols.append(symbol.value.decode())
 
     def __repr__(self):
         return f"pilip.Model({self.path!r}, species={self.symbols}, cutoff={self.cutoff})"
@@ -107,13 +129,13 @@ class Model:
         """Energy and derivatives of a whole system. `positions` (n, 3) Å, `numbers` (n,) atomic numbers,
         `cell` (3, 3) with the lattice vectors as rows (Å; required if any `pbc`), `pbc` a bool or 3 bools."""
         if not self._handle.value:
-            raise PilipError("this Model was closed", 1)
+            raise PilipError("this Model was closed", _c_lib.ERROR_INVALID_ARGUMENT)
         numbers = np.asarray(numbers)
         if numbers.ndim != 1:
-            raise InvalidInputError(f"numbers must have shape (n,), got {numbers.shape}", 1)
+            raise _invalid(f"numbers must have shape (n,), got {numbers.shape}")
         if numbers.size and not np.issubdtype(numbers.dtype, np.integer):
             if not np.all(np.equal(np.mod(numbers, 1), 0)):
-                raise InvalidInputError(f"numbers must be integer atomic numbers, got dtype {numbers.dtype}", 1)
+                raise _invalid(f"numbers must be integer atomic numbers, got dtype {numbers.dtype}")
         n = numbers.shape[0]
         numbers = _array(numbers, "numbers", (n,), np.int32)
         positions = _array(positions, "positions", (n, 3), np.float64)
@@ -121,7 +143,7 @@ class Model:
         if cell is not None:
             cell = _array(cell, "cell", (3, 3), np.float64)
         elif pbc.any():
-            raise InvalidInputError("periodic boundary conditions need a cell", 1)
+            raise _invalid("periodic boundary conditions need a cell")
         energy = ctypes.c_double()
         energies = np.zeros(n)
         forces = np.zeros((n, 3))

@@ -1,5 +1,5 @@
-//! From per-pair energy gradients to forces and virials — the last step of the chain rule, shared by the
-//! training-time model and the runtime.
+//! What a potential predicts for a structure, and how it is assembled from per-pair energy gradients — the last
+//! step of the chain rule, shared by the training-time model and the runtime.
 //!
 //! Every pair term `g = ∂E/∂r_ij` with `r_ij = x_j − x_i` pushes `+g` on the centre i and `−g` on the neighbour
 //! j, and contributes `−r_ij ⊗ g` to the virial `W_ab = −Σ_pairs r_ij,a g_b` (eV; stress = −W/V; the same sign
@@ -7,6 +7,26 @@
 
 use crate::frame::{Mat3, Vec3};
 use crate::neighbors::NeighborList;
+
+/// Energy and its derivatives for one structure.
+#[derive(Clone, Debug)]
+pub struct Prediction {
+    /// Total energy, eV.
+    pub energy: f64,
+    /// Per-atom energies, eV; they sum to `energy`.
+    pub atomic_energies: Vec<f64>,
+    /// −∂E/∂x per atom, eV/Å.
+    pub forces: Vec<Vec3>,
+    /// W_ab = −Σ_pairs r_ij,a ∂E/∂r_ij,b (eV); for periodic systems stress = −W / V.
+    pub virial: Mat3,
+    /// eV/Å³, only for fully periodic systems.
+    pub stress: Option<Mat3>,
+}
+
+/// Stress (eV/Å³) of a periodic cell of volume `v` from its virial: σ = −W / V.
+pub fn stress_from_virial(virial: &Mat3, v: f64) -> Mat3 {
+    virial.map(|row| row.map(|w| -w / v))
+}
 
 /// Adds the pair terms of `nl` to `forces` (indexed by atom), `virial` and, if given, `atomic_virial`
 /// (row-major 3×3 per atom). `centers[c]` is the atom index of centre c (None: centre c is atom c).

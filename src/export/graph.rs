@@ -12,14 +12,11 @@
 //! SiLU is written as `z · 1/(1 + exp(−z))` and its derivative as `s + h·(1 − s)` with `s` the sigmoid and
 //! `h = z·s`: only MatMul, Add, Sub, Mul, Neg, Exp, Reciprocal and Reshape, which every engine runs in f32 and f64.
 
-use crate::model::Model;
+use crate::error::{Error, Result};
+use crate::model::power_spectrum::PowerSpectrumModel;
+use crate::model::{AtomicModel, Model};
 use crate::onnx::metadata::{io_names, Dtype};
 use tract_onnx::pb;
-
-/// ONNX opset the graph is written against (tract is tested with 9–18; onnxruntime reads it).
-pub const OPSET: i64 = 17;
-/// ONNX IR version matching opset 17.
-pub const IR_VERSION: i64 = 8;
 
 struct Builder {
     dtype: Dtype,
@@ -62,7 +59,7 @@ fn elem_type(dtype: Dtype) -> i32 {
     }
 }
 
-fn value_info(name: &str, dtype: Dtype, dims: &[Result<usize, &str>]) -> pb::ValueInfoProto {
+fn value_info(name: &str, dtype: Dtype, dims: &[std::result::Result<usize, &str>]) -> pb::ValueInfoProto {
     use pb::tensor_shape_proto::{dimension::Value, Dimension};
     let dim = dims
         .iter()
@@ -98,8 +95,16 @@ fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     t
 }
 
+/// The graph of `model` in `dtype`: per species, its descriptors in, atomic energies (without reference energies)
+/// and their descriptor gradients out.
+pub fn build_graph(model: &Model, dtype: Dtype) -> Result<pb::GraphProto> {
+    match &model.atomic {
+        AtomicModel::PowerSpectrum(m) => power_spectrum_graph(model, m, dtype),
+    }
+}
+
 /// Builds the graph of all species' networks. Fails if a network has no hidden layer (the config forbids it).
-pub fn build_graph(model: &Model, dtype: Dtype) -> crate::error::Result<pb::GraphProto> {
+fn power_spectrum_graph(model: &Model, ps: &PowerSpectrumModel, dtype: Dtype) -> Result<pb::GraphProto> {
     let mut b = Builder { dtype, nodes: Vec::new(), initializers: Vec::new() };
     let mut inputs = Vec::new();
     let mut outputs = Vec::new();
@@ -117,11 +122,11 @@ pub fn build_graph(model: &Model, dtype: Dtype) -> crate::error::Result<pb::Grap
     for (s, &z) in model.species.iter().enumerate() {
         let sym = crate::elements::symbol(z).unwrap_or("X");
         let [g_name, e_name, d_name] = io_names(sym);
-        let net = &model.networks[s];
+        let net = &ps.networks[s];
         let sizes = &net.sizes;
         let n_layers = sizes.len() - 1;
         if n_layers < 2 || *sizes.last().unwrap_or(&0) != 1 {
-            return Err(crate::error::Error::invalid(format!(
+            return Err(Error::invalid(format!(
                 "network of {sym} has layer sizes {sizes:?}; export needs at least one hidden layer and one output"
             )));
         }
@@ -132,8 +137,8 @@ pub fn build_graph(model: &Model, dtype: Dtype) -> crate::error::Result<pb::Grap
         outputs.push(value_info(&d_name, dtype, &[Err(&n_sym), Ok(nf)]));
 
         let p = |name: &str| format!("{sym}/{name}");
-        let inv_std: Vec<f64> = model.feature_std[s].iter().map(|sd| 1.0 / sd).collect();
-        let mean = b.constant(&p("mean"), &[nf], &model.feature_mean[s]);
+        let inv_std: Vec<f64> = ps.feature_std[s].iter().map(|sd| 1.0 / sd).collect();
+        let mean = b.constant(&p("mean"), &[nf], &ps.feature_mean[s]);
         let istd = b.constant(&p("inv_std"), &[nf], &inv_std);
         let centred = b.node("Sub", &[&g_name, &mean], &p("centred"));
         let mut h = b.node("Mul", &[&centred, &istd], &p("x"));

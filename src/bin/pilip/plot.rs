@@ -1,9 +1,9 @@
 //! Parity plots (predicted vs reference energies and forces) and line plots (MD energy traces) as PNG, drawn with a built-in 5×7 bitmap font so
 //! that no system fonts or plotting libraries are needed.
 
-use crate::error::{Error, Result};
-use crate::frame::Frame;
-use crate::model::Prediction;
+use pilip::error::{Error, Result};
+use pilip::frame::Frame;
+use pilip::prediction::Prediction;
 use std::path::Path;
 
 const W: usize = 1200;

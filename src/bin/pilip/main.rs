@@ -1,13 +1,21 @@
-//! The `pilip` command line: train, eval, export, info, check-forces, bench, bench-runtime.
+//! The `pilip` command line: train, eval, export, info, check-forces, and the tools beside the library —
+//! benchmarks (`bench`), MD robustness (`md`), the PIWSL suite (`piwsl_bench`) and plots (`plot`). They use the
+//! library only through its public API and are not part of libpilip.
+
+mod bench;
+mod md;
+mod piwsl_bench;
+mod plot;
 
 use clap::{Parser, Subcommand};
 use pilip::config::Config;
 use pilip::error::{Error, Result};
+use pilip::frame::Frame;
 use pilip::io::extxyz::{self, LabelKeys};
 use pilip::onnx::metadata::Dtype;
-use pilip::runtime::{Potential, RuntimeOptions};
+use pilip::runtime::{EngineKind, Potential, RuntimeOptions};
 use pilip::train::checkpoint::Checkpoint;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser)]
 #[command(name = "pilip", version, about = "Physics-informed learned interatomic potentials")]
@@ -49,6 +57,8 @@ enum Cmd {
         plot: Option<PathBuf>,
         #[command(flatten)]
         keys: KeyArgs,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// Compare analytic forces (and stress) with central finite differences.
     CheckForces {
@@ -125,6 +135,8 @@ enum Cmd {
         /// Write results here (JSON) and a plot beside it (.png); default: print JSON only.
         #[arg(short, long)]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
     /// The PIWSL benchmark suite: standard / PITC / PITC+PISC / weak-label training over sizes and seeds, with
     /// forces and energy-only, on a fixed test set (see docs/piwsl.md).
@@ -140,8 +152,9 @@ enum Cmd {
         #[arg(long)]
         report_only: bool,
     },
-    /// Time energy + forces (+ virial) evaluations of a model on one structure (single thread).
+    /// Time energy + forces (+ virial) evaluations of a model on one structure.
     Bench {
+        /// A checkpoint (training-time model) or an exported model (.onnx, through the runtime).
         model: PathBuf,
         structure: PathBuf,
         #[arg(long, default_value_t = 0)]
@@ -149,7 +162,47 @@ enum Cmd {
         /// Number of timed calls.
         #[arg(long, default_value_t = 200)]
         repeats: usize,
+        #[command(flatten)]
+        engine: EngineArgs,
     },
+}
+
+/// How an exported model is run (as `pilip_model_load`'s options, `pair_style pilip` and `pilip.Model`).
+#[derive(clap::Args)]
+struct EngineArgs {
+    /// Network engine for an exported model: tract (built in) or ort (ONNX Runtime, needs a build with
+    /// `--features ort` and ORT_DYLIB_PATH).
+    #[arg(long, value_enum)]
+    engine: Option<EngineArg>,
+    /// Threads of one network evaluation (ort's intra-op threads; tract runs one thread per call and accepts 1).
+    #[arg(long)]
+    threads: Option<usize>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum EngineArg {
+    Tract,
+    Ort,
+}
+
+impl EngineArgs {
+    /// The runtime options for an exported model; refused for a checkpoint, which runs in the training-time model.
+    fn options(&self, model: &Path) -> Result<RuntimeOptions> {
+        if !is_onnx(model) && (self.engine.is_some() || self.threads.is_some()) {
+            return Err(Error::invalid(format!(
+                "--engine and --threads apply to exported models (.onnx); {} is a checkpoint, evaluated by the \
+                 training-time model in Rust (export it with `pilip export` to use an engine)",
+                model.display()
+            )));
+        }
+        let engine = match self.engine {
+            Some(EngineArg::Ort) => EngineKind::Ort,
+            Some(EngineArg::Tract) | None => EngineKind::Tract,
+        };
+        let options = RuntimeOptions { engine, threads: self.threads.unwrap_or(1), ..Default::default() };
+        options.validate()?;
+        Ok(options)
+    }
 }
 
 #[derive(clap::Args)]
@@ -174,7 +227,7 @@ impl KeyArgs {
 }
 
 /// Frame `index` of a structure file (labels not required).
-fn structure_at(path: &std::path::Path, index: usize) -> Result<pilip::frame::Frame> {
+fn structure_at(path: &Path, index: usize) -> Result<Frame> {
     let mut frames = extxyz::read_structures(path)?;
     let n = frames.len();
     if index >= n {
@@ -183,7 +236,7 @@ fn structure_at(path: &std::path::Path, index: usize) -> Result<pilip::frame::Fr
     Ok(frames.swap_remove(index))
 }
 
-fn is_onnx(path: &std::path::Path) -> bool {
+fn is_onnx(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
 }
 
@@ -212,9 +265,10 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Eval { model, data, json, plot, keys } => {
+        Cmd::Eval { model, data, json, plot, keys, engine } => {
+            let options = engine.options(&model)?;
             let preds_and_frames = if is_onnx(&model) {
-                let pot = Potential::load(&model, &RuntimeOptions::default())?;
+                let pot = Potential::load(&model, &options)?;
                 let frames = extxyz::read_file(&data, &keys.resolve(&LabelKeys::default()))?;
                 (pilip::metrics::predict_all_with(&frames, |f| pot.compute_frame(f))?, frames)
             } else {
@@ -225,7 +279,7 @@ fn run(cli: Cli) -> Result<()> {
             let (preds, frames) = preds_and_frames;
             let m = pilip::metrics::compute(&frames, &preds);
             if let Some(p) = plot {
-                pilip::plot::parity_png(&p, &frames, &preds)?;
+                plot::parity_png(&p, &frames, &preds)?;
             }
             if json {
                 println!("{}", serde_json::to_string_pretty(&m).map_err(|e| Error::invalid(e.to_string()))?);
@@ -253,8 +307,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             frames.truncate(16);
             let n_data = frames.len();
-            frames.extend(pilip::onnx::export::probe_structures(&ck.model));
-            let v = pilip::onnx::export::export(&ck.model, dtype, &output, &frames)?;
+            frames.extend(pilip::export::probe_structures(&ck.model));
+            let v = pilip::export::export(&ck.model, dtype, &output, &frames)?;
             println!(
                 "wrote {} ({} network, {} species, cutoff {} Å); verified on {n_data} structures from {source} + 2 synthetic: \
                  max relative deviation energy {:.1e}, forces {:.1e}, virial {:.1e}",
@@ -270,7 +324,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::Info { model, json } => {
             let bytes = std::fs::read(&model).map_err(|e| Error::io(&model, e))?;
-            let (_, meta) = pilip::runtime::decode(&bytes, &model.display().to_string())?;
+            let (_, meta) = pilip::onnx::decode::decode(&bytes, &model.display().to_string())?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&meta).map_err(|e| Error::invalid(e.to_string()))?);
             } else {
@@ -282,16 +336,18 @@ fn run(cli: Cli) -> Result<()> {
             let ck = Checkpoint::load(&checkpoint)?;
             let mut frame = structure_at(&structure, index)?;
             if supercell > 1 {
-                frame = pilip::check::supercell(&frame, supercell)?;
+                frame = pilip::frame::supercell(&frame, supercell)
+                    .map_err(|e| Error::invalid(format!("--supercell {supercell}: {} frame {index}: {e}", structure.display())))?;
             }
-            for line in pilip::check::bench_runtime(&ck.model, &frame, repeats.max(1))? {
+            for line in bench::bench_runtime(&ck.model, &frame, repeats.max(1))? {
                 println!("{line}");
             }
             Ok(())
         }
-        Cmd::MdStability { model, structure, index, temperature, timestep, time_ps, seeds, bond_tolerance, drift_threshold, output } => {
+        Cmd::MdStability { model, structure, index, temperature, timestep, time_ps, seeds, bond_tolerance, drift_threshold, output, engine } => {
+            let runtime_options = engine.options(&model)?;
             let frame = structure_at(&structure, index)?;
-            let options = pilip::md::MdOptions {
+            let options = md::MdOptions {
                 temperature,
                 timestep,
                 time: time_ps,
@@ -301,11 +357,11 @@ fn run(cli: Cli) -> Result<()> {
                 record_every: (time_ps * 1000.0 / 2000.0).max(timestep),
             };
             let results = if is_onnx(&model) {
-                let pot = Potential::load(&model, &RuntimeOptions::default())?;
-                pilip::md::run(&frame, &options, &|f| pot.compute_frame(f))?
+                let pot = Potential::load(&model, &runtime_options)?;
+                md::run(&frame, &options, &|f| pot.compute_frame(f))?
             } else {
                 let ck = Checkpoint::load(&model)?;
-                pilip::md::run(&frame, &options, &|f| ck.model.predict_frame(f))?
+                md::run(&frame, &options, &|f| ck.model.predict_frame(f))?
             };
             for r in &results {
                 eprintln!(
@@ -330,7 +386,7 @@ fn run(cli: Cli) -> Result<()> {
                     let series: Vec<(String, Vec<(f64, f64)>)> =
                         results.iter().map(|r| (format!("SEED {}", r.seed), r.energy_trace.clone())).collect();
                     let png = path.with_extension("png");
-                    pilip::plot::lines_png(&png, "NVE TOTAL ENERGY DRIFT", "TIME (PS)", "E(T) - E(0) (EV/ATOM)", &series)?;
+                    plot::lines_png(&png, "NVE TOTAL ENERGY DRIFT", "TIME (PS)", "E(T) - E(0) (EV/ATOM)", &series)?;
                     println!("wrote {} and {}", path.display(), png.display());
                 }
                 None => println!("{text}"),
@@ -338,14 +394,14 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Cmd::BenchPiwsl { spec, set, quiet, report_only } => {
-            let spec = pilip::piwsl_bench::BenchSpec::load(&spec, &set)?;
-            let aggs = pilip::piwsl_bench::run(&spec, quiet, report_only)?;
+            let spec = piwsl_bench::BenchSpec::load(&spec, &set)?;
+            let aggs = piwsl_bench::run(&spec, quiet, report_only)?;
             println!("{:<7} {:<20} {:>6} {:>5} {:>16} {:>16}", "labels", "variant", "size", "seeds", "E RMSE meV/atom", "F RMSE meV/Å");
             for a in &aggs {
                 println!(
                     "{:<7} {:<20} {:>6} {:>5} {:>9.3} ± {:<5.3} {:>9.1} ± {:<5.1}",
                     a.labels, a.variant, a.size, a.n_seeds, a.energy_rmse_mev_per_atom.0, a.energy_rmse_mev_per_atom.1,
-                    a.forces_rmse_mev_per_a.0, a.forces_rmse_mev_per_a.1
+                    a.forces_rmse_mev_per_A.0, a.forces_rmse_mev_per_A.1
                 );
             }
             println!("results in {}", spec.output_dir.display());
@@ -358,11 +414,26 @@ fn run(cli: Cli) -> Result<()> {
             println!("{r}");
             Ok(())
         }
-        Cmd::Bench { model, structure, index, repeats } => {
-            let ck = Checkpoint::load(&model)?;
+        Cmd::Bench { model, structure, index, repeats, engine } => {
+            let options = engine.options(&model)?;
             let frame = structure_at(&structure, index)?;
-            let t = pilip::check::time_evaluation(&ck.model, &frame, repeats.max(1))?;
-            println!("{t}");
+            if is_onnx(&model) {
+                let pot = Potential::load(&model, &options)?;
+                let t = bench::time_potential(&pot, &frame, repeats.max(1))?;
+                println!(
+                    "{} atoms, {} calls, engine {} ({} thread{}): energy+forces+virial {:.1} µs per call ({:.2} µs/atom)",
+                    frame.len(),
+                    repeats.max(1),
+                    pot.engine_name(),
+                    options.threads,
+                    if options.threads == 1 { "" } else { "s" },
+                    1e6 * t,
+                    1e6 * t / frame.len().max(1) as f64
+                );
+            } else {
+                let ck = Checkpoint::load(&model)?;
+                println!("{}", bench::time_evaluation(&ck.model, &frame, repeats.max(1))?);
+            }
             Ok(())
         }
     }

@@ -1,28 +1,36 @@
 //! `pilip export`: a trained model → one self-describing ONNX file, verified through the runtime before success
-//! is reported.
+//! is reported. This is the one layer that sees both sides: the training-time [`Model`] (it writes its graph,
+//! `graph`) and the runtime (it checks the written file through it).
+
+pub mod graph;
 
 use crate::error::{Error, Result};
 use crate::frame::Frame;
-use crate::model::Model;
-use crate::onnx::graph::{build_graph, IR_VERSION, OPSET};
+use crate::model::{AtomicModel, Model};
 use crate::onnx::metadata::{checksum, Dtype, ModelMetadata, MODEL_FORMAT_VERSION};
+use crate::onnx::{IR_VERSION, OPSET};
 use crate::runtime::{Potential, RuntimeOptions};
+use graph::build_graph;
 use prost::Message;
 use std::path::Path;
 use tract_onnx::pb;
 
 /// Metadata of `model` exported with `dtype` (checksum of the graph supplied by the caller).
 fn metadata_for(model: &Model, dtype: Dtype, checksum: String) -> ModelMetadata {
+    let descriptor = match &model.atomic {
+        AtomicModel::PowerSpectrum(m) => m.descriptor.clone(),
+    };
     ModelMetadata {
         format_version: MODEL_FORMAT_VERSION,
         library_version: env!("CARGO_PKG_VERSION").into(),
         species: model.species.clone(),
         symbols: model.species.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?").to_string()).collect(),
+        family: model.family(),
         cutoff: model.cutoff(),
         energy_unit: "eV".into(),
         length_unit: "angstrom".into(),
-        descriptor: model.descriptor.clone(),
-        n_features: model.descriptor().n_features(),
+        descriptor,
+        n_features: model.n_features(),
         reference_energies: model.reference_energies.clone(),
         dtype,
         checksum,
@@ -55,6 +63,7 @@ pub fn to_onnx(model: &Model, dtype: Dtype) -> Result<pb::ModelProto> {
 /// Largest deviations of the exported model from the training-time model.
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Verification {
+    /// Structures compared.
     pub n_structures: usize,
     /// max |ΔE| / max(|E − E_ref|, 1 eV) over structures, where E_ref is the sum of reference energies.
     pub energy_rel: f64,
@@ -65,6 +74,7 @@ pub struct Verification {
 }
 
 impl Verification {
+    /// The largest relative deviation `export` accepts for a graph in `dtype`.
     pub fn tolerance(dtype: Dtype) -> f64 {
         match dtype {
             Dtype::F32 => 1e-5,

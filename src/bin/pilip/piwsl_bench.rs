@@ -4,12 +4,15 @@
 //!
 //! Finished runs are reused (their `test_metrics.json`), so an interrupted suite continues where it stopped.
 
-use crate::config::Config;
-use crate::error::{Error, Result};
-use crate::frame::{Frame, Vec3};
-use crate::model::Model;
-use crate::io::extxyz;
-use crate::metrics::Metrics;
+use pilip::config::{override_value, Config};
+use pilip::error::{Error, Result};
+use pilip::frame::Frame;
+use pilip::io::extxyz;
+use pilip::metrics::Metrics;
+use pilip::rng::Rng;
+use pilip::train::checkpoint::Checkpoint;
+use pilip::train::curvature::{random_direction_curvature, thermal_curvature};
+use pilip::train::{train, TrainOptions, TrainSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -26,14 +29,15 @@ pub struct BenchSpec {
     /// Held-out test structures: the last `n_test` frames of the data file (`test_split = "last"`) or a random
     /// selection fixed by `test_seed` (`"random"`).
     pub n_test: usize,
-    #[serde(default = "default_test_split")]
-    pub test_split: String,
+    #[serde(default)]
+    pub test_split: TestSplit,
+    /// Seed of the random test selection.
     #[serde(default)]
     pub test_seed: u64,
     /// Validation structures drawn (per seed) from the pool besides the training set.
     pub n_valid: usize,
     /// "forces" and/or "energy" (energy-only: no force labels in training).
-    pub label_modes: Vec<String>,
+    pub label_modes: Vec<LabelMode>,
     /// Names of variants to run, each defined in `[variants]`.
     pub variants: Vec<String>,
     /// Config overrides (`section.key = value`) per variant.
@@ -54,8 +58,34 @@ pub struct BenchSpec {
     pub max_structure_epochs: Option<usize>,
 }
 
-fn default_test_split() -> String {
-    "last".into()
+/// Which frames of the data file form the fixed test set.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestSplit {
+    /// The last `n_test` frames (a later part of a trajectory).
+    #[default]
+    Last,
+    /// A selection fixed by `test_seed`.
+    Random,
+}
+
+/// The labels a run trains on (ordered as their names, so summaries keep their order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelMode {
+    /// Energies only (force labels dropped from the training structures).
+    Energy,
+    /// Energies and forces.
+    Forces,
+}
+
+impl std::fmt::Display for LabelMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LabelMode::Forces => "forces",
+            LabelMode::Energy => "energy",
+        })
+    }
 }
 
 /// One training run's outcome.
@@ -64,32 +94,34 @@ pub struct RunResult {
     pub size: usize,
     pub seed: u64,
     pub variant: String,
-    pub labels: String,
+    pub labels: LabelMode,
     pub test: Metrics,
     pub train_seconds: f64,
     pub epochs: usize,
     pub best_epoch: usize,
     /// The trained model's mean curvature along random centred directions on the test set, eV/Å²
     /// (see [`random_direction_curvature`]).
-    #[serde(default)]
+    #[serde(default, rename = "curvature_ev_per_A2", alias = "curvature_ev_per_a2")]
     pub curvature_ev_per_a2: Option<f64>,
 }
 
 /// Mean and standard deviation over seeds of one (size, variant, labels) cell.
 #[derive(Clone, Debug, Serialize)]
+/// JSON keys spell Å as `A`, as `pilip eval --json` does (`forces_rmse_mev_per_A`).
+#[allow(non_snake_case)]
 pub struct Aggregate {
     pub size: usize,
     pub variant: String,
-    pub labels: String,
+    pub labels: LabelMode,
     pub n_seeds: usize,
     pub energy_mae_mev_per_atom: (f64, f64),
     pub energy_rmse_mev_per_atom: (f64, f64),
-    pub forces_mae_mev_per_a: (f64, f64),
-    pub forces_rmse_mev_per_a: (f64, f64),
+    pub forces_mae_mev_per_A: (f64, f64),
+    pub forces_rmse_mev_per_A: (f64, f64),
     /// NaN for non-periodic data.
-    pub stress_rmse_mev_per_a3: (f64, f64),
+    pub stress_rmse_mev_per_A3: (f64, f64),
     pub train_seconds: (f64, f64),
-    pub curvature_ev_per_a2: (f64, f64),
+    pub curvature_ev_per_A2: (f64, f64),
 }
 
 impl BenchSpec {
@@ -100,7 +132,7 @@ impl BenchSpec {
         for o in overrides {
             let (k, v) = o.split_once('=').ok_or_else(|| Error::Config(format!("--set {o}: expected KEY=VALUE")))?;
             if let Some(t) = value.as_table_mut() {
-                t.insert(k.trim().to_string(), crate::config::override_value(v));
+                t.insert(k.trim().to_string(), override_value(v));
             }
         }
         let mut spec: BenchSpec = value.try_into().map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
@@ -111,11 +143,6 @@ impl BenchSpec {
         for v in &spec.variants {
             if !spec.variant_overrides.contains_key(v) {
                 return Err(Error::Config(format!("{}: variant '{v}' has no [variant_overrides.{v}] table", path.display())));
-            }
-        }
-        for m in &spec.label_modes {
-            if m != "forces" && m != "energy" {
-                return Err(Error::Config(format!("{}: label mode '{m}' is not 'forces' or 'energy'", path.display())));
             }
         }
         Ok(spec)
@@ -140,17 +167,16 @@ fn prepare_data(spec: &BenchSpec, base: &Config, dir: &Path) -> Result<(PathBuf,
             spec.sizes.iter().max()
         )));
     }
-    let test: Vec<_> = match spec.test_split.as_str() {
-        "last" => frames.split_off(n - spec.n_test),
-        "random" => {
+    let test: Vec<_> = match spec.test_split {
+        TestSplit::Last => frames.split_off(n - spec.n_test),
+        TestSplit::Random => {
             let mut idx: Vec<usize> = (0..n).collect();
-            crate::rng::Rng::new(spec.test_seed).shuffle(&mut idx);
+            Rng::new(spec.test_seed).shuffle(&mut idx);
             let chosen: std::collections::BTreeSet<usize> = idx[..spec.n_test].iter().copied().collect();
             let (t, p): (Vec<_>, Vec<_>) = frames.into_iter().enumerate().partition(|(i, _)| chosen.contains(i));
             frames = p.into_iter().map(|x| x.1).collect();
             t.into_iter().map(|x| x.1).collect()
         }
-        other => return Err(Error::Config(format!("test_split must be 'last' or 'random', got '{other}'"))),
     };
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let (pool, test_path) = (dir.join("pool.extxyz"), dir.join("test.extxyz"));
@@ -170,7 +196,7 @@ pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggre
     for &size in &spec.sizes {
         for labels in &spec.label_modes {
             for variant in &spec.variants {
-                if labels == "energy" && needs_forces(&spec.variant_overrides[variant]) {
+                if *labels == LabelMode::Energy && needs_forces(&spec.variant_overrides[variant]) {
                     continue; // weak labels need reference forces
                 }
                 for &seed in &spec.seeds {
@@ -193,7 +219,7 @@ pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggre
                     }
                     let mut sets = set_args(&spec.overrides);
                     sets.extend(set_args(&spec.variant_overrides[variant]));
-                    if labels == "energy" {
+                    if *labels == LabelMode::Energy {
                         sets.extend(["data.train_forces_fraction=0.0".to_string(), "loss.forces_weight=0.0".to_string()]);
                         sets.extend(set_args(&spec.energy_only_overrides));
                     }
@@ -219,7 +245,7 @@ pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggre
                         size,
                         seed,
                         variant: variant.clone(),
-                        labels: labels.clone(),
+                        labels: *labels,
                         test: s.test.ok_or_else(|| Error::invalid(format!("run {name} produced no test metrics")))?,
                         train_seconds: t0.elapsed().as_secs_f64(),
                         epochs: s.epochs_done,
@@ -251,11 +277,11 @@ pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggre
 
 /// Trains one run; a run that was interrupted (its directory holds `last.ckpt` but no result) continues from its
 /// checkpoint, or starts again if the checkpoint cannot be resumed (e.g. written by a pilip with other defaults).
-fn train_or_resume(cfg: &Config, run_dir: &Path) -> Result<crate::train::TrainSummary> {
+fn train_or_resume(cfg: &Config, run_dir: &Path) -> Result<TrainSummary> {
     let last = run_dir.join("checkpoints").join("last.ckpt");
-    let options = |resume| crate::train::TrainOptions { resume, stop_after: None, quiet: true };
+    let options = |resume| TrainOptions { resume, stop_after: None, quiet: true };
     if last.exists() {
-        match crate::train::train(cfg, &options(Some(last.clone()))) {
+        match train(cfg, &options(Some(last.clone()))) {
             Ok(s) => return Ok(s),
             Err(e) => {
                 eprintln!("{}: cannot resume ({e}); training again from the start", run_dir.display());
@@ -263,7 +289,7 @@ fn train_or_resume(cfg: &Config, run_dir: &Path) -> Result<crate::train::TrainSu
             }
         }
     }
-    crate::train::train(cfg, &options(None))
+    train(cfg, &options(None))
 }
 
 /// Weak labels need reference forces, so such variants are skipped for energy-only training.
@@ -273,51 +299,13 @@ fn needs_forces(overrides: &BTreeMap<String, toml::Value>) -> bool {
 
 fn save_result(path: &Path, r: &RunResult) -> Result<()> {
     let text = serde_json::to_string_pretty(r).map_err(|e| Error::invalid(e.to_string()))?;
-    crate::io::write_atomically(path, text.as_bytes())
+    pilip::io::write_atomically(path, text.as_bytes())
 }
 
-/// Displacement amplitude (Å) of the curvature probe: small enough that the cubic term is negligible.
-const CURVATURE_PROBE_EPSILON: f64 = 0.005;
-
-/// Mean over `frames` of the model's curvature along one random centred direction Δ per frame,
-/// 2[E(R+Δ) − E(R) + Δ·F(R)] / |Δ|² = ΔᵀHΔ/|Δ|² + O(ε) (eV/Å²); its expectation is tr(H)/3N.
-///
-/// This is what first-order PITC penalises, so comparing it with the data's own curvature
-/// ([`thermal_curvature`]) says whether a model is rougher than the true surface (PITC can help) or not.
-pub fn random_direction_curvature(model: &Model, frames: &[Frame]) -> Result<f64> {
-    let mut rng = crate::rng::Rng::new(0x5eed);
-    let mut sum = 0.0;
-    for f in frames {
-        let d = crate::train::loss::displacement(&mut rng, f.positions.len(), CURVATURE_PROBE_EPSILON);
-        sum += directional_curvature(model, f, &d)?;
-    }
-    Ok(sum / frames.len().max(1) as f64)
-}
-
-/// 2[E(R+Δ) − E(R) + Δ·F(R)] / |Δ|² (eV/Å²): the first-order Taylor residual that PITC penalises, scaled to a
-/// curvature.
-pub fn directional_curvature(model: &Model, frame: &Frame, d: &[Vec3]) -> Result<f64> {
-    let p = model.predict_frame(frame)?;
-    let e_c = model.predict_frame(&crate::train::loss::displaced(frame, d))?.energy;
-    let d_dot_f: f64 = d.iter().zip(&p.forces).map(|(a, b)| a[0] * b[0] + a[1] * b[1] + a[2] * b[2]).sum();
-    let d2: f64 = d.iter().map(|a| a[0] * a[0] + a[1] * a[1] + a[2] * a[2]).sum();
-    Ok(2.0 * (e_c - p.energy + d_dot_f) / d2)
-}
-
+/// The curvature probe of a finished run's best model on the test set.
 fn run_curvature(run_dir: &Path, test: &[Frame]) -> Result<f64> {
-    let ck = crate::train::checkpoint::Checkpoint::load(&run_dir.join("checkpoints").join("best.ckpt"))?;
+    let ck = Checkpoint::load(&run_dir.join("checkpoints").join("best.ckpt"))?;
     random_direction_curvature(&ck.model, test)
-}
-
-/// The reference surface's mean curvature tr(H)/3N estimated from its forces: for canonical sampling at
-/// temperature T, ⟨F_i²⟩ = k_BT ⟨∂²E/∂x_i²⟩ (integration by parts), so tr(H)/3N ≈ ⟨F²⟩ / k_BT (eV/Å²).
-pub fn thermal_curvature(frames: &[Frame], temperature_k: f64) -> f64 {
-    let (mut sum, mut n) = (0.0, 0usize);
-    for f in frames.iter().filter_map(|f| f.forces.as_ref()) {
-        sum += f.iter().map(|x| x[0] * x[0] + x[1] * x[1] + x[2] * x[2]).sum::<f64>();
-        n += 3 * f.len();
-    }
-    sum / n.max(1) as f64 / (crate::md::KB * temperature_k)
 }
 
 fn mean_std(v: &[f64]) -> (f64, f64) {
@@ -331,9 +319,9 @@ fn mean_std(v: &[f64]) -> (f64, f64) {
 }
 
 pub fn aggregate(results: &[RunResult]) -> Vec<Aggregate> {
-    let mut groups: BTreeMap<(String, String, usize), Vec<&RunResult>> = BTreeMap::new();
+    let mut groups: BTreeMap<(LabelMode, String, usize), Vec<&RunResult>> = BTreeMap::new();
     for r in results {
-        groups.entry((r.labels.clone(), r.variant.clone(), r.size)).or_default().push(r);
+        groups.entry((r.labels, r.variant.clone(), r.size)).or_default().push(r);
     }
     groups
         .into_iter()
@@ -346,11 +334,11 @@ pub fn aggregate(results: &[RunResult]) -> Vec<Aggregate> {
                 n_seeds: rs.len(),
                 energy_mae_mev_per_atom: col(&|m| m.energy_mae_mev_per_atom),
                 energy_rmse_mev_per_atom: col(&|m| m.energy_rmse_mev_per_atom),
-                forces_mae_mev_per_a: col(&|m| m.forces_mae_mev_per_A),
-                forces_rmse_mev_per_a: col(&|m| m.forces_rmse_mev_per_A),
-                stress_rmse_mev_per_a3: col(&|m| m.stress_rmse_mev_per_A3),
+                forces_mae_mev_per_A: col(&|m| m.forces_mae_mev_per_A),
+                forces_rmse_mev_per_A: col(&|m| m.forces_rmse_mev_per_A),
+                stress_rmse_mev_per_A3: col(&|m| m.stress_rmse_mev_per_A3),
                 train_seconds: mean_std(&rs.iter().map(|r| r.train_seconds).collect::<Vec<_>>()),
-                curvature_ev_per_a2: mean_std(&rs.iter().filter_map(|r| r.curvature_ev_per_a2).collect::<Vec<_>>()),
+                curvature_ev_per_A2: mean_std(&rs.iter().filter_map(|r| r.curvature_ev_per_a2).collect::<Vec<_>>()),
             }
         })
         .collect()
@@ -382,22 +370,22 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
             a.energy_mae_mev_per_atom.1,
             a.energy_rmse_mev_per_atom.0,
             a.energy_rmse_mev_per_atom.1,
-            a.forces_mae_mev_per_a.0,
-            a.forces_mae_mev_per_a.1,
-            a.forces_rmse_mev_per_a.0,
-            a.forces_rmse_mev_per_a.1,
-            a.stress_rmse_mev_per_a3.0,
-            a.stress_rmse_mev_per_a3.1,
+            a.forces_mae_mev_per_A.0,
+            a.forces_mae_mev_per_A.1,
+            a.forces_rmse_mev_per_A.0,
+            a.forces_rmse_mev_per_A.1,
+            a.stress_rmse_mev_per_A3.0,
+            a.stress_rmse_mev_per_A3.1,
             a.train_seconds.0,
-            a.curvature_ev_per_a2.0,
-            a.curvature_ev_per_a2.1
+            a.curvature_ev_per_A2.0,
+            a.curvature_ev_per_A2.1
         );
     }
     let path = out.join("summary.csv");
     std::fs::write(&path, csv).map_err(|e| Error::io(&path, e))?;
     for labels in &spec.label_modes {
         for (what, title, get) in [
-            ("forces_rmse", "FORCE RMSE", (|a: &Aggregate| a.forces_rmse_mev_per_a.0) as fn(&Aggregate) -> f64),
+            ("forces_rmse", "FORCE RMSE", (|a: &Aggregate| a.forces_rmse_mev_per_A.0) as fn(&Aggregate) -> f64),
             ("energy_rmse", "ENERGY RMSE", |a: &Aggregate| a.energy_rmse_mev_per_atom.0),
         ] {
             let series: Vec<(String, Vec<(f64, f64)>)> = spec
@@ -406,7 +394,7 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
                 .map(|v| {
                     let pts = aggs
                         .iter()
-                        .filter(|a| &a.labels == labels && &a.variant == v && get(a) > 0.0)
+                        .filter(|a| a.labels == *labels && &a.variant == v && get(a) > 0.0)
                         .map(|a| ((a.size as f64).log10(), get(a).log10()))
                         .collect();
                     (v.to_uppercase(), pts)
@@ -417,7 +405,7 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
             let png = out.join(format!("{what}_{labels}.png"));
             crate::plot::lines_png(
                 &png,
-                &format!("{title} VS TRAINING SET SIZE ({} LABELS)", labels.to_uppercase()),
+                &format!("{title} VS TRAINING SET SIZE ({} LABELS)", labels.to_string().to_uppercase()),
                 "LOG10 TRAINING STRUCTURES",
                 &format!("LOG10 {title} ({unit})"),
                 &series,

@@ -4,15 +4,12 @@
 //! This is the robustness experiment of the PIWSL paper: a potential trained on few structures often runs into
 //! unphysical regions; the time until that happens, and the energy drift before, measure how usable it is.
 
-use crate::error::{Error, Result};
-use crate::frame::{Frame, Vec3};
-use crate::model::Prediction;
-use crate::rng::Rng;
+use pilip::error::{Error, Result};
+use pilip::frame::{Frame, Vec3};
+use pilip::prediction::Prediction;
+use pilip::rng::Rng;
 
-/// eV/amu in Å²/fs².
-const EV_PER_AMU: f64 = 9.648_533_212e-3;
-/// Boltzmann constant, eV/K.
-pub const KB: f64 = 8.617_333_262e-5;
+use pilip::units::{EV_PER_AMU, KB};
 
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct MdOptions {
@@ -55,7 +52,7 @@ pub fn bonds(frame: &Frame) -> Vec<(usize, usize, f64)> {
     for i in 0..frame.len() {
         for j in i + 1..frame.len() {
             let r = distance(&frame.positions[i], &frame.positions[j]);
-            let cut = 1.25 * (crate::elements::covalent_radius(frame.numbers[i]) + crate::elements::covalent_radius(frame.numbers[j]));
+            let cut = 1.25 * (pilip::elements::covalent_radius(frame.numbers[i]) + pilip::elements::covalent_radius(frame.numbers[j]));
             if r < cut {
                 out.push((i, j, r));
             }
@@ -73,7 +70,7 @@ pub fn run(frame: &Frame, options: &MdOptions, predict: &(dyn Fn(&Frame) -> Resu
     let masses: Vec<f64> = frame
         .numbers
         .iter()
-        .map(|&z| crate::elements::mass(z).ok_or_else(|| Error::invalid(format!("no atomic mass known for Z = {z}"))))
+        .map(|&z| pilip::elements::mass(z).ok_or_else(|| Error::invalid(format!("no atomic mass known for Z = {z}"))))
         .collect::<Result<_>>()?;
     if !(options.timestep > 0.0 && options.time > 0.0 && options.temperature >= 0.0) {
         return Err(Error::invalid("--timestep and --time-ps must be > 0 and --temperature ≥ 0"));

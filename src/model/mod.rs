@@ -1,0 +1,308 @@
+//! The trained potential as the training loop sees it: family-independent bookkeeping (species, reference
+//! energies, energy scale, the flat parameter vector) around the family's descriptor and per-atom model
+//! ([`AtomicModel`]), with analytic forces and virial.
+//!
+//! `E = Σ_i ( e0[Z_i] + scale · ε_{Z_i}(environment of i) )`
+//!
+//! `e0` are per-element reference energies fitted by least squares before training and `scale` is a fixed energy
+//! scale (eV) that keeps the per-atom model's output O(1). Forces are `−∂E/∂r` through the exact chain rule, so
+//! they are conservative.
+
+pub mod power_spectrum;
+
+use crate::descriptor::{DescriptorSpec, Descriptors};
+use crate::elements::unknown_element;
+use crate::error::{Error, Result};
+use crate::family::Family;
+use crate::frame::{Frame, Mat3, Vec3};
+use crate::neighbors::NeighborList;
+use crate::prediction::{stress_from_virial, Prediction};
+use power_spectrum::PowerSpectrumModel;
+use serde::{Deserialize, Serialize};
+
+/// A potential with trainable parameters: what checkpoints hold and `pilip export` writes.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Model {
+    /// Atomic numbers, in the order used by every per-species array.
+    pub species: Vec<u32>,
+    /// eV per atom of each species.
+    pub reference_energies: Vec<f64>,
+    /// eV; multiplies the per-atom model's output.
+    pub energy_scale: f64,
+    /// The family's descriptor and per-atom model (serialised with a `"family"` tag beside the fields above).
+    #[serde(flatten)]
+    pub atomic: AtomicModel,
+}
+
+/// The family-specific part of a [`Model`]; one variant per [`Family`].
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "family", rename_all = "snake_case")]
+pub enum AtomicModel {
+    /// [`Family::PowerSpectrum`].
+    PowerSpectrum(PowerSpectrumModel),
+}
+
+/// Checkpoints written before model families existed have no `"family"` key: they are power-spectrum models.
+impl<'de> Deserialize<'de> for AtomicModel {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(tag = "family", rename_all = "snake_case")]
+        enum Tagged {
+            PowerSpectrum(PowerSpectrumModel),
+        }
+        let mut value = serde_json::Value::deserialize(d)?;
+        if let Some(map) = value.as_object_mut() {
+            map.entry("family").or_insert_with(|| Family::PowerSpectrum.name().into());
+        }
+        match Tagged::deserialize(value).map_err(serde::de::Error::custom)? {
+            Tagged::PowerSpectrum(m) => Ok(AtomicModel::PowerSpectrum(m)),
+        }
+    }
+}
+
+/// A structure prepared for the model: species indices, cell volume and the family's descriptors (which own the
+/// neighbour list).
+#[derive(Clone, Debug)]
+pub struct Environments {
+    /// Species index of each atom.
+    pub species: Vec<usize>,
+    /// Å³, for fully periodic cells.
+    pub volume: Option<f64>,
+    features: Features,
+}
+
+/// The family-specific descriptors of one structure.
+#[derive(Clone, Debug)]
+enum Features {
+    PowerSpectrum(Descriptors),
+}
+
+impl Environments {
+    /// The neighbour list the descriptors were computed from.
+    pub fn neighbors(&self) -> &NeighborList {
+        match &self.features {
+            Features::PowerSpectrum(d) => &d.neighbors,
+        }
+    }
+}
+
+impl Model {
+    /// A power-spectrum model with randomly initialised networks (seeded) and zero reference energies.
+    pub fn power_spectrum(descriptor: DescriptorSpec, species: Vec<u32>, hidden: &[usize], seed: u64) -> Self {
+        let atomic = AtomicModel::PowerSpectrum(PowerSpectrumModel::new(descriptor, species.len(), hidden, seed));
+        Model { reference_energies: vec![0.0; species.len()], energy_scale: 1.0, species, atomic }
+    }
+
+    /// The model's family.
+    pub fn family(&self) -> Family {
+        match &self.atomic {
+            AtomicModel::PowerSpectrum(_) => Family::PowerSpectrum,
+        }
+    }
+
+    /// Cutoff radius, Å.
+    pub fn cutoff(&self) -> f64 {
+        match &self.atomic {
+            AtomicModel::PowerSpectrum(m) => m.descriptor.cutoff,
+        }
+    }
+
+    /// Length of each atom's descriptor (the per-atom model's input).
+    pub fn n_features(&self) -> usize {
+        match &self.atomic {
+            AtomicModel::PowerSpectrum(m) => m.descriptor().n_features(),
+        }
+    }
+
+    /// Index of atomic number `z` in [`Model::species`].
+    pub fn species_index(&self, z: u32) -> Option<usize> {
+        self.species.iter().position(|&s| s == z)
+    }
+
+    fn species_indices(&self, numbers: &[u32]) -> Result<Vec<usize>> {
+        numbers
+            .iter()
+            .enumerate()
+            .map(|(i, &z)| self.species_index(z).ok_or_else(|| unknown_element(i, z as i64, &self.species)))
+            .collect()
+    }
+
+    /// Neighbour list and descriptors for a structure.
+    pub fn environments(&self, positions: &[Vec3], numbers: &[u32], cell: Option<&Mat3>, pbc: [bool; 3]) -> Result<Environments> {
+        if positions.len() != numbers.len() {
+            return Err(Error::invalid(format!("{} positions but {} atomic numbers", positions.len(), numbers.len())));
+        }
+        let species = self.species_indices(numbers)?;
+        let nl = NeighborList::build(positions, cell, pbc, self.cutoff())?;
+        let features = match &self.atomic {
+            AtomicModel::PowerSpectrum(m) => Features::PowerSpectrum(m.descriptor().compute(&species, nl)),
+        };
+        let volume = if pbc.iter().all(|&p| p) { cell.map(|c| crate::frame::det3(c).abs()) } else { None };
+        Ok(Environments { species, volume, features })
+    }
+
+    /// [`Model::environments`] of a frame.
+    pub fn frame_environments(&self, frame: &Frame) -> Result<Environments> {
+        self.environments(&frame.positions, &frame.numbers, frame.cell.as_ref(), frame.pbc)
+    }
+
+    /// Energy only (no derivatives).
+    pub fn energy_of(&self, env: &Environments) -> f64 {
+        match (&self.atomic, &env.features) {
+            (AtomicModel::PowerSpectrum(m), Features::PowerSpectrum(d)) => {
+                m.energy(&env.species, d, &self.reference_energies, self.energy_scale)
+            }
+        }
+    }
+
+    /// Energy, atomic energies, forces, virial and (periodic) stress.
+    pub fn predict(&self, env: &Environments) -> Prediction {
+        let (atomic, pair_grads) = match (&self.atomic, &env.features) {
+            (AtomicModel::PowerSpectrum(m), Features::PowerSpectrum(d)) => {
+                m.atomic_energies_and_pair_grads(&env.species, d, &self.reference_energies, self.energy_scale)
+            }
+        };
+        let mut forces = vec![[0.0; 3]; env.species.len()];
+        let mut virial = [[0.0; 3]; 3];
+        crate::prediction::accumulate(env.neighbors(), None, &pair_grads, Some(&mut forces), &mut virial, None);
+        let stress = env.volume.map(|v| stress_from_virial(&virial, v));
+        Prediction { energy: atomic.iter().sum(), atomic_energies: atomic, forces, virial, stress }
+    }
+
+    /// [`Model::predict`] of a frame.
+    pub fn predict_frame(&self, frame: &Frame) -> Result<Prediction> {
+        Ok(self.predict(&self.frame_environments(frame)?))
+    }
+
+    // ----- parameters as one flat vector (the optimiser's view) -----
+
+    /// Number of trainable parameters.
+    pub fn n_params(&self) -> usize {
+        match &self.atomic {
+            AtomicModel::PowerSpectrum(m) => m.networks.iter().map(|n| n.n_params()).sum(),
+        }
+    }
+    /// The trainable parameters as one vector.
+    pub fn params(&self) -> Vec<f64> {
+        match &self.atomic {
+            AtomicModel::PowerSpectrum(m) => m.networks.iter().flat_map(|n| n.params.iter().copied()).collect(),
+        }
+    }
+    /// Sets the trainable parameters from one vector of length [`Model::n_params`].
+    pub fn set_params(&mut self, p: &[f64]) {
+        match &mut self.atomic {
+            AtomicModel::PowerSpectrum(m) => {
+                let mut off = 0;
+                for net in &mut m.networks {
+                    let k = net.params.len();
+                    net.params.copy_from_slice(&p[off..off + k]);
+                    off += k;
+                }
+            }
+        }
+    }
+
+    /// The training primitive: accumulates into `grad` the parameter gradient of `a·E + D_t E`, where `D_t E` is
+    /// the derivative of the energy along the tangent that displaces atom k by `displacement[k]` and strains
+    /// pair vectors by `strain` (so `D_t E = −Σ_k displacement[k]·F_k + Σ_ab strain_ab ∂E/∂ε_ab`).
+    pub fn accumulate_param_grad(
+        &self,
+        env: &Environments,
+        a: f64,
+        displacement: Option<&[Vec3]>,
+        strain: Option<&Mat3>,
+        grad: &mut [f64],
+    ) {
+        match (&self.atomic, &env.features) {
+            (AtomicModel::PowerSpectrum(m), Features::PowerSpectrum(d)) => {
+                m.accumulate_param_grad(&env.species, d, self.energy_scale, a, displacement, strain, grad)
+            }
+        }
+    }
+
+    // ----- fitting the fixed parts before training -----
+
+    /// Least-squares per-element reference energies from structures with energies (a tiny ridge term picks the
+    /// minimum-norm solution when compositions are collinear, e.g. one molecule).
+    pub fn fit_reference_energies(&mut self, frames: &[&Frame]) -> Result<()> {
+        let ns = self.species.len();
+        let mut ata = vec![0.0; ns * ns];
+        let mut atb = vec![0.0; ns];
+        let mut count = 0;
+        for f in frames {
+            let Some(e) = f.energy else { continue };
+            let mut c = vec![0.0; ns];
+            for &z in &f.numbers {
+                if let Some(s) = self.species_index(z) {
+                    c[s] += 1.0;
+                }
+            }
+            for a in 0..ns {
+                atb[a] += c[a] * e;
+                for b in 0..ns {
+                    ata[a * ns + b] += c[a] * c[b];
+                }
+            }
+            count += 1;
+        }
+        if count == 0 {
+            return Err(Error::invalid("no training structure has an energy label; cannot fit reference energies"));
+        }
+        let tr: f64 = (0..ns).map(|a| ata[a * ns + a]).sum();
+        for a in 0..ns {
+            ata[a * ns + a] += 1e-8 * tr / ns as f64;
+        }
+        self.reference_energies = solve_spd(&mut ata, &mut atb, ns)?;
+        Ok(())
+    }
+
+    /// Fits the family's input standardisation (descriptor mean and spread per element) on `envs`;
+    /// `std_floor` is `model.feature_std_floor` of the config.
+    pub fn fit_input_statistics(&mut self, envs: &[Environments], std_floor: f64) {
+        match &mut self.atomic {
+            AtomicModel::PowerSpectrum(m) => {
+                let structures = envs.iter().map(|e| match &e.features {
+                    Features::PowerSpectrum(d) => (&e.species[..], d),
+                });
+                m.fit_feature_statistics(structures, std_floor)
+            }
+        }
+    }
+}
+
+/// Solves A x = b for a small symmetric positive-definite A (Cholesky).
+fn solve_spd(a: &mut [f64], b: &mut [f64], n: usize) -> Result<Vec<f64>> {
+    for j in 0..n {
+        let mut d = a[j * n + j];
+        for k in 0..j {
+            d -= a[j * n + k] * a[j * n + k];
+        }
+        if d <= 0.0 {
+            return Err(Error::invalid("reference-energy fit is singular"));
+        }
+        let d = d.sqrt();
+        a[j * n + j] = d;
+        for i in j + 1..n {
+            let mut v = a[i * n + j];
+            for k in 0..j {
+                v -= a[i * n + k] * a[j * n + k];
+            }
+            a[i * n + j] = v / d;
+        }
+    }
+    for i in 0..n {
+        let mut v = b[i];
+        for k in 0..i {
+            v -= a[i * n + k] * b[k];
+        }
+        b[i] = v / a[i * n + i];
+    }
+    for i in (0..n).rev() {
+        let mut v = b[i];
+        for k in i + 1..n {
+            v -= a[k * n + i] * b[k];
+        }
+        b[i] = v / a[i * n + i];
+    }
+    Ok(b.to_vec())
+}

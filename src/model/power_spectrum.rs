@@ -1,0 +1,180 @@
+//! The power-spectrum family, pilip's fast preset: the three-body power spectrum of `descriptor`, standardised
+//! per element, read by one MLP per element (`nn`):
+//!
+//! `E_i = e0[Z_i] + scale · NN_{Z_i}((G_i − μ_{Z_i}) / σ_{Z_i})`
+//!
+//! μ/σ standardise the descriptor per element (fitted before training); only the network weights are trained.
+
+use crate::descriptor::{Descriptor, DescriptorSpec, Descriptors};
+use crate::frame::{Mat3, Vec3};
+use crate::nn::Mlp;
+use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// Parameters of a power-spectrum model: what is specific to this family (species order, reference energies and
+/// the energy scale live in [`crate::model::Model`]).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PowerSpectrumModel {
+    /// Descriptor hyper-parameters (cutoff, radial functions, angular order).
+    pub descriptor: DescriptorSpec,
+    /// Per species: mean of each descriptor component over the training structures.
+    pub feature_mean: Vec<Vec<f64>>,
+    /// Per species: (floored) standard deviation of each descriptor component.
+    pub feature_std: Vec<Vec<f64>>,
+    /// One network per species, `[n_features] → hidden → [1]`.
+    pub networks: Vec<Mlp>,
+    #[serde(skip)]
+    desc_cache: std::sync::OnceLock<Descriptor>,
+}
+
+/// `(species index, its atoms, their standardised inputs [n][F])` for every species present.
+type Groups = Vec<(usize, Vec<usize>, Vec<f64>)>;
+
+impl PowerSpectrumModel {
+    /// Randomly initialised networks (seeded) with identity standardisation.
+    pub fn new(descriptor: DescriptorSpec, n_species: usize, hidden: &[usize], seed: u64) -> Self {
+        let nf = Descriptor::new(&descriptor, n_species).n_features();
+        let mut sizes = vec![nf];
+        sizes.extend_from_slice(hidden);
+        sizes.push(1);
+        let mut rng = Rng::new(seed);
+        let networks = (0..n_species).map(|_| Mlp::new(&sizes, &mut rng)).collect();
+        PowerSpectrumModel {
+            feature_mean: vec![vec![0.0; nf]; n_species],
+            feature_std: vec![vec![1.0; nf]; n_species],
+            networks,
+            descriptor,
+            desc_cache: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The descriptor (built once, on first use).
+    pub fn descriptor(&self) -> &Descriptor {
+        self.desc_cache.get_or_init(|| Descriptor::new(&self.descriptor, self.networks.len()))
+    }
+
+    /// Atoms of each species with their standardised inputs.
+    fn grouped_inputs(&self, species: &[usize], d: &Descriptors) -> Groups {
+        let nf = d.n_features;
+        let mut out = Vec::new();
+        for s in 0..self.networks.len() {
+            let atoms: Vec<usize> = (0..species.len()).filter(|&i| species[i] == s).collect();
+            if atoms.is_empty() {
+                continue;
+            }
+            let mut x = Vec::with_capacity(atoms.len() * nf);
+            for &i in &atoms {
+                let g = &d.features[i * nf..(i + 1) * nf];
+                x.extend(g.iter().zip(&self.feature_mean[s]).zip(&self.feature_std[s]).map(|((g, m), sd)| (g - m) / sd));
+            }
+            out.push((s, atoms, x));
+        }
+        out
+    }
+
+    /// Total energy (no derivatives).
+    pub fn energy(&self, species: &[usize], d: &Descriptors, e0: &[f64], scale: f64) -> f64 {
+        let mut e = 0.0;
+        for (s, atoms, x) in self.grouped_inputs(species, d) {
+            let out = self.networks[s].forward(&x, atoms.len());
+            e += out.iter().map(|o| e0[s] + scale * o).sum::<f64>();
+        }
+        e
+    }
+
+    /// Atomic energies and the per-pair gradients ∂E/∂r_ij in neighbour-list order.
+    pub fn atomic_energies_and_pair_grads(&self, species: &[usize], d: &Descriptors, e0: &[f64], scale: f64) -> (Vec<f64>, Vec<Vec3>) {
+        let n = d.n_atoms;
+        let nf = d.n_features;
+        let mut atomic = vec![0.0; n];
+        let mut de_dg = vec![0.0; n * nf];
+        for (s, atoms, x) in self.grouped_inputs(species, d) {
+            let (out, dx) = self.networks[s].forward_with_input_grad(&x, atoms.len());
+            for (k, &i) in atoms.iter().enumerate() {
+                atomic[i] = e0[s] + scale * out[k];
+                for f in 0..nf {
+                    de_dg[i * nf + f] = scale * dx[k * nf + f] / self.feature_std[s][f];
+                }
+            }
+        }
+        (atomic, self.descriptor().vjp(d, &de_dg))
+    }
+
+    /// Accumulates into `grad` the parameter gradient of `a·E + D_t E` (see
+    /// [`crate::model::Model::accumulate_param_grad`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_param_grad(
+        &self,
+        species: &[usize],
+        d: &Descriptors,
+        scale: f64,
+        a: f64,
+        displacement: Option<&[Vec3]>,
+        strain: Option<&Mat3>,
+        grad: &mut [f64],
+    ) {
+        let nf = d.n_features;
+        let tangent = displacement.is_some() || strain.is_some();
+        let dg = if tangent { Some(self.descriptor().jvp(d, displacement, strain)) } else { None };
+        let mut offs = vec![0];
+        for n in &self.networks {
+            offs.push(offs.last().copied().unwrap_or(0) + n.n_params());
+        }
+        for (s, atoms, x) in self.grouped_inputs(species, d) {
+            let n = atoms.len();
+            let u = dg.as_ref().map(|dg| {
+                let mut u = Vec::with_capacity(n * nf);
+                for &i in &atoms {
+                    u.extend(dg[i * nf..(i + 1) * nf].iter().zip(&self.feature_std[s]).map(|(v, sd)| v / sd));
+                }
+                u
+            });
+            let av = vec![a * scale; n];
+            let bv = vec![if tangent { scale } else { 0.0 }; n];
+            self.networks[s].param_grad(&x, u.as_deref(), &av, &bv, n, &mut grad[offs[s]..offs[s + 1]]);
+        }
+    }
+
+    /// Per-species mean and standard deviation of each descriptor component over the given structures
+    /// (`(species of each atom, descriptors)`).
+    ///
+    /// Each standard deviation is floored at `std_floor` × the largest one of that element: components that
+    /// barely vary (odd-l products, far channels) would otherwise be blown up to unit variance and the network
+    /// would fit noise in them (measured: aspirin force MAE 148 → 83 meV/Å with a floor of 0.3).
+    pub fn fit_feature_statistics<'a>(&mut self, structures: impl Iterator<Item = (&'a [usize], &'a Descriptors)>, std_floor: f64) {
+        let nf = self.descriptor().n_features();
+        let ns = self.networks.len();
+        let mut sum = vec![vec![0.0; nf]; ns];
+        let mut sq = vec![vec![0.0; nf]; ns];
+        let mut cnt = vec![0usize; ns];
+        for (species, d) in structures {
+            for (i, &s) in species.iter().enumerate() {
+                let g = &d.features[i * nf..(i + 1) * nf];
+                for f in 0..nf {
+                    sum[s][f] += g[f];
+                    sq[s][f] += g[f] * g[f];
+                }
+                cnt[s] += 1;
+            }
+        }
+        for s in 0..ns {
+            if cnt[s] == 0 {
+                continue;
+            }
+            let n = cnt[s] as f64;
+            let mut sds = vec![0.0; nf];
+            for f in 0..nf {
+                let m = sum[s][f] / n;
+                self.feature_mean[s][f] = m;
+                sds[f] = (sq[s][f] / n - m * m).max(0.0).sqrt();
+            }
+            let max_sd = sds.iter().fold(0.0f64, |a, b| a.max(*b));
+            for f in 0..nf {
+                let m = self.feature_mean[s][f];
+                // Constant features (e.g. a missing element) keep unit scale; tiny ones are floored.
+                let sd = sds[f].max(std_floor * max_sd);
+                self.feature_std[s][f] = if sd > 1e-6 * (1.0 + m.abs()) { sd } else { 1.0 };
+            }
+        }
+    }
+}
