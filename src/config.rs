@@ -302,9 +302,16 @@ impl Config {
         for o in overrides {
             apply_override(&mut table, o)?;
         }
-        let mut cfg: Config = toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| Error::Config(format!("{}: {}", path.display(), e.message())))?;
+        // The path of the offending key (`training.schedule: unknown variant ...`) makes the message actionable.
+        let mut cfg: Config = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            let what = inner.message();
+            match key.as_str() {
+                "" | "." => Error::Config(format!("{}: {what}", path.display())),
+                _ => Error::Config(format!("{}: {key}: {what}", path.display())),
+            }
+        })?;
         // Relative data paths are relative to the config file, as users expect when they move a project.
         let base = path.parent().unwrap_or(Path::new("."));
         let rebase = |p: &mut PathBuf| {
@@ -423,7 +430,19 @@ mod tests {
         std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n[loss]\npitc_wieght = 1.0\n").unwrap();
         let e = Config::load(&p, &[]).unwrap_err().to_string();
         assert!(e.contains("unknown field `pitc_wieght`"), "{e}");
+        std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n").unwrap();
         let e = Config::load(&dir.join("c.toml"), &["training.schedule=\"linear\"".into()]).unwrap_err().to_string();
-        assert!(e.contains("unknown field") || e.contains("schedule"), "{e}");
+        assert!(e.contains("c.toml: training.schedule: unknown variant `linear`") && e.contains("linear") && e.contains("plateau") && e.contains("cosine"), "{e}");
+        let e = Config::load(&dir.join("c.toml"), &["data.split=\"blocks\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("blocks") && e.contains("random") && e.contains("contiguous"), "{e}");
+        // the spellings of every choice
+        let sets = ["data.split=\"contiguous\"", "loss.energy_loss=\"huber\"", "training.optimizer=\"adam\"",
+            "training.schedule=\"constant\"", "training.early_stopping_metric=\"val_forces_rmse\"", "model.family=\"power_spectrum\""];
+        let c = Config::load(&p, &sets.map(String::from)).unwrap();
+        assert_eq!(
+            (c.data.split, c.loss.energy_loss, c.training.optimizer, c.training.schedule, c.training.early_stopping_metric),
+            (Split::Contiguous, EnergyLoss::Huber, Optimizer::Adam, Schedule::Constant, StoppingMetric::ValForcesRmse)
+        );
+        assert!(c.to_toml().contains("split = \"contiguous\"") && c.to_toml().contains("optimizer = \"adam\""));
     }
 }

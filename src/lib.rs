@@ -4,16 +4,15 @@
 //! The layers, from the bottom (each module imports only modules of lower layers; `docs/architecture.md` has
 //! the picture and `tests/architecture.rs` checks it):
 //!
-//! 1. foundation — [`error`], [`units`], [`rng`], [`elements`], [`frame`]
-//! 2. data — [`io`] (extended XYZ, atomic writes), [`neighbors`]
-//! 3. physics — [`descriptor`], [`nn`], [`prediction`], [`family`]
-//! 4. the trainable model — [`model`]
-//! 5. the file format — [`onnx`]
-//! 6. evaluation of exported models — [`runtime`]
-//! 7. evaluation against labels — [`metrics`], [`check`]
-//! 8. writing exported models — [`export`]
-//! 9. training — [`config`], [`dataset`], [`train`]
-//! 10. the C ABI — [`c_api`]
+//! 0. [`error`], [`units`], [`rng`] — 1. [`frame`], [`elements`], `linalg` — 2. [`io`], [`neighbors`]
+//! 3. physics: [`descriptor`], [`nn`], [`prediction`], [`family`]
+//! 4. the trainable model: [`model`]
+//! 5. the file format: [`onnx`]
+//! 6. evaluation of exported models: [`runtime`]
+//! 7. evaluation against labels: [`metrics`], [`check`]
+//! 8. writing exported models: [`export`]
+//! 9. – 11. training: [`config`], [`dataset`], [`train`]
+//! 12. the C ABI: [`c_api`]
 //!
 //! The command-line tools (benchmarks, MD robustness, the PIWSL suite, plots) live in the `pilip` binary
 //! (`src/bin/pilip/`), not in the library.

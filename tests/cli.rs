@@ -1,5 +1,7 @@
 //! The `pilip` command line end to end: train → eval (--json, --plot) → check-forces → export → info → eval of
 //! the ONNX model, and clear errors.
+mod common;
+use common::tmpdir;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -11,12 +13,6 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pilip_cli_{}_{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn run_ok(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap();
@@ -110,6 +106,22 @@ fn train_eval_plot_and_check_forces() {
         assert!(s["max_bond_deviation"].as_f64().unwrap() > 0.0);
     }
     assert_eq!(&std::fs::read(md.with_extension("png")).unwrap()[1..4], b"PNG");
+
+    // engine options: the exported model through tract explicitly gives the same metrics; tract refuses threads;
+    // a checkpoint has no engine; bench times an exported model
+    let explicit: serde_json::Value = serde_json::from_str(&run_ok(
+        pilip().arg("eval").arg(&onnx).arg(&test).args(keys).args(["--json", "--engine", "tract", "--threads", "1"]),
+    ))
+    .unwrap();
+    assert_eq!(explicit["forces_rmse_mev_per_A"], via_onnx["forces_rmse_mev_per_A"]);
+    let err = run_err(pilip().arg("eval").arg(&onnx).arg(&test).args(keys).args(["--threads", "2"]));
+    assert!(err.contains("engine 'tract'") && err.contains("threads = 2"), "{err}");
+    let err = run_err(pilip().arg("bench").arg(&best).arg(&test).args(["--engine", "tract"]));
+    assert!(err.contains("--engine and --threads apply to exported models") && err.contains("best.ckpt"), "{err}");
+    let out = run_ok(pilip().arg("bench").arg(&onnx).arg(&test).args(["--repeats", "5"]));
+    assert!(out.contains("engine tract (1 thread)") && out.contains("µs/atom"), "{out}");
+    let err = run_err(pilip().arg("md-stability").arg(&onnx).arg(&test).args(["--engine", "tract", "--threads", "0"]));
+    assert!(err.contains("threads must be >= 1"), "{err}");
     let out = run_ok(pilip().arg("md-stability").arg(&best).arg(&test).args(["--time-ps", "0.2", "--seeds", "1", "--bond-tolerance", "0.02"]));
     let r: serde_json::Value = serde_json::from_str(&out).unwrap();
     let s = &r["seeds"][0];
@@ -171,12 +183,12 @@ fn piwsl_benchmark_smoke_run_writes_results_and_each_variant_changes_the_loss() 
     assert_eq!(r["summary"].as_array().unwrap().len(), 14);
     assert!(r["test_thermal_curvature_ev_per_A2"].as_f64().unwrap() > 1.0, "{}", r["test_thermal_curvature_ev_per_A2"]);
     for run in r["runs"].as_array().unwrap() {
-        assert!(run["curvature_ev_per_a2"].as_f64().unwrap().is_finite(), "{run}");
+        assert!(run["curvature_ev_per_A2"].as_f64().unwrap().is_finite(), "{run}");
         let epochs = if run["size"] == 32 { 1 } else { 2 }; // max_structure_epochs = 32 caps the larger set
         assert_eq!(run["epochs"], epochs, "{run}");
     }
     for a in r["summary"].as_array().unwrap() {
-        for k in ["energy_rmse_mev_per_atom", "forces_rmse_mev_per_a", "train_seconds"] {
+        for k in ["energy_rmse_mev_per_atom", "forces_rmse_mev_per_A", "train_seconds"] {
             assert!(a[k][0].as_f64().unwrap() > 0.0, "{k}: {a}");
         }
     }

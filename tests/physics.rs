@@ -44,14 +44,14 @@ fn forces_and_stress_match_finite_differences_on_a_small_triclinic_cell() {
     let m = random_model(vec![13, 29], 4.5, &[f.clone()], 7);
     // the cell is smaller than twice the cutoff: atoms see images of themselves
     let env = m.frame_environments(&f).unwrap();
-    assert!(env.descriptors.neighbors.of(0).iter().any(|n| n.j == 0));
+    assert!(env.neighbors().of(0).iter().any(|n| n.j == 0));
     check_fd_forces(&m, &f);
     // stress = (1/V) dE/d(strain), strain applied to cell and positions
     let p = m.predict_frame(&f).unwrap();
     let s = p.stress.unwrap();
     let v = f.volume().unwrap();
     let h = 1e-6;
-    let strained = |a: usize, b: usize, t: f64| pilip::check::strained(&f, a, b, t);
+    let strained = |a: usize, b: usize, t: f64| pilip::frame::strained(&f, a, b, t);
     let smax = s.iter().flatten().fold(0.0f64, |m, x| m.max(x.abs()));
     assert!(smax > 1e-3, "stress too small to test: {smax}");
     for a in 0..3 {
@@ -176,7 +176,7 @@ fn benchmark_curvature_probes_measure_the_hessian() {
     };
     let d2: f64 = d.iter().flatten().map(|x| x * x).sum();
     let exact = (shifted(1.0) - 2.0 * shifted(0.0) + shifted(-1.0)) / d2;
-    let probe = pilip::piwsl_bench::directional_curvature(&m, &f, &d).unwrap();
+    let probe = pilip::train::curvature::directional_curvature(&m, &f, &d).unwrap();
     assert!(exact.abs() > 0.1, "curvature too small to test: {exact}");
     assert!((probe - exact).abs() < 0.01 * exact.abs(), "probe {probe} vs second difference {exact}");
 
@@ -187,6 +187,6 @@ fn benchmark_curvature_probes_measure_the_hessian() {
     g.numbers.truncate(2);
     g.forces.as_mut().unwrap().truncate(2);
     let kt = 8.617_333_262e-5 * 500.0;
-    let k = pilip::piwsl_bench::thermal_curvature(&[g], 500.0);
+    let k = pilip::train::curvature::thermal_curvature(&[g], 500.0);
     assert!((k - 2.5 / kt).abs() < 1e-9 * k, "{k}");
 }

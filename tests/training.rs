@@ -1,10 +1,10 @@
 //! Loss gradients against finite differences in the parameters, and end-to-end training behaviour.
 mod common;
 use common::*;
-use pilip::config::Config;
+use pilip::config::{Config, EnergyLoss, Schedule};
 use pilip::frame::Frame;
 use pilip::rng::Rng;
-use pilip::train::loss::{Weights, TERMS};
+use pilip::train::loss::{LossTerms, Weights};
 use pilip::train::{batch_loss_and_grad, TrainOptions};
 use std::path::{Path, PathBuf};
 
@@ -36,13 +36,13 @@ fn labelled_cells() -> Vec<Frame> {
 }
 
 fn check_term(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32) {
-    check_term_with(term, frames, species, cutoff, order, "mse");
+    check_term_with(term, frames, species, cutoff, order, EnergyLoss::Mse);
 }
 
-fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32, energy_loss: &str) {
+fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32, energy_loss: EnergyLoss) {
     let model = random_model(species, cutoff, frames, 17);
     let mut cfg = Config::default();
-    cfg.loss.energy_loss = energy_loss.into();
+    cfg.loss.energy_loss = energy_loss;
     cfg.loss.huber_delta = 0.05;
     cfg.loss.energy_weight = 0.0;
     cfg.loss.forces_weight = 0.0;
@@ -60,10 +60,11 @@ fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64,
     let w = Weights::at_epoch(&cfg.loss, 0);
     let refs: Vec<&Frame> = frames.iter().collect();
     let ids: Vec<usize> = (0..frames.len()).collect();
-    let (loss, grad) = batch_loss_and_grad(&model, &refs, &ids, &cfg, &w, 3, true).unwrap();
-    let k = TERMS.iter().position(|t| *t == term).unwrap();
-    assert!(loss[k] > 0.0, "{term}: loss is zero");
-    assert_eq!(loss.iter().sum::<f64>(), loss[k], "{term}: other terms must be off");
+    let seed = cfg.training.seed;
+    let (loss, grad) = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, seed, &w, 3, true).unwrap();
+    let value = loss.get(term).unwrap();
+    assert!(value > 0.0, "{term}: loss is zero");
+    assert_eq!(loss.total(), value, "{term}: other terms must be off");
     let gnorm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
     assert!(gnorm > 0.0);
     let mut rng = Rng::new(5);
@@ -81,7 +82,7 @@ fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64,
             let mut p = p0.clone();
             p[q] += delta;
             m.set_params(&p);
-            batch_loss_and_grad(&m, &refs, &ids, &cfg, &w, 3, false).unwrap().0[k]
+            batch_loss_and_grad(&m, &refs, &ids, &cfg.loss, seed, &w, 3, false).unwrap().0.get(term).unwrap()
         };
         let fd = (eval(h) - eval(-h)) / (2.0 * h);
         let tol = 1e-6 * gnorm.max(1e-3) + 1e-5 * fd.abs();
@@ -98,7 +99,7 @@ fn every_loss_term_has_the_right_parameter_gradient() {
         check_term(term, &mols, vec![1, 6, 8], 4.0, 1);
     }
     check_term("pitc", &mols, vec![1, 6, 8], 4.0, 2);
-    check_term_with("energy", &mols, vec![1, 6, 8], 4.0, 1, "huber");
+    check_term_with("energy", &mols, vec![1, 6, 8], 4.0, 1, EnergyLoss::Huber);
     let cells = labelled_cells();
     for term in ["stress", "forces", "pitc", "pisc"] {
         check_term(term, &cells, vec![13, 29], 4.5, 1);
@@ -116,12 +117,13 @@ fn pitc_residual_is_per_structure() {
     cfg.loss.pitc_weight = 1.0;
     cfg.loss.pisc_weight = 1.0;
     let w = Weights::at_epoch(&cfg.loss, 0);
-    let both = batch_loss_and_grad(&model, &[&mols[0], &mols[1]], &[0, 1], &cfg, &w, 0, false).unwrap().0;
-    let a = batch_loss_and_grad(&model, &[&mols[0]], &[0], &cfg, &w, 0, false).unwrap().0;
-    let b = batch_loss_and_grad(&model, &[&mols[1]], &[1], &cfg, &w, 0, false).unwrap().0;
-    for k in [3, 4] {
-        assert!((both[k] - 0.5 * (a[k] + b[k])).abs() < 1e-14 * both[k].abs().max(1e-30), "{k}");
-        assert!(a[k] > 0.0 && b[k] > 0.0);
+    let loss = |frames: &[&Frame], ids: &[usize]| batch_loss_and_grad(&model, frames, ids, &cfg.loss, cfg.training.seed, &w, 0, false).unwrap().0;
+    let both = loss(&[&mols[0], &mols[1]], &[0, 1]);
+    let (a, b) = (loss(&[&mols[0]], &[0]), loss(&[&mols[1]], &[1]));
+    for term in ["pitc", "pisc"] {
+        let [x, y, z] = [&both, &a, &b].map(|l: &LossTerms| l.get(term).unwrap());
+        assert!((x - 0.5 * (y + z)).abs() < 1e-14 * x.abs().max(1e-30), "{term}");
+        assert!(y > 0.0 && z > 0.0);
     }
 }
 
@@ -142,7 +144,7 @@ fn small_config(run_dir: &Path) -> Config {
     cfg.model.hidden = vec![32, 32];
     cfg.loss.energy_weight = 20.0;
     cfg.training.max_epochs = 40;
-    cfg.training.schedule = "cosine".into();
+    cfg.training.schedule = Schedule::Cosine;
     cfg.training.batch_size = 8;
     cfg.training.patience = 1000;
     cfg.output.run_dir = run_dir.to_path_buf();
@@ -162,11 +164,6 @@ fn metrics_without_timing(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pilip_test_{}_{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
-}
 
 #[test]
 fn short_training_reduces_validation_force_rmse_five_fold() {
@@ -196,7 +193,7 @@ fn energy_only_training_with_pitc_learns_correlated_forces() {
     cfg.loss.epsilon = 0.03;
     cfg.data.n_train = 200;
     cfg.training.max_epochs = 30;
-    cfg.training.early_stopping_metric = "val_energy_rmse".into();
+    cfg.training.early_stopping_metric = pilip::config::StoppingMetric::ValEnergyRmse;
     let s = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let corr = s.valid.forces_correlation.unwrap();
     assert!(corr > 0.6, "force correlation {corr:.3}");
@@ -205,17 +202,17 @@ fn energy_only_training_with_pitc_learns_correlated_forces() {
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
     // the cosine schedule never updates its "best" (+∞), which must survive the JSON checkpoint
-    for schedule in ["plateau", "cosine"] {
+    for schedule in [Schedule::Plateau, Schedule::Cosine] {
         resume_reproduces_the_uninterrupted_run_with(schedule);
     }
 }
 
-fn resume_reproduces_the_uninterrupted_run_with(schedule: &str) {
-    let (da, db) = (tmpdir(&format!("resume_a_{schedule}")), tmpdir(&format!("resume_b_{schedule}")));
+fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
+    let (da, db) = (tmpdir(&format!("resume_a_{schedule:?}")), tmpdir(&format!("resume_b_{schedule:?}")));
     let mut ca = small_config(&da);
     ca.training.max_epochs = 4;
     ca.training.ema_decay = 0.9;
-    ca.training.schedule = schedule.into();
+    ca.training.schedule = schedule;
     ca.loss.pitc_weight = 0.5;
     ca.loss.pisc_weight = 0.1;
     let mut cb = ca.clone();
@@ -255,4 +252,39 @@ fn training_is_deterministic_for_any_thread_count() {
     }
     assert_eq!(runs[0].len(), 2);
     assert_eq!(runs[0], runs[1]);
+}
+
+#[test]
+fn checkpoints_without_a_model_family_load_as_power_spectrum_models() {
+    // Checkpoints written before model families existed have no "family" key.
+    let mols = labelled_molecules();
+    let model = random_model(vec![1, 6, 8], 4.0, &mols, 9);
+    let mut json = serde_json::to_value(&model).unwrap();
+    assert_eq!(json["family"], "power_spectrum");
+    json.as_object_mut().unwrap().remove("family");
+    let old: pilip::model::Model = serde_json::from_value(json).unwrap();
+    assert_eq!(old.family(), pilip::family::Family::PowerSpectrum);
+    let (a, b) = (model.predict_frame(&mols[0]).unwrap(), old.predict_frame(&mols[0]).unwrap());
+    assert_eq!((a.energy, a.forces), (b.energy, b.forces));
+    let mut json = serde_json::to_value(&model).unwrap();
+    json["family"] = "ace".into();
+    let e = serde_json::from_value::<pilip::model::Model>(json).unwrap_err().to_string();
+    assert!(e.contains("ace") && e.contains("power_spectrum"), "{e}");
+}
+
+#[test]
+fn a_split_may_have_no_test_set_but_needs_validation() {
+    let mut cfg = Config::default();
+    cfg.data.file = example_data();
+    cfg.data.keys.energy = "REF_energy".into();
+    cfg.data.keys.forces = "REF_forces".into();
+    cfg.data.test_fraction = 0.0;
+    let s = pilip::dataset::load(&cfg.data).unwrap();
+    assert!(s.test.is_empty() && s.test_idx.is_empty());
+    assert_eq!((s.train.len(), s.valid.len()), (270, 30));
+    cfg.data.test_fraction = 0.001; // any other fraction holds out at least one structure
+    assert_eq!(pilip::dataset::load(&cfg.data).unwrap().test.len(), 1);
+    cfg.data.valid_fraction = 0.0;
+    let e = pilip::dataset::load(&cfg.data).unwrap_err().to_string();
+    assert!(e.contains("validation set is empty") && e.contains("data.n_valid"), "{e}");
 }

@@ -8,6 +8,9 @@
 
 #include "pilip.h"
 
+/* Test-only export of libpilip, deliberately not in pilip.h: panics inside the library. */
+pilip_status_t pilip_debug_panic(void);
+
 static int failures = 0;
 
 static void expect(int ok, const char *what) {

@@ -3,9 +3,14 @@
 #![allow(dead_code)]
 
 use pilip::descriptor::DescriptorSpec;
+use pilip::export::to_onnx;
 use pilip::frame::{Frame, Mat3, Vec3};
 use pilip::model::Model;
+use pilip::onnx::metadata::Dtype;
 use pilip::rng::Rng;
+use pilip::runtime::{Potential, RuntimeOptions};
+use prost::Message;
+use std::path::{Path, PathBuf};
 
 pub fn spec(cutoff: f64) -> DescriptorSpec {
     DescriptorSpec { cutoff, r_min: 0.8, n_radial: 4, l_max: 3, radial_width: 1.0 }
@@ -13,9 +18,9 @@ pub fn spec(cutoff: f64) -> DescriptorSpec {
 
 /// A model for the given species, with fitted feature statistics on `frames` and perturbed biases.
 pub fn random_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
-    let mut m = Model::new(spec(cutoff), species, &[16, 12], seed);
+    let mut m = Model::power_spectrum(spec(cutoff), species, &[16, 12], seed);
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
-    m.fit_feature_statistics(&envs, 0.0);
+    m.fit_input_statistics(&envs, 0.0);
     let mut rng = Rng::new(seed + 1);
     let mut p = m.params();
     for x in p.iter_mut() {
@@ -74,4 +79,38 @@ pub fn rotation(axis: Vec3, angle: f64) -> Mat3 {
 
 pub fn apply(m: &Mat3, v: &Vec3) -> Vec3 {
     [0, 1, 2].map(|a| m[a][0] * v[0] + m[a][1] * v[1] + m[a][2] * v[2])
+}
+
+/// An empty directory for one test: `$TMPDIR/pilip-test-<pid>-<name>` (removed first, so reruns start clean).
+pub fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("pilip-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A random H/C/O model with cutoff 3.5 Å.
+pub fn molecule_model() -> Model {
+    random_model(vec![1, 6, 8], 3.5, &[molecule()], 3)
+}
+/// A random Al/Cu model with cutoff 3.0 Å.
+pub fn cell_model() -> Model {
+    random_model(vec![13, 29], 3.0, &[triclinic_cell()], 5)
+}
+
+/// Largest |a − b| over paired values.
+pub fn max_abs_diff(a: impl IntoIterator<Item = f64>, b: impl IntoIterator<Item = f64>) -> f64 {
+    a.into_iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+}
+
+/// The runtime's model of ONNX `bytes` (default engine).
+pub fn load(bytes: &[u8]) -> Potential {
+    Potential::from_bytes(bytes, "test model", &RuntimeOptions::default()).unwrap()
+}
+
+/// Writes `model` in `dtype` as `dir/model-<dtype>.onnx` (unverified: tests compare it themselves).
+pub fn write_model(dir: &Path, model: &Model, dtype: Dtype) -> PathBuf {
+    let path = dir.join(format!("model-{}.onnx", dtype.name()));
+    std::fs::write(&path, to_onnx(model, dtype).unwrap().encode_to_vec()).unwrap();
+    path
 }
