@@ -48,10 +48,10 @@ def aggregate(d: Path):
         t = [r["test"] for r in rs]
         out.append({"labels": labels, "variant": variant, "size": size, "n_seeds": len(rs),
                     "energy_rmse_mev_per_atom": mean_std([x["energy_rmse_mev_per_atom"] for x in t]),
-                    "forces_rmse_mev_per_a": mean_std([x["forces_rmse_mev_per_A"] for x in t]),
-                    "forces_mae_mev_per_a": mean_std([x["forces_mae_mev_per_A"] for x in t]),
-                    "curvature_ev_per_a2": mean_std([r.get("curvature_ev_per_a2") for r in rs]),
-                    "stress_rmse_mev_per_a3": mean_std([x.get("stress_rmse_mev_per_A3") for x in t]),
+                    "forces_rmse_mev_per_A": mean_std([x["forces_rmse_mev_per_A"] for x in t]),
+                    "forces_mae_mev_per_A": mean_std([x["forces_mae_mev_per_A"] for x in t]),
+                    "curvature_ev_per_A2": mean_std([r.get("curvature_ev_per_A2", r.get("curvature_ev_per_a2")) for r in rs]),
+                    "stress_rmse_mev_per_A3": mean_std([x.get("stress_rmse_mev_per_A3") for x in t]),
                     "train_seconds": mean_std([r["train_seconds"] for r in rs])})
     return out
 
@@ -74,15 +74,15 @@ def suite(d: Path):
             continue
         title = "energy-only training" if labels == "energy" else "training with forces"
         print(f"### {title}\n")
-        stress = any(a["stress_rmse_mev_per_a3"][0] is not None for a in rows)
+        stress = any(a["stress_rmse_mev_per_A3"][0] is not None for a in rows)
         print("| size | variant | seeds | E RMSE (meV/atom) | F RMSE (meV/Å) | F MAE (meV/Å) |"
               + (" stress RMSE (meV/Å³) |" if stress else "") + " curvature (eV/Å²) | train time (s) |")
         print("|---:|---|---:|---:|---:|---:|" + ("---:|" if stress else "") + "---:|---:|")
         for a in sorted(rows, key=lambda a: (a["size"], a["variant"] != "standard", a["variant"])):
             print(f"| {a['size']} | {a['variant']} | {a['n_seeds']} | {pm(a['energy_rmse_mev_per_atom'], 2)} | "
-                  f"{pm(a['forces_rmse_mev_per_a'], 0)} | {pm(a['forces_mae_mev_per_a'], 0)} | "
-                  + (f"{pm(a['stress_rmse_mev_per_a3'], 2)} | " if stress else "")
-                  + f"{pm(a['curvature_ev_per_a2'], 1)} | {a['train_seconds'][0]:.0f} |")
+                  f"{pm(a['forces_rmse_mev_per_A'], 0)} | {pm(a['forces_mae_mev_per_A'], 0)} | "
+                  + (f"{pm(a['stress_rmse_mev_per_A3'], 2)} | " if stress else "")
+                  + f"{pm(a['curvature_ev_per_A2'], 1)} | {a['train_seconds'][0]:.0f} |")
         print()
         std = {a["size"]: a for a in rows if a["variant"] == "standard"}
         others = sorted({a["variant"] for a in rows} - {"standard"})
