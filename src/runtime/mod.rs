@@ -32,16 +32,6 @@ pub enum EngineKind {
     Ort,
 }
 
-impl EngineKind {
-    /// "tract" or "ort".
-    pub fn name(self) -> &'static str {
-        match self {
-            EngineKind::Tract => "tract",
-            EngineKind::Ort => "ort",
-        }
-    }
-}
-
 /// Load options (the C API's `options_json`): `{"engine": "tract"|"ort", "ort_library": PATH, "threads": N}`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields, default)]
