@@ -125,7 +125,7 @@ void PairPilip::coeff(int narg, char **arg) {
         model = std::make_unique<pilip::Model>(arg[2], options_json);
     } catch (const pilip::Error &e) {
         // A bad file is the model's fault; otherwise name the pair_style settings the library refused or
-        // could not honour (e.g. 'threads 2' with engine tract, a missing ort_library).
+        // could not honour (e.g. a missing ort_library, more threads than the library allows).
         if (e.status() == PILIP_ERROR_IO || e.status() == PILIP_ERROR_MODEL)
             error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}': {}", arg[2], e.what());
         error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}' ({}): {}", arg[2], settings_text,

@@ -25,6 +25,13 @@ pub struct NeighborList {
     neighbors: Vec<Neighbor>,
 }
 
+impl Default for NeighborList {
+    /// No centres.
+    fn default() -> Self {
+        NeighborList { cutoff: 0.0, offsets: vec![0], neighbors: Vec::new() }
+    }
+}
+
 impl NeighborList {
     /// Neighbours of centre `i`.
     pub fn of(&self, i: usize) -> &[Neighbor] {
@@ -45,11 +52,14 @@ impl NeighborList {
         NeighborList { cutoff, offsets, neighbors }
     }
 
-    /// Orders each centre's neighbours by `key(j)` (stable), so that neighbours of one species are contiguous.
-    pub fn sort_neighbors_by(&mut self, key: impl Fn(usize) -> usize) {
-        for c in 0..self.n_atoms() {
-            self.neighbors[self.offsets[c]..self.offsets[c + 1]].sort_by_key(|nb| key(nb.j));
-        }
+    /// `offsets[c]..offsets[c+1]` index centre c's pairs (length `n_atoms() + 1`).
+    pub fn offsets(&self) -> &[usize] {
+        &self.offsets
+    }
+
+    /// The list's buffers, to be refilled for the next call without allocating (see [`NeighborList::from_parts`]).
+    pub fn into_parts(self) -> (Vec<usize>, Vec<Neighbor>) {
+        (self.offsets, self.neighbors)
     }
 
     /// [`NeighborList::build`] of a frame.

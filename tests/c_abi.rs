@@ -359,7 +359,7 @@ fn every_error_kind_has_its_status_code() {
 }
 
 #[test]
-fn engine_problems_are_engine_errors_and_tract_refuses_threads() {
+fn engine_problems_are_engine_errors_and_threads_are_checked() {
     let dir = tmpdir("engine-errors");
     let path = write_model(&dir, &molecule_model(), Dtype::F32);
     // a missing ONNX Runtime library (or, without the `ort` feature, the engine itself) is not the model's fault
@@ -368,14 +368,52 @@ fn engine_problems_are_engine_errors_and_tract_refuses_threads() {
     let (s, msg) = c_load(&path, Some(&options)).err().unwrap();
     assert_eq!(s, PILIP_ERROR_ENGINE, "{msg}");
     assert!(msg.contains("no-such-dir/libonnxruntime.so") || msg.contains("not compiled"), "{msg}");
-    // tract runs one thread per call: threads = 2 is refused, not ignored; 0 is refused for every engine
-    for threads in [2, 0] {
+    // no threads, or absurdly many, are refused rather than ignored
+    for threads in [0, 100_000] {
         let (s, msg) = c_load(&path, Some(&format!(r#"{{"threads": {threads}}}"#))).err().unwrap();
         assert_eq!(s, PILIP_ERROR_INVALID_ARGUMENT, "{msg}");
-        assert!(msg.contains("threads"), "{msg}");
+        assert!(msg.contains("threads must be in 1..="), "{msg}");
     }
     assert!(c_load(&path, Some(r#"{"engine": "tract", "threads": 1}"#)).is_ok());
 }
+
+#[test]
+fn threads_give_bit_identical_results_through_both_entry_points() {
+    let dir = tmpdir("threads-identical");
+    let model = cell_model();
+    let path = write_model(&dir, &model, Dtype::F64);
+    // 135 atoms: several work items per thread, so the threaded path really runs
+    let frame = pilip::frame::supercell(&triclinic_cell(), 3).unwrap();
+    let (pos, owner, lists) = ghost_system(&frame, model.cutoff(), 0.5);
+    let local = |m: &CModel| {
+        let flat: Vec<f64> = pos.iter().flatten().copied().collect();
+        let z: Vec<i32> = owner.iter().map(|&i| frame.numbers[i] as i32).collect();
+        let counts: Vec<i32> = lists.iter().map(|l| l.len() as i32).collect();
+        let ptrs: Vec<*const i32> = lists.iter().map(|l| l.as_ptr()).collect();
+        let (mut e, mut f, mut w) = (0.0, vec![0.0; 3 * pos.len()], [0.0; 9]);
+        let mut av = vec![0.0; 9 * pos.len()];
+        let null = std::ptr::null_mut();
+        let s = unsafe {
+            pilip_model_compute_neighbors(m.0, pos.len(), flat.as_ptr(), z.as_ptr(), frame.len(), std::ptr::null(),
+                counts.as_ptr(), ptrs.as_ptr(), &mut e, null, f.as_mut_ptr(), w.as_mut_ptr(), av.as_mut_ptr())
+        };
+        assert_eq!(s, PILIP_SUCCESS, "{}", last_error());
+        (e, f, w, av)
+    };
+    let one = c_load(&path, None).unwrap();
+    let (whole1, local1) = (c_compute(&one, &frame).unwrap(), local(&one));
+    for threads in [2, 3, 8] {
+        let m = c_load(&path, Some(&format!(r#"{{"threads": {threads}}}"#))).unwrap();
+        for _ in 0..2 {
+            // twice: the second call reuses the first call's buffers
+            let whole = c_compute(&m, &frame).unwrap();
+            assert_eq!(whole.energy.to_bits(), whole1.energy.to_bits(), "{threads} threads");
+            assert_eq!((&whole.atomic, &whole.forces, whole.virial), (&whole1.atomic, &whole1.forces, whole1.virial));
+            assert!(local(&m) == local1, "{threads} threads: neighbour-list entry point differs");
+        }
+    }
+}
+
 
 #[test]
 fn symbols_come_from_the_model() {

@@ -9,7 +9,7 @@ pub mod engine;
 #[cfg(feature = "ort")]
 pub mod ort_engine;
 
-use crate::descriptor::Descriptor;
+use crate::descriptor::{Descriptor, Descriptors};
 use crate::elements::unknown_element;
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -20,6 +20,7 @@ use crate::onnx::metadata::ModelMetadata;
 use crate::prediction::{stress_from_virial, Prediction};
 use engine::{Engine, TractEngine};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// Which engine evaluates the networks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
@@ -40,8 +41,9 @@ pub struct RuntimeOptions {
     pub engine: EngineKind,
     /// libonnxruntime.so for engine "ort" (default: $ORT_DYLIB_PATH).
     pub ort_library: Option<PathBuf>,
-    /// Threads of one network evaluation: intra-op threads of engine "ort"; engine "tract" runs one thread per
-    /// call and accepts only 1 (parallelise over calls instead: one model may be used by many threads at once).
+    /// Threads of one compute call: the descriptors and their derivatives are shared among them (results are
+    /// bit-identical to one thread), and engine "ort" uses them as intra-op threads. Default 1: pilip never starts
+    /// more threads than asked (MPI users run one thread per rank).
     pub threads: usize,
 }
 
@@ -66,17 +68,10 @@ impl RuntimeOptions {
         Ok(options)
     }
 
-    /// Refuses what the chosen engine cannot honour instead of ignoring it.
+    /// Refuses what cannot be honoured instead of ignoring it.
     pub fn validate(&self) -> Result<()> {
-        if self.threads == 0 {
-            return Err(Error::invalid("threads must be >= 1"));
-        }
-        if self.engine == EngineKind::Tract && self.threads != 1 {
-            return Err(Error::invalid(format!(
-                "engine 'tract' evaluates a model on one thread per call and cannot use threads = {}; use threads 1 \
-                 (and run several calls, MPI ranks or seeds in parallel), or engine 'ort' for intra-op threads",
-                self.threads
-            )));
+        if !(1..=MAX_THREADS).contains(&self.threads) {
+            return Err(Error::invalid(format!("threads must be in 1..={MAX_THREADS}, got {}", self.threads)));
         }
         Ok(())
     }
@@ -92,7 +87,7 @@ pub struct LocalSystem<'a> {
     /// Atom indices whose energy is wanted (the MD engine's local atoms).
     pub centers: &'a [usize],
     /// `neighbors(i)` lists the neighbour atom indices of centre atom i (may include atoms beyond the cutoff).
-    pub neighbors: &'a dyn Fn(usize) -> &'a [i32],
+    pub neighbors: &'a (dyn Fn(usize) -> &'a [i32] + Sync),
 }
 
 /// Accumulated outputs of [`Potential::compute_local`]; each present array is **added** to.
@@ -113,12 +108,34 @@ pub struct LocalOutputs<'a> {
 /// bits, `NEIGHMASK`), so its lists can be passed unchanged.
 pub const NEIGHBOR_INDEX_MASK: i32 = 0x1FFF_FFFF;
 
+/// Most threads one model may use (a typo such as 1000 is refused rather than started).
+pub const MAX_THREADS: usize = 256;
+
 /// A loaded, verified model: metadata, the family's evaluator and the network engine.
 pub struct Potential {
     /// What the model file says about itself.
     pub metadata: ModelMetadata,
     evaluator: Evaluator,
     engine: Box<dyn Engine>,
+    /// The model's own threads when `threads > 1` (never rayon's global pool, which would take every core).
+    pool: Option<rayon::ThreadPool>,
+    /// Buffers of finished calls, reused by the next ones: a fixed-size MD step allocates nothing in pilip.
+    workspaces: Mutex<Vec<Workspace>>,
+}
+
+/// The buffers of one compute call.
+#[derive(Default)]
+struct Workspace {
+    species: Vec<usize>,
+    offsets: Vec<usize>,
+    pairs: Vec<Neighbor>,
+    descriptors: Descriptors,
+    batches: Vec<Vec<f64>>,
+    rows: Vec<(usize, usize)>,
+    atomic: Vec<f64>,
+    de_dg: Vec<f64>,
+    pair_grads: Vec<Vec3>,
+    scratch: Vec<f64>,
 }
 
 /// The family-specific part of an evaluation (what the Rust side computes around the engine's networks).
@@ -151,7 +168,36 @@ impl Potential {
         let evaluator = match metadata.family {
             Family::PowerSpectrum => Evaluator::PowerSpectrum(Descriptor::new(&metadata.descriptor, metadata.species.len())),
         };
-        Ok(Potential { metadata, evaluator, engine })
+        let pool = if options.threads > 1 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(options.threads)
+                .thread_name(|k| format!("pilip-{k}"))
+                .build()
+                .map_err(|e| Error::invalid(format!("cannot start {} threads: {e}", options.threads)))?;
+            Some(pool)
+        } else {
+            None
+        };
+        Ok(Potential { metadata, evaluator, engine, pool, workspaces: Mutex::new(Vec::new()) })
+    }
+
+    /// Threads of one compute call.
+    pub fn threads(&self) -> usize {
+        self.pool.as_ref().map_or(1, |p| p.current_num_threads())
+    }
+
+    /// Runs `f` with a workspace of this model (one from an earlier call when there is one) on the model's
+    /// threads; `f` gets `parallel = true` when there are several.
+    fn with_workspace<T: Send>(&self, f: impl FnOnce(&mut Workspace, bool) -> Result<T> + Send) -> Result<T> {
+        let mut ws = self.workspaces.lock().map_err(|_| Error::invalid("a previous call panicked"))?.pop().unwrap_or_default();
+        let result = match &self.pool {
+            Some(pool) => pool.install(|| f(&mut ws, true)),
+            None => f(&mut ws, false),
+        };
+        if let Ok(mut pool) = self.workspaces.lock() {
+            pool.push(ws);
+        }
+        result
     }
 
     /// "tract" or "ort".
@@ -174,43 +220,47 @@ impl Potential {
         numbers.iter().enumerate().map(|(i, &z)| self.species_index(i, z as i64)).collect()
     }
 
-    /// Atomic energies of the centres of `nl` (centre c is atom `centers[c]`, or atom c) and the per-pair
-    /// energy gradients ∂E/∂r_ij in neighbour-list order.
-    fn evaluate(&self, species: &[usize], centers: Option<&[usize]>, nl: NeighborList) -> Result<(Vec<f64>, Vec<Vec3>, NeighborList)> {
+    /// Fills `ws.atomic` (atomic energies of the centres of `nl`; centre c is atom `centers[c]`, or atom c) and
+    /// `ws.pair_grads` (∂E/∂r_ij in neighbour-list order); the list ends up in `ws.descriptors.neighbors`.
+    fn evaluate(&self, ws: &mut Workspace, centers: Option<&[usize]>, nl: NeighborList, parallel: bool) -> Result<()> {
         match &self.evaluator {
-            Evaluator::PowerSpectrum(descriptor) => self.evaluate_power_spectrum(descriptor, species, centers, nl),
+            Evaluator::PowerSpectrum(descriptor) => self.evaluate_power_spectrum(descriptor, ws, centers, nl, parallel),
         }
     }
 
-    /// Descriptors in Rust, the networks in the engine (batched per species), the chain rule back in Rust.
+    /// Descriptors in Rust, the networks in the engine (batched per species, one call), the chain rule back in
+    /// Rust.
     fn evaluate_power_spectrum(
         &self,
         descriptor: &Descriptor,
-        species: &[usize],
+        ws: &mut Workspace,
         centers: Option<&[usize]>,
         nl: NeighborList,
-    ) -> Result<(Vec<f64>, Vec<Vec3>, NeighborList)> {
-        let d = descriptor.compute(species, nl);
+        parallel: bool,
+    ) -> Result<()> {
+        descriptor.compute_into(&ws.species, nl, &mut ws.descriptors, parallel);
+        let d = &ws.descriptors;
         let (n, nf) = (d.n_atoms, d.n_features);
-        let mut batches = vec![Vec::new(); self.metadata.species.len()];
-        let mut rows = Vec::with_capacity(n);
+        ws.batches.resize_with(self.metadata.species.len(), Vec::new);
+        ws.batches.iter_mut().for_each(Vec::clear);
+        ws.rows.clear();
         for c in 0..n {
-            let s = species[centers.map_or(c, |cs| cs[c])];
-            rows.push((s, batches[s].len() / nf));
-            batches[s].extend_from_slice(&d.features[c * nf..(c + 1) * nf]);
+            let s = ws.species[centers.map_or(c, |cs| cs[c])];
+            ws.rows.push((s, ws.batches[s].len() / nf));
+            ws.batches[s].extend_from_slice(&d.features[c * nf..(c + 1) * nf]);
         }
-        let outputs = self.engine.run(&batches, nf)?;
-        let mut atomic = vec![0.0; n];
-        let mut de_dg = vec![0.0; n * nf];
-        for (c, &(s, r)) in rows.iter().enumerate() {
-            atomic[c] = self.metadata.reference_energies[s] + outputs[s].0[r];
-            de_dg[c * nf..(c + 1) * nf].copy_from_slice(&outputs[s].1[r * nf..(r + 1) * nf]);
+        let outputs = self.engine.run(&ws.batches, nf)?;
+        ws.atomic.resize(n, 0.0);
+        ws.de_dg.resize(n * nf, 0.0);
+        for (c, &(s, r)) in ws.rows.iter().enumerate() {
+            ws.atomic[c] = self.metadata.reference_energies[s] + outputs[s].0[r];
+            ws.de_dg[c * nf..(c + 1) * nf].copy_from_slice(&outputs[s].1[r * nf..(r + 1) * nf]);
         }
-        if atomic.iter().chain(&de_dg).any(|e| !e.is_finite()) {
+        if ws.atomic.iter().chain(&ws.de_dg).any(|e| !e.is_finite()) {
             return Err(Error::invalid("the network produced a non-finite energy or gradient"));
         }
-        let pair_grads = descriptor.vjp(&d, &de_dg);
-        Ok((atomic, pair_grads, d.neighbors))
+        descriptor.vjp_into(&ws.descriptors, &ws.de_dg, &mut ws.pair_grads, &mut ws.scratch, parallel);
+        Ok(())
     }
 
     /// A whole system: energy, per-atom energies, forces, virial and (fully periodic cells) stress. `cell` rows
@@ -226,15 +276,19 @@ impl Potential {
             }
         }
         let nl = NeighborList::build(positions, cell, pbc, self.cutoff())?;
-        let (atomic_energies, pair_grads, nl) = self.evaluate(&species, None, nl)?;
-        let mut forces = vec![[0.0; 3]; positions.len()];
-        let mut virial = [[0.0; 3]; 3];
-        crate::prediction::accumulate(&nl, None, &pair_grads, Some(&mut forces), &mut virial, None);
-        let stress = match (cell, pbc) {
-            (Some(c), [true, true, true]) => Some(stress_from_virial(&virial, crate::frame::det3(c).abs())),
-            _ => None,
-        };
-        Ok(Prediction { energy: atomic_energies.iter().sum(), atomic_energies, forces, virial, stress })
+        self.with_workspace(|ws, parallel| {
+            ws.species = species;
+            self.evaluate(ws, None, nl, parallel)?;
+            let mut forces = vec![[0.0; 3]; positions.len()];
+            let mut virial = [[0.0; 3]; 3];
+            crate::prediction::accumulate(&ws.descriptors.neighbors, None, &ws.pair_grads, Some(&mut forces), &mut virial, None);
+            let stress = match (cell, pbc) {
+                (Some(c), [true, true, true]) => Some(stress_from_virial(&virial, crate::frame::det3(c).abs())),
+                _ => None,
+            };
+            let atomic_energies = ws.atomic.clone();
+            Ok(Prediction { energy: atomic_energies.iter().sum(), atomic_energies, forces, virial, stress })
+        })
     }
 
     /// [`Potential::compute`] for a frame.
@@ -254,14 +308,20 @@ impl Potential {
         if let Some((i, _)) = sys.positions.iter().enumerate().find(|(_, p)| p.iter().any(|x| !x.is_finite())) {
             return Err(Error::invalid(format!("position of atom {i} is not finite")));
         }
+        self.with_workspace(|ws, parallel| self.compute_local_in(ws, sys, out, parallel))
+    }
+
+    /// [`Potential::compute_local`] with the buffers of `ws`.
+    fn compute_local_in(&self, ws: &mut Workspace, sys: &LocalSystem, out: LocalOutputs, parallel: bool) -> Result<()> {
+        let n_total = sys.positions.len();
         // Atoms that are neither centres nor neighbours within the cutoff may carry any atomic number (an MD
         // engine passes 0 for atom types the model does not handle); only atoms that take part are checked.
         const UNKNOWN: usize = usize::MAX;
-        let species: Vec<usize> = sys
-            .numbers
-            .iter()
-            .map(|&z| self.metadata.species.iter().position(|&s| s as i64 == z as i64).unwrap_or(UNKNOWN))
-            .collect();
+        ws.species.clear();
+        ws.species.extend(
+            sys.numbers.iter().map(|&z| self.metadata.species.iter().position(|&s| s as i64 == z as i64).unwrap_or(UNKNOWN)),
+        );
+        let species = &ws.species;
         let check = |i: usize| -> Result<()> {
             if species[i] == UNKNOWN {
                 self.species_index(i, sys.numbers[i] as i64)?;
@@ -269,9 +329,10 @@ impl Potential {
             Ok(())
         };
         let rc2 = self.cutoff() * self.cutoff();
-        let mut offsets = Vec::with_capacity(sys.centers.len() + 1);
+        let (mut offsets, mut pairs) = (std::mem::take(&mut ws.offsets), std::mem::take(&mut ws.pairs));
+        offsets.clear();
+        pairs.clear();
         offsets.push(0);
-        let mut pairs = Vec::new();
         for &i in sys.centers {
             if i >= n_total {
                 return Err(Error::invalid(format!("centre atom index {i} is out of range (n_total = {n_total})")));
@@ -300,14 +361,14 @@ impl Potential {
             offsets.push(pairs.len());
         }
         let nl = NeighborList::from_parts(self.cutoff(), offsets, pairs);
-        let (atomic, pair_grads, nl) = self.evaluate(&species, Some(sys.centers), nl)?;
+        self.evaluate(ws, Some(sys.centers), nl, parallel)?;
         if let Some(e) = out.energy {
-            *e += atomic.iter().sum::<f64>();
+            *e += ws.atomic.iter().sum::<f64>();
         }
         if let Some(ae) = out.atomic_energies {
             check_len("atomic_energies", ae.len(), n_total)?;
             for (c, &i) in sys.centers.iter().enumerate() {
-                ae[i] += atomic[c];
+                ae[i] += ws.atomic[c];
             }
         }
         if let Some(f) = &out.forces {
@@ -317,7 +378,8 @@ impl Potential {
             check_len("atomic_virial", av.len(), n_total)?;
         }
         let mut virial = [[0.0; 3]; 3];
-        crate::prediction::accumulate(&nl, Some(sys.centers), &pair_grads, out.forces, &mut virial, out.atomic_virial);
+        let nl = &ws.descriptors.neighbors;
+        crate::prediction::accumulate(nl, Some(sys.centers), &ws.pair_grads, out.forces, &mut virial, out.atomic_virial);
         if let Some(w) = out.virial {
             for a in 0..3 {
                 for b in 0..3 {
@@ -325,6 +387,9 @@ impl Potential {
                 }
             }
         }
+        // The list's buffers go back to the workspace for the next call.
+        let (offsets, pairs) = std::mem::take(&mut ws.descriptors.neighbors).into_parts();
+        (ws.offsets, ws.pairs) = (offsets, pairs);
         Ok(())
     }
 }

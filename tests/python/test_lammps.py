@@ -255,7 +255,23 @@ def test_ort_library_paths_are_escaped_in_the_options_json(lammps_module, models
     assert path in message and "options_json" not in message, message
 
 
-def test_threads_other_than_one_are_refused_by_tract(lammps_module, models):
-    message = load_error(lammps_module, models, "pair_style pilip threads 2")
-    # the library's own message, after the plugin's "(engine tract, threads 2): "
-    assert re.search(r"\(engine tract, threads 2\): .*threads", message), message
+def test_threads_in_a_rank_are_bit_identical_to_one_thread(lammps_module, models, tmp_path):
+    # 108 atoms: several work items per thread, so the threaded path really runs
+    pos, cell = fcc_cu(3, jitter=0.1, seed=5)
+    results = []
+    for threads in (1, 2, 3):
+        lmp = run0(lammps_module, tmp_path, pos, [1] * len(pos), cell, [63.546],
+                   [f"pair_style pilip threads {threads}", f"pair_coeff * * {models['cu']['f64']} Cu"])
+        results.append(lammps_results(lmp, lammps_module, len(pos)))
+        lmp.close()
+    for threads, r in zip((2, 3), results[1:]):
+        assert r[0] == results[0][0], f"energy with {threads} threads"
+        for what, a, b in zip(("forces", "pe/atom", "stress/atom", "pressure"), r[1:], results[0][1:]):
+            assert np.array_equal(a, b), f"{what} with {threads} threads differs from one thread"
+
+
+def test_threads_must_be_positive(lammps_module):
+    lmp = lammps_module.lammps(cmdargs=["-log", "none", "-screen", "none", "-nocite"])
+    lmp.commands_list(["units metal", f"plugin load {PLUGIN}"])
+    with pytest.raises(Exception, match="positive integer after 'threads'"):
+        lmp.command("pair_style pilip threads 0")

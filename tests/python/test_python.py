@@ -211,8 +211,6 @@ def test_bad_input_raises_clear_exceptions(cu, tmp_path):
     with pytest.raises(TypeError, match="model path"):
         pilip.Model(3.5)
     with pytest.raises(pilip.InvalidInputError, match="threads"):
-        pilip.Model(cu.path, threads=2)  # tract runs one thread: refused rather than silently ignored
-    with pytest.raises(pilip.InvalidInputError, match="threads"):
         pilip.Model(cu.path, threads=0)
     pos = np.zeros((2, 3))
     pos[1, 0] = 2.5
@@ -259,3 +257,15 @@ def test_library_search_reports_the_paths_it_tried(monkeypatch, tmp_path):
     monkeypatch.setattr(_c_lib, "candidate_paths", lambda: [tmp_path / "nowhere.so"])
     with pytest.raises(ImportError, match="nowhere.so \\(not found\\)"):
         _c_lib.lib()
+
+
+def test_threads_are_bit_identical_to_one_thread(cu):
+    # 108 atoms: several work items per thread, so the threaded path really runs
+    atoms = bulk("Cu", "fcc", a=3.615, cubic=True) * (3, 3, 3)
+    atoms.rattle(0.05, seed=7)
+    one = cu.compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
+    for threads in (2, 3):
+        r = pilip.Model(cu.path, threads=threads).compute(atoms.positions, atoms.numbers, atoms.cell.array, True)
+        assert r.energy == one.energy
+        assert np.array_equal(r.energies, one.energies) and np.array_equal(r.forces, one.forces)
+        assert np.array_equal(r.virial, one.virial)

@@ -80,7 +80,8 @@ class Model:
     """A pilip model exported with `pilip export`.
 
     `engine` is "tract" (default, built in) or "ort" (ONNX Runtime: needs `ort_library` or ORT_DYLIB_PATH and a
-    libpilip built with `--features ort`; EngineError otherwise). `threads` (intra-op threads) must be 1 for tract.
+    libpilip built with `--features ort`; EngineError otherwise). `threads`: threads of one compute call (the
+    results are bit-identical to one thread; with ort also its intra-op threads).
     A Model may be shared between threads.
     """
 

@@ -174,7 +174,7 @@ struct EngineArgs {
     /// `--features ort` and ORT_DYLIB_PATH).
     #[arg(long, value_enum)]
     engine: Option<EngineArg>,
-    /// Threads of one network evaluation (ort's intra-op threads; tract runs one thread per call and accepts 1).
+    /// Threads of one evaluation (the model's own pool; results are bit-identical to one thread).
     #[arg(long)]
     threads: Option<usize>,
 }
