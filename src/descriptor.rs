@@ -435,29 +435,44 @@ impl Descriptor {
         let (nr, nm, nf) = (self.spec.n_radial, self.n_monomials(), self.n_features());
         let na = self.n_channels() * nm;
         let first_pair = nl.offsets()[atoms.start];
-        let mut y = [0.0; MAX_MONOMIALS];
-        let y = &mut y[..nm];
+        let (mut y1, mut y2) = ([0.0; MAX_MONOMIALS], [0.0; MAX_MONOMIALS]);
+        let (mut y_prev, mut y_cur) = (&mut y1[..nm], &mut y2[..nm]);
         let mut pw: Powers = [[0.0; 9]; 3];
         for (k, i) in atoms.enumerate() {
             let a_i = &mut out.density[k * na..(k + 1) * na];
             a_i.fill(0.0);
             let p0 = nl.offsets()[i] - first_pair;
+            // A[s, k][m] += R_k(r) Y_m(û), two neighbours of one species at a time (each row is loaded and stored
+            // once for both; the sums keep the neighbour order, so the result is that of one at a time).
+            let mut pending: Option<(usize, usize)> = None;
             for (q, nb) in nl.of(i).iter().enumerate() {
                 let p = p0 + q;
                 let r = crate::frame::norm(&nb.r);
                 let u = [nb.r[0] / r, nb.r[1] / r, nb.r[2] / r];
-                let (rad, drad) = (&mut out.radial[p * nr..(p + 1) * nr], &mut out.d_radial[p * nr..(p + 1) * nr]);
-                self.radial(r, rad, drad);
-                self.angular(&u, y, &mut pw);
+                self.radial(r, &mut out.radial[p * nr..(p + 1) * nr], &mut out.d_radial[p * nr..(p + 1) * nr]);
+                self.angular(&u, y_cur, &mut pw);
                 let s = species[nb.j];
                 out.pairs[p] = PairCache { r, u };
                 out.species_of_neighbor[p] = s;
-                // A[s, k][m] += R_k(r) Y_m(û)
-                for (row, &rk) in a_i[s * nr * nm..(s + 1) * nr * nm].chunks_exact_mut(nm).zip(rad.iter()) {
-                    for (x, &ym) in row.iter_mut().zip(y.iter()) {
-                        *x = M::madd(rk, ym, *x);
+                match pending {
+                    Some((pp, ps)) if ps == s => {
+                        let (r1, r2) = (&out.radial[pp * nr..(pp + 1) * nr], &out.radial[p * nr..(p + 1) * nr]);
+                        accumulate2::<M>(&mut a_i[s * nr * nm..(s + 1) * nr * nm], r1, y_prev, r2, y_cur);
+                        pending = None;
+                    }
+                    Some((pp, ps)) => {
+                        accumulate1::<M>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], &out.radial[pp * nr..(pp + 1) * nr], y_prev);
+                        std::mem::swap(&mut y_prev, &mut y_cur);
+                        pending = Some((p, s));
+                    }
+                    None => {
+                        std::mem::swap(&mut y_prev, &mut y_cur);
+                        pending = Some((p, s));
                     }
                 }
+            }
+            if let Some((pp, ps)) = pending {
+                accumulate1::<M>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], &out.radial[pp * nr..(pp + 1) * nr], y_prev);
             }
             self.contract::<M>(a_i, &mut out.features[k * nf..(k + 1) * nf]);
         }
@@ -511,7 +526,7 @@ impl Descriptor {
     /// [`Descriptor::vjp`] into `out`, with `scratch` reused between calls (no allocation when both are large
     /// enough); `parallel` as in [`Descriptor::compute_into`].
     pub fn vjp_into(&self, d: &Descriptors, dg: &[f64], out: &mut Vec<Vec3>, scratch: &mut Vec<f64>, parallel: bool) {
-        let per_task = self.n_channels() * self.n_monomials() + 2 * self.n_monomials();
+        let per_task = self.n_channels() * self.n_monomials() + 4 * self.n_monomials();
         out.resize(d.pairs.len(), [0.0; 3]);
         let nl = &d.neighbors;
         let run = |atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]| self.dispatch_backward(d, dg, atoms, grads, da);
@@ -548,7 +563,7 @@ impl Descriptor {
 
 
     /// ∂E/∂r_ij of the pairs of `atoms` (`grads` holds exactly those pairs); `scratch` holds one density and
-    /// 2 × n_monomials.
+    /// 4 × n_monomials.
     #[inline(always)]
     fn backward<M: MulAdd>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], scratch: &mut [f64]) {
         let (nc, nm, nr, nf) = (self.n_channels(), self.n_monomials(), self.spec.n_radial, d.n_features);
@@ -556,7 +571,9 @@ impl Descriptor {
         let first_pair = d.neighbors.offsets()[atoms.start];
         let (da, rest) = scratch.split_at_mut(na);
         let (rho, rest) = rest.split_at_mut(nm);
-        let drho = &mut rest[..nm];
+        let (drho, rest) = rest.split_at_mut(nm);
+        let (rho2, rest) = rest.split_at_mut(nm);
+        let drho2 = &mut rest[..nm];
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
         for i in atoms {
             let a = &d.density[i * na..(i + 1) * na];
@@ -588,19 +605,30 @@ impl Descriptor {
                 }
             }
             // Per pair: ρ = Σ_k R_k dA[s,k], ρ' = Σ_k R'_k dA[s,k]; then the angular contraction.
-            let p0 = d.neighbors.offsets()[i];
-            for p in p0..d.neighbors.offsets()[i + 1] {
+            // Two neighbours of one species at a time share the loads of dA's rows.
+            let (mut p, p_end) = (d.neighbors.offsets()[i], d.neighbors.offsets()[i + 1]);
+            while p < p_end {
                 let s = d.species_of_neighbor[p];
-                let (rad, drad) = (&d.radial[p * nr..(p + 1) * nr], &d.d_radial[p * nr..(p + 1) * nr]);
-                radial_combinations::<M>(&da[s * nr * nm..(s + 1) * nr * nm], nm, rad, drad, rho, drho);
-                let PairCache { r, u } = d.pairs[p];
-                let (radial_part, gu) = self.angular_contract::<M>(&u, drho, rho, &mut pw, &mut dpw);
-                let ug = u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2];
-                grads[p - first_pair] = [
-                    u[0] * radial_part + (gu[0] - u[0] * ug) / r,
-                    u[1] * radial_part + (gu[1] - u[1] * ug) / r,
-                    u[2] * radial_part + (gu[2] - u[2] * ug) / r,
-                ];
+                let da_s = &da[s * nr * nm..(s + 1) * nr * nm];
+                let radial = |p: usize| (&d.radial[p * nr..(p + 1) * nr], &d.d_radial[p * nr..(p + 1) * nr]);
+                let twin = p + 1 < p_end && d.species_of_neighbor[p + 1] == s;
+                if twin {
+                    radial_combinations2::<M>(da_s, nm, radial(p), radial(p + 1), [&mut rho[..], &mut drho[..], &mut rho2[..], &mut drho2[..]]);
+                } else {
+                    let (rad, drad) = radial(p);
+                    radial_combinations::<M>(da_s, nm, rad, drad, rho, drho);
+                }
+                for (q, (rho, drho)) in [(&*rho, &*drho), (&*rho2, &*drho2)].into_iter().enumerate().take(if twin { 2 } else { 1 }) {
+                    let PairCache { r, u } = d.pairs[p + q];
+                    let (radial_part, gu) = self.angular_contract::<M>(&u, drho, rho, &mut pw, &mut dpw);
+                    let ug = u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2];
+                    grads[p + q - first_pair] = [
+                        u[0] * radial_part + (gu[0] - u[0] * ug) / r,
+                        u[1] * radial_part + (gu[1] - u[1] * ug) / r,
+                        u[2] * radial_part + (gu[2] - u[2] * ug) / r,
+                    ];
+                }
+                p += if twin { 2 } else { 1 };
             }
         }
     }
@@ -696,6 +724,59 @@ fn radial_combinations<M: MulAdd>(da: &[f64], nm: usize, rad: &[f64], drad: &[f6
         }
         rho[m] = a;
         drho[m] = b;
+    }
+}
+
+/// `rows[k][m] += r[k]·y[m]` (`rows` is `[n_radial][nm]`).
+#[inline(always)]
+fn accumulate1<M: MulAdd>(rows: &mut [f64], r: &[f64], y: &[f64]) {
+    for (row, &rk) in rows.chunks_exact_mut(y.len()).zip(r) {
+        for (x, &ym) in row.iter_mut().zip(y) {
+            *x = M::madd(rk, ym, *x);
+        }
+    }
+}
+
+/// `rows[k][m] += r1[k]·y1[m]`, then `+= r2[k]·y2[m]`: two neighbours with one pass over the rows.
+#[inline(always)]
+fn accumulate2<M: MulAdd>(rows: &mut [f64], r1: &[f64], y1: &[f64], r2: &[f64], y2: &[f64]) {
+    for ((row, &a), &b) in rows.chunks_exact_mut(y1.len()).zip(r1).zip(r2) {
+        for ((x, &u), &v) in row.iter_mut().zip(y1).zip(y2) {
+            *x = M::madd(b, v, M::madd(a, u, *x));
+        }
+    }
+}
+
+/// [`radial_combinations`] of two pairs of one species at once (`out` = ρ₁, ρ'₁, ρ₂, ρ'₂), loading each dA row once.
+#[inline(always)]
+fn radial_combinations2<M: MulAdd>(da: &[f64], nm: usize, p1: (&[f64], &[f64]), p2: (&[f64], &[f64]), out: [&mut [f64]; 4]) {
+    const B: usize = 8;
+    let [rho1, drho1, rho2, drho2] = out;
+    let full = nm / B * B;
+    for m in (0..full).step_by(B) {
+        let mut acc = [[0.0f64; B]; 4];
+        for k in 0..p1.0.len() {
+            let row: &[f64; B] = da[k * nm + m..k * nm + m + B].try_into().unwrap_or(&[0.0; B]);
+            let c = [p1.0[k], p1.1[k], p2.0[k], p2.1[k]];
+            for (acc, &c) in acc.iter_mut().zip(&c) {
+                for t in 0..B {
+                    acc[t] = M::madd(c, row[t], acc[t]);
+                }
+            }
+        }
+        for (dst, acc) in [&mut *rho1, &mut *drho1, &mut *rho2, &mut *drho2].into_iter().zip(&acc) {
+            dst[m..m + B].copy_from_slice(acc);
+        }
+    }
+    for m in full..nm {
+        let mut acc = [0.0f64; 4];
+        for k in 0..p1.0.len() {
+            let v = da[k * nm + m];
+            for (acc, c) in acc.iter_mut().zip([p1.0[k], p1.1[k], p2.0[k], p2.1[k]]) {
+                *acc = M::madd(c, v, *acc);
+            }
+        }
+        (rho1[m], drho1[m], rho2[m], drho2[m]) = (acc[0], acc[1], acc[2], acc[3]);
     }
 }
 
