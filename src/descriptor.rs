@@ -148,6 +148,14 @@ struct PairCache {
     u: Vec3,
 }
 
+/// "Not fixed at compile time" for the shape parameters of the kernels: `NR` (n_radial) and `L` (l_max) are
+/// either the model's values, compiled in for the common shapes (loops unrolled, no bounds checks), or `DYN`.
+const DYN: usize = usize::MAX;
+
+/// From this many density channels on (n_species × n_radial), the invariants and their derivative are blocked
+/// matrix products; below, plain loops are faster (measured: aspirin, 24 channels, and fcc Cu, 8).
+const GEMM_CHANNELS: usize = 16;
+
 /// Powers 0..=8 of the three components of a unit vector.
 type Powers = [[f64; 9]; 3];
 
@@ -178,6 +186,8 @@ pub struct Descriptors {
     /// The neighbour list the descriptors were computed from (neighbours sorted by species).
     pub neighbors: NeighborList,
     species_of_neighbor: Vec<usize>,
+    /// Scratch of the invariants (n_channels² per work item).
+    scratch: Vec<f64>,
 }
 
 impl Descriptor {
@@ -277,12 +287,30 @@ impl Descriptor {
         }
     }
 
+    /// n_radial, or `NR` when compiled in.
+    #[inline(always)]
+    fn nr_of<const NR: usize>(&self) -> usize {
+        if NR != DYN { NR } else { self.spec.n_radial }
+    }
+
+    /// l_max, or `L` when compiled in.
+    #[inline(always)]
+    fn l_of<const L: usize>(&self) -> usize {
+        if L != DYN { L } else { self.spec.l_max }
+    }
+
+    /// The number of monomials, a constant when `L` is compiled in.
+    #[inline(always)]
+    fn nm_of<const L: usize>(&self) -> usize {
+        if L != DYN { (L + 1) * (L + 2) * (L + 3) / 6 } else { self.n_monomials() }
+    }
+
     /// Powers `u_a^k`, k ≤ l_max, of each component of û into `pw` (entries above l_max are left as they are).
     #[inline(always)]
-    fn powers(&self, u: &Vec3, pw: &mut Powers) {
+    fn powers<const L: usize>(&self, u: &Vec3, pw: &mut Powers) {
         for a in 0..3 {
             pw[a][0] = 1.0;
-            for k in 1..=self.spec.l_max {
+            for k in 1..=self.l_of::<L>() {
                 pw[a][k] = pw[a][k - 1] * u[a];
             }
         }
@@ -290,12 +318,12 @@ impl Descriptor {
 
     /// [`Descriptor::powers`] and their derivatives `k·u_a^(k−1)` into `dpw`.
     #[inline(always)]
-    fn powers_and_derivatives(&self, u: &Vec3, pw: &mut Powers, dpw: &mut Powers) {
+    fn powers_and_derivatives<const L: usize>(&self, u: &Vec3, pw: &mut Powers, dpw: &mut Powers) {
         const K: [f64; 9] = [0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0];
         for a in 0..3 {
             pw[a][0] = 1.0;
             dpw[a][0] = 0.0;
-            for k in 1..=self.spec.l_max {
+            for k in 1..=self.l_of::<L>() {
                 pw[a][k] = pw[a][k - 1] * u[a];
                 dpw[a][k] = K[k] * pw[a][k - 1];
             }
@@ -305,9 +333,9 @@ impl Descriptor {
     /// Calls `f(m, weight, a, b, c)` for every monomial in feature order (l ascending, then a and b descending),
     /// as plain loops: much faster than walking the `monomials` table.
     #[inline(always)]
-    fn for_each_monomial(&self, mut f: impl FnMut(usize, f64, usize, usize, usize)) {
+    fn for_each_monomial<const L: usize>(&self, mut f: impl FnMut(usize, f64, usize, usize, usize)) {
         let mut m = 0;
-        for l in 0..=self.spec.l_max {
+        for l in 0..=self.l_of::<L>() {
             for a in (0..=l).rev() {
                 for b in (0..=l - a).rev() {
                     f(m, self.monomials[m].weight, a, b, l - a - b);
@@ -319,9 +347,9 @@ impl Descriptor {
 
     /// Angular functions Y_m(û); `p` is scratch.
     #[inline(always)]
-    fn angular(&self, u: &Vec3, y: &mut [f64], p: &mut Powers) {
-        self.powers(u, p);
-        self.for_each_monomial(|m, w, a, b, c| y[m] = w * p[0][a] * p[1][b] * p[2][c]);
+    fn angular<const L: usize>(&self, u: &Vec3, y: &mut [f64], p: &mut Powers) {
+        self.powers::<L>(u, p);
+        self.for_each_monomial::<L>(|m, w, a, b, c| y[m] = w * p[0][a] * p[1][b] * p[2][c]);
     }
 
     /// `(Σ_m s_m Y_m, Σ_m t_m ∇Y_m)` with ∇ with respect to û as a free vector: the angular part of the VJP.
@@ -330,8 +358,8 @@ impl Descriptor {
     /// Y_m and ∇Y_m).
     /// `p`, `dp` are scratch.
     #[inline(always)]
-    fn angular_contract<M: MulAdd>(&self, u: &Vec3, s: &[f64], t: &[f64], p: &mut Powers, dp: &mut Powers) -> (f64, Vec3) {
-        self.powers_and_derivatives(u, p, dp);
+    fn angular_contract<M: MulAdd, const L: usize>(&self, u: &Vec3, s: &[f64], t: &[f64], p: &mut Powers, dp: &mut Powers) -> (f64, Vec3) {
+        self.powers_and_derivatives::<L>(u, p, dp);
         let z = u[2];
         let (mut sy, mut gx, mut gy, mut gz) = (0.0, 0.0, 0.0, 0.0);
         for (a, b, range) in &self.columns {
@@ -356,8 +384,8 @@ impl Descriptor {
     #[inline(always)]
     fn angular_directional(&self, u: &Vec3, v: &Vec3, y: &mut [f64], dy: &mut [f64]) {
         let (mut p, mut dp) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
-        self.powers_and_derivatives(u, &mut p, &mut dp);
-        self.for_each_monomial(|m, w, a, b, c| {
+        self.powers_and_derivatives::<DYN>(u, &mut p, &mut dp);
+        self.for_each_monomial::<DYN>(|m, w, a, b, c| {
             let (xa, yb, zc) = (p[0][a], p[1][b], p[2][c]);
             y[m] = w * xa * yb * zc;
             dy[m] = w * (dp[0][a] * yb * zc * v[0] + xa * dp[1][b] * zc * v[1] + xa * yb * dp[2][c] * v[2]);
@@ -388,15 +416,18 @@ impl Descriptor {
         d.species_of_neighbor.resize(np, 0);
         d.neighbors = neighbors;
         let nl = &d.neighbors;
-        let run = |atoms: std::ops::Range<usize>, f: &mut [f64], a: &mut [f64], pc: &mut [PairCache], r: &mut [f64], dr: &mut [f64], sn: &mut [usize]| {
-            let out = AtomsOut { features: f, density: a, pairs: pc, radial: r, d_radial: dr, species_of_neighbor: sn };
+        let nc2 = self.n_channels() * self.n_channels();
+        let run = |atoms: std::ops::Range<usize>, f: &mut [f64], a: &mut [f64], pc: &mut [PairCache], r: &mut [f64], dr: &mut [f64], sn: &mut [usize], scratch: &mut [f64]| {
+            let out = AtomsOut { features: f, density: a, pairs: pc, radial: r, d_radial: dr, species_of_neighbor: sn, scratch };
             self.dispatch_forward(nl, species, atoms, out)
         };
         if !parallel || n <= ATOMS_PER_TASK {
-            run(0..n, &mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor);
+            d.scratch.resize(nc2, 0.0);
+            run(0..n, &mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor, &mut d.scratch);
             return;
         }
         let tasks = tasks(nl.offsets());
+        d.scratch.resize(tasks.len() * nc2, 0.0);
         let atoms = |stride| tasks.iter().map(move |t| stride * t.atoms.len());
         let pairs = |stride| tasks.iter().map(move |t| stride * t.pairs.len());
         let work: Vec<_> = tasks
@@ -407,32 +438,42 @@ impl Descriptor {
             .zip(split_by(&mut d.radial, pairs(nr)))
             .zip(split_by(&mut d.d_radial, pairs(nr)))
             .zip(split_by(&mut d.species_of_neighbor, pairs(1)))
+            .zip(d.scratch.chunks_exact_mut(nc2))
             .collect();
         use rayon::prelude::*;
-        work.into_par_iter().for_each(|((((((t, f), a), pc), r), dr), sn)| run(t.atoms.clone(), f, a, pc, r, dr, sn));
+        work.into_par_iter().for_each(|(((((((t, f), a), pc), r), dr), sn), p)| run(t.atoms.clone(), f, a, pc, r, dr, sn, p));
     }
 
     /// The forward pass over `atoms`, compiled for the CPU's widest vectors (see [`Isa`]).
+    /// The common shapes (n_radial 6 or 8, l_max 3 or 4) run code compiled for them.
     fn dispatch_forward(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
-        match self.isa {
-            Isa::Portable => self.forward::<Plain>(nl, species, atoms, out),
-            // SAFETY: `Isa::detect` found these features on this CPU.
+        match (self.isa, self.spec.n_radial, self.spec.l_max) {
+            (Isa::Portable, _, _) => self.forward::<Plain, DYN, DYN>(nl, species, atoms, out),
+            // SAFETY (all arms): `Isa::detect` found these features on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { self.forward_avx2(nl, species, atoms, out) },
+            (Isa::Avx2Fma, 8, 4) => unsafe { self.forward_avx2::<8, 4>(nl, species, atoms, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 6, 4) => unsafe { self.forward_avx2::<6, 4>(nl, species, atoms, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 8, 3) => unsafe { self.forward_avx2::<8, 3>(nl, species, atoms, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 6, 3) => unsafe { self.forward_avx2::<6, 3>(nl, species, atoms, out) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, _, _) => unsafe { self.forward_avx2::<DYN, DYN>(nl, species, atoms, out) },
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
-        self.forward::<Fused>(nl, species, atoms, out)
+    unsafe fn forward_avx2<const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
+        self.forward::<Fused, NR, L>(nl, species, atoms, out)
     }
 
 
     /// Density, invariants and per-pair caches of `atoms`; `out` holds exactly their rows and pairs.
     #[inline(always)]
-    fn forward<M: MulAdd>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
-        let (nr, nm, nf) = (self.spec.n_radial, self.n_monomials(), self.n_features());
+    fn forward<M: MulAdd, const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
+        let (nr, nm, nf) = (self.nr_of::<NR>(), self.nm_of::<L>(), self.n_features());
         let na = self.n_channels() * nm;
         let first_pair = nl.offsets()[atoms.start];
         let (mut y1, mut y2) = ([0.0; MAX_MONOMIALS], [0.0; MAX_MONOMIALS]);
@@ -450,7 +491,7 @@ impl Descriptor {
                 let r = crate::frame::norm(&nb.r);
                 let u = [nb.r[0] / r, nb.r[1] / r, nb.r[2] / r];
                 self.radial(r, &mut out.radial[p * nr..(p + 1) * nr], &mut out.d_radial[p * nr..(p + 1) * nr]);
-                self.angular(&u, y_cur, &mut pw);
+                self.angular::<L>(&u, y_cur, &mut pw);
                 let s = species[nb.j];
                 out.pairs[p] = PairCache { r, u };
                 out.species_of_neighbor[p] = s;
@@ -474,7 +515,7 @@ impl Descriptor {
             if let Some((pp, ps)) = pending {
                 accumulate1::<M>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], &out.radial[pp * nr..(pp + 1) * nr], y_prev);
             }
-            self.contract::<M>(a_i, &mut out.features[k * nf..(k + 1) * nf]);
+            self.contract::<M, L>(a_i, &mut out.features[k * nf..(k + 1) * nf], out.scratch);
         }
     }
 
@@ -490,16 +531,29 @@ impl Descriptor {
 
     /// Density coefficients → invariants: the l = 0 densities, then P_l[c, c'] = Σ_{m∈l} A[c][m] A[c'][m] for
     /// c ≤ c', l ascending.
+    /// Many channels (several elements) make each P_l a matrix product worth blocking (`p`: n_channels² of
+    /// scratch); few (one element) are faster as plain dot products.
     #[inline(always)]
-    fn contract<M: MulAdd>(&self, a: &[f64], g: &mut [f64]) {
+    fn contract<M: MulAdd, const L: usize>(&self, a: &[f64], g: &mut [f64], p: &mut [f64]) {
         let nc = self.n_channels();
-        let nm = self.n_monomials();
+        let nm = self.nm_of::<L>();
         for c in 0..nc {
             g[c] = a[c * nm];
         }
         let mut f = nc;
-        for l in 0..=self.spec.l_max {
-            let ms = self.l_start[l]..self.l_start[l + 1];
+        if nc >= GEMM_CHANNELS {
+            for l in 0..=self.l_of::<L>() {
+                let n_l = self.l_start[l + 1] - self.l_start[l];
+                gemm_view(nc, n_l, nc, self.block_l(a, l), self.block_l_t(a, l), 0.0, p, nc);
+                for c in 0..nc {
+                    g[f..f + nc - c].copy_from_slice(&p[c * nc + c..(c + 1) * nc]);
+                    f += nc - c;
+                }
+            }
+            return;
+        }
+        for l in 0..=self.l_of::<L>() {
+            let ms = l * (l + 1) * (l + 2) / 6..(l + 1) * (l + 2) * (l + 3) / 6;
             for c in 0..nc {
                 let ac = &a[c * nm + ms.start..c * nm + ms.end];
                 for c2 in c..nc {
@@ -526,7 +580,8 @@ impl Descriptor {
     /// [`Descriptor::vjp`] into `out`, with `scratch` reused between calls (no allocation when both are large
     /// enough); `parallel` as in [`Descriptor::compute_into`].
     pub fn vjp_into(&self, d: &Descriptors, dg: &[f64], out: &mut Vec<Vec3>, scratch: &mut Vec<f64>, parallel: bool) {
-        let per_task = self.n_channels() * self.n_monomials() + 4 * self.n_monomials();
+        let nc = self.n_channels();
+        let per_task = nc * self.n_monomials() + 4 * self.n_monomials() + nc * nc;
         out.resize(d.pairs.len(), [0.0; 3]);
         let nl = &d.neighbors;
         let run = |atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]| self.dispatch_backward(d, dg, atoms, grads, da);
@@ -547,33 +602,43 @@ impl Descriptor {
     }
 
     fn dispatch_backward(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
-        match self.isa {
-            Isa::Portable => self.backward::<Plain>(d, dg, atoms, grads, da),
-            // SAFETY: `Isa::detect` found these features on this CPU.
+        match (self.isa, self.spec.n_radial, self.spec.l_max) {
+            (Isa::Portable, _, _) => self.backward::<Plain, DYN, DYN>(d, dg, atoms, grads, da),
+            // SAFETY (all arms): `Isa::detect` found these features on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2Fma => unsafe { self.backward_avx2(d, dg, atoms, grads, da) },
+            (Isa::Avx2Fma, 8, 4) => unsafe { self.backward_avx2::<8, 4>(d, dg, atoms, grads, da) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 6, 4) => unsafe { self.backward_avx2::<6, 4>(d, dg, atoms, grads, da) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 8, 3) => unsafe { self.backward_avx2::<8, 3>(d, dg, atoms, grads, da) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 6, 3) => unsafe { self.backward_avx2::<6, 3>(d, dg, atoms, grads, da) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, _, _) => unsafe { self.backward_avx2::<DYN, DYN>(d, dg, atoms, grads, da) },
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_avx2(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
-        self.backward::<Fused>(d, dg, atoms, grads, da)
+    unsafe fn backward_avx2<const NR: usize, const L: usize>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
+        self.backward::<Fused, NR, L>(d, dg, atoms, grads, da)
     }
 
 
-    /// ∂E/∂r_ij of the pairs of `atoms` (`grads` holds exactly those pairs); `scratch` holds one density and
-    /// 4 × n_monomials.
+    /// ∂E/∂r_ij of the pairs of `atoms` (`grads` holds exactly those pairs); `scratch` holds one density,
+    /// 4 × n_monomials and n_channels².
     #[inline(always)]
-    fn backward<M: MulAdd>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], scratch: &mut [f64]) {
-        let (nc, nm, nr, nf) = (self.n_channels(), self.n_monomials(), self.spec.n_radial, d.n_features);
+    fn backward<M: MulAdd, const NR: usize, const L: usize>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], scratch: &mut [f64]) {
+        let (nm, nr, nf) = (self.nm_of::<L>(), self.nr_of::<NR>(), d.n_features);
+        let nc = self.n_species * nr;
         let na = nc * nm;
         let first_pair = d.neighbors.offsets()[atoms.start];
         let (da, rest) = scratch.split_at_mut(na);
         let (rho, rest) = rest.split_at_mut(nm);
         let (drho, rest) = rest.split_at_mut(nm);
         let (rho2, rest) = rest.split_at_mut(nm);
-        let drho2 = &mut rest[..nm];
+        let (drho2, rest) = rest.split_at_mut(nm);
+        let wsym = &mut rest[..nc * nc];
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
         for i in atoms {
             let a = &d.density[i * na..(i + 1) * na];
@@ -585,8 +650,23 @@ impl Descriptor {
                 da[c * nm] += g[c];
             }
             let mut f = nc;
-            for l in 0..=self.spec.l_max {
-                let ms = self.l_start[l]..self.l_start[l + 1];
+            for l in 0..=self.l_of::<L>() {
+                let ms = l * (l + 1) * (l + 2) / 6..(l + 1) * (l + 2) * (l + 3) / 6;
+                if nc >= GEMM_CHANNELS {
+                    // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it.
+                    for c in 0..nc {
+                        for c2 in c..nc {
+                            let w = g[f];
+                            f += 1;
+                            wsym[c * nc + c2] = w;
+                            wsym[c2 * nc + c] = w;
+                        }
+                        wsym[c * nc + c] *= 2.0;
+                    }
+                    let w = View { data: wsym, rs: nc, cs: 1 };
+                    gemm_view(nc, nc, ms.len(), w, self.block_l(a, l), 1.0, &mut da[ms.start..], nm);
+                    continue;
+                }
                 for c in 0..nc {
                     for c2 in c..nc {
                         let w = g[f];
@@ -620,7 +700,7 @@ impl Descriptor {
                 }
                 for (q, (rho, drho)) in [(&*rho, &*drho), (&*rho2, &*drho2)].into_iter().enumerate().take(if twin { 2 } else { 1 }) {
                     let PairCache { r, u } = d.pairs[p + q];
-                    let (radial_part, gu) = self.angular_contract::<M>(&u, drho, rho, &mut pw, &mut dpw);
+                    let (radial_part, gu) = self.angular_contract::<M, L>(&u, drho, rho, &mut pw, &mut dpw);
                     let ug = u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2];
                     grads[p + q - first_pair] = [
                         u[0] * radial_part + (gu[0] - u[0] * ug) / r,
@@ -788,6 +868,8 @@ struct AtomsOut<'a> {
     radial: &'a mut [f64],
     d_radial: &'a mut [f64],
     species_of_neighbor: &'a mut [usize],
+    /// n_channels² of scratch (the invariants of one atom, when they are a matrix product).
+    scratch: &'a mut [f64],
 }
 
 /// A work item of a multi-threaded call: a range of centre atoms and the range of their pairs.
@@ -824,7 +906,12 @@ mod tests {
     use super::*;
 
     fn setup() -> (Descriptor, Vec<Vec3>, Vec<usize>) {
-        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial: 4, l_max: 3, radial_width: 1.0 };
+        setup_with(4)
+    }
+
+    /// Two species with `n_radial` functions each (8 or more: the blocked matrix-product path of the invariants).
+    fn setup_with(n_radial: usize) -> (Descriptor, Vec<Vec3>, Vec<usize>) {
+        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial, l_max: 3, radial_width: 1.0 };
         let pos = vec![[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.4, 1.3, 0.5], [0.3, -0.6, 1.4], [1.5, 1.2, 1.0]];
         (Descriptor::new(&spec, 2), pos, vec![0, 1, 1, 0, 1])
     }
@@ -840,8 +927,8 @@ mod tests {
         let w = [0.48, 0.6, 0.64f64];
         let nm = d.n_monomials();
         let (mut yu, mut yw) = (vec![0.0; nm], vec![0.0; nm]);
-        d.angular(&u, &mut yu, &mut [[0.0; 9]; 3]);
-        d.angular(&w, &mut yw, &mut [[0.0; 9]; 3]);
+        d.angular::<DYN>(&u, &mut yu, &mut [[0.0; 9]; 3]);
+        d.angular::<DYN>(&w, &mut yw, &mut [[0.0; 9]; 3]);
         let cos = u[0] * w[0] + u[1] * w[1] + u[2] * w[2];
         for l in 0..=3 {
             let s: f64 = (d.l_start[l]..d.l_start[l + 1]).map(|m| yu[m] * yw[m]).sum();
@@ -872,7 +959,15 @@ mod tests {
 
     #[test]
     fn jvp_and_vjp_match_finite_differences() {
-        let (d, pos, sp) = setup();
+        for n_radial in [4, 8] {
+            let (d, _, _) = setup_with(n_radial);
+            assert_eq!(d.n_channels() >= GEMM_CHANNELS, n_radial == 8, "both paths of the invariants are tested");
+            jvp_and_vjp_match_finite_differences_with(n_radial);
+        }
+    }
+
+    fn jvp_and_vjp_match_finite_differences_with(n_radial: usize) {
+        let (d, pos, sp) = setup_with(n_radial);
         let base = compute(&d, &pos, &sp);
         let nf = base.n_features;
         let disp: Vec<Vec3> = (0..pos.len()).map(|k| [0.3 * k as f64 - 0.5, 0.2, -0.1 * k as f64]).collect();
