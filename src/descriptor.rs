@@ -891,7 +891,7 @@ fn tasks(offsets: &[usize]) -> Vec<Task> {
 }
 
 /// `s` cut into consecutive pieces of the given lengths (which must add up to at most its length).
-fn split_by<'a, T>(mut s: &'a mut [T], lengths: impl Iterator<Item = usize>) -> Vec<&'a mut [T]> {
+fn split_by<T>(mut s: &mut [T], lengths: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
     let mut out = Vec::new();
     for len in lengths {
         let (head, tail) = std::mem::take(&mut s).split_at_mut(len);
