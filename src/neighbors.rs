@@ -7,6 +7,17 @@
 use crate::error::{Error, Result};
 use crate::frame::{cross, inv3, norm, Frame, Mat3, Vec3};
 
+/// Atoms closer than this (Å) are refused, naming them: overlapping atoms, or coordinates not in Å.
+pub const MIN_DISTANCE: f64 = 0.1;
+
+/// Most periodic images (atoms × images of the cell) one list may need (~32 B each).
+pub const MAX_IMAGES: usize = 10_000_000;
+
+/// Most neighbour pairs one list may hold: with the descriptor's per-pair data (~250 B per pair) about 2.5 GB.
+/// A larger request (a cell given in the wrong unit, atoms piled up) is refused before memory runs out, instead
+/// of aborting the host program (LAMMPS, Python) when an allocation fails.
+pub const MAX_PAIRS: usize = 10_000_000;
+
 /// One directed neighbour of a centre atom.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Neighbor {
@@ -86,12 +97,26 @@ impl NeighborList {
             let vol = crate::frame::det3(cell).abs();
             let mut reps = [0i64; 3];
             let mut pad = [0.0; 3];
+            let mut heights = [f64::INFINITY; 3];
             for a in 0..3 {
                 if pbc[a] {
                     let h = vol / norm(&cross(&cell[(a + 1) % 3], &cell[(a + 2) % 3]));
-                    reps[a] = (cutoff / h).ceil() as i64;
+                    heights[a] = h;
                     pad[a] = cutoff / h;
+                    reps[a] = pad[a].ceil().min(1e9) as i64;
                 }
+            }
+            // Bound the work before allocating: every image of an atom within the cutoff of the cell is built.
+            let per_atom: f64 = (0..3).map(|a| if pbc[a] { 1.0 + 2.0 * pad[a] } else { 1.0 }).product();
+            let images_needed = positions.len() as f64 * per_atom;
+            if images_needed > MAX_IMAGES as f64 {
+                let h = heights.iter().copied().fold(f64::INFINITY, f64::min);
+                return Err(Error::invalid(format!(
+                    "the periodic cell is too small for the cutoff: its shortest height is {h:.3} Å against a cutoff of \
+                     {cutoff} Å, so {per_atom:.2e} periodic images of each of the {} atoms ({images_needed:.2e} in all) \
+                     would be needed, above the limit of {MAX_IMAGES:.0e}; is the cell given in Å?",
+                    positions.len()
+                )));
             }
             let frac: Vec<Vec3> = positions
                 .iter()
@@ -200,6 +225,17 @@ impl NeighborList {
                             let r = [xj[0] - xi[0], xj[1] - xi[1], xj[2] - xi[2]];
                             let d2 = r[0] * r[0] + r[1] * r[1] + r[2] * r[2];
                             if d2 < rc2 {
+                                if d2 < MIN_DISTANCE * MIN_DISTANCE {
+                                    return Err(too_close(i, j, d2.sqrt(), j == i));
+                                }
+                                if neighbors.len() >= MAX_PAIRS {
+                                    return Err(Error::invalid(format!(
+                                        "more than {MAX_PAIRS:.0e} neighbour pairs within the cutoff of {cutoff} Å for {} \
+                                         atoms (found by atom {i} of them): the atoms are far denser than any material; \
+                                         are the positions and cell given in Å?",
+                                        centers.len()
+                                    )));
+                                }
                                 neighbors.push(Neighbor { j, r });
                             }
                         }
@@ -214,6 +250,15 @@ impl NeighborList {
         }
         Ok(NeighborList { cutoff, offsets, neighbors })
     }
+}
+
+/// The error for atoms `i` and `j` closer than [`MIN_DISTANCE`] (`image`: j is a periodic image of i).
+pub fn too_close(i: usize, j: usize, distance: f64, image: bool) -> Error {
+    let which = if image { format!("atom {i} and its own periodic image") } else { format!("atoms {i} and {j}") };
+    Error::invalid(format!(
+        "{which} are {distance:.4} Å apart, closer than {MIN_DISTANCE} Å: overlapping atoms, or positions/cell not \
+         given in Å"
+    ))
 }
 
 #[cfg(test)]

@@ -472,3 +472,43 @@ fn the_header_is_public_api_only_and_its_version_is_the_crate_version() {
     }
     assert!(header.contains(&format!("#define PILIP_ERROR_ENGINE {PILIP_ERROR_ENGINE}\n")));
 }
+
+#[test]
+fn impossible_systems_are_refused_before_memory_runs_out() {
+    // A 9-atom cell given in the wrong unit (edge 0.1 "Å") made libpilip allocate 2.7 GB and abort the host.
+    let dir = tmpdir("bounded-work");
+    let m = c_load(&write_model(&dir, &cell_model(), Dtype::F32), None).unwrap();
+    let grid = |n: usize, spacing: f64| -> Vec<Vec3> {
+        (0..n * n * n).map(|k| [(k % n) as f64, ((k / n) % n) as f64, (k / (n * n)) as f64].map(|x| x * spacing)).collect()
+    };
+    let small = |edge: f64| Frame {
+        positions: grid(3, edge / 3.0)[..9].to_vec(),
+        numbers: vec![29; 9],
+        cell: Some([[edge, 0.0, 0.0], [0.0, edge, 0.0], [0.0, 0.0, edge]]),
+        pbc: [true; 3],
+        ..Default::default()
+    };
+    let (s, msg) = c_compute(&m, &small(0.1)).err().unwrap();
+    assert_eq!(s, PILIP_ERROR_INVALID_ARGUMENT);
+    assert!(msg.contains("Å apart, closer than 0.1 Å") && msg.contains("not given in Å"), "{msg}");
+    let (s, msg) = c_compute(&m, &small(0.01)).err().unwrap();
+    assert_eq!(s, PILIP_ERROR_INVALID_ARGUMENT);
+    assert!(msg.contains("cell is too small") && msg.contains("shortest height is 0.010 Å") && msg.contains("cutoff of 3 Å"), "{msg}");
+    // 8000 atoms 0.11 Å apart in an open cluster: every atom sees all others, 6.4e7 pairs
+    let dense = Frame { positions: grid(20, 0.11), numbers: vec![29; 8000], ..Default::default() };
+    let (s, msg) = c_compute(&m, &dense).err().unwrap();
+    assert_eq!(s, PILIP_ERROR_INVALID_ARGUMENT);
+    assert!(msg.contains("neighbour pairs") && msg.contains("8000 atoms"), "{msg}");
+    // the neighbour-list entry point refuses close pairs too, naming them
+    let pos = [0.0, 0.0, 0.0, 0.05, 0.0, 0.0];
+    let z = [29, 29];
+    let (counts, l0, l1) = ([1, 1], [1i32], [0i32]);
+    let lists = [l0.as_ptr(), l1.as_ptr()];
+    let mut e = 0.0;
+    let null = std::ptr::null_mut();
+    let s = unsafe {
+        pilip_model_compute_neighbors(m.0, 2, pos.as_ptr(), z.as_ptr(), 2, std::ptr::null(), counts.as_ptr(), lists.as_ptr(), &mut e, null, null, null, null)
+    };
+    assert_eq!(s, PILIP_ERROR_INVALID_ARGUMENT);
+    assert!(last_error().contains("atoms 0 and 1 are 0.0500 Å apart"), "{}", last_error());
+}

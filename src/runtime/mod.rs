@@ -353,8 +353,8 @@ impl Potential {
                     continue;
                 }
                 check(j)?;
-                if r2 < 1e-20 {
-                    return Err(Error::invalid(format!("atoms {i} and {j} are at the same position")));
+                if r2 < crate::neighbors::MIN_DISTANCE * crate::neighbors::MIN_DISTANCE {
+                    return Err(crate::neighbors::too_close(i, j, r2.sqrt(), false));
                 }
                 pairs.push(Neighbor { j, r });
             }

