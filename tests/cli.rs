@@ -227,3 +227,119 @@ fn piwsl_benchmark_smoke_run_writes_results_and_each_variant_changes_the_loss() 
     let again: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&interrupted).unwrap()).unwrap();
     assert_eq!(again["test"], expected["test"]);
 }
+
+/// The complete lines of `metrics.jsonl` of a run (one being written, or cut by a kill, is left out), without
+/// the wall-time fields.
+fn epochs_without_timing(run: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let mut v: serde_json::Value = serde_json::from_str(l).ok()?;
+            v.as_object_mut()?.remove("time_s");
+            Some(v)
+        })
+        .collect()
+}
+
+#[test]
+fn training_killed_at_random_points_and_resumed_ends_where_an_uninterrupted_run_ends() {
+    // kill -9 at random points (while an epoch runs, while a checkpoint is written, before the first one), then
+    // `--resume` from whatever last.ckpt is on disk: the epochs and the test metrics are those of a run that was
+    // never interrupted.
+    let dir = tmpdir("kill9");
+    let cfg = root().join("examples/configs/molecule.toml");
+    let (reference, killed) = (dir.join("reference"), dir.join("killed"));
+    let train = |run: &Path| {
+        let mut cmd = pilip();
+        cmd.arg("train").arg(&cfg).arg("--quiet").args([
+            "--set",
+            "training.max_epochs=40",
+            "--set",
+            "training.patience=1000",
+            "--set",
+            "data.n_train=30",
+            "--set",
+            "model.hidden=[8]",
+            "--set",
+            "training.threads=1",
+            "--set",
+            &format!("output.run_dir=\"{}\"", run.display()),
+        ]);
+        cmd
+    };
+    run_ok(&mut train(&reference));
+    let mut rng = pilip::rng::Rng::new(20261129);
+    let (mut kills, mut starts) = (0, 0);
+    loop {
+        starts += 1;
+        assert!(starts < 200, "no progress after {starts} starts");
+        let last = killed.join("checkpoints/last.ckpt");
+        let mut cmd = train(&killed);
+        if last.exists() {
+            cmd.arg("--resume").arg(&last);
+        }
+        let done_before = epochs_without_timing(&killed).len();
+        let mut child = cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null()).spawn().unwrap();
+        // let this start make 0–2 epochs of progress, then kill it somewhere inside the next epoch
+        let wait_for = done_before + rng.below(3);
+        let t0 = std::time::Instant::now();
+        let finished = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if epochs_without_timing(&killed).len() >= wait_for || t0.elapsed().as_secs() > 60 {
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        };
+        if let Some(status) = finished {
+            assert!(status.success(), "a resumed run failed");
+            if killed.join("test_metrics.json").exists() {
+                break;
+            }
+            continue;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(40) as u64));
+        if child.try_wait().unwrap().is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        child.wait().unwrap();
+    }
+    eprintln!("{kills} kills in {starts} starts");
+    assert!(kills >= 10, "only {kills} kills");
+    assert_eq!(epochs_without_timing(&killed), epochs_without_timing(&reference), "after {kills} kills");
+    let metrics = |run: &Path| std::fs::read_to_string(run.join("test_metrics.json")).unwrap();
+    assert_eq!(metrics(&killed), metrics(&reference));
+}
+
+#[test]
+fn an_export_killed_at_random_points_never_leaves_a_partial_model() {
+    let dir = tmpdir("kill-export");
+    let run = dir.join("run");
+    let cfg = root().join("examples/configs/molecule.toml");
+    run_ok(pilip().arg("train").arg(&cfg).args(["--quiet", "--set", "training.max_epochs=1", "--set", "data.n_train=20"]).args([
+        "--set",
+        &format!("output.run_dir=\"{}\"", run.display()),
+    ]));
+    let best = run.join("checkpoints/best.ckpt");
+    let model = dir.join("model.onnx");
+    let mut rng = pilip::rng::Rng::new(11);
+    let mut complete = 0;
+    for _ in 0..12 {
+        let _ = std::fs::remove_file(&model);
+        let mut child = pilip().arg("export").arg(&best).arg("-o").arg(&model).stdout(std::process::Stdio::null()).spawn().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(rng.below(120) as u64));
+        let _ = child.kill();
+        child.wait().unwrap();
+        // either no model at all, or a complete one that loads
+        if model.exists() {
+            run_ok(pilip().arg("info").arg(&model));
+            complete += 1;
+        }
+    }
+    eprintln!("{complete} of 12 killed exports had finished");
+    run_ok(pilip().arg("export").arg(&best).arg("-o").arg(&model));
+    run_ok(pilip().arg("info").arg(&model));
+}
