@@ -68,7 +68,6 @@ impl DescriptorSpec {
 #[derive(Clone, Copy, Debug)]
 struct Monomial {
     /// (a, b, c); the hot loops regenerate them in the same order, a test checks that they agree.
-    #[cfg_attr(not(test), allow(dead_code))]
     pow: [usize; 3],
     weight: f64,
 }

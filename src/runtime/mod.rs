@@ -3,7 +3,8 @@
 //! Descriptors and the chain rule run in f64 in Rust; the network runs in an [`engine::Engine`]. Two entry
 //! points: a whole system (the runtime builds the neighbour list; periodic or open) and an MD engine's local +
 //! ghost atoms with the engine's own neighbour list. A `Potential` is immutable after loading and may be shared
-//! by any number of threads.
+//! by any number of threads; with `threads > 1` it also owns a pool that shares each call's per-atom work
+//! (bit-identical results), and it keeps the buffers of finished calls for the next ones.
 
 pub mod engine;
 #[cfg(feature = "ort")]
