@@ -79,8 +79,6 @@ pub struct Descriptor {
     pub spec: DescriptorSpec,
     n_species: usize,
     monomials: Vec<Monomial>,
-    /// `l_start[l]..l_start[l+1]` are the monomials of order l.
-    l_start: Vec<usize>,
     /// The monomials grouped by (a, b), each group in ascending c: `(a, b, range)` into `column_m` (monomial
     /// index) and `column_w` (its weight). The VJP evaluates Σ_c coef·z^c of a group by Horner's rule.
     columns: Vec<(usize, usize, std::ops::Range<usize>)>,
@@ -147,6 +145,28 @@ struct PairCache {
     u: Vec3,
 }
 
+/// Calls a kernel (generic over `M: MulAdd, const NR, const L`) with the fastest code for this CPU and descriptor
+/// shape: AVX2 + FMA through its `#[target_feature]` wrapper, with the common shapes (n_radial 6 or 8, l_max 3 or 4)
+/// compiled in as constants; portable code elsewhere.
+macro_rules! dispatch {
+    ($self:ident, $kernel:ident, $avx2:ident, ($($arg:expr),*)) => {
+        match ($self.isa, $self.spec.n_radial, $self.spec.l_max) {
+            (Isa::Portable, _, _) => $self.$kernel::<Plain, DYN, DYN>($($arg),*),
+            // SAFETY (all arms): `Isa::detect` found these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 8, 4) => unsafe { $self.$avx2::<8, 4>($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 6, 4) => unsafe { $self.$avx2::<6, 4>($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 8, 3) => unsafe { $self.$avx2::<8, 3>($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, 6, 3) => unsafe { $self.$avx2::<6, 3>($($arg),*) },
+            #[cfg(target_arch = "x86_64")]
+            (Isa::Avx2Fma, _, _) => unsafe { $self.$avx2::<DYN, DYN>($($arg),*) },
+        }
+    };
+}
+
 /// "Not fixed at compile time" for the shape parameters of the kernels: `NR` (n_radial) and `L` (l_max) are
 /// either the model's values, compiled in for the common shapes (loops unrolled, no bounds checks), or `DYN`.
 const DYN: usize = usize::MAX;
@@ -193,7 +213,6 @@ impl Descriptor {
     /// The descriptor of `spec` for a model with `n_species` elements.
     pub fn new(spec: &DescriptorSpec, n_species: usize) -> Self {
         let mut monomials = Vec::new();
-        let mut l_start = vec![0];
         let fact = |k: usize| (1..=k).map(|x| x as f64).product::<f64>();
         for l in 0..=spec.l_max {
             for a in (0..=l).rev() {
@@ -203,7 +222,6 @@ impl Descriptor {
                     monomials.push(Monomial { pow: [a, b, c], weight: w });
                 }
             }
-            l_start.push(monomials.len());
         }
         let (mut columns, mut column_m, mut column_w) = (Vec::new(), Vec::new(), Vec::new());
         for a in 0..=spec.l_max {
@@ -225,7 +243,6 @@ impl Descriptor {
             spec: spec.clone(),
             n_species,
             monomials,
-            l_start,
             columns,
             column_m,
             column_w,
@@ -301,7 +318,7 @@ impl Descriptor {
     /// The number of monomials, a constant when `L` is compiled in.
     #[inline(always)]
     fn nm_of<const L: usize>(&self) -> usize {
-        if L != DYN { (L + 1) * (L + 2) * (L + 3) / 6 } else { self.n_monomials() }
+        if L != DYN { order_range(L).end } else { self.n_monomials() }
     }
 
     /// Powers `u_a^k`, k ≤ l_max, of each component of û into `pw` (entries above l_max are left as they are).
@@ -443,23 +460,9 @@ impl Descriptor {
         work.into_par_iter().for_each(|(((((((t, f), a), pc), r), dr), sn), p)| run(t.atoms.clone(), f, a, pc, r, dr, sn, p));
     }
 
-    /// The forward pass over `atoms`, compiled for the CPU's widest vectors (see [`Isa`]).
-    /// The common shapes (n_radial 6 or 8, l_max 3 or 4) run code compiled for them.
+    /// The forward pass over `atoms`, compiled for this CPU and shape (see [`dispatch!`]).
     fn dispatch_forward(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
-        match (self.isa, self.spec.n_radial, self.spec.l_max) {
-            (Isa::Portable, _, _) => self.forward::<Plain, DYN, DYN>(nl, species, atoms, out),
-            // SAFETY (all arms): `Isa::detect` found these features on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 8, 4) => unsafe { self.forward_avx2::<8, 4>(nl, species, atoms, out) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 6, 4) => unsafe { self.forward_avx2::<6, 4>(nl, species, atoms, out) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 8, 3) => unsafe { self.forward_avx2::<8, 3>(nl, species, atoms, out) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 6, 3) => unsafe { self.forward_avx2::<6, 3>(nl, species, atoms, out) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, _, _) => unsafe { self.forward_avx2::<DYN, DYN>(nl, species, atoms, out) },
-        }
+        dispatch!(self, forward, forward_avx2, (nl, species, atoms, out))
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -467,7 +470,6 @@ impl Descriptor {
     unsafe fn forward_avx2<const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
         self.forward::<Fused, NR, L>(nl, species, atoms, out)
     }
-
 
     /// Density, invariants and per-pair caches of `atoms`; `out` holds exactly their rows and pairs.
     #[inline(always)]
@@ -497,11 +499,11 @@ impl Descriptor {
                 match pending {
                     Some((pp, ps)) if ps == s => {
                         let (r1, r2) = (&out.radial[pp * nr..(pp + 1) * nr], &out.radial[p * nr..(p + 1) * nr]);
-                        accumulate2::<M>(&mut a_i[s * nr * nm..(s + 1) * nr * nm], r1, y_prev, r2, y_cur);
+                        accumulate::<M, 2>(&mut a_i[s * nr * nm..(s + 1) * nr * nm], [(r1, y_prev), (r2, y_cur)]);
                         pending = None;
                     }
                     Some((pp, ps)) => {
-                        accumulate1::<M>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], &out.radial[pp * nr..(pp + 1) * nr], y_prev);
+                        accumulate::<M, 1>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], [(&out.radial[pp * nr..(pp + 1) * nr], y_prev)]);
                         std::mem::swap(&mut y_prev, &mut y_cur);
                         pending = Some((p, s));
                     }
@@ -512,7 +514,7 @@ impl Descriptor {
                 }
             }
             if let Some((pp, ps)) = pending {
-                accumulate1::<M>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], &out.radial[pp * nr..(pp + 1) * nr], y_prev);
+                accumulate::<M, 1>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], [(&out.radial[pp * nr..(pp + 1) * nr], y_prev)]);
             }
             self.contract::<M, L>(a_i, &mut out.features[k * nf..(k + 1) * nf], out.scratch);
         }
@@ -520,12 +522,12 @@ impl Descriptor {
 
     /// The order-l block (`[n_channels][n_l]`, row stride n_monomials) of a `[n_channels][n_monomials]` matrix.
     fn block_l<'a>(&self, a: &'a [f64], l: usize) -> View<'a> {
-        View { data: &a[self.l_start[l]..], rs: self.n_monomials(), cs: 1 }
+        View { data: &a[order_range(l).start..], rs: self.n_monomials(), cs: 1 }
     }
 
     /// Its transpose.
     fn block_l_t<'a>(&self, a: &'a [f64], l: usize) -> View<'a> {
-        View { data: &a[self.l_start[l]..], rs: 1, cs: self.n_monomials() }
+        View { data: &a[order_range(l).start..], rs: 1, cs: self.n_monomials() }
     }
 
     /// Density coefficients → invariants: the l = 0 densities, then P_l[c, c'] = Σ_{m∈l} A[c][m] A[c'][m] for
@@ -542,8 +544,7 @@ impl Descriptor {
         let mut f = nc;
         if nc >= GEMM_CHANNELS {
             for l in 0..=self.l_of::<L>() {
-                let n_l = self.l_start[l + 1] - self.l_start[l];
-                gemm_view(nc, n_l, nc, self.block_l(a, l), self.block_l_t(a, l), 0.0, p, nc);
+                gemm_view(nc, order_range(l).len(), nc, self.block_l(a, l), self.block_l_t(a, l), 0.0, p, nc);
                 for c in 0..nc {
                     g[f..f + nc - c].copy_from_slice(&p[c * nc + c..(c + 1) * nc]);
                     f += nc - c;
@@ -552,7 +553,7 @@ impl Descriptor {
             return;
         }
         for l in 0..=self.l_of::<L>() {
-            let ms = l * (l + 1) * (l + 2) / 6..(l + 1) * (l + 2) * (l + 3) / 6;
+            let ms = order_range(l);
             for c in 0..nc {
                 let ac = &a[c * nm + ms.start..c * nm + ms.end];
                 for c2 in c..nc {
@@ -600,21 +601,9 @@ impl Descriptor {
         work.into_par_iter().for_each(|((t, grads), da)| run(t.atoms.clone(), grads, da));
     }
 
+    /// The VJP over `atoms`, compiled for this CPU and shape (see [`dispatch!`]).
     fn dispatch_backward(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
-        match (self.isa, self.spec.n_radial, self.spec.l_max) {
-            (Isa::Portable, _, _) => self.backward::<Plain, DYN, DYN>(d, dg, atoms, grads, da),
-            // SAFETY (all arms): `Isa::detect` found these features on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 8, 4) => unsafe { self.backward_avx2::<8, 4>(d, dg, atoms, grads, da) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 6, 4) => unsafe { self.backward_avx2::<6, 4>(d, dg, atoms, grads, da) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 8, 3) => unsafe { self.backward_avx2::<8, 3>(d, dg, atoms, grads, da) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, 6, 3) => unsafe { self.backward_avx2::<6, 3>(d, dg, atoms, grads, da) },
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2Fma, _, _) => unsafe { self.backward_avx2::<DYN, DYN>(d, dg, atoms, grads, da) },
-        }
+        dispatch!(self, backward, backward_avx2, (d, dg, atoms, grads, da))
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -622,7 +611,6 @@ impl Descriptor {
     unsafe fn backward_avx2<const NR: usize, const L: usize>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
         self.backward::<Fused, NR, L>(d, dg, atoms, grads, da)
     }
-
 
     /// ∂E/∂r_ij of the pairs of `atoms` (`grads` holds exactly those pairs); `scratch` holds one density,
     /// 4 × n_monomials and n_channels².
@@ -650,7 +638,7 @@ impl Descriptor {
             }
             let mut f = nc;
             for l in 0..=self.l_of::<L>() {
-                let ms = l * (l + 1) * (l + 2) / 6..(l + 1) * (l + 2) * (l + 3) / 6;
+                let ms = order_range(l);
                 if nc >= GEMM_CHANNELS {
                     // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it.
                     for c in 0..nc {
@@ -692,10 +680,9 @@ impl Descriptor {
                 let radial = |p: usize| (&d.radial[p * nr..(p + 1) * nr], &d.d_radial[p * nr..(p + 1) * nr]);
                 let twin = p + 1 < p_end && d.species_of_neighbor[p + 1] == s;
                 if twin {
-                    radial_combinations2::<M>(da_s, nm, radial(p), radial(p + 1), [&mut rho[..], &mut drho[..], &mut rho2[..], &mut drho2[..]]);
+                    radial_combinations::<M, 2>(da_s, nm, [radial(p), radial(p + 1)], [(&mut *rho, &mut *drho), (&mut *rho2, &mut *drho2)]);
                 } else {
-                    let (rad, drad) = radial(p);
-                    radial_combinations::<M>(da_s, nm, rad, drad, rho, drho);
+                    radial_combinations::<M, 1>(da_s, nm, [radial(p)], [(&mut *rho, &mut *drho)]);
                 }
                 for (q, (rho, drho)) in [(&*rho, &*drho), (&*rho2, &*drho2)].into_iter().enumerate().take(if twin { 2 } else { 1 }) {
                     let PairCache { r, u } = d.pairs[p + q];
@@ -763,7 +750,7 @@ impl Descriptor {
             // dP_l = dA_l A_lᵀ + A_l dA_lᵀ = M + Mᵀ
             let mut f = nc;
             for l in 0..=self.spec.l_max {
-                let nl = self.l_start[l + 1] - self.l_start[l];
+                let nl = order_range(l).len();
                 gemm_view(nc, nl, nc, self.block_l(&dda, l), self.block_l_t(a, l), 0.0, &mut mm, nc);
                 for c in 0..nc {
                     for c2 in c..nc {
@@ -777,85 +764,63 @@ impl Descriptor {
     }
 }
 
-/// ρ_m = Σ_k R_k dA[k][m] and ρ'_m = Σ_k R'_k dA[k][m] (`da` is `[n_radial][nm]`), in blocks of eight m held in
-/// registers over the k loop (each element still sums k in ascending order).
+/// The indices of the monomials of order l: they are ordered by l, with (l + 1)(l + 2)/2 of each order.
 #[inline(always)]
-fn radial_combinations<M: MulAdd>(da: &[f64], nm: usize, rad: &[f64], drad: &[f64], rho: &mut [f64], drho: &mut [f64]) {
+const fn order_range(l: usize) -> std::ops::Range<usize> {
+    l * (l + 1) * (l + 2) / 6..(l + 1) * (l + 2) * (l + 3) / 6
+}
+
+/// For each of N pairs (radial values R, R'): ρ_m = Σ_k R_k dA[k][m] and ρ'_m = Σ_k R'_k dA[k][m] (`da` is
+/// `[n_radial][nm]`, `out[p]` = (ρ, ρ') of pair p). Eight m at a time are held in registers over the k loop and
+/// each dA row is loaded once for all N pairs; every element sums k in ascending order.
+#[inline(always)]
+fn radial_combinations<M: MulAdd, const N: usize>(da: &[f64], nm: usize, radial: [(&[f64], &[f64]); N], out: [(&mut [f64], &mut [f64]); N]) {
     const B: usize = 8;
+    let n_radial = radial[0].0.len();
     let full = nm / B * B;
+    let mut out = out;
     for m in (0..full).step_by(B) {
-        let (mut a, mut b) = ([0.0f64; B], [0.0f64; B]);
-        for (k, (&rk, &dk)) in rad.iter().zip(drad).enumerate() {
+        let mut acc = [[[0.0f64; B]; 2]; N];
+        for k in 0..n_radial {
             let row: &[f64; B] = da[k * nm + m..k * nm + m + B].try_into().unwrap_or(&[0.0; B]);
-            for t in 0..B {
-                a[t] = M::madd(rk, row[t], a[t]);
-                b[t] = M::madd(dk, row[t], b[t]);
-            }
-        }
-        rho[m..m + B].copy_from_slice(&a);
-        drho[m..m + B].copy_from_slice(&b);
-    }
-    for m in full..nm {
-        let (mut a, mut b) = (0.0, 0.0);
-        for (k, (&rk, &dk)) in rad.iter().zip(drad).enumerate() {
-            a = M::madd(rk, da[k * nm + m], a);
-            b = M::madd(dk, da[k * nm + m], b);
-        }
-        rho[m] = a;
-        drho[m] = b;
-    }
-}
-
-/// `rows[k][m] += r[k]·y[m]` (`rows` is `[n_radial][nm]`).
-#[inline(always)]
-fn accumulate1<M: MulAdd>(rows: &mut [f64], r: &[f64], y: &[f64]) {
-    for (row, &rk) in rows.chunks_exact_mut(y.len()).zip(r) {
-        for (x, &ym) in row.iter_mut().zip(y) {
-            *x = M::madd(rk, ym, *x);
-        }
-    }
-}
-
-/// `rows[k][m] += r1[k]·y1[m]`, then `+= r2[k]·y2[m]`: two neighbours with one pass over the rows.
-#[inline(always)]
-fn accumulate2<M: MulAdd>(rows: &mut [f64], r1: &[f64], y1: &[f64], r2: &[f64], y2: &[f64]) {
-    for ((row, &a), &b) in rows.chunks_exact_mut(y1.len()).zip(r1).zip(r2) {
-        for ((x, &u), &v) in row.iter_mut().zip(y1).zip(y2) {
-            *x = M::madd(b, v, M::madd(a, u, *x));
-        }
-    }
-}
-
-/// [`radial_combinations`] of two pairs of one species at once (`out` = ρ₁, ρ'₁, ρ₂, ρ'₂), loading each dA row once.
-#[inline(always)]
-fn radial_combinations2<M: MulAdd>(da: &[f64], nm: usize, p1: (&[f64], &[f64]), p2: (&[f64], &[f64]), out: [&mut [f64]; 4]) {
-    const B: usize = 8;
-    let [rho1, drho1, rho2, drho2] = out;
-    let full = nm / B * B;
-    for m in (0..full).step_by(B) {
-        let mut acc = [[0.0f64; B]; 4];
-        for k in 0..p1.0.len() {
-            let row: &[f64; B] = da[k * nm + m..k * nm + m + B].try_into().unwrap_or(&[0.0; B]);
-            let c = [p1.0[k], p1.1[k], p2.0[k], p2.1[k]];
-            for (acc, &c) in acc.iter_mut().zip(&c) {
+            for (acc, (r, dr)) in acc.iter_mut().zip(&radial) {
                 for t in 0..B {
-                    acc[t] = M::madd(c, row[t], acc[t]);
+                    acc[0][t] = M::madd(r[k], row[t], acc[0][t]);
+                    acc[1][t] = M::madd(dr[k], row[t], acc[1][t]);
                 }
             }
         }
-        for (dst, acc) in [&mut *rho1, &mut *drho1, &mut *rho2, &mut *drho2].into_iter().zip(&acc) {
-            dst[m..m + B].copy_from_slice(acc);
+        for (acc, (rho, drho)) in acc.iter().zip(out.iter_mut()) {
+            rho[m..m + B].copy_from_slice(&acc[0]);
+            drho[m..m + B].copy_from_slice(&acc[1]);
         }
     }
     for m in full..nm {
-        let mut acc = [0.0f64; 4];
-        for k in 0..p1.0.len() {
-            let v = da[k * nm + m];
-            for (acc, c) in acc.iter_mut().zip([p1.0[k], p1.1[k], p2.0[k], p2.1[k]]) {
-                *acc = M::madd(c, v, *acc);
+        for ((r, dr), (rho, drho)) in radial.iter().zip(out.iter_mut()) {
+            let (mut a, mut b) = (0.0, 0.0);
+            for k in 0..n_radial {
+                a = M::madd(r[k], da[k * nm + m], a);
+                b = M::madd(dr[k], da[k * nm + m], b);
             }
+            rho[m] = a;
+            drho[m] = b;
         }
-        (rho1[m], drho1[m], rho2[m], drho2[m]) = (acc[0], acc[1], acc[2], acc[3]);
+    }
+}
+
+/// `rows[k][m] += r_p[k]·y_p[m]` for the N pairs p = (r_p, y_p) in order (`rows` is `[n_radial][nm]`), with one
+/// pass over the rows for all of them.
+#[inline(always)]
+fn accumulate<M: MulAdd, const N: usize>(rows: &mut [f64], pairs: [(&[f64], &[f64]); N]) {
+    let nm = pairs[0].1.len();
+    for (k, row) in rows.chunks_exact_mut(nm).enumerate() {
+        for (m, x) in row.iter_mut().enumerate() {
+            let mut v = *x;
+            for (r, y) in &pairs {
+                v = M::madd(r[k], y[m], v);
+            }
+            *x = v;
+        }
     }
 }
 
@@ -930,7 +895,7 @@ mod tests {
         d.angular::<DYN>(&w, &mut yw, &mut [[0.0; 9]; 3]);
         let cos = u[0] * w[0] + u[1] * w[1] + u[2] * w[2];
         for l in 0..=3 {
-            let s: f64 = (d.l_start[l]..d.l_start[l + 1]).map(|m| yu[m] * yw[m]).sum();
+            let s: f64 = order_range(l).map(|m| yu[m] * yw[m]).sum();
             assert!((s - cos.powi(l as i32)).abs() < 1e-12);
         }
         // the table order and the loop order agree
