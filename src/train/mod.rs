@@ -389,12 +389,17 @@ fn start_or_resume(cfg: &Config, splits: &Splits, resumed: Option<(Model, TrainS
     Ok((model, st))
 }
 
+/// Mini-batches of one epoch (a batch larger than the training set is the whole set).
+fn batches_per_epoch(n_train: usize, batch_size: usize) -> usize {
+    n_train.div_ceil(batch_size.min(n_train).max(1))
+}
+
 /// One pass over the shuffled training set: a gradient step per mini-batch. Returns the summed loss terms.
 fn run_epoch(model: &mut Model, st: &mut TrainState, train: &[Frame], cfg: &Config, progress: bool, last: &Path) -> Result<LossTerms> {
     let t = &cfg.training;
     let epoch = st.epochs_done;
     let bs = t.batch_size.min(train.len()).max(1);
-    let n_batches = train.len().div_ceil(bs);
+    let n_batches = batches_per_epoch(train.len(), t.batch_size);
     let w = Weights::at_epoch(&cfg.loss, epoch);
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::derive(t.seed, epoch as u64, 0x5_4ff1e).shuffle(&mut order);
@@ -474,7 +479,7 @@ fn validate_and_checkpoint(
     if st.bad_epochs > t.patience || st.epochs_done >= t.max_epochs {
         st.finished = true;
     }
-    let nb = splits.train.len().div_ceil(t.batch_size.min(splits.train.len()).max(1)) as f64;
+    let nb = batches_per_epoch(splits.train.len(), t.batch_size) as f64;
     let train_terms: serde_json::Map<String, serde_json::Value> =
         sums.named().map(|(k, v)| (k.to_string(), serde_json::json!(v / nb))).collect();
     let line = serde_json::json!({

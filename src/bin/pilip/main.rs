@@ -172,17 +172,11 @@ enum Cmd {
 struct EngineArgs {
     /// Network engine for an exported model: tract (built in) or ort (ONNX Runtime, needs a build with
     /// `--features ort` and ORT_DYLIB_PATH).
-    #[arg(long, value_enum)]
-    engine: Option<EngineArg>,
+    #[arg(long, value_parser = ["tract", "ort"])]
+    engine: Option<String>,
     /// Threads of one evaluation (the model's own pool; results are bit-identical to one thread).
     #[arg(long)]
     threads: Option<usize>,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum EngineArg {
-    Tract,
-    Ort,
 }
 
 impl EngineArgs {
@@ -195,9 +189,10 @@ impl EngineArgs {
                 model.display()
             )));
         }
-        let engine = match self.engine {
-            Some(EngineArg::Ort) => EngineKind::Ort,
-            Some(EngineArg::Tract) | None => EngineKind::Tract,
+        // The spellings are EngineKind's own (those of `pilip_model_load`'s options).
+        let engine: EngineKind = match &self.engine {
+            Some(name) => serde_json::from_value(serde_json::Value::String(name.clone())).map_err(|e| Error::invalid(format!("--engine: {e}")))?,
+            None => EngineKind::default(),
         };
         let options = RuntimeOptions { engine, threads: self.threads.unwrap_or(1), ..Default::default() };
         options.validate()?;
