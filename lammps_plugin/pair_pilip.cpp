@@ -106,6 +106,23 @@ void PairPilip::settings(int narg, char **arg) {
     if (!library.empty()) options_json += ", \"ort_library\": " + json_string(library);
     options_json += "}";
     settings_text = "engine " + engine + ", threads " + threads;
+    // Re-issuing pair_style keeps the pair_coeff mapping (LAMMPS only calls settings() again): reload the model
+    // so that new keywords take effect now, not silently at the next pair_coeff.
+    if (model && options_json != model_options) load_model(model_path);
+}
+
+void PairPilip::load_model(const std::string &path) {
+    try {
+        model = std::make_unique<pilip::Model>(path, options_json);
+    } catch (const pilip::Error &e) {
+        // A bad file is the model's fault; otherwise name the pair_style settings the library refused or
+        // could not honour (e.g. a missing ort_library, more threads than the library allows).
+        if (e.status() == PILIP_ERROR_IO || e.status() == PILIP_ERROR_MODEL)
+            error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}': {}", path, e.what());
+        error->all(FLERR, "pair_style pilip: cannot load model '{}' ({}): {}", path, settings_text, e.what());
+    }
+    model_path = path;
+    model_options = options_json;
 }
 
 // pair_coeff * * MODEL.onnx E1 ... En
@@ -121,16 +138,7 @@ void PairPilip::coeff(int narg, char **arg) {
         error->all(FLERR, "pair_coeff for pair_style pilip: the first two arguments must be '* *', got '{} {}'",
                    arg[0], arg[1]);
     if (!allocated) allocate();
-    try {
-        model = std::make_unique<pilip::Model>(arg[2], options_json);
-    } catch (const pilip::Error &e) {
-        // A bad file is the model's fault; otherwise name the pair_style settings the library refused or
-        // could not honour (e.g. a missing ort_library, more threads than the library allows).
-        if (e.status() == PILIP_ERROR_IO || e.status() == PILIP_ERROR_MODEL)
-            error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}': {}", arg[2], e.what());
-        error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}' ({}): {}", arg[2], settings_text,
-                   e.what());
-    }
+    load_model(arg[2]);
     std::vector<int32_t> species;
     std::vector<std::string> symbols;
     try {

@@ -22,9 +22,12 @@ public:
     double init_one(int, int) override;
 
 protected:
+    void load_model(const std::string &path);
     std::unique_ptr<pilip::Model> model;
     std::string options_json;       // from pair_style keywords
     std::string settings_text;      // "engine E, threads N", for error messages
+    std::string model_path;         // the loaded model's file (reloaded when pair_style is re-issued)
+    std::string model_options;      // the options_json the loaded model was created with
     double model_cutoff = 0.0;
     std::vector<int32_t> type_z;    // atomic number per LAMMPS type (index 1..ntypes), 0 = NULL
     bool has_null_types = false;

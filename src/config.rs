@@ -297,8 +297,14 @@ impl Config {
     /// Reads a config file and applies `section.key=value` overrides.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Self::parse(&text, path, overrides)
+    }
+
+    /// [`Config::load`] of config text that was read from `path` (named in messages; relative data paths are
+    /// relative to its folder).
+    pub fn parse(text: &str, path: &Path, overrides: &[String]) -> Result<Config> {
         let mut table: toml::Table =
-            toml::from_str(&text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
+            toml::from_str(text).map_err(|e| Error::Config(format!("{}: {e}", path.display())))?;
         for o in overrides {
             apply_override(&mut table, o)?;
         }

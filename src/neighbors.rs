@@ -93,8 +93,14 @@ impl NeighborList {
         let centers: Vec<Vec3>;
         if periodic {
             let cell = cell.ok_or_else(|| Error::invalid("periodic boundary conditions need a cell"))?;
-            let inv = inv3(cell).ok_or_else(|| Error::invalid("the cell is singular (zero volume)"))?;
+            if let Some(x) = cell.iter().flatten().find(|x| !x.is_finite()) {
+                return Err(Error::invalid(format!("the cell has a non-finite entry ({x})")));
+            }
             let vol = crate::frame::det3(cell).abs();
+            // Also refuses volumes that overflow: every comparison below must see finite numbers.
+            let inv = inv3(cell)
+                .filter(|_| vol.is_finite() && vol > 0.0)
+                .ok_or_else(|| Error::invalid(format!("the cell is singular or overflows (volume {vol:e} Å³)")))?;
             let mut reps = [0i64; 3];
             let mut pad = [0.0; 3];
             let mut heights = [f64::INFINITY; 3];
@@ -109,7 +115,7 @@ impl NeighborList {
             // Bound the work before allocating: every image of an atom within the cutoff of the cell is built.
             let per_atom: f64 = (0..3).map(|a| if pbc[a] { 1.0 + 2.0 * pad[a] } else { 1.0 }).product();
             let images_needed = positions.len() as f64 * per_atom;
-            if images_needed > MAX_IMAGES as f64 {
+            if !(images_needed <= MAX_IMAGES as f64) {
                 let h = heights.iter().copied().fold(f64::INFINITY, f64::min);
                 return Err(Error::invalid(format!(
                     "the periodic cell is too small for the cutoff: its shortest height is {h:.3} Å against a cutoff of \

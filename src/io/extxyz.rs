@@ -128,7 +128,12 @@ fn parse_frame(lines: &[&str], start: usize, n: usize, keys: &LabelKeys) -> std:
             }
             pbc = Some(b);
         } else if k == keys.energy {
-            let e: f64 = v.trim().parse().map_err(|_| (cl, format!("{k}: expected a number, found '{v}'")))?;
+            let e: f64 = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|e: &f64| e.is_finite())
+                .ok_or_else(|| (cl, format!("{k}: expected a finite number, found '{v}'")))?;
             frame.energy = Some(e);
         } else if k == keys.stress {
             let vals = parse_floats(&v).map_err(|m| (cl, format!("{k}: {m}")))?;
@@ -154,9 +159,16 @@ fn parse_frame(lines: &[&str], start: usize, n: usize, keys: &LabelKeys) -> std:
     if columns.first().map(|c| c.name.as_str()) != Some("species") || !columns.iter().any(|c| c.name == "pos") {
         return Err((cl, "Properties must start with species:S:1 and contain pos:R:3".into()));
     }
-    let width: usize = columns.iter().map(|c| c.ncols).sum();
+    let width = columns
+        .iter()
+        .try_fold(0usize, |w, c| w.checked_add(c.ncols))
+        .ok_or_else(|| (cl, "Properties: the column counts add up to more than any line can hold".to_string()))?;
     let has_forces = columns.iter().any(|c| c.name == keys.forces);
-    let mut forces = Vec::with_capacity(if has_forces { n } else { 0 });
+    // Sized by the lines that exist, not by the count line, which may claim anything.
+    let available = n.min(lines.len().saturating_sub(start + 2));
+    let mut forces = Vec::with_capacity(if has_forces { available } else { 0 });
+    frame.positions.reserve(available);
+    frame.numbers.reserve(available);
     for a in 0..n {
         let li = start + 2 + a;
         if li >= lines.len() {
@@ -222,8 +234,11 @@ fn parse_bool(s: &str) -> Option<bool> {
     }
 }
 
+/// Whitespace-separated finite numbers (a NaN or infinite cell or label is an error in the file, not data).
 fn parse_floats(v: &str) -> std::result::Result<Vec<f64>, String> {
-    v.split_whitespace().map(|s| s.parse::<f64>().map_err(|_| format!("expected a number, found '{s}'"))).collect()
+    v.split_whitespace()
+        .map(|s| s.parse::<f64>().ok().filter(|x| x.is_finite()).ok_or_else(|| format!("expected a finite number, found '{s}'")))
+        .collect()
 }
 
 fn parse_properties(v: &str) -> std::result::Result<Vec<Column>, String> {

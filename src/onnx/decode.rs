@@ -23,7 +23,75 @@ pub fn decode(bytes: &[u8], source: &str) -> Result<(pb::ModelProto, ModelMetada
         )));
     }
     check_signature(graph, &meta).map_err(|e| Error::model(format!("{source}: {e}")))?;
+    check_structure(graph).map_err(|e| Error::model(format!("{source}: malformed model graph: {e}")))?;
     Ok((proto, meta))
+}
+
+/// Operators pilip writes, with their input counts (`export/graph.rs`).
+const OPERATORS: [(&str, usize); 8] =
+    [("MatMul", 2), ("Add", 2), ("Sub", 2), ("Mul", 2), ("Reshape", 2), ("Neg", 1), ("Exp", 1), ("Reciprocal", 1)];
+
+/// Most values one constant tensor may hold (the largest pilip network is far below it).
+const MAX_TENSOR_VALUES: usize = 1 << 28;
+
+/// The graph is one pilip could have written: known operators with their input counts, every value defined
+/// once before it is used, every output produced, and constants whose shapes match their data. Engines may
+/// panic or try huge allocations on graphs that break these rules, so they never see one.
+fn check_structure(graph: &pb::GraphProto) -> std::result::Result<(), String> {
+    use std::collections::HashSet;
+    let mut defined: HashSet<&str> = graph.input.iter().map(|v| v.name.as_str()).collect();
+    for t in &graph.initializer {
+        check_constant(t)?;
+        if !defined.insert(t.name.as_str()) {
+            return Err(format!("value '{}' is defined twice", t.name));
+        }
+    }
+    for node in &graph.node {
+        let arity = OPERATORS
+            .iter()
+            .find(|(op, _)| *op == node.op_type)
+            .map(|&(_, n)| n)
+            .ok_or_else(|| format!("operator '{}' is not one pilip writes", node.op_type))?;
+        if node.input.len() != arity || node.output.len() != 1 {
+            return Err(format!(
+                "node '{}' ({}) has {} inputs and {} outputs, expected {arity} and 1",
+                node.name,
+                node.op_type,
+                node.input.len(),
+                node.output.len()
+            ));
+        }
+        if let Some(missing) = node.input.iter().find(|i| !defined.contains(i.as_str())) {
+            return Err(format!("node '{}' reads '{missing}', which no earlier node, input or constant defines", node.name));
+        }
+        if !defined.insert(node.output[0].as_str()) {
+            return Err(format!("value '{}' is defined twice", node.output[0]));
+        }
+    }
+    if let Some(missing) = graph.output.iter().find(|o| !defined.contains(o.name.as_str())) {
+        return Err(format!("output '{}' is not computed by any node", missing.name));
+    }
+    Ok(())
+}
+
+/// A constant's dimensions are non-negative, bounded, and agree with the number of values it stores.
+fn check_constant(t: &pb::TensorProto) -> std::result::Result<(), String> {
+    use pb::tensor_proto::DataType;
+    let count = t.dims.iter().try_fold(1usize, |n, &d| {
+        usize::try_from(d).ok().and_then(|d| n.checked_mul(d)).filter(|&n| n <= MAX_TENSOR_VALUES)
+    });
+    let count = count.ok_or_else(|| format!("constant '{}' has dimensions {:?}", t.name, t.dims))?;
+    let (stored, width) = match DataType::try_from(t.data_type) {
+        Ok(DataType::Float) => (t.float_data.len(), 4),
+        Ok(DataType::Double) => (t.double_data.len(), 8),
+        Ok(DataType::Int64) => (t.int64_data.len(), 8),
+        _ => return Err(format!("constant '{}' has element type {}, expected float, double or int64", t.name, t.data_type)),
+    };
+    let stored = if t.raw_data.is_empty() { stored } else { t.raw_data.len() / width + stored };
+    if stored != count || t.raw_data.len() % width != 0 {
+        return Err(format!("constant '{}' of dimensions {:?} stores {stored} values", t.name, t.dims));
+    }
+    Ok(())
 }
 
 fn check_signature(graph: &pb::GraphProto, meta: &ModelMetadata) -> std::result::Result<(), String> {

@@ -30,14 +30,32 @@ pub(crate) fn padded<T: Copy + Default>(batch: &[f64], n_features: usize, conver
     (n, v)
 }
 
-/// Energies and gradients of the real atoms of a species whose batch held `batch_len` values.
-pub(crate) fn unpadded(mut energies: Vec<f64>, mut gradients: Vec<f64>, batch_len: usize, n_features: usize) -> SpeciesOutput {
-    energies.truncate(batch_len / n_features);
+/// Energies and gradients of the real atoms of a species whose batch held `batch_len` values; an output
+/// shorter than that (a graph that does not compute what its signature says) is an error, not an index panic.
+pub(crate) fn unpadded(
+    engine: &str,
+    mut energies: Vec<f64>,
+    mut gradients: Vec<f64>,
+    batch_len: usize,
+    n_features: usize,
+) -> Result<SpeciesOutput> {
+    let rows = batch_len / n_features;
+    if energies.len() < rows || gradients.len() < batch_len {
+        return Err(engine_error(
+            engine,
+            format!(
+                "the graph returned {} energies and {} gradient values for {rows} atoms of {n_features} features",
+                energies.len(),
+                gradients.len()
+            ),
+        ));
+    }
+    energies.truncate(rows);
     gradients.truncate(batch_len);
-    (energies, gradients)
+    Ok((energies, gradients))
 }
 
-fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
+pub(crate) fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
     Error::engine(format!("{engine} engine failed while evaluating the network: {e}"))
 }
 
@@ -54,9 +72,14 @@ impl TractEngine {
         let fail = |stage: &str, e: TractError| {
             Error::model(format!("{source}: tract could not {stage} the model graph: {e:#}"))
         };
-        let model = tract_onnx::onnx().model_for_proto_model(proto).map_err(|e| fail("read", e))?;
-        let model = model.into_optimized().map_err(|e| fail("optimise", e))?;
-        let plan = model.into_runnable().map_err(|e| fail("prepare", e))?;
+        // Graphs reach tract only after `onnx::decode`'s structural checks; a panic in its shape inference on a
+        // graph that still slips through is reported as a malformed model, like any other refusal.
+        let build = std::panic::catch_unwind(|| -> Result<Arc<TypedRunnableModel>> {
+            let model = tract_onnx::onnx().model_for_proto_model(proto).map_err(|e| fail("read", e))?;
+            let model = model.into_optimized().map_err(|e| fail("optimise", e))?;
+            model.into_runnable().map_err(|e| fail("prepare", e))
+        });
+        let plan = build.map_err(|_| Error::model(format!("{source}: tract could not read the model graph (malformed)")))??;
         Ok(TractEngine { plan, dtype: meta.dtype, n_species: meta.species.len() })
     }
 }
@@ -92,7 +115,7 @@ impl Engine for TractEngine {
             })
         };
         (0..batches.len())
-            .map(|s| Ok(unpadded(to_f64(&outputs[2 * s])?, to_f64(&outputs[2 * s + 1])?, batches[s].len(), nf)))
+            .map(|s| unpadded("tract", to_f64(&outputs[2 * s])?, to_f64(&outputs[2 * s + 1])?, batches[s].len(), nf))
             .collect()
     }
 }

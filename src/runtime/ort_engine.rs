@@ -110,6 +110,6 @@ impl Engine for OrtEngine {
                 Dtype::F64 => outputs[k].try_extract_tensor::<f64>().map_err(ort_error)?.1.to_vec(),
             })
         };
-        (0..batches.len()).map(|s| Ok(unpadded(get(2 * s)?, get(2 * s + 1)?, batches[s].len(), nf))).collect()
+        (0..batches.len()).map(|s| unpadded("ort", get(2 * s)?, get(2 * s + 1)?, batches[s].len(), nf)).collect()
     }
 }
