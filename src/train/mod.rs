@@ -22,18 +22,62 @@ use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
 use optim::{Adam, Schedule};
 use rayon::prelude::*;
-use std::io::{IsTerminal, Write};
+use std::io::Write;
+use std::sync::Arc;
 use std::path::{Path, PathBuf};
 
 /// How `pilip train` runs, besides the config.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct TrainOptions {
     /// Continue from this checkpoint (`RUN/checkpoints/last.ckpt`).
     pub resume: Option<PathBuf>,
     /// Stop (resumably) after this many epochs in this invocation, e.g. to fit a job's time limit.
     pub stop_after: Option<usize>,
-    /// No progress bar and no per-epoch lines on stdout (the log files are still written).
+    /// No progress and no log lines at all (the log files are still written).
     pub quiet: bool,
+    /// Where progress and log lines go unless `quiet`; `None`: log lines on stdout, no progress display.
+    pub progress: Option<Arc<dyn Progress>>,
+}
+
+impl std::fmt::Debug for TrainOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TrainOptions")
+            .field("resume", &self.resume)
+            .field("stop_after", &self.stop_after)
+            .field("quiet", &self.quiet)
+            .field("progress", &self.progress.as_ref().map(|_| "custom"))
+            .finish()
+    }
+}
+
+/// Receives what training reports besides `train.log`. The library draws nothing itself: the `pilip` binary
+/// shows a progress bar (indicatif) through this, other front ends can do their own.
+pub trait Progress: Send + Sync {
+    /// A line of the training log (run summary, one line per epoch, resume notes, the test result).
+    fn line(&self, text: &str) {
+        println!("{text}");
+    }
+    /// Training will run epochs `first_epoch..max_epochs` (0-based; fewer if it stops early) of `batches`
+    /// mini-batches each.
+    fn start(&self, _first_epoch: usize, _max_epochs: usize, _batches: usize) {}
+    /// One mini-batch of epoch `epoch` (0-based) is done.
+    fn batch(&self, _epoch: usize) {}
+    /// Training returns (finished, stopped or failed).
+    fn end(&self) {}
+}
+
+/// Log lines on stdout, no progress display.
+struct PrintLines;
+impl Progress for PrintLines {}
+
+/// Tells the sink that training returned, also when it returns an error.
+struct EndOnDrop(Option<Arc<dyn Progress>>);
+impl Drop for EndOnDrop {
+    fn drop(&mut self) {
+        if let Some(sink) = &self.0 {
+            sink.end();
+        }
+    }
 }
 
 /// What a (possibly partial) run achieved.
@@ -189,7 +233,8 @@ struct RunDir {
     best: PathBuf,
     log: std::fs::File,
     metrics: std::fs::File,
-    quiet: bool,
+    /// Where log lines go besides `train.log` (none when quiet).
+    sink: Option<Arc<dyn Progress>>,
 }
 
 impl RunDir {
@@ -211,7 +256,7 @@ impl RunDir {
 
     /// Opens the log files; when resuming after epoch `epochs_done`, drops the lines of later epochs (written
     /// before an interruption) from `metrics.jsonl` and appends.
-    fn open(dir: PathBuf, last: PathBuf, best: PathBuf, epochs_done: Option<usize>, quiet: bool) -> Result<Self> {
+    fn open(dir: PathBuf, last: PathBuf, best: PathBuf, epochs_done: Option<usize>, sink: Option<Arc<dyn Progress>>) -> Result<Self> {
         let mp = dir.join("metrics.jsonl");
         if let Some(done) = epochs_done {
             let text = std::fs::read_to_string(&mp).unwrap_or_default();
@@ -237,13 +282,13 @@ impl RunDir {
                 .map_err(|e| Error::io(p, e))
         };
         let resume = epochs_done.is_some();
-        Ok(RunDir { log: open(dir.join("train.log"), resume)?, metrics: open(mp, resume)?, dir, last, best, quiet })
+        Ok(RunDir { log: open(dir.join("train.log"), resume)?, metrics: open(mp, resume)?, dir, last, best, sink })
     }
 
-    /// A line to `train.log` (and stdout unless quiet).
+    /// A line to `train.log` and to the progress sink.
     fn log(&mut self, line: &str) {
-        if !self.quiet {
-            println!("{line}");
+        if let Some(sink) = &self.sink {
+            sink.line(line);
         }
         let _ = writeln!(self.log, "{line}");
     }
@@ -284,7 +329,10 @@ fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     write_inputs(&dir, cfg, &splits)?;
     check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
     let (mut model, mut st) = start_or_resume(cfg, &splits, resumed)?;
-    let mut run = RunDir::open(dir, last, best, opts.resume.as_ref().map(|_| st.epochs_done), opts.quiet)?;
+    let sink: Option<Arc<dyn Progress>> =
+        if opts.quiet { None } else { Some(opts.progress.clone().unwrap_or_else(|| Arc::new(PrintLines))) };
+    let _end = EndOnDrop(sink.clone());
+    let mut run = RunDir::open(dir, last, best, opts.resume.as_ref().map(|_| st.epochs_done), sink.clone())?;
     match &opts.resume {
         None => {
             let species: Vec<&str> = model.species.iter().map(|z| crate::elements::symbol(*z).unwrap_or("?")).collect();
@@ -304,13 +352,15 @@ fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         Some(p) => run.log(&format!("resumed after epoch {} from {}", st.epochs_done, p.display())),
     }
 
-    let progress = !opts.quiet && std::io::stderr().is_terminal();
+    if let Some(sink) = &sink {
+        sink.start(st.epochs_done, cfg.training.max_epochs, batches_per_epoch(splits.train.len(), cfg.training.batch_size));
+    }
     let mut last_valid = Metrics::default();
     let mut epochs_this_run = 0;
     while !st.finished && st.epochs_done < cfg.training.max_epochs {
         let t0 = std::time::Instant::now();
         let lr_used = st.schedule.lr;
-        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, progress, &run.last)?;
+        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, sink.as_deref(), &run.last)?;
         last_valid = validate_and_checkpoint(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
         if opts.stop_after.is_some_and(|n| epochs_this_run >= n) && !st.finished {
@@ -395,11 +445,17 @@ fn batches_per_epoch(n_train: usize, batch_size: usize) -> usize {
 }
 
 /// One pass over the shuffled training set: a gradient step per mini-batch. Returns the summed loss terms.
-fn run_epoch(model: &mut Model, st: &mut TrainState, train: &[Frame], cfg: &Config, progress: bool, last: &Path) -> Result<LossTerms> {
+fn run_epoch(
+    model: &mut Model,
+    st: &mut TrainState,
+    train: &[Frame],
+    cfg: &Config,
+    progress: Option<&dyn Progress>,
+    last: &Path,
+) -> Result<LossTerms> {
     let t = &cfg.training;
     let epoch = st.epochs_done;
     let bs = t.batch_size.min(train.len()).max(1);
-    let n_batches = batches_per_epoch(train.len(), t.batch_size);
     let w = Weights::at_epoch(&cfg.loss, epoch);
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::derive(t.seed, epoch as u64, 0x5_4ff1e).shuffle(&mut order);
@@ -425,14 +481,9 @@ fn run_epoch(model: &mut Model, st: &mut TrainState, train: &[Frame], cfg: &Conf
             optim::ema_update(e, &params, t.ema_decay);
         }
         st.step += 1;
-        if progress {
-            let done = (b + 1) * 30 / n_batches;
-            eprint!("\repoch {:>4} [{}{}] {}/{} batches", epoch + 1, "#".repeat(done), ".".repeat(30 - done), b + 1, n_batches);
-            let _ = std::io::stderr().flush();
+        if let Some(p) = progress {
+            p.batch(epoch);
         }
-    }
-    if progress {
-        eprint!("\r{}\r", " ".repeat(70));
     }
     Ok(sums)
 }

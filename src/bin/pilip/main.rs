@@ -6,6 +6,7 @@ mod bench;
 mod md;
 mod piwsl_bench;
 mod plot;
+mod progress;
 
 use clap::{Parser, Subcommand};
 use pilip::config::Config;
@@ -247,7 +248,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.cmd {
         Cmd::Train { config, set, resume, stop_after, quiet } => {
             let cfg = Config::load(&config, &set)?;
-            let s = pilip::train::train(&cfg, &pilip::train::TrainOptions { resume, stop_after, quiet })?;
+            let s = pilip::train::train(&cfg, &pilip::train::TrainOptions { resume, stop_after, quiet, progress: Some(progress::Bar::new()) })?;
             if quiet {
                 println!("{}", s.valid.summary());
             }
@@ -379,9 +380,16 @@ fn run(cli: Cli) -> Result<()> {
                 Some(path) => {
                     std::fs::write(&path, &text).map_err(|e| Error::io(&path, e))?;
                     let series: Vec<(String, Vec<(f64, f64)>)> =
-                        results.iter().map(|r| (format!("SEED {}", r.seed), r.energy_trace.clone())).collect();
+                        results.iter().map(|r| (format!("seed {}", r.seed), r.energy_trace.clone())).collect();
                     let png = path.with_extension("png");
-                    plot::lines_png(&png, "NVE TOTAL ENERGY DRIFT", "TIME (PS)", "E(T) - E(0) (EV/ATOM)", &series)?;
+                    plot::lines_png(
+                        &png,
+                        "NVE total energy drift",
+                        "time (ps)",
+                        "E(t) − E(0) (eV/atom)",
+                        &series,
+                        (plot::Axis::Linear, plot::Axis::Linear),
+                    )?;
                     println!("wrote {} and {}", path.display(), png.display());
                 }
                 None => println!("{text}"),

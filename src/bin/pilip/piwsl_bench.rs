@@ -279,7 +279,7 @@ pub fn run(spec: &BenchSpec, quiet: bool, report_only: bool) -> Result<Vec<Aggre
 /// checkpoint, or starts again if the checkpoint cannot be resumed (e.g. written by a pilip with other defaults).
 fn train_or_resume(cfg: &Config, run_dir: &Path) -> Result<TrainSummary> {
     let last = run_dir.join("checkpoints").join("last.ckpt");
-    let options = |resume| TrainOptions { resume, stop_after: None, quiet: true };
+    let options = |resume| TrainOptions { resume, quiet: true, ..Default::default() };
     if last.exists() {
         match train(cfg, &options(Some(last.clone()))) {
             Ok(s) => return Ok(s),
@@ -385,8 +385,8 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
     std::fs::write(&path, csv).map_err(|e| Error::io(&path, e))?;
     for labels in &spec.label_modes {
         for (what, title, get) in [
-            ("forces_rmse", "FORCE RMSE", (|a: &Aggregate| a.forces_rmse_mev_per_A.0) as fn(&Aggregate) -> f64),
-            ("energy_rmse", "ENERGY RMSE", |a: &Aggregate| a.energy_rmse_mev_per_atom.0),
+            ("forces_rmse", "Force RMSE", (|a: &Aggregate| a.forces_rmse_mev_per_A.0) as fn(&Aggregate) -> f64),
+            ("energy_rmse", "Energy RMSE", |a: &Aggregate| a.energy_rmse_mev_per_atom.0),
         ] {
             let series: Vec<(String, Vec<(f64, f64)>)> = spec
                 .variants
@@ -395,20 +395,21 @@ fn write_outputs(out: &Path, spec: &BenchSpec, results: &[RunResult], aggs: &[Ag
                     let pts = aggs
                         .iter()
                         .filter(|a| a.labels == *labels && &a.variant == v && get(a) > 0.0)
-                        .map(|a| ((a.size as f64).log10(), get(a).log10()))
+                        .map(|a| (a.size as f64, get(a)))
                         .collect();
-                    (v.to_uppercase(), pts)
+                    (v.to_string(), pts)
                 })
                 .filter(|s: &(String, Vec<(f64, f64)>)| !s.1.is_empty())
                 .collect();
-            let unit = if what == "forces_rmse" { "MEV/A" } else { "MEV/ATOM" };
+            let unit = if what == "forces_rmse" { "meV/Å" } else { "meV/atom" };
             let png = out.join(format!("{what}_{labels}.png"));
             crate::plot::lines_png(
                 &png,
-                &format!("{title} VS TRAINING SET SIZE ({} LABELS)", labels.to_string().to_uppercase()),
-                "LOG10 TRAINING STRUCTURES",
-                &format!("LOG10 {title} ({unit})"),
+                &format!("{title} vs training-set size ({labels} labels)"),
+                "training structures",
+                &format!("{title} ({unit})"),
                 &series,
+                (crate::plot::Axis::Log, crate::plot::Axis::Log),
             )?;
         }
     }
