@@ -343,3 +343,70 @@ fn an_export_killed_at_random_points_never_leaves_a_partial_model() {
     run_ok(pilip().arg("export").arg(&best).arg("-o").arg(&model));
     run_ok(pilip().arg("info").arg(&model));
 }
+
+/// The shell script of [`a_full_disk_stops_training_with_a_clear_error_and_keeps_the_checkpoints`]: train 2
+/// epochs into `$RUN`, fill the file system, resume (must fail), free the space, resume (must finish). `$LIMIT`
+/// either mounts a small tmpfs at `$MNT` (in a private mount namespace, `unshare -rm`) or, where that is not
+/// allowed, limits the size of files the process may write (`ulimit -f`, EFBIG instead of ENOSPC).
+const DISK_FULL_SCRIPT: &str = r#"
+set -u
+train() { "$PILIP" train "$CFG" --quiet --set training.max_epochs=5 --set training.patience=100 \
+  --set data.n_train=20 --set 'model.hidden=[16]' --set training.threads=1 --set "output.run_dir=\"$RUN\"" "$@"; }
+if [ "$MODE" = tmpfs ]; then mount -t tmpfs -o size=64m tmpfs "$MNT" || exit 90; fi
+train --stop-after 2 || exit 91
+sum() { cksum < "$RUN/checkpoints/$1" | cut -d' ' -f1; }
+echo "before last=$(sum last.ckpt) best=$(sum best.ckpt)"
+if [ "$MODE" = tmpfs ]; then
+  dd if=/dev/zero of="$MNT/filler" bs=64k 2>/dev/null
+  train --resume "$RUN/checkpoints/last.ckpt" 2>"$MNT/../err.txt"; echo "full status=$?"
+else
+  ( trap '' XFSZ; ulimit -f 2048; exec "$PILIP" train "$CFG" --quiet --set training.max_epochs=5 --set training.patience=100 \
+    --set data.n_train=20 --set 'model.hidden=[16]' --set training.threads=1 --set "output.run_dir=\"$RUN\"" \
+    --resume "$RUN/checkpoints/last.ckpt" 2>"$MNT/../err.txt" ); echo "full status=$?"
+fi
+echo "after last=$(sum last.ckpt) best=$(sum best.ckpt) tmp=$(ls "$RUN/checkpoints" | grep -c tmp)"
+rm -f "$MNT/filler"
+train --resume "$RUN/checkpoints/last.ckpt"; echo "resumed status=$?"
+test -f "$RUN/test_metrics.json" && echo "finished epochs=$(grep -c '"epoch"' "$RUN/metrics.jsonl")"
+"#;
+
+#[test]
+fn a_full_disk_stops_training_with_a_clear_error_and_keeps_the_checkpoints() {
+    let dir = tmpdir("disk-full");
+    let mnt = dir.join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    // A private tmpfs needs user namespaces (or root); otherwise the file-size limit gives the same failure.
+    let tmpfs = Command::new("unshare").args(["-rm", "true"]).status().is_ok_and(|s| s.success());
+    let mut cmd = if tmpfs { Command::new("unshare") } else { Command::new("sh") };
+    if tmpfs {
+        cmd.args(["-rm", "sh"]);
+    }
+    let out = cmd
+        .args(["-c", DISK_FULL_SCRIPT])
+        .env("PILIP", env!("CARGO_BIN_EXE_pilip"))
+        .env("CFG", root().join("examples/configs/molecule.toml"))
+        .env("MNT", &mnt)
+        .env("RUN", mnt.join("run"))
+        .env("MODE", if tmpfs { "tmpfs" } else { "ulimit" })
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let err = std::fs::read_to_string(dir.join("err.txt")).unwrap_or_default();
+    let context = format!("mode {}\n{stdout}\n{}\nerror of the full run: {err}", if tmpfs { "tmpfs" } else { "ulimit" }, String::from_utf8_lossy(&out.stderr));
+    let field = |line: &str, key: &str| -> String {
+        let l = stdout.lines().find(|l| l.starts_with(line)).unwrap_or_else(|| panic!("no '{line}' line: {context}"));
+        l.split_whitespace().find_map(|kv| kv.strip_prefix(&format!("{key}="))).unwrap_or_default().to_string()
+    };
+    // The run on the full disk fails with a message naming the file and the cause …
+    assert_ne!(field("full", "status"), "0", "{context}");
+    // (which file fills the disk first depends on the file system: a checkpoint, or an input file rewritten on resume)
+    assert!(err.contains(": No space left on device") || err.contains(": File too large"), "{context}");
+    assert!(err.contains("could not be written; the previous version of the file is intact"), "{context}");
+    // … and leaves both checkpoints as they were, with no temporary file.
+    assert_eq!(field("after", "last"), field("before", "last"), "{context}");
+    assert_eq!(field("after", "best"), field("before", "best"), "{context}");
+    assert_eq!(field("after", "tmp"), "0", "{context}");
+    // With space again, the run resumes from them and finishes all epochs.
+    assert_eq!(field("resumed", "status"), "0", "{context}");
+    assert_eq!(field("finished", "epochs"), "5", "{context}");
+}

@@ -323,7 +323,7 @@ pub fn voigt_to_matrix(v: &[f64; 6]) -> Mat3 {
 
 /// Writes frames in ASE's extended XYZ dialect (labels under the given keys).
 pub fn write_file(path: &Path, frames: &[Frame], keys: &LabelKeys) -> Result<()> {
-    std::fs::write(path, to_string(frames, keys)).map_err(|e| Error::io(path, e))
+    super::write_atomically(path, to_string(frames, keys).as_bytes())
 }
 
 /// Extended XYZ text of `frames` (labels under `keys`).

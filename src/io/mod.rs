@@ -18,7 +18,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         f.sync_all()?;
         std::fs::rename(&tmp, path)
     };
-    write().map_err(|e| Error::io(path, e))
+    write().map_err(|e| {
+        // Leave nothing half-written behind (and give the space back); the previous file is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        let e = match e.kind() {
+            std::io::ErrorKind::StorageFull | std::io::ErrorKind::FileTooLarge | std::io::ErrorKind::QuotaExceeded => {
+                let kept = if path.exists() { "the previous version of the file is intact" } else { "nothing was written" };
+                std::io::Error::new(e.kind(), format!("{e}: {} bytes could not be written; {kept}", bytes.len()))
+            }
+            _ => e,
+        };
+        Error::io(path, e)
+    })
 }
 
 /// Serde for f64 fields that may be ±∞ or NaN (e.g. "best so far" before any improvement, which the cosine

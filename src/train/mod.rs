@@ -10,6 +10,7 @@ pub mod curvature;
 pub mod loss;
 pub mod optim;
 
+use crate::io::write_atomically;
 use crate::config::{Config, LossConfig, Optimizer, StoppingMetric};
 use crate::dataset::{self, Splits};
 use crate::error::{Error, Result};
@@ -297,11 +298,9 @@ impl RunDir {
 
 /// Writes `config.resolved.toml`, `split.json` and `test.extxyz` into the run directory.
 fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
-    let cfg_path = dir.join("config.resolved.toml");
-    std::fs::write(&cfg_path, cfg.to_toml()).map_err(|e| Error::io(&cfg_path, e))?;
-    let split_path = dir.join("split.json");
+    write_atomically(&dir.join("config.resolved.toml"), cfg.to_toml().as_bytes())?;
     let split_json = serde_json::json!({"file": cfg.data.file, "train": splits.train_idx, "valid": splits.valid_idx, "test": splits.test_idx});
-    std::fs::write(&split_path, split_json.to_string()).map_err(|e| Error::io(&split_path, e))?;
+    write_atomically(&dir.join("split.json"), split_json.to_string().as_bytes())?;
     if !splits.test.is_empty() {
         crate::io::extxyz::write_file(&dir.join("test.extxyz"), &splits.test, &cfg.data.keys)?;
     }
