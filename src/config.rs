@@ -161,11 +161,17 @@ pub struct ModelConfig {
     pub energy_scale: f64,
     /// Floor on each descriptor component's standard deviation, relative to the largest one of the element.
     pub feature_std_floor: f64,
+    /// Start from this checkpoint (fine-tuning, e.g. a model trained on cheap labels with forces, continued on
+    /// expensive energies): its species, descriptor, networks, input statistics and energy scale are kept —
+    /// `[descriptor]`, `family` and `hidden` are taken from it — and its reference energies are refitted to
+    /// this data set. A relative path is relative to the config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub init: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { family: Family::PowerSpectrum, hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3 }
+        ModelConfig { family: Family::PowerSpectrum, hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3, init: None }
     }
 }
 
@@ -197,6 +203,9 @@ pub struct LossConfig {
     pub per_atom: bool,
     /// Linear warm-up of the PITC/PISC/weak-label weights over this many epochs (0 = none).
     pub ramp_epochs: usize,
+    /// Weight of w·mean((θ − θ_init)²) over the network parameters θ, an L2 pull towards the `model.init`
+    /// checkpoint's parameters (keeps a pretrained force field while fine-tuning on energies only).
+    pub anchor_weight: f64,
 }
 
 impl Default for LossConfig {
@@ -214,6 +223,7 @@ impl Default for LossConfig {
             epsilon: 0.01,
             per_atom: true,
             ramp_epochs: 0,
+            anchor_weight: 0.0,
         }
     }
 }
@@ -332,6 +342,9 @@ impl Config {
         if let Some(p) = cfg.data.test_file.as_mut() {
             rebase(p);
         }
+        if let Some(p) = cfg.model.init.as_mut() {
+            rebase(p);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -362,10 +375,14 @@ impl Config {
             ("pitc_weight", l.pitc_weight),
             ("pisc_weight", l.pisc_weight),
             ("weak_label_weight", l.weak_label_weight),
+            ("anchor_weight", l.anchor_weight),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
                 return bad(format!("loss.{name} must be a finite number >= 0, got {w}"));
             }
+        }
+        if l.anchor_weight > 0.0 && self.model.init.is_none() {
+            return bad("loss.anchor_weight pulls towards the model.init checkpoint; set model.init too".into());
         }
         if self.training.batch_size == 0 {
             return bad("training.batch_size must be >= 1".into());

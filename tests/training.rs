@@ -288,3 +288,86 @@ fn a_split_may_have_no_test_set_but_needs_validation() {
     let e = pilip::dataset::load(&cfg.data).unwrap_err().to_string();
     assert!(e.contains("validation set is empty") && e.contains("data.n_valid"), "{e}");
 }
+
+#[test]
+fn anchor_term_gradient_matches_finite_differences() {
+    let mut rng = Rng::new(4);
+    let params: Vec<f64> = (0..7).map(|_| rng.normal()).collect();
+    let anchor: Vec<f64> = (0..7).map(|_| rng.normal()).collect();
+    let mut g = vec![0.0; 7];
+    let loss = pilip::train::loss::anchor_term(&params, &anchor, 0.3, &mut g);
+    let expected = 0.3 * params.iter().zip(&anchor).map(|(p, a)| (p - a) * (p - a)).sum::<f64>() / 7.0;
+    assert!((loss - expected).abs() < 1e-15);
+    for k in 0..7 {
+        let (mut up, mut down) = (params.clone(), params.clone());
+        up[k] += 1e-6;
+        down[k] -= 1e-6;
+        let f = |p: &[f64]| pilip::train::loss::anchor_term(p, &anchor, 0.3, &mut vec![0.0; 7]);
+        let fd = (f(&up) - f(&down)) / 2e-6;
+        assert!((g[k] - fd).abs() < 1e-8, "component {k}: {} vs {fd}", g[k]);
+    }
+}
+
+#[test]
+fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_holds_it() {
+    // A base model trained with forces, then continued on energies only, with energies shifted by a constant
+    // per atom (another level of theory): the start keeps the base's networks and architecture (even when the
+    // config asks for another), refits the offsets so the mean energy error is 0, and a strong anchor keeps the
+    // parameters where they were while a run without it moves them.
+    let base_dir = tmpdir("finetune-base");
+    let base_cfg = small_config(&base_dir);
+    pilip::train::train(&base_cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let base = pilip::train::checkpoint::Checkpoint::load(&base_dir.join("checkpoints/best.ckpt")).unwrap();
+
+    let shifted = tmpdir("finetune-data").join("shifted.extxyz");
+    let mut frames = pilip::io::extxyz::read_file(&example_data(), &base_cfg.data.keys).unwrap();
+    for f in &mut frames {
+        f.energy = f.energy.map(|e| e + 0.37 * f.len() as f64 - 12.0);
+        f.forces = None;
+    }
+    pilip::io::extxyz::write_file(&shifted, &frames, &base_cfg.data.keys).unwrap();
+    let fine_tune = |name: &str, anchor: f64| {
+        let dir = tmpdir(name);
+        let mut cfg = small_config(&dir);
+        cfg.data.file = shifted.clone();
+        cfg.model.init = Some(base_dir.join("checkpoints/best.ckpt"));
+        cfg.model.hidden = vec![5]; // taken from the checkpoint instead
+        cfg.loss.forces_weight = 0.0;
+        cfg.loss.anchor_weight = anchor;
+        cfg.training.max_epochs = 5;
+        cfg.training.early_stopping_metric = pilip::config::StoppingMetric::ValEnergyRmse;
+        (dir, cfg)
+    };
+    let (dir, cfg) = fine_tune("finetune-free", 0.0);
+    let splits = pilip::dataset::load(&cfg.data).unwrap();
+    let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).collect();
+    let start = pilip::train::initial_model(&cfg, &splits.train, &all).unwrap();
+    assert_eq!(start.params(), base.model.params());
+    let p = pilip::metrics::predict_all(&start, &splits.train).unwrap();
+    let mean_error: f64 = splits.train.iter().zip(&p).map(|(f, p)| p.energy - f.energy.unwrap()).sum::<f64>() / p.len() as f64;
+    assert!(mean_error.abs() < 1e-4, "mean energy error after the refit (the shift was −8.7 eV): {mean_error} eV");
+
+    let distance = |dir: &Path| {
+        let ck = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap();
+        assert_eq!(ck.config.model.hidden, base.config.model.hidden, "architecture from the checkpoint");
+        ck.model.params().iter().zip(base.model.params()).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt()
+    };
+    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let free = distance(&dir);
+    let (dir, cfg) = fine_tune("finetune-anchored", 1e6);
+    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let anchored = distance(&dir);
+    assert!(anchored < 0.01 * free, "anchored {anchored} vs free {free}");
+
+    // Species the checkpoint does not know are refused by name.
+    let (_, mut cfg) = fine_tune("finetune-species", 0.0);
+    cfg.data.file = root_data("cu_50.extxyz");
+    cfg.data.keys = Default::default();
+    (cfg.data.n_train, cfg.data.n_valid, cfg.data.n_test) = (20, 10, 10);
+    let e = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("model.init") && e.contains("but the data also has Cu"), "{e}");
+}
+
+fn root_data(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name)
+}

@@ -222,6 +222,22 @@ impl Model {
 
     // ----- fitting the fixed parts before training -----
 
+    /// Refits the reference energies to `frames` with the networks as they are: when a model trained on one
+    /// level of theory is fine-tuned on another, the per-element offsets change and the learned interactions
+    /// stay.
+    pub fn refit_reference_energies(&mut self, frames: &[&Frame]) -> Result<()> {
+        let residuals: Vec<Frame> = frames
+            .iter()
+            .filter_map(|f| f.energy.map(|e| (f, e)))
+            .map(|(f, e)| {
+                let network = self.predict_frame(f)?.energy
+                    - f.numbers.iter().filter_map(|&z| self.species_index(z)).map(|s| self.reference_energies[s]).sum::<f64>();
+                Ok(Frame { numbers: f.numbers.clone(), energy: Some(e - network), ..Default::default() })
+            })
+            .collect::<Result<_>>()?;
+        self.fit_reference_energies(&residuals.iter().collect::<Vec<_>>())
+    }
+
     /// Least-squares per-element reference energies from structures with energies (a tiny ridge term picks the
     /// minimum-norm solution when compositions are collinear, e.g. one molecule).
     pub fn fit_reference_energies(&mut self, frames: &[&Frame]) -> Result<()> {

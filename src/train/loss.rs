@@ -34,15 +34,17 @@ pub struct LossTerms {
     pub pisc: f64,
     /// Weak labels from reference forces.
     pub weak: f64,
+    /// L2 pull towards the `model.init` parameters (added per step, not per structure).
+    pub anchor: f64,
 }
 
 impl LossTerms {
     /// The terms' names, in log order (the keys of `metrics.jsonl`'s `train` object).
-    pub const NAMES: [&'static str; 6] = ["energy", "forces", "stress", "pitc", "pisc", "weak"];
+    pub const NAMES: [&'static str; 7] = ["energy", "forces", "stress", "pitc", "pisc", "weak", "anchor"];
 
     /// The values in the order of [`LossTerms::NAMES`].
-    pub fn values(&self) -> [f64; 6] {
-        [self.energy, self.forces, self.stress, self.pitc, self.pisc, self.weak]
+    pub fn values(&self) -> [f64; 7] {
+        [self.energy, self.forces, self.stress, self.pitc, self.pisc, self.weak, self.anchor]
     }
 
     /// `(name, value)` in log order.
@@ -68,7 +70,20 @@ impl LossTerms {
         self.pitc += other.pitc;
         self.pisc += other.pisc;
         self.weak += other.weak;
+        self.anchor += other.anchor;
     }
+}
+
+/// The anchor term w·mean((θ − θ₀)²): returns the loss and adds its gradient to `grad`.
+pub fn anchor_term(params: &[f64], anchor: &[f64], weight: f64, grad: &mut [f64]) -> f64 {
+    let n = params.len().max(1) as f64;
+    let mut loss = 0.0;
+    for ((g, p), a) in grad.iter_mut().zip(params).zip(anchor) {
+        let d = p - a;
+        loss += d * d;
+        *g += 2.0 * weight * d / n;
+    }
+    weight * loss / n
 }
 
 /// Batch-level normalisers so that each term is a mean over the batch.

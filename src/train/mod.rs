@@ -102,6 +102,9 @@ pub struct TrainSummary {
 
 /// Builds a model for the training data: species, reference energies, input statistics, energy scale.
 pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+    if let Some(ck) = init_checkpoint(cfg)? {
+        return fine_tuning_start(ck.model, cfg, train, all);
+    }
     let mut species: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).collect();
     species.sort_unstable();
     species.dedup();
@@ -119,6 +122,43 @@ pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Mo
         auto_energy_scale(&model, train)
     };
     Ok(model)
+}
+
+/// The `model.init` checkpoint, if the config names one.
+fn init_checkpoint(cfg: &Config) -> Result<Option<Checkpoint>> {
+    cfg.model.init.as_deref().map(Checkpoint::load).transpose()
+}
+
+/// The starting model of a fine-tuning run: the `model.init` checkpoint's model with its reference energies
+/// refitted to the training set (the data may come from another level of theory).
+fn fine_tuning_start(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+    let mut missing: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).filter(|&z| model.species_index(z).is_none()).collect();
+    missing.sort_unstable();
+    missing.dedup();
+    if !missing.is_empty() {
+        let names = |zs: &[u32]| zs.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?")).collect::<Vec<_>>().join(", ");
+        return Err(Error::Config(format!(
+            "model.init: {} knows {}, but the data also has {}",
+            cfg.model.init.as_deref().unwrap_or(Path::new("?")).display(),
+            names(&model.species),
+            names(&missing)
+        )));
+    }
+    let refs: Vec<&Frame> = train.iter().collect();
+    model.refit_reference_energies(&refs)?;
+    Ok(model)
+}
+
+/// With `model.init` the architecture is the checkpoint's: the config is completed from it, so that
+/// `config.resolved.toml`, the checkpoints and the resume check say what is trained.
+fn with_init_architecture(cfg: &Config) -> Result<Config> {
+    let mut resolved = cfg.clone();
+    if let Some(ck) = init_checkpoint(cfg)? {
+        resolved.descriptor = ck.config.descriptor;
+        resolved.model.family = ck.config.model.family;
+        resolved.model.hidden = ck.config.model.hidden;
+    }
+    Ok(resolved)
 }
 
 /// RMS of the reference force components if there are any, else the spread of per-atom energies.
@@ -315,7 +355,8 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         .num_threads(threads)
         .build()
         .map_err(|e| Error::invalid(format!("thread pool: {e}")))?;
-    pool.install(|| train_in_pool(cfg, opts))
+    let cfg = with_init_architecture(cfg)?;
+    pool.install(|| train_in_pool(&cfg, opts))
 }
 
 fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
@@ -351,6 +392,10 @@ fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         Some(p) => run.log(&format!("resumed after epoch {} from {}", st.epochs_done, p.display())),
     }
 
+    let anchor = match init_checkpoint(cfg)? {
+        Some(ck) if cfg.loss.anchor_weight > 0.0 => Some(ck.model.params()),
+        _ => None,
+    };
     if let Some(sink) = &sink {
         sink.start(st.epochs_done, cfg.training.max_epochs, batches_per_epoch(splits.train.len(), cfg.training.batch_size));
     }
@@ -359,7 +404,7 @@ fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     while !st.finished && st.epochs_done < cfg.training.max_epochs {
         let t0 = std::time::Instant::now();
         let lr_used = st.schedule.lr;
-        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, sink.as_deref(), &run.last)?;
+        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, anchor.as_deref(), sink.as_deref(), &run.last)?;
         last_valid = validate_and_checkpoint(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
         if opts.stop_after.is_some_and(|n| epochs_this_run >= n) && !st.finished {
@@ -449,6 +494,7 @@ fn run_epoch(
     st: &mut TrainState,
     train: &[Frame],
     cfg: &Config,
+    anchor: Option<&[f64]>,
     progress: Option<&dyn Progress>,
     last: &Path,
 ) -> Result<LossTerms> {
@@ -462,7 +508,10 @@ fn run_epoch(
     let mut params = model.params();
     for (b, ids) in order.chunks(bs).enumerate() {
         let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
-        let (l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true)?;
+        let (mut l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true)?;
+        if let Some(a) = anchor {
+            l.anchor = loss::anchor_term(&params, a, cfg.loss.anchor_weight, &mut g);
+        }
         if !l.total().is_finite() {
             return Err(Error::invalid(format!(
                 "training diverged (non-finite loss) at epoch {} batch {b}; lower training.lr (now {:.2e}) or the loss weights; \
