@@ -10,7 +10,7 @@ ORT_DYLIB_PATH=$(ls .venv/lib/python3*/site-packages/onnxruntime/capi/libonnxrun
 export ORT_DYLIB_PATH
 cargo test --release --locked --features ort "$@"
 bash lammps_plugin/build.sh .venv/bin/python >/dev/null
-.venv/bin/pip install --quiet --force-reinstall --no-deps ./bindings/python   # bundles the fresh libpilip.so
+.venv/bin/pip install --quiet --force-reinstall --no-deps ./bindings/python   # builds libpilip into the package (cargo via setuptools-rust)
 OMP_NUM_THREADS=1 .venv/bin/python -m pytest -q tests/python
 # The build regenerates include/pilip.h from src/c_api; the committed header must be current.
 if git rev-parse --is-inside-work-tree >/dev/null 2>&1 && ! git diff --quiet -- include/pilip.h; then

@@ -1,8 +1,8 @@
 """Finds, loads and declares libpilip (the C API of include/pilip.h) through ctypes.
 
-Search order: the file named by the environment variable PILIP_LIBRARY_PATH, the copy bundled inside this
-package, then target/release and target/debug of the source checkout this file lives in. The library's version
-must equal the package's.
+Search order: the file named by the environment variable PILIP_LIBRARY_PATH, the library built into this
+package (setup.py: `libpilip.abi3.so`; any `libpilip*.so` here, e.g. an older `libpilip.so`), then target/release
+and target/debug of the source checkout this file lives in. The library's version must equal the package's.
 """
 import ctypes
 import os
@@ -56,13 +56,19 @@ STATUS = {
 }
 
 
+BUNDLED = "libpilip.abi3.so"  # the file setup.py puts into the package
+
+
 def candidate_paths():
     paths = []
     env = os.environ.get("PILIP_LIBRARY_PATH")
     if env:
         paths.append(pathlib.Path(env))
     here = pathlib.Path(__file__).resolve().parent
-    paths.append(here / "libpilip.so")
+    # setuptools-rust names the file after the extension: libpilip.abi3.so (a platform tag may be added by other
+    # settings, e.g. libpilip.cpython-311-x86_64-linux-gnu.so); the name it should have comes first.
+    bundled = sorted(here.glob("libpilip*.so"), key=lambda p: (p.name != BUNDLED, p.name))
+    paths += bundled or [here / BUNDLED]
     for parent in here.parents:
         if (parent / "Cargo.toml").is_file():
             paths += [parent / "target" / p / "libpilip.so" for p in ("release", "debug")]
@@ -100,4 +106,6 @@ def lib():
         _LIB = handle
         return _LIB
     raise ImportError("could not load libpilip; tried:\n  " + "\n  ".join(tried) +
-                      "\nbuild it with `cargo build --release` or set PILIP_LIBRARY_PATH to libpilip.so")
+                      "\ninstall the package from a checkout with `pip install ./bindings/python` (it builds "
+                      "libpilip with cargo), run `cargo build --release` in the checkout, or set PILIP_LIBRARY_PATH "
+                      "to libpilip.so")
