@@ -108,18 +108,19 @@ void PairPilip::settings(int narg, char **arg) {
     settings_text = "engine " + engine + ", threads " + threads;
     // Re-issuing pair_style keeps the pair_coeff mapping (LAMMPS only calls settings() again): reload the model
     // so that new keywords take effect now, not silently at the next pair_coeff.
-    if (model && options_json != model_options) load_model(model_path);
+    if (model && options_json != model_options) load_model(model_path, "pair_style pilip");
 }
 
-void PairPilip::load_model(const std::string &path) {
+// `command` names what the user typed, for the error message.
+void PairPilip::load_model(const std::string &path, const char *command) {
     try {
         model = std::make_unique<pilip::Model>(path, options_json);
     } catch (const pilip::Error &e) {
         // A bad file is the model's fault; otherwise name the pair_style settings the library refused or
         // could not honour (e.g. a missing ort_library, more threads than the library allows).
         if (e.status() == PILIP_ERROR_IO || e.status() == PILIP_ERROR_MODEL)
-            error->all(FLERR, "pair_coeff for pair_style pilip: cannot load model '{}': {}", path, e.what());
-        error->all(FLERR, "pair_style pilip: cannot load model '{}' ({}): {}", path, settings_text, e.what());
+            error->all(FLERR, "{}: cannot load model '{}': {}", command, path, e.what());
+        error->all(FLERR, "{}: cannot load model '{}' ({}): {}", command, path, settings_text, e.what());
     }
     model_path = path;
     model_options = options_json;
@@ -138,7 +139,7 @@ void PairPilip::coeff(int narg, char **arg) {
         error->all(FLERR, "pair_coeff for pair_style pilip: the first two arguments must be '* *', got '{} {}'",
                    arg[0], arg[1]);
     if (!allocated) allocate();
-    load_model(arg[2]);
+    load_model(arg[2], "pair_coeff for pair_style pilip");
     std::vector<int32_t> species;
     std::vector<std::string> symbols;
     try {

@@ -22,7 +22,7 @@ public:
     double init_one(int, int) override;
 
 protected:
-    void load_model(const std::string &path);
+    void load_model(const std::string &path, const char *command);
     std::unique_ptr<pilip::Model> model;
     std::string options_json;       // from pair_style keywords
     std::string settings_text;      // "engine E, threads N", for error messages

@@ -55,7 +55,7 @@ pub(crate) fn unpadded(
     Ok((energies, gradients))
 }
 
-pub(crate) fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
+fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
     Error::engine(format!("{engine} engine failed while evaluating the network: {e}"))
 }
 

@@ -100,10 +100,16 @@ pub struct TrainSummary {
     pub finished: bool,
 }
 
-/// Builds a model for the training data: species, reference energies, input statistics, energy scale.
+/// Builds a model for the training data: species, reference energies, input statistics, energy scale (or,
+/// with `model.init`, the fine-tuning start from that checkpoint).
 pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
-    if let Some(ck) = init_checkpoint(cfg)? {
-        return fine_tuning_start(ck.model, cfg, train, all);
+    start_model(cfg, init_checkpoint(cfg)?.map(|ck| ck.model), train, all)
+}
+
+/// [`initial_model`] with the `model.init` checkpoint's model already loaded (`init`).
+fn start_model(cfg: &Config, init: Option<Model>, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+    if let Some(model) = init {
+        return fine_tuning_start(model, cfg, train, all);
     }
     let mut species: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).collect();
     species.sort_unstable();
@@ -151,14 +157,12 @@ fn fine_tuning_start(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Fr
 
 /// With `model.init` the architecture is the checkpoint's: the config is completed from it, so that
 /// `config.resolved.toml`, the checkpoints and the resume check say what is trained.
-fn with_init_architecture(cfg: &Config) -> Result<Config> {
+fn with_init_architecture(cfg: &Config, init: &Checkpoint) -> Config {
     let mut resolved = cfg.clone();
-    if let Some(ck) = init_checkpoint(cfg)? {
-        resolved.descriptor = ck.config.descriptor;
-        resolved.model.family = ck.config.model.family;
-        resolved.model.hidden = ck.config.model.hidden;
-    }
-    Ok(resolved)
+    resolved.descriptor = init.config.descriptor.clone();
+    resolved.model.family = init.config.model.family;
+    resolved.model.hidden = init.config.model.hidden.clone();
+    resolved
 }
 
 /// RMS of the reference force components if there are any, else the spread of per-atom energies.
@@ -355,11 +359,16 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         .num_threads(threads)
         .build()
         .map_err(|e| Error::invalid(format!("thread pool: {e}")))?;
-    let cfg = with_init_architecture(cfg)?;
-    pool.install(|| train_in_pool(&cfg, opts))
+    // The `model.init` checkpoint is read once: it completes the config, starts the model and anchors it.
+    let init = init_checkpoint(cfg)?;
+    let cfg = init.as_ref().map_or_else(|| cfg.clone(), |ck| with_init_architecture(cfg, ck));
+    pool.install(|| train_in_pool(&cfg, init.map(|ck| ck.model), opts))
 }
 
-fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
+fn train_in_pool(cfg: &Config, init: Option<Model>, opts: &TrainOptions) -> Result<TrainSummary> {
+    // The anchor is the checkpoint's parameters (a fresh fine-tuning start has the same ones; a resumed run
+    // has moved away from them).
+    let anchor = init.as_ref().filter(|_| cfg.loss.anchor_weight > 0.0).map(Model::params);
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let resumed = match &opts.resume {
         Some(p) => Some(resume_from(cfg, p)?),
@@ -368,7 +377,7 @@ fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
     let splits = dataset::load(&cfg.data)?;
     write_inputs(&dir, cfg, &splits)?;
     check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
-    let (mut model, mut st) = start_or_resume(cfg, &splits, resumed)?;
+    let (mut model, mut st) = start_or_resume(cfg, &splits, resumed, init)?;
     let sink: Option<Arc<dyn Progress>> =
         if opts.quiet { None } else { Some(opts.progress.clone().unwrap_or_else(|| Arc::new(PrintLines))) };
     let _end = EndOnDrop(sink.clone());
@@ -392,10 +401,6 @@ fn train_in_pool(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         Some(p) => run.log(&format!("resumed after epoch {} from {}", st.epochs_done, p.display())),
     }
 
-    let anchor = match init_checkpoint(cfg)? {
-        Some(ck) if cfg.loss.anchor_weight > 0.0 => Some(ck.model.params()),
-        _ => None,
-    };
     if let Some(sink) = &sink {
         sink.start(st.epochs_done, cfg.training.max_epochs, batches_per_epoch(splits.train.len(), cfg.training.batch_size));
     }
@@ -462,12 +467,17 @@ fn check_stopping_metric(metric: StoppingMetric, valid: &[Frame]) -> Result<()> 
 }
 
 /// The resumed model and state, or a fresh model fitted to the training data with a new optimiser state.
-fn start_or_resume(cfg: &Config, splits: &Splits, resumed: Option<(Model, TrainState)>) -> Result<(Model, TrainState)> {
+fn start_or_resume(
+    cfg: &Config,
+    splits: &Splits,
+    resumed: Option<(Model, TrainState)>,
+    init: Option<Model>,
+) -> Result<(Model, TrainState)> {
     if let Some(r) = resumed {
         return Ok(r);
     }
     let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
-    let model = initial_model(cfg, &splits.train, &all)?;
+    let model = start_model(cfg, init, &splits.train, &all)?;
     let t = &cfg.training;
     let st = TrainState {
         epochs_done: 0,

@@ -58,11 +58,16 @@ pub fn parity_png(path: &Path, frames: &[Frame], preds: &[Prediction]) -> Result
 
 type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
+/// A line of text where a plot would be (nothing to draw).
+fn notice(area: &Area, text: &str) -> std::result::Result<(), String> {
+    let style = TextStyle::from((FONT, 24).into_font()).color(&BLACK);
+    area.draw_text(text, &style, (60, 280)).map_err(|e| e.to_string())
+}
+
 fn parity_panel(area: &Area, pts: &[(f64, f64)], title: &str, unit: &str, milli: &str) -> std::result::Result<(), String> {
     let pts: Vec<(f64, f64)> = pts.iter().copied().filter(|p| p.0.is_finite() && p.1.is_finite()).collect();
     if pts.is_empty() {
-        let style = TextStyle::from((FONT, 24).into_font()).color(&BLACK);
-        return area.draw_text(&format!("{title}: no labels"), &style, (60, 280)).map_err(|e| e.to_string());
+        return notice(area, &format!("{title}: no labels"));
     }
     let lo = pts.iter().map(|p| p.0.min(p.1)).fold(f64::INFINITY, f64::min);
     let hi = pts.iter().map(|p| p.0.max(p.1)).fold(f64::NEG_INFINITY, f64::max);
@@ -132,8 +137,7 @@ pub fn lines_png(
     let root = BitMapBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| drawing_error(path, e))?;
     if !xlo.is_finite() {
-        let style = TextStyle::from((FONT, 24).into_font()).color(&BLACK);
-        root.draw_text(&format!("{title}: no data"), &style, (60, 280)).map_err(|e| drawing_error(path, e))?;
+        notice(&root, &format!("{title}: no data")).map_err(|e| drawing_error(path, e))?;
         return root.present().map_err(|e| drawing_error(path, e));
     }
     let (x, y) = (padded(xlo, xhi, axes.0), padded(ylo, yhi, axes.1));
