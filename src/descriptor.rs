@@ -79,13 +79,26 @@ pub struct Descriptor {
     pub spec: DescriptorSpec,
     n_species: usize,
     monomials: Vec<Monomial>,
-    /// The monomials grouped by (a, b), each group in ascending c: `(a, b, range)` into `column_m` (monomial
-    /// index) and `column_w` (its weight). The VJP evaluates Σ_c coef·z^c of a group by Horner's rule.
+    /// The per-pair monomials (orders l_max − 1 and l_max, see [`Descriptor::top`]) grouped by (a, b):
+    /// `(a, b, range)` into `column_m` (monomial index), `column_c` (its power of z) and `column_w` (its weight).
     columns: Vec<(usize, usize, std::ops::Range<usize>)>,
     column_m: Vec<usize>,
+    column_c: Vec<usize>,
     column_w: Vec<f64>,
+    /// The first monomial that neighbours contribute to directly: the orders l_max − 1 and l_max. Because
+    /// ûx² + ûy² + ûz² = 1, a monomial of order l is the sum of three of order l + 2, so the lower orders of the
+    /// density are sums of higher ones, formed once per atom (`traces`) instead of once per pair: 25 instead of
+    /// 35 functions per pair at l_max = 4, the same descriptor up to rounding.
+    top: usize,
+    /// For each monomial m < `top`: the three monomials of order l + 2 whose sum it is, with the weight ratio
+    /// w_m / w_m' (`A[m] = Σ ratio·A[m']`).
+    traces: Vec<[(usize, f64); 3]>,
     centers: Vec<f64>,
     inv_two_sigma2: f64,
+    /// Spacing of the centres, its inverse and 1 / r_c.
+    step: f64,
+    inv_step: f64,
+    inv_cutoff: f64,
     /// e^{−2αΔ²}: the ratio of consecutive factors of the Gaussian recurrence (a constant of the basis).
     shrink: f64,
     /// The instruction set the kernels run with on this CPU (detected once).
@@ -223,18 +236,32 @@ impl Descriptor {
                 }
             }
         }
-        let (mut columns, mut column_m, mut column_w) = (Vec::new(), Vec::new(), Vec::new());
+        let index = |pow: [usize; 3]| monomials.iter().position(|mo: &Monomial| mo.pow == pow).unwrap_or(0);
+        let top_order = spec.l_max.saturating_sub(1);
+        let (mut columns, mut column_m, mut column_c, mut column_w) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for a in 0..=spec.l_max {
             for b in 0..=spec.l_max - a {
                 let start = column_m.len();
-                for c in 0..=spec.l_max - a - b {
-                    let m = monomials.iter().position(|mo: &Monomial| mo.pow == [a, b, c]).unwrap_or(0);
+                for c in top_order.saturating_sub(a + b)..=spec.l_max - a - b {
+                    let m = index([a, b, c]);
                     column_m.push(m);
+                    column_c.push(c);
                     column_w.push(monomials[m].weight);
                 }
                 columns.push((a, b, start..column_m.len()));
             }
         }
+        let top = order_range(top_order).start;
+        let traces = monomials[..top]
+            .iter()
+            .map(|mo| {
+                let [a, b, c] = mo.pow;
+                [[a + 2, b, c], [a, b + 2, c], [a, b, c + 2]].map(|pow| {
+                    let m = index(pow);
+                    (m, mo.weight / monomials[m].weight)
+                })
+            })
+            .collect();
         let n = spec.n_radial;
         let step = (spec.cutoff - spec.r_min) / (n - 1) as f64;
         let centers = (0..n).map(|k| spec.r_min + k as f64 * step).collect();
@@ -245,11 +272,17 @@ impl Descriptor {
             monomials,
             columns,
             column_m,
+            column_c,
             column_w,
+            top,
+            traces,
             shrink: (-2.0 * step * step / (2.0 * sigma * sigma)).exp(),
             isa: Isa::detect(),
             centers,
             inv_two_sigma2: 1.0 / (2.0 * sigma * sigma),
+            step,
+            inv_step: 1.0 / step,
+            inv_cutoff: 1.0 / spec.cutoff,
         }
     }
 
@@ -271,19 +304,21 @@ impl Descriptor {
     /// pair instead of one per function, and no overflow since the factors only shrink away from the peak.
     #[inline(always)]
     fn radial(&self, r: f64, out: &mut [f64], dout: &mut [f64]) {
-        let rc = self.spec.cutoff;
-        let x = r / rc;
+        // products by precomputed inverses: divisions were a tenth of the forward pass
+        let inv_rc = self.inv_cutoff;
+        let x = r * inv_rc;
         let s = 1.0 - x * x;
-        let (fc, dfc) = if x < 1.0 { (s * s * s, -6.0 * x * s * s / rc) } else { (0.0, 0.0) };
+        let (fc, dfc) = if x < 1.0 { (s * s * s, -6.0 * x * s * s * inv_rc) } else { (0.0, 0.0) };
         let n = self.centers.len();
-        let (alpha, step) = (self.inv_two_sigma2, self.centers[1] - self.centers[0]);
-        let k0 = (((r - self.centers[0]) / step).round().max(0.0) as usize).min(n - 1);
+        let (alpha, step) = (self.inv_two_sigma2, self.step);
+        let k0 = (((r - self.centers[0]) * self.inv_step).round().max(0.0) as usize).min(n - 1);
         let d0 = r - self.centers[k0];
         let g0 = (-alpha * d0 * d0).exp();
+        let (two_alpha_fc, dfc) = (2.0 * alpha * fc, dfc);
         let mut set = |k: usize, g: f64| {
             let d = r - self.centers[k];
             out[k] = g * fc;
-            dout[k] = -2.0 * alpha * d * g * fc + g * dfc;
+            dout[k] = g * (dfc - two_alpha_fc * d);
         };
         set(k0, g0);
         let shrink = self.shrink;
@@ -346,12 +381,18 @@ impl Descriptor {
         }
     }
 
-    /// Calls `f(m, weight, a, b, c)` for every monomial in feature order (l ascending, then a and b descending),
-    /// as plain loops: much faster than walking the `monomials` table.
+    /// The first per-pair monomial ([`Descriptor::top`]), a constant when `L` is compiled in.
     #[inline(always)]
-    fn for_each_monomial<const L: usize>(&self, mut f: impl FnMut(usize, f64, usize, usize, usize)) {
-        let mut m = 0;
-        for l in 0..=self.l_of::<L>() {
+    fn top_of<const L: usize>(&self) -> usize {
+        if L != DYN { order_range(L.saturating_sub(1)).start } else { self.top }
+    }
+
+    /// Calls `f(m, weight, a, b, c)` for every monomial of order ≥ `l0` in feature order (l ascending, then a and
+    /// b descending), as plain loops: much faster than walking the `monomials` table.
+    #[inline(always)]
+    fn for_each_monomial<const L: usize>(&self, l0: usize, mut f: impl FnMut(usize, f64, usize, usize, usize)) {
+        let mut m = order_range(l0).start;
+        for l in l0..=self.l_of::<L>() {
             for a in (0..=l).rev() {
                 for b in (0..=l - a).rev() {
                     f(m, self.monomials[m].weight, a, b, l - a - b);
@@ -361,30 +402,57 @@ impl Descriptor {
         }
     }
 
-    /// Angular functions Y_m(û); `p` is scratch.
+    /// The per-pair angular functions Y_m(û), m ≥ `top` (entries below are left as they are); `p` is scratch.
     #[inline(always)]
     fn angular<const L: usize>(&self, u: &Vec3, y: &mut [f64], p: &mut Powers) {
         self.powers::<L>(u, p);
-        self.for_each_monomial::<L>(|m, w, a, b, c| y[m] = w * p[0][a] * p[1][b] * p[2][c]);
+        self.for_each_monomial::<L>(self.l_of::<L>().saturating_sub(1), |m, w, a, b, c| y[m] = w * p[0][a] * p[1][b] * p[2][c]);
     }
 
-    /// `(Σ_m s_m Y_m, Σ_m t_m ∇Y_m)` with ∇ with respect to û as a free vector: the angular part of the VJP.
-    /// Both are polynomials in (x, y, z): per (a, b) group the z-polynomial and its derivative are evaluated by
-    /// Horner's rule, then multiplied by x^a y^b and its x and y derivatives (~4× fewer operations than a table of
-    /// Y_m and ∇Y_m).
+    /// Completes a density `[n_channels][nm]` whose orders l_max − 1 and l_max are set: every lower order is the
+    /// sum of three monomials two orders up (`traces`), filled from the top down.
+    #[inline(always)]
+    fn fill_lower<const L: usize>(&self, a: &mut [f64]) {
+        let (nm, top) = (self.nm_of::<L>(), self.top_of::<L>());
+        for row in a.chunks_exact_mut(nm) {
+            for m in (0..top).rev() {
+                let [(m1, w1), (m2, w2), (m3, w3)] = self.traces[m];
+                row[m] = w1 * row[m1] + w2 * row[m2] + w3 * row[m3];
+            }
+        }
+    }
+
+    /// The transpose of [`Descriptor::fill_lower`]: adds the gradient of every lower order to the three
+    /// monomials two orders up, from the bottom up, so that only orders l_max − 1 and l_max carry it to the pairs.
+    #[inline(always)]
+    fn fold_lower<const L: usize>(&self, da: &mut [f64]) {
+        let (nm, top) = (self.nm_of::<L>(), self.top_of::<L>());
+        for row in da.chunks_exact_mut(nm) {
+            for m in 0..top {
+                let g = row[m];
+                for (m2, w) in self.traces[m] {
+                    row[m2] += w * g;
+                }
+            }
+        }
+    }
+
+    /// `(Σ_m s_m Y_m, Σ_m t_m ∇Y_m)` over the per-pair monomials (m ≥ `top`) with ∇ with respect to û as a free
+    /// vector: the angular part of the VJP. Both are polynomials in (x, y, z): per (a, b) group the z-polynomial
+    /// (one or two terms) and its derivative are summed, then multiplied by x^a y^b and its x and y derivatives.
     /// `p`, `dp` are scratch.
     #[inline(always)]
     fn angular_contract<M: MulAdd, const L: usize>(&self, u: &Vec3, s: &[f64], t: &[f64], p: &mut Powers, dp: &mut Powers) -> (f64, Vec3) {
         self.powers_and_derivatives::<L>(u, p, dp);
-        let z = u[2];
         let (mut sy, mut gx, mut gy, mut gz) = (0.0, 0.0, 0.0, 0.0);
         for (a, b, range) in &self.columns {
-            let (ms, ws) = (&self.column_m[range.clone()], &self.column_w[range.clone()]);
+            let (ms, cs, ws) = (&self.column_m[range.clone()], &self.column_c[range.clone()], &self.column_w[range.clone()]);
             let (mut q, mut dq, mut r) = (0.0, 0.0, 0.0);
-            for (&m, &w) in ms.iter().zip(ws).rev() {
-                dq = M::madd(dq, z, q);
-                q = M::madd(q, z, t[m] * w);
-                r = M::madd(r, z, s[m] * w);
+            for ((&m, &c), &w) in ms.iter().zip(cs).zip(ws) {
+                let (tw, sw) = (t[m] * w, s[m] * w);
+                q = M::madd(tw, p[2][c], q);
+                dq = M::madd(tw, dp[2][c], dq);
+                r = M::madd(sw, p[2][c], r);
             }
             let (xa, yb) = (p[0][*a], p[1][*b]);
             let xy = xa * yb;
@@ -401,7 +469,7 @@ impl Descriptor {
     fn angular_directional(&self, u: &Vec3, v: &Vec3, y: &mut [f64], dy: &mut [f64]) {
         let (mut p, mut dp) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
         self.powers_and_derivatives::<DYN>(u, &mut p, &mut dp);
-        self.for_each_monomial::<DYN>(|m, w, a, b, c| {
+        self.for_each_monomial::<DYN>(0, |m, w, a, b, c| {
             let (xa, yb, zc) = (p[0][a], p[1][b], p[2][c]);
             y[m] = w * xa * yb * zc;
             dy[m] = w * (dp[0][a] * yb * zc * v[0] + xa * dp[1][b] * zc * v[1] + xa * yb * dp[2][c] * v[2]);
@@ -474,7 +542,7 @@ impl Descriptor {
     /// Density, invariants and per-pair caches of `atoms`; `out` holds exactly their rows and pairs.
     #[inline(always)]
     fn forward<M: MulAdd, const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
-        let (nr, nm, nf) = (self.nr_of::<NR>(), self.nm_of::<L>(), self.n_features());
+        let (nr, nm, nf, top) = (self.nr_of::<NR>(), self.nm_of::<L>(), self.n_features(), self.top_of::<L>());
         let na = self.n_channels() * nm;
         let first_pair = nl.offsets()[atoms.start];
         let (mut y1, mut y2) = ([0.0; MAX_MONOMIALS], [0.0; MAX_MONOMIALS]);
@@ -484,8 +552,8 @@ impl Descriptor {
             let a_i = &mut out.density[k * na..(k + 1) * na];
             a_i.fill(0.0);
             let p0 = nl.offsets()[i] - first_pair;
-            // A[s, k][m] += R_k(r) Y_m(û), two neighbours of one species at a time (each row is loaded and stored
-            // once for both; the sums keep the neighbour order, so the result is that of one at a time).
+            // A[s, k][m] += R_k(r) Y_m(û) for m ≥ top, two neighbours of one species at a time (each row is loaded
+            // and stored once for both; the sums keep the neighbour order, so the result is that of one at a time).
             let mut pending: Option<(usize, usize)> = None;
             for (q, nb) in nl.of(i).iter().enumerate() {
                 let p = p0 + q;
@@ -499,11 +567,11 @@ impl Descriptor {
                 match pending {
                     Some((pp, ps)) if ps == s => {
                         let (r1, r2) = (&out.radial[pp * nr..(pp + 1) * nr], &out.radial[p * nr..(p + 1) * nr]);
-                        accumulate::<M, 2>(&mut a_i[s * nr * nm..(s + 1) * nr * nm], [(r1, y_prev), (r2, y_cur)]);
+                        accumulate::<M, 2>(&mut a_i[s * nr * nm..(s + 1) * nr * nm], top, [(r1, &y_prev[top..]), (r2, &y_cur[top..])]);
                         pending = None;
                     }
                     Some((pp, ps)) => {
-                        accumulate::<M, 1>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], [(&out.radial[pp * nr..(pp + 1) * nr], y_prev)]);
+                        accumulate::<M, 1>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], top, [(&out.radial[pp * nr..(pp + 1) * nr], &y_prev[top..])]);
                         std::mem::swap(&mut y_prev, &mut y_cur);
                         pending = Some((p, s));
                     }
@@ -514,8 +582,9 @@ impl Descriptor {
                 }
             }
             if let Some((pp, ps)) = pending {
-                accumulate::<M, 1>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], [(&out.radial[pp * nr..(pp + 1) * nr], y_prev)]);
+                accumulate::<M, 1>(&mut a_i[ps * nr * nm..(ps + 1) * nr * nm], top, [(&out.radial[pp * nr..(pp + 1) * nr], &y_prev[top..])]);
             }
+            self.fill_lower::<L>(a_i);
             self.contract::<M, L>(a_i, &mut out.features[k * nf..(k + 1) * nf], out.scratch);
         }
     }
@@ -581,7 +650,7 @@ impl Descriptor {
     /// enough); `parallel` as in [`Descriptor::compute_into`].
     pub fn vjp_into(&self, d: &Descriptors, dg: &[f64], out: &mut Vec<Vec3>, scratch: &mut Vec<f64>, parallel: bool) {
         let nc = self.n_channels();
-        let per_task = nc * self.n_monomials() + 4 * self.n_monomials() + nc * nc;
+        let per_task = 3 * nc * self.n_monomials() + 4 * self.n_monomials() + nc * nc;
         out.resize(d.pairs.len(), [0.0; 3]);
         let nl = &d.neighbors;
         let run = |atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]| self.dispatch_backward(d, dg, atoms, grads, da);
@@ -612,11 +681,11 @@ impl Descriptor {
         self.backward::<Fused, NR, L>(d, dg, atoms, grads, da)
     }
 
-    /// ∂E/∂r_ij of the pairs of `atoms` (`grads` holds exactly those pairs); `scratch` holds one density,
+    /// ∂E/∂r_ij of the pairs of `atoms` (`grads` holds exactly those pairs); `scratch` holds three densities,
     /// 4 × n_monomials and n_channels².
     #[inline(always)]
     fn backward<M: MulAdd, const NR: usize, const L: usize>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], scratch: &mut [f64]) {
-        let (nm, nr, nf) = (self.nm_of::<L>(), self.nr_of::<NR>(), d.n_features);
+        let (nm, nr, nf, top) = (self.nm_of::<L>(), self.nr_of::<NR>(), d.n_features, self.top_of::<L>());
         let nc = self.n_species * nr;
         let na = nc * nm;
         let first_pair = d.neighbors.offsets()[atoms.start];
@@ -625,7 +694,9 @@ impl Descriptor {
         let (drho, rest) = rest.split_at_mut(nm);
         let (rho2, rest) = rest.split_at_mut(nm);
         let (drho2, rest) = rest.split_at_mut(nm);
-        let wsym = &mut rest[..nc * nc];
+        let (wsym, rest) = rest.split_at_mut(nc * nc);
+        let (at, rest) = rest.split_at_mut(na);
+        let dat = &mut rest[..na];
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
         for i in atoms {
             let a = &d.density[i * na..(i + 1) * na];
@@ -636,11 +707,18 @@ impl Descriptor {
             for c in 0..nc {
                 da[c * nm] += g[c];
             }
+            if nc < GEMM_CHANNELS {
+                for c in 0..nc {
+                    for m in 0..nm {
+                        at[m * nc + c] = a[c * nm + m];
+                    }
+                }
+            }
             let mut f = nc;
             for l in 0..=self.l_of::<L>() {
                 let ms = order_range(l);
-                if nc >= GEMM_CHANNELS {
-                    // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it.
+                // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it.
+                {
                     for c in 0..nc {
                         for c2 in c..nc {
                             let w = g[f];
@@ -650,28 +728,43 @@ impl Descriptor {
                         }
                         wsym[c * nc + c] *= 2.0;
                     }
+                }
+                if nc >= GEMM_CHANNELS {
                     let w = View { data: wsym, rs: nc, cs: 1 };
                     gemm_view(nc, nc, ms.len(), w, self.block_l(a, l), 1.0, &mut da[ms.start..], nm);
                     continue;
                 }
-                for c in 0..nc {
-                    for c2 in c..nc {
-                        let w = g[f];
-                        f += 1;
-                        if c == c2 {
-                            for m in ms.clone() {
-                                da[c * nm + m] = M::madd(2.0 * w, a[c * nm + m], da[c * nm + m]);
+                // few channels: per monomial, the column dA[·][m] = W_l A[·][m] as a matrix-vector product over
+                // the transposed density (the blocks of low l are too short to vectorise along m)
+                for m in ms {
+                    let out = &mut dat[m * nc..(m + 1) * nc];
+                    out.fill(0.0);
+                    for (c2, &x) in at[m * nc..(m + 1) * nc].iter().enumerate() {
+                        let w = &wsym[c2 * nc..(c2 + 1) * nc];
+                        // four at a time (one vector), then the rest
+                        let mut ow = out.chunks_exact_mut(4).zip(w.chunks_exact(4));
+                        for (o4, w4) in &mut ow {
+                            for t in 0..4 {
+                                o4[t] = M::madd(w4[t], x, o4[t]);
                             }
-                        } else {
-                            for m in ms.clone() {
-                                da[c * nm + m] = M::madd(w, a[c2 * nm + m], da[c * nm + m]);
-                                da[c2 * nm + m] = M::madd(w, a[c * nm + m], da[c2 * nm + m]);
-                            }
+                        }
+                        let done = nc / 4 * 4;
+                        for (o, &w) in out[done..].iter_mut().zip(&w[done..]) {
+                            *o = M::madd(w, x, *o);
                         }
                     }
                 }
             }
-            // Per pair: ρ = Σ_k R_k dA[s,k], ρ' = Σ_k R'_k dA[s,k]; then the angular contraction.
+            if nc < GEMM_CHANNELS {
+                for c in 0..nc {
+                    for m in 0..nm {
+                        da[c * nm + m] += dat[m * nc + c];
+                    }
+                }
+            }
+            self.fold_lower::<L>(da);
+            // Per pair: ρ = Σ_k R_k dA[s,k], ρ' = Σ_k R'_k dA[s,k] (orders l_max − 1 and l_max); then the angular
+            // contraction.
             // Two neighbours of one species at a time share the loads of dA's rows.
             let (mut p, p_end) = (d.neighbors.offsets()[i], d.neighbors.offsets()[i + 1]);
             while p < p_end {
@@ -680,18 +773,18 @@ impl Descriptor {
                 let radial = |p: usize| (&d.radial[p * nr..(p + 1) * nr], &d.d_radial[p * nr..(p + 1) * nr]);
                 let twin = p + 1 < p_end && d.species_of_neighbor[p + 1] == s;
                 if twin {
-                    radial_combinations::<M, 2>(da_s, nm, [radial(p), radial(p + 1)], [(&mut *rho, &mut *drho), (&mut *rho2, &mut *drho2)]);
+                    radial_combinations::<M, 2>(da_s, nm, top, [radial(p), radial(p + 1)], [(&mut *rho, &mut *drho), (&mut *rho2, &mut *drho2)]);
                 } else {
-                    radial_combinations::<M, 1>(da_s, nm, [radial(p)], [(&mut *rho, &mut *drho)]);
+                    radial_combinations::<M, 1>(da_s, nm, top, [radial(p)], [(&mut *rho, &mut *drho)]);
                 }
                 for (q, (rho, drho)) in [(&*rho, &*drho), (&*rho2, &*drho2)].into_iter().enumerate().take(if twin { 2 } else { 1 }) {
                     let PairCache { r, u } = d.pairs[p + q];
                     let (radial_part, gu) = self.angular_contract::<M, L>(&u, drho, rho, &mut pw, &mut dpw);
-                    let ug = u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2];
+                    let (ug, inv_r) = (u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2], 1.0 / r);
                     grads[p + q - first_pair] = [
-                        u[0] * radial_part + (gu[0] - u[0] * ug) / r,
-                        u[1] * radial_part + (gu[1] - u[1] * ug) / r,
-                        u[2] * radial_part + (gu[2] - u[2] * ug) / r,
+                        u[0] * radial_part + (gu[0] - u[0] * ug) * inv_r,
+                        u[1] * radial_part + (gu[1] - u[1] * ug) * inv_r,
+                        u[2] * radial_part + (gu[2] - u[2] * ug) * inv_r,
                     ];
                 }
                 p += if twin { 2 } else { 1 };
@@ -770,16 +863,17 @@ const fn order_range(l: usize) -> std::ops::Range<usize> {
     l * (l + 1) * (l + 2) / 6..(l + 1) * (l + 2) * (l + 3) / 6
 }
 
-/// For each of N pairs (radial values R, R'): ρ_m = Σ_k R_k dA[k][m] and ρ'_m = Σ_k R'_k dA[k][m] (`da` is
-/// `[n_radial][nm]`, `out[p]` = (ρ, ρ') of pair p). Eight m at a time are held in registers over the k loop and
-/// each dA row is loaded once for all N pairs; every element sums k in ascending order.
+/// For each of N pairs (radial values R, R'): ρ_m = Σ_k R_k dA[k][m] and ρ'_m = Σ_k R'_k dA[k][m] for
+/// m in start..nm (`da` is `[n_radial][nm]`, `out[p]` = (ρ, ρ') of pair p). Eight m at a time are held in
+/// registers over the k loop and each dA row is loaded once for all N pairs; every element sums k in ascending
+/// order.
 #[inline(always)]
-fn radial_combinations<M: MulAdd, const N: usize>(da: &[f64], nm: usize, radial: [(&[f64], &[f64]); N], out: [(&mut [f64], &mut [f64]); N]) {
+fn radial_combinations<M: MulAdd, const N: usize>(da: &[f64], nm: usize, start: usize, radial: [(&[f64], &[f64]); N], out: [(&mut [f64], &mut [f64]); N]) {
     const B: usize = 8;
     let n_radial = radial[0].0.len();
-    let full = nm / B * B;
+    let full = start + (nm - start) / B * B;
     let mut out = out;
-    for m in (0..full).step_by(B) {
+    for m in (start..full).step_by(B) {
         let mut acc = [[[0.0f64; B]; 2]; N];
         for k in 0..n_radial {
             let row: &[f64; B] = da[k * nm + m..k * nm + m + B].try_into().unwrap_or(&[0.0; B]);
@@ -808,18 +902,22 @@ fn radial_combinations<M: MulAdd, const N: usize>(da: &[f64], nm: usize, radial:
     }
 }
 
-/// `rows[k][m] += r_p[k]·y_p[m]` for the N pairs p = (r_p, y_p) in order (`rows` is `[n_radial][nm]`), with one
-/// pass over the rows for all of them.
+/// `rows[k][start + m] += r_p[k]·y_p[m]` for the N pairs p = (r_p, y_p) in order (`rows` is `[n_radial][nm]`,
+/// y_p has nm − start entries), with one pass over the rows for all of them.
 #[inline(always)]
-fn accumulate<M: MulAdd, const N: usize>(rows: &mut [f64], pairs: [(&[f64], &[f64]); N]) {
-    let nm = pairs[0].1.len();
-    for (k, row) in rows.chunks_exact_mut(nm).enumerate() {
-        for (m, x) in row.iter_mut().enumerate() {
-            let mut v = *x;
-            for (r, y) in &pairs {
-                v = M::madd(r[k], y[m], v);
+fn accumulate<M: MulAdd, const N: usize>(rows: &mut [f64], start: usize, pairs: [(&[f64], &[f64]); N]) {
+    let len = pairs[0].1.len();
+    // slices of one known length: no bounds checks in the inner loop, which then vectorises along m
+    let ys: [&[f64]; N] = std::array::from_fn(|p| &pairs[p].1[..len]);
+    for (k, row) in rows.chunks_exact_mut(start + len).enumerate() {
+        let row = &mut row[start..];
+        let rk: [f64; N] = std::array::from_fn(|p| pairs[p].0[k]);
+        for m in 0..len {
+            let mut v = row[m];
+            for p in 0..N {
+                v = M::madd(rk[p], ys[p][m], v);
             }
-            *x = v;
+            row[m] = v;
         }
     }
 }
@@ -870,12 +968,12 @@ mod tests {
     use super::*;
 
     fn setup() -> (Descriptor, Vec<Vec3>, Vec<usize>) {
-        setup_with(4)
+        setup_with(4, 3)
     }
 
     /// Two species with `n_radial` functions each (8 or more: the blocked matrix-product path of the invariants).
-    fn setup_with(n_radial: usize) -> (Descriptor, Vec<Vec3>, Vec<usize>) {
-        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial, l_max: 3, radial_width: 1.0 };
+    fn setup_with(n_radial: usize, l_max: usize) -> (Descriptor, Vec<Vec3>, Vec<usize>) {
+        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial, l_max, radial_width: 1.0 };
         let pos = vec![[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.4, 1.3, 0.5], [0.3, -0.6, 1.4], [1.5, 1.2, 1.0]];
         (Descriptor::new(&spec, 2), pos, vec![0, 1, 1, 0, 1])
     }
@@ -891,8 +989,9 @@ mod tests {
         let w = [0.48, 0.6, 0.64f64];
         let nm = d.n_monomials();
         let (mut yu, mut yw) = (vec![0.0; nm], vec![0.0; nm]);
-        d.angular::<DYN>(&u, &mut yu, &mut [[0.0; 9]; 3]);
-        d.angular::<DYN>(&w, &mut yw, &mut [[0.0; 9]; 3]);
+        let mut dy = vec![0.0; nm];
+        d.angular_directional(&u, &[0.0; 3], &mut yu, &mut dy);
+        d.angular_directional(&w, &[0.0; 3], &mut yw, &mut dy);
         let cos = u[0] * w[0] + u[1] * w[1] + u[2] * w[2];
         for l in 0..=3 {
             let s: f64 = order_range(l).map(|m| yu[m] * yw[m]).sum();
@@ -924,14 +1023,48 @@ mod tests {
     #[test]
     fn jvp_and_vjp_match_finite_differences() {
         for n_radial in [4, 8] {
-            let (d, _, _) = setup_with(n_radial);
+            let (d, _, _) = setup_with(n_radial, 3);
             assert_eq!(d.n_channels() >= GEMM_CHANNELS, n_radial == 8, "both paths of the invariants are tested");
-            jvp_and_vjp_match_finite_differences_with(n_radial);
+            jvp_and_vjp_match_finite_differences_with(n_radial, 3);
+        }
+        // every l_max: the per-pair orders (l_max − 1, l_max) and the traces below them
+        for l_max in [0, 1, 2, 4, 5] {
+            jvp_and_vjp_match_finite_differences_with(6, l_max);
         }
     }
 
-    fn jvp_and_vjp_match_finite_differences_with(n_radial: usize) {
-        let (d, pos, sp) = setup_with(n_radial);
+    /// The density built from the two highest orders and traces equals the direct sum over neighbours of every
+    /// monomial.
+    #[test]
+    fn lower_orders_from_traces_equal_direct_sums() {
+        for l_max in [2, 3, 4, 6] {
+            let (d, pos, sp) = setup_with(5, l_max);
+            let desc = compute(&d, &pos, &sp);
+            let (nm, nr) = (d.n_monomials(), d.spec.n_radial);
+            assert!(d.top > 0 && d.top < nm);
+            let (mut y, mut dy) = (vec![0.0; nm], vec![0.0; nm]);
+            let mut direct = vec![0.0; desc.density.len()];
+            let mut p = 0;
+            for i in 0..pos.len() {
+                for _ in desc.neighbors.of(i) {
+                    d.angular_directional(&desc.pairs[p].u, &[0.0; 3], &mut y, &mut dy);
+                    let s = desc.species_of_neighbor[p];
+                    for k in 0..nr {
+                        for m in 0..nm {
+                            direct[((i * d.n_species + s) * nr + k) * nm + m] += desc.radial[p * nr + k] * y[m];
+                        }
+                    }
+                    p += 1;
+                }
+            }
+            for (k, (a, b)) in desc.density.iter().zip(&direct).enumerate() {
+                assert!((a - b).abs() < 1e-13 * (1.0 + b.abs()), "l_max {l_max}, entry {k}: {a} vs {b}");
+            }
+        }
+    }
+
+    fn jvp_and_vjp_match_finite_differences_with(n_radial: usize, l_max: usize) {
+        let (d, pos, sp) = setup_with(n_radial, l_max);
         let base = compute(&d, &pos, &sp);
         let nf = base.n_features;
         let disp: Vec<Vec3> = (0..pos.len()).map(|k| [0.3 * k as f64 - 0.5, 0.2, -0.1 * k as f64]).collect();
