@@ -191,12 +191,21 @@ const GEMM_CHANNELS: usize = 16;
 /// Powers 0..=8 of the three components of a unit vector.
 type Powers = [[f64; 9]; 3];
 
+/// Row length of the padded weights and transposed density gradient when there are fewer than
+/// [`GEMM_CHANNELS`] channels (at most this many).
+const PADDED_CHANNELS: usize = GEMM_CHANNELS;
+
 /// Most angular monomials of any valid `l_max` (8): Σ_{l≤8} (l+1)(l+2)/2. Per-pair angular scratch lives on the
 /// stack with this size.
 const MAX_MONOMIALS: usize = 165;
 
 /// Atoms per work item when a call runs on several threads (results do not depend on it: atoms are independent).
 const ATOMS_PER_TASK: usize = 32;
+
+/// Atoms per chunk of [`Descriptor::evaluate_into`]: small enough that a chunk's per-pair values (~170 bytes per
+/// pair) stay in a core's L2 cache between the forward pass and the VJP, large enough for efficient network
+/// batches. Fixed, so that results do not depend on the number of threads.
+const EVAL_CHUNK: usize = 256;
 
 /// Descriptors of one structure plus what their derivatives need. Reusable: [`Descriptor::compute_into`] refills
 /// the buffers of a previous call without allocating when the system has not grown.
@@ -488,29 +497,20 @@ impl Descriptor {
     /// `parallel`, atoms are shared among the threads of the current rayon pool; the results are bit-identical to
     /// a serial call (each atom's values are computed by one thread, in the same order).
     pub fn compute_into(&self, species: &[usize], neighbors: NeighborList, d: &mut Descriptors, parallel: bool) {
-        let (n, np) = (neighbors.n_atoms(), neighbors.n_pairs());
-        let (nr, nf, na) = (self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
-        d.n_atoms = n;
-        d.n_features = nf;
-        d.features.resize(n * nf, 0.0);
-        d.density.resize(n * na, 0.0);
-        d.pairs.resize(np, PairCache::default());
-        d.radial.resize(np * nr, 0.0);
-        d.d_radial.resize(np * nr, 0.0);
-        d.species_of_neighbor.resize(np, 0);
-        d.neighbors = neighbors;
+        self.prepare(neighbors, d);
+        let (n, nr, nf, na) = (d.n_atoms, self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
         let nl = &d.neighbors;
         let nc2 = self.n_channels() * self.n_channels();
         let run = |atoms: std::ops::Range<usize>, f: &mut [f64], a: &mut [f64], pc: &mut [PairCache], r: &mut [f64], dr: &mut [f64], sn: &mut [usize], scratch: &mut [f64]| {
-            let out = AtomsOut { features: f, density: a, pairs: pc, radial: r, d_radial: dr, species_of_neighbor: sn, scratch };
-            self.dispatch_forward(nl, species, atoms, out)
+            let mut out = AtomsOut { features: f, density: a, pairs: pc, radial: r, d_radial: dr, species_of_neighbor: sn, scratch };
+            self.dispatch_forward(nl, species, atoms, &mut out)
         };
         if !parallel || n <= ATOMS_PER_TASK {
             d.scratch.resize(nc2, 0.0);
             run(0..n, &mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor, &mut d.scratch);
             return;
         }
-        let tasks = tasks(nl.offsets());
+        let tasks = tasks(nl.offsets(), ATOMS_PER_TASK);
         d.scratch.resize(tasks.len() * nc2, 0.0);
         let atoms = |stride| tasks.iter().map(move |t| stride * t.atoms.len());
         let pairs = |stride| tasks.iter().map(move |t| stride * t.pairs.len());
@@ -528,20 +528,100 @@ impl Descriptor {
         work.into_par_iter().for_each(|(((((((t, f), a), pc), r), dr), sn), p)| run(t.atoms.clone(), f, a, pc, r, dr, sn, p));
     }
 
+    /// Sizes the buffers of `d` for `neighbors` (allocating only when they grow) and takes the list.
+    fn prepare(&self, neighbors: NeighborList, d: &mut Descriptors) {
+        let (n, np) = (neighbors.n_atoms(), neighbors.n_pairs());
+        let (nr, nf, na) = (self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
+        d.n_atoms = n;
+        d.n_features = nf;
+        d.features.resize(n * nf, 0.0);
+        d.density.resize(n * na, 0.0);
+        d.pairs.resize(np, PairCache::default());
+        d.radial.resize(np * nr, 0.0);
+        d.d_radial.resize(np * nr, 0.0);
+        d.species_of_neighbor.resize(np, 0);
+        d.neighbors = neighbors;
+    }
+
+    /// Descriptors, the network and the VJP in one pass over chunks of [`EVAL_CHUNK`] atoms: each chunk's
+    /// per-pair values are still in cache when its VJP reads them, and with `parallel` the chunks — network
+    /// included — are shared among the threads of the current rayon pool. `network(atoms, features, energies,
+    /// de_dg)` gets a chunk's descriptors (`[n][n_features]`) and fills its energies `[n]` and ∂E/∂G. Fills
+    /// `energies` (per centre), `de_dg` and `grads` (∂E/∂r_ij in neighbour-list order). The chunks do not depend
+    /// on the number of threads, so neither do the results.
+    #[allow(clippy::too_many_arguments)]
+    pub fn evaluate_into<N>(
+        &self,
+        species: &[usize],
+        neighbors: NeighborList,
+        d: &mut Descriptors,
+        energies: &mut Vec<f64>,
+        de_dg: &mut Vec<f64>,
+        grads: &mut Vec<Vec3>,
+        scratch: &mut Vec<f64>,
+        parallel: bool,
+        network: N,
+    ) -> crate::error::Result<()>
+    where
+        N: Fn(std::ops::Range<usize>, &[f64], &mut [f64], &mut [f64]) -> crate::error::Result<()> + Sync,
+    {
+        self.prepare(neighbors, d);
+        let (n, nr, nf, na) = (d.n_atoms, self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
+        energies.resize(n, 0.0);
+        de_dg.resize(n * nf, 0.0);
+        grads.resize(d.pairs.len(), [0.0; 3]);
+        let per_chunk = self.backward_scratch().max(self.n_channels() * self.n_channels());
+        let nl = &d.neighbors;
+        let chunks = tasks(nl.offsets(), EVAL_CHUNK);
+        scratch.resize(chunks.len() * per_chunk, 0.0);
+        let atoms = |stride| chunks.iter().map(move |t| stride * t.atoms.len());
+        let pairs = |stride| chunks.iter().map(move |t| stride * t.pairs.len());
+        let work: Vec<Chunk> = chunks
+            .iter()
+            .zip(split_by(&mut d.features, atoms(nf)))
+            .zip(split_by(&mut d.density, atoms(na)))
+            .zip(split_by(&mut d.pairs, pairs(1)))
+            .zip(split_by(&mut d.radial, pairs(nr)))
+            .zip(split_by(&mut d.d_radial, pairs(nr)))
+            .zip(split_by(&mut d.species_of_neighbor, pairs(1)))
+            .zip(split_by(energies, atoms(1)))
+            .zip(split_by(de_dg, atoms(nf)))
+            .zip(split_by(grads, pairs(1)))
+            .zip(scratch.chunks_exact_mut(per_chunk))
+            .map(|((((((((((t, features), density), pairs), radial), d_radial), species_of_neighbor), energies), de_dg), grads), scratch)| {
+                let out = AtomsOut { features, density, pairs, radial, d_radial, species_of_neighbor, scratch };
+                Chunk { atoms: t.atoms.clone(), out, energies, de_dg, grads }
+            })
+            .collect();
+        let run = |c: Chunk| {
+            let Chunk { atoms, mut out, energies, de_dg, grads } = c;
+            self.dispatch_forward(nl, species, atoms.clone(), &mut out);
+            network(atoms.clone(), out.features, energies, de_dg)?;
+            let inp = AtomsIn { density: out.density, dg: de_dg, pairs: out.pairs, radial: out.radial, d_radial: out.d_radial, species_of_neighbor: out.species_of_neighbor };
+            self.dispatch_backward(nl, inp, atoms, grads, out.scratch);
+            Ok(())
+        };
+        if !parallel || chunks.len() == 1 {
+            return work.into_iter().try_for_each(run);
+        }
+        use rayon::prelude::*;
+        work.into_par_iter().try_for_each(run)
+    }
+
     /// The forward pass over `atoms`, compiled for this CPU and shape (see [`dispatch!`]).
-    fn dispatch_forward(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
+    fn dispatch_forward(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: &mut AtomsOut) {
         dispatch!(self, forward, forward_avx2, (nl, species, atoms, out))
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn forward_avx2<const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
+    unsafe fn forward_avx2<const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: &mut AtomsOut) {
         self.forward::<Fused, NR, L>(nl, species, atoms, out)
     }
 
     /// Density, invariants and per-pair caches of `atoms`; `out` holds exactly their rows and pairs.
     #[inline(always)]
-    fn forward<M: MulAdd, const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: AtomsOut) {
+    fn forward<M: MulAdd, const NR: usize, const L: usize>(&self, nl: &NeighborList, species: &[usize], atoms: std::ops::Range<usize>, out: &mut AtomsOut) {
         let (nr, nm, nf, top) = (self.nr_of::<NR>(), self.nm_of::<L>(), self.n_features(), self.top_of::<L>());
         let na = self.n_channels() * nm;
         let first_pair = nl.offsets()[atoms.start];
@@ -649,17 +729,16 @@ impl Descriptor {
     /// [`Descriptor::vjp`] into `out`, with `scratch` reused between calls (no allocation when both are large
     /// enough); `parallel` as in [`Descriptor::compute_into`].
     pub fn vjp_into(&self, d: &Descriptors, dg: &[f64], out: &mut Vec<Vec3>, scratch: &mut Vec<f64>, parallel: bool) {
-        let nc = self.n_channels();
-        let per_task = 3 * nc * self.n_monomials() + 4 * self.n_monomials() + nc * nc;
+        let per_task = self.backward_scratch();
         out.resize(d.pairs.len(), [0.0; 3]);
         let nl = &d.neighbors;
-        let run = |atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]| self.dispatch_backward(d, dg, atoms, grads, da);
+        let all = Task { atoms: 0..d.n_atoms, pairs: 0..d.pairs.len() };
         if !parallel || d.n_atoms <= ATOMS_PER_TASK {
             scratch.resize(per_task, 0.0);
-            run(0..d.n_atoms, out, scratch);
+            self.dispatch_backward(nl, self.atoms_in(d, dg, &all), all.atoms, out, scratch);
             return;
         }
-        let tasks = tasks(nl.offsets());
+        let tasks = tasks(nl.offsets(), ATOMS_PER_TASK);
         scratch.resize(tasks.len() * per_task, 0.0);
         let work: Vec<_> = tasks
             .iter()
@@ -667,40 +746,64 @@ impl Descriptor {
             .zip(scratch.chunks_exact_mut(per_task))
             .collect();
         use rayon::prelude::*;
-        work.into_par_iter().for_each(|((t, grads), da)| run(t.atoms.clone(), grads, da));
+        work.into_par_iter().for_each(|((t, grads), da)| self.dispatch_backward(nl, self.atoms_in(d, dg, t), t.atoms.clone(), grads, da));
+    }
+
+    /// Scratch values of one backward pass: two densities, (4 + [`PADDED_CHANNELS`]) × n_monomials and the
+    /// (padded) symmetric weights of one order.
+    fn backward_scratch(&self) -> usize {
+        let (nc, nm) = (self.n_channels(), self.n_monomials());
+        2 * nc * nm + (4 + PADDED_CHANNELS) * nm + nc * nc.max(PADDED_CHANNELS)
+    }
+
+    /// The rows and pairs of a task's atoms in `d`, and their ∂E/∂G from `dg` (`[n_atoms][n_features]`).
+    fn atoms_in<'a>(&self, d: &'a Descriptors, dg: &'a [f64], t: &Task) -> AtomsIn<'a> {
+        let (nr, nf, na) = (self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
+        let (a, p) = (&t.atoms, &t.pairs);
+        AtomsIn {
+            density: &d.density[a.start * na..a.end * na],
+            dg: &dg[a.start * nf..a.end * nf],
+            pairs: &d.pairs[p.clone()],
+            radial: &d.radial[p.start * nr..p.end * nr],
+            d_radial: &d.d_radial[p.start * nr..p.end * nr],
+            species_of_neighbor: &d.species_of_neighbor[p.clone()],
+        }
     }
 
     /// The VJP over `atoms`, compiled for this CPU and shape (see [`dispatch!`]).
-    fn dispatch_backward(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
-        dispatch!(self, backward, backward_avx2, (d, dg, atoms, grads, da))
+    fn dispatch_backward(&self, nl: &NeighborList, inp: AtomsIn, atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
+        dispatch!(self, backward, backward_avx2, (nl, inp, atoms, grads, da))
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn backward_avx2<const NR: usize, const L: usize>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
-        self.backward::<Fused, NR, L>(d, dg, atoms, grads, da)
+    unsafe fn backward_avx2<const NR: usize, const L: usize>(&self, nl: &NeighborList, inp: AtomsIn, atoms: std::ops::Range<usize>, grads: &mut [Vec3], da: &mut [f64]) {
+        self.backward::<Fused, NR, L>(nl, inp, atoms, grads, da)
     }
 
-    /// ∂E/∂r_ij of the pairs of `atoms` (`grads` holds exactly those pairs); `scratch` holds three densities,
-    /// 4 × n_monomials and n_channels².
+    /// ∂E/∂r_ij of the pairs of `atoms` (`inp` holds exactly their rows and pairs, `grads` their pairs);
+    /// `scratch` holds [`Descriptor::backward_scratch`] values.
     #[inline(always)]
-    fn backward<M: MulAdd, const NR: usize, const L: usize>(&self, d: &Descriptors, dg: &[f64], atoms: std::ops::Range<usize>, grads: &mut [Vec3], scratch: &mut [f64]) {
-        let (nm, nr, nf, top) = (self.nm_of::<L>(), self.nr_of::<NR>(), d.n_features, self.top_of::<L>());
+    fn backward<M: MulAdd, const NR: usize, const L: usize>(&self, nl: &NeighborList, inp: AtomsIn, atoms: std::ops::Range<usize>, grads: &mut [Vec3], scratch: &mut [f64]) {
+        let (nm, nr, nf, top) = (self.nm_of::<L>(), self.nr_of::<NR>(), self.n_features(), self.top_of::<L>());
         let nc = self.n_species * nr;
         let na = nc * nm;
-        let first_pair = d.neighbors.offsets()[atoms.start];
+        let first_pair = nl.offsets()[atoms.start];
         let (da, rest) = scratch.split_at_mut(na);
         let (rho, rest) = rest.split_at_mut(nm);
         let (drho, rest) = rest.split_at_mut(nm);
         let (rho2, rest) = rest.split_at_mut(nm);
         let (drho2, rest) = rest.split_at_mut(nm);
-        let (wsym, rest) = rest.split_at_mut(nc * nc);
+        let (wsym, rest) = rest.split_at_mut(nc * nc.max(PADDED_CHANNELS));
         let (at, rest) = rest.split_at_mut(na);
-        let dat = &mut rest[..na];
+        let dat = &mut rest[..nm * PADDED_CHANNELS];
+        // few channels: W_l is stored with rows padded to `width` (8 or 16) and dA transposed with that row length
+        let width = if nc <= 8 { 8 } else { PADDED_CHANNELS };
+        wsym.fill(0.0); // the padding stays zero; every other entry is rewritten per atom and order
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
-        for i in atoms {
-            let a = &d.density[i * na..(i + 1) * na];
-            let g = &dg[i * nf..(i + 1) * nf];
+        for (k, i) in atoms.enumerate() {
+            let a = &inp.density[k * na..(k + 1) * na];
+            let g = &inp.dg[k * nf..(k + 1) * nf];
             // dA = ∂(G·g)/∂A: the l = 0 densities directly; P_l[c, c'] contributes g·A[c'] to A[c] and g·A[c] to
             // A[c'] (2g·A[c] on the diagonal).
             da.fill(0.0);
@@ -718,47 +821,29 @@ impl Descriptor {
             for l in 0..=self.l_of::<L>() {
                 let ms = order_range(l);
                 // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it.
-                {
-                    for c in 0..nc {
-                        for c2 in c..nc {
-                            let w = g[f];
-                            f += 1;
-                            wsym[c * nc + c2] = w;
-                            wsym[c2 * nc + c] = w;
-                        }
-                        wsym[c * nc + c] *= 2.0;
+                let stride = if nc >= GEMM_CHANNELS { nc } else { width };
+                for c in 0..nc {
+                    for c2 in c..nc {
+                        let w = g[f];
+                        f += 1;
+                        wsym[c * stride + c2] = w;
+                        wsym[c2 * stride + c] = w;
                     }
+                    wsym[c * stride + c] *= 2.0;
                 }
                 if nc >= GEMM_CHANNELS {
                     let w = View { data: wsym, rs: nc, cs: 1 };
                     gemm_view(nc, nc, ms.len(), w, self.block_l(a, l), 1.0, &mut da[ms.start..], nm);
-                    continue;
-                }
-                // few channels: per monomial, the column dA[·][m] = W_l A[·][m] as a matrix-vector product over
-                // the transposed density (the blocks of low l are too short to vectorise along m)
-                for m in ms {
-                    let out = &mut dat[m * nc..(m + 1) * nc];
-                    out.fill(0.0);
-                    for (c2, &x) in at[m * nc..(m + 1) * nc].iter().enumerate() {
-                        let w = &wsym[c2 * nc..(c2 + 1) * nc];
-                        // four at a time (one vector), then the rest
-                        let mut ow = out.chunks_exact_mut(4).zip(w.chunks_exact(4));
-                        for (o4, w4) in &mut ow {
-                            for t in 0..4 {
-                                o4[t] = M::madd(w4[t], x, o4[t]);
-                            }
-                        }
-                        let done = nc / 4 * 4;
-                        for (o, &w) in out[done..].iter_mut().zip(&w[done..]) {
-                            *o = M::madd(w, x, *o);
-                        }
-                    }
+                } else if width == 8 {
+                    column_products::<M, 8>(at, nc, wsym, ms, dat);
+                } else {
+                    column_products::<M, PADDED_CHANNELS>(at, nc, wsym, ms, dat);
                 }
             }
             if nc < GEMM_CHANNELS {
                 for c in 0..nc {
                     for m in 0..nm {
-                        da[c * nm + m] += dat[m * nc + c];
+                        da[c * nm + m] += dat[m * width + c];
                     }
                 }
             }
@@ -766,22 +851,22 @@ impl Descriptor {
             // Per pair: ρ = Σ_k R_k dA[s,k], ρ' = Σ_k R'_k dA[s,k] (orders l_max − 1 and l_max); then the angular
             // contraction.
             // Two neighbours of one species at a time share the loads of dA's rows.
-            let (mut p, p_end) = (d.neighbors.offsets()[i], d.neighbors.offsets()[i + 1]);
+            let (mut p, p_end) = (nl.offsets()[i] - first_pair, nl.offsets()[i + 1] - first_pair);
             while p < p_end {
-                let s = d.species_of_neighbor[p];
+                let s = inp.species_of_neighbor[p];
                 let da_s = &da[s * nr * nm..(s + 1) * nr * nm];
-                let radial = |p: usize| (&d.radial[p * nr..(p + 1) * nr], &d.d_radial[p * nr..(p + 1) * nr]);
-                let twin = p + 1 < p_end && d.species_of_neighbor[p + 1] == s;
+                let radial = |p: usize| (&inp.radial[p * nr..(p + 1) * nr], &inp.d_radial[p * nr..(p + 1) * nr]);
+                let twin = p + 1 < p_end && inp.species_of_neighbor[p + 1] == s;
                 if twin {
                     radial_combinations::<M, 2>(da_s, nm, top, [radial(p), radial(p + 1)], [(&mut *rho, &mut *drho), (&mut *rho2, &mut *drho2)]);
                 } else {
                     radial_combinations::<M, 1>(da_s, nm, top, [radial(p)], [(&mut *rho, &mut *drho)]);
                 }
                 for (q, (rho, drho)) in [(&*rho, &*drho), (&*rho2, &*drho2)].into_iter().enumerate().take(if twin { 2 } else { 1 }) {
-                    let PairCache { r, u } = d.pairs[p + q];
+                    let PairCache { r, u } = inp.pairs[p + q];
                     let (radial_part, gu) = self.angular_contract::<M, L>(&u, drho, rho, &mut pw, &mut dpw);
                     let (ug, inv_r) = (u[0] * gu[0] + u[1] * gu[1] + u[2] * gu[2], 1.0 / r);
-                    grads[p + q - first_pair] = [
+                    grads[p + q] = [
                         u[0] * radial_part + (gu[0] - u[0] * ug) * inv_r,
                         u[1] * radial_part + (gu[1] - u[1] * ug) * inv_r,
                         u[2] * radial_part + (gu[2] - u[2] * ug) * inv_r,
@@ -922,6 +1007,23 @@ fn accumulate<M: MulAdd, const N: usize>(rows: &mut [f64], start: usize, pairs: 
     }
 }
 
+/// For each monomial m of `ms`: the column `dat[m][·] = W · at[m][·]` of a symmetric product with few channels
+/// (`at` is the transposed density, rows of `nc`; `w` holds W's rows padded to `W` with zeros; `dat` has rows
+/// of `W`). The accumulator of a column stays in registers (one or two vectors per eight channels), and the
+/// columns are independent, so their chains overlap.
+#[inline(always)]
+fn column_products<M: MulAdd, const W: usize>(at: &[f64], nc: usize, w: &[f64], ms: std::ops::Range<usize>, dat: &mut [f64]) {
+    for m in ms {
+        let mut acc = [0.0f64; W];
+        for (row, &x) in w.chunks_exact(W).zip(&at[m * nc..(m + 1) * nc]) {
+            for t in 0..W {
+                acc[t] = M::madd(row[t], x, acc[t]);
+            }
+        }
+        dat[m * W..(m + 1) * W].copy_from_slice(&acc);
+    }
+}
+
 /// The per-atom output rows and per-pair slots of a range of atoms.
 struct AtomsOut<'a> {
     features: &'a mut [f64],
@@ -934,19 +1036,39 @@ struct AtomsOut<'a> {
     scratch: &'a mut [f64],
 }
 
+/// The per-atom rows and per-pair values of a range of atoms, as the VJP reads them.
+struct AtomsIn<'a> {
+    density: &'a [f64],
+    /// ∂E/∂G of the atoms.
+    dg: &'a [f64],
+    pairs: &'a [PairCache],
+    radial: &'a [f64],
+    d_radial: &'a [f64],
+    species_of_neighbor: &'a [usize],
+}
+
+/// One chunk of [`Descriptor::evaluate_into`]: its atoms and its pieces of every buffer.
+struct Chunk<'a> {
+    atoms: std::ops::Range<usize>,
+    out: AtomsOut<'a>,
+    energies: &'a mut [f64],
+    de_dg: &'a mut [f64],
+    grads: &'a mut [Vec3],
+}
+
 /// A work item of a multi-threaded call: a range of centre atoms and the range of their pairs.
 struct Task {
     atoms: std::ops::Range<usize>,
     pairs: std::ops::Range<usize>,
 }
 
-/// Consecutive ranges of [`ATOMS_PER_TASK`] atoms covering all centres of a list with these `offsets`.
-fn tasks(offsets: &[usize]) -> Vec<Task> {
+/// Consecutive ranges of `size` atoms covering all centres of a list with these `offsets`.
+fn tasks(offsets: &[usize], size: usize) -> Vec<Task> {
     let n = offsets.len() - 1;
     (0..n)
-        .step_by(ATOMS_PER_TASK)
+        .step_by(size)
         .map(|a0| {
-            let a1 = (a0 + ATOMS_PER_TASK).min(n);
+            let a1 = (a0 + size).min(n);
             Task { atoms: a0..a1, pairs: offsets[a0]..offsets[a1] }
         })
         .collect()

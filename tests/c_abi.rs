@@ -382,8 +382,8 @@ fn threads_give_bit_identical_results_through_both_entry_points() {
     let dir = tmpdir("threads-identical");
     let model = cell_model();
     let path = write_model(&dir, &model, Dtype::F64);
-    // 135 atoms: several work items per thread, so the threaded path really runs
-    let frame = pilip::frame::supercell(&triclinic_cell(), 3).unwrap();
+    // 625 atoms: three chunks of the evaluation (256 atoms each), so the threaded path really runs
+    let frame = pilip::frame::supercell(&triclinic_cell(), 5).unwrap();
     let (pos, owner, lists) = ghost_system(&frame, model.cutoff(), 0.5);
     let local = |m: &CModel| {
         let flat: Vec<f64> = pos.iter().flatten().copied().collect();

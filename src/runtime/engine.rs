@@ -9,50 +9,69 @@ use crate::onnx::metadata::{Dtype, ModelMetadata};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-/// Network outputs of one species: energies `[n]` (eV, without the reference energy) and ∂E/∂G `[n][F]`.
-pub type SpeciesOutput = (Vec<f64>, Vec<f64>);
+/// The centre atoms of one call: their descriptors and, per species, which rows belong to it.
+pub struct Batch<'a> {
+    /// Row-major `[n_atoms][n_features]`.
+    pub features: &'a [f64],
+    /// Columns of `features`.
+    pub n_features: usize,
+    /// `rows[s]`: the rows (atoms) of species s, in the order their network sees them; may be empty.
+    pub rows: &'a [Vec<usize>],
+}
 
-/// Evaluates all species' networks; `batches[s]` holds the raw descriptors of the atoms of species s, row-major
-/// `[n_s][F]`, and may be empty. Must be callable from several threads at once.
+/// Evaluates all species' networks on a [`Batch`]. Must be callable from several threads at once.
 pub trait Engine: Send + Sync {
     /// "tract", "ort".
     fn name(&self) -> &'static str;
-    /// Per species: energies `[n_s]` and ∂E/∂G `[n_s][F]` of the batch.
-    fn run(&self, batches: &[Vec<f64>], n_features: usize) -> Result<Vec<SpeciesOutput>>;
+    /// Writes each atom's network energy (eV, without the reference energy) to `energies[row]` and its ∂E/∂G to
+    /// `gradients[row·F..(row + 1)·F]`; rows of no species are left as they are.
+    fn run(&self, batch: &Batch, energies: &mut [f64], gradients: &mut [f64]) -> Result<()>;
 }
 
-/// One species' descriptors as `T`, zero-padded to at least one row (graphs and kernels need not handle empty
-/// tensors; the padded row's outputs are dropped by [`unpadded`]). Returns (rows, values).
-pub(crate) fn padded<T: Copy + Default>(batch: &[f64], n_features: usize, convert: fn(f64) -> T) -> (usize, Vec<T>) {
-    let n = (batch.len() / n_features).max(1);
-    let mut v: Vec<T> = batch.iter().map(|&x| convert(x)).collect();
-    v.resize(n * n_features, T::default());
+/// The descriptors of species `s` as `T` in one pass, zero-padded to at least one row (graphs and kernels need
+/// not handle empty tensors; the padded row's outputs are never read). Returns (rows, values).
+pub(crate) fn gather<T: Copy + Default>(batch: &Batch, s: usize, convert: fn(f64) -> T) -> (usize, Vec<T>) {
+    let nf = batch.n_features;
+    let rows = &batch.rows[s];
+    let n = rows.len().max(1);
+    let mut v = vec![T::default(); n * nf];
+    for (dst, &row) in v.chunks_exact_mut(nf).zip(rows) {
+        for (d, &x) in dst.iter_mut().zip(&batch.features[row * nf..(row + 1) * nf]) {
+            *d = convert(x);
+        }
+    }
     (n, v)
 }
 
-/// Energies and gradients of the real atoms of a species whose batch held `batch_len` values; an output
-/// shorter than that (a graph that does not compute what its signature says) is an error, not an index panic.
-pub(crate) fn unpadded(
+/// Copies the outputs of species `s` to the rows of its atoms in one pass; an output shorter than the batch (a
+/// graph that does not compute what its signature says) is an error, not an index panic.
+pub(crate) fn scatter<T: Copy + Into<f64>>(
     engine: &str,
-    mut energies: Vec<f64>,
-    mut gradients: Vec<f64>,
-    batch_len: usize,
-    n_features: usize,
-) -> Result<SpeciesOutput> {
-    let rows = batch_len / n_features;
-    if energies.len() < rows || gradients.len() < batch_len {
+    batch: &Batch,
+    s: usize,
+    (e, g): (&[T], &[T]),
+    energies: &mut [f64],
+    gradients: &mut [f64],
+) -> Result<()> {
+    let (nf, rows) = (batch.n_features, &batch.rows[s]);
+    if e.len() < rows.len() || g.len() < rows.len() * nf {
         return Err(engine_error(
             engine,
             format!(
-                "the graph returned {} energies and {} gradient values for {rows} atoms of {n_features} features",
-                energies.len(),
-                gradients.len()
+                "the graph returned {} energies and {} gradient values for {} atoms of {nf} features",
+                e.len(),
+                g.len(),
+                rows.len()
             ),
         ));
     }
-    energies.truncate(rows);
-    gradients.truncate(batch_len);
-    Ok((energies, gradients))
+    for (r, &row) in rows.iter().enumerate() {
+        energies[row] = e[r].into();
+        for (d, &x) in gradients[row * nf..(row + 1) * nf].iter_mut().zip(&g[r * nf..(r + 1) * nf]) {
+            *d = x.into();
+        }
+    }
+    Ok(())
 }
 
 fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
@@ -89,33 +108,43 @@ impl Engine for TractEngine {
         "tract"
     }
 
-    fn run(&self, batches: &[Vec<f64>], nf: usize) -> Result<Vec<SpeciesOutput>> {
-        debug_assert_eq!(batches.len(), self.n_species);
+    fn run(&self, batch: &Batch, energies: &mut [f64], gradients: &mut [f64]) -> Result<()> {
+        debug_assert_eq!(batch.rows.len(), self.n_species);
+        let nf = batch.n_features;
+        let fail = |e| engine_error("tract", e);
         let mut inputs: TVec<TValue> = TVec::new();
-        for b in batches {
+        for s in 0..self.n_species {
+            // the gathered vector becomes the tensor's storage (no further copy)
             let tensor = match self.dtype {
                 Dtype::F32 => {
-                    let (n, v) = padded(b, nf, |x| x as f32);
-                    Tensor::from_shape(&[n, nf], &v)
+                    let (n, v) = gather(batch, s, |x| x as f32);
+                    tract_ndarray::Array2::from_shape_vec((n, nf), v).map(Tensor::from)
                 }
                 Dtype::F64 => {
-                    let (n, v) = padded(b, nf, |x| x);
-                    Tensor::from_shape(&[n, nf], &v)
+                    let (n, v) = gather(batch, s, |x| x);
+                    tract_ndarray::Array2::from_shape_vec((n, nf), v).map(Tensor::from)
                 }
             }
-            .map_err(|e| engine_error("tract", e))?;
+            .map_err(|e| fail(e.to_string()))?;
             inputs.push(tensor.into_tvalue());
         }
-        let outputs = self.plan.run(inputs).map_err(|e| engine_error("tract", e))?;
-        let to_f64 = |t: &TValue| -> Result<Vec<f64>> {
-            let view = t.try_as_plain_ram().map_err(|e| engine_error("tract", e))?;
-            Ok(match self.dtype {
-                Dtype::F32 => view.as_slice::<f32>().map_err(|e| engine_error("tract", e))?.iter().map(|&x| x as f64).collect(),
-                Dtype::F64 => view.as_slice::<f64>().map_err(|e| engine_error("tract", e))?.to_vec(),
-            })
-        };
-        (0..batches.len())
-            .map(|s| unpadded("tract", to_f64(&outputs[2 * s])?, to_f64(&outputs[2 * s + 1])?, batches[s].len(), nf))
-            .collect()
+        let outputs = self.plan.run(inputs).map_err(|e| fail(e.to_string()))?;
+        for s in 0..self.n_species {
+            let (e, g) = (outputs[2 * s].try_as_plain_ram(), outputs[2 * s + 1].try_as_plain_ram());
+            let (e, g) = (e.map_err(|e| fail(e.to_string()))?, g.map_err(|e| fail(e.to_string()))?);
+            match self.dtype {
+                Dtype::F32 => {
+                    let (e, g) = (e.as_slice::<f32>(), g.as_slice::<f32>());
+                    let (e, g) = (e.map_err(|e| fail(e.to_string()))?, g.map_err(|e| fail(e.to_string()))?);
+                    scatter("tract", batch, s, (e, g), energies, gradients)?;
+                }
+                Dtype::F64 => {
+                    let (e, g) = (e.as_slice::<f64>(), g.as_slice::<f64>());
+                    let (e, g) = (e.map_err(|e| fail(e.to_string()))?, g.map_err(|e| fail(e.to_string()))?);
+                    scatter("tract", batch, s, (e, g), energies, gradients)?;
+                }
+            }
+        }
+        Ok(())
     }
 }

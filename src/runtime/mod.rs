@@ -19,7 +19,7 @@ use crate::neighbors::{Neighbor, NeighborList};
 use crate::onnx::decode::decode;
 use crate::onnx::metadata::ModelMetadata;
 use crate::prediction::{stress_from_virial, Prediction};
-use engine::{Engine, TractEngine};
+use engine::{Batch, Engine, TractEngine};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -131,8 +131,6 @@ struct Workspace {
     offsets: Vec<usize>,
     pairs: Vec<Neighbor>,
     descriptors: Descriptors,
-    batches: Vec<Vec<f64>>,
-    rows: Vec<(usize, usize)>,
     atomic: Vec<f64>,
     de_dg: Vec<f64>,
     pair_grads: Vec<Vec3>,
@@ -229,8 +227,8 @@ impl Potential {
         }
     }
 
-    /// Descriptors in Rust, the networks in the engine (batched per species, one call), the chain rule back in
-    /// Rust.
+    /// Descriptors in Rust, the networks in the engine (batched per species), the chain rule back in Rust, chunk
+    /// by chunk ([`Descriptor::evaluate_into`]).
     fn evaluate_power_spectrum(
         &self,
         descriptor: &Descriptor,
@@ -239,29 +237,24 @@ impl Potential {
         nl: NeighborList,
         parallel: bool,
     ) -> Result<()> {
-        descriptor.compute_into(&ws.species, nl, &mut ws.descriptors, parallel);
-        let d = &ws.descriptors;
-        let (n, nf) = (d.n_atoms, d.n_features);
-        ws.batches.resize_with(self.metadata.species.len(), Vec::new);
-        ws.batches.iter_mut().for_each(Vec::clear);
-        ws.rows.clear();
-        for c in 0..n {
-            let s = ws.species[centers.map_or(c, |cs| cs[c])];
-            ws.rows.push((s, ws.batches[s].len() / nf));
-            ws.batches[s].extend_from_slice(&d.features[c * nf..(c + 1) * nf]);
-        }
-        let outputs = self.engine.run(&ws.batches, nf)?;
-        ws.atomic.resize(n, 0.0);
-        ws.de_dg.resize(n * nf, 0.0);
-        for (c, &(s, r)) in ws.rows.iter().enumerate() {
-            ws.atomic[c] = self.metadata.reference_energies[s] + outputs[s].0[r];
-            ws.de_dg[c * nf..(c + 1) * nf].copy_from_slice(&outputs[s].1[r * nf..(r + 1) * nf]);
-        }
-        if ws.atomic.iter().chain(&ws.de_dg).any(|e| !e.is_finite()) {
-            return Err(Error::invalid("the network produced a non-finite energy or gradient"));
-        }
-        descriptor.vjp_into(&ws.descriptors, &ws.de_dg, &mut ws.pair_grads, &mut ws.scratch, parallel);
-        Ok(())
+        let (species, n_features) = (&ws.species, descriptor.n_features());
+        let species_of_centre = |c: usize| species[centers.map_or(c, |cs| cs[c])];
+        let network = |atoms: std::ops::Range<usize>, features: &[f64], energies: &mut [f64], de_dg: &mut [f64]| {
+            let mut rows = vec![Vec::new(); self.metadata.species.len()];
+            for (k, c) in atoms.clone().enumerate() {
+                rows[species_of_centre(c)].push(k);
+            }
+            self.engine.run(&Batch { features, n_features, rows: &rows }, energies, de_dg)?;
+            for (e, c) in energies.iter_mut().zip(atoms) {
+                *e += self.metadata.reference_energies[species_of_centre(c)];
+            }
+            if energies.iter().chain(de_dg.iter()).any(|e| !e.is_finite()) {
+                return Err(Error::invalid("the network produced a non-finite energy or gradient"));
+            }
+            Ok(())
+        };
+        let (d, energies, de_dg, grads, scratch) = (&mut ws.descriptors, &mut ws.atomic, &mut ws.de_dg, &mut ws.pair_grads, &mut ws.scratch);
+        descriptor.evaluate_into(species, nl, d, energies, de_dg, grads, scratch, parallel, network)
     }
 
     /// A whole system: energy, per-atom energies, forces, virial and (fully periodic cells) stress. `cell` rows

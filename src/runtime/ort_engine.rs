@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::onnx::metadata::{Dtype, ModelMetadata};
-use crate::runtime::engine::{padded, unpadded, Engine, SpeciesOutput};
+use crate::runtime::engine::{gather, scatter, Batch, Engine};
 use ort::session::Session;
 use ort::value::Tensor;
 use std::path::{Path, PathBuf};
@@ -86,30 +86,39 @@ impl Engine for OrtEngine {
         "ort"
     }
 
-    fn run(&self, batches: &[Vec<f64>], nf: usize) -> Result<Vec<SpeciesOutput>> {
-        debug_assert_eq!(batches.len(), self.n_species);
-        let mut inputs: Vec<ort::session::SessionInputValue> = Vec::with_capacity(batches.len());
-        for b in batches {
+    fn run(&self, batch: &Batch, energies: &mut [f64], gradients: &mut [f64]) -> Result<()> {
+        debug_assert_eq!(batch.rows.len(), self.n_species);
+        let nf = batch.n_features as i64;
+        let mut inputs: Vec<ort::session::SessionInputValue> = Vec::with_capacity(self.n_species);
+        for s in 0..self.n_species {
             let value = match self.dtype {
                 Dtype::F32 => {
-                    let (n, v) = padded(b, nf, |x| x as f32);
-                    Tensor::from_array(([n as i64, nf as i64], v)).map_err(ort_error)?.into_dyn()
+                    let (n, v) = gather(batch, s, |x| x as f32);
+                    Tensor::from_array(([n as i64, nf], v)).map_err(ort_error)?.into_dyn()
                 }
                 Dtype::F64 => {
-                    let (n, v) = padded(b, nf, |x| x);
-                    Tensor::from_array(([n as i64, nf as i64], v)).map_err(ort_error)?.into_dyn()
+                    let (n, v) = gather(batch, s, |x| x);
+                    Tensor::from_array(([n as i64, nf], v)).map_err(ort_error)?.into_dyn()
                 }
             };
             inputs.push(value.into());
         }
         let mut session = self.session.lock().map_err(|_| ort_error("a previous call panicked"))?;
         let outputs = session.run(inputs.as_slice()).map_err(ort_error)?;
-        let get = |k: usize| -> Result<Vec<f64>> {
-            Ok(match self.dtype {
-                Dtype::F32 => outputs[k].try_extract_tensor::<f32>().map_err(ort_error)?.1.iter().map(|&x| x as f64).collect(),
-                Dtype::F64 => outputs[k].try_extract_tensor::<f64>().map_err(ort_error)?.1.to_vec(),
-            })
-        };
-        (0..batches.len()).map(|s| unpadded("ort", get(2 * s)?, get(2 * s + 1)?, batches[s].len(), nf)).collect()
+        for s in 0..self.n_species {
+            match self.dtype {
+                Dtype::F32 => {
+                    let e = outputs[2 * s].try_extract_tensor::<f32>().map_err(ort_error)?.1;
+                    let g = outputs[2 * s + 1].try_extract_tensor::<f32>().map_err(ort_error)?.1;
+                    scatter("ort", batch, s, (e, g), energies, gradients)?;
+                }
+                Dtype::F64 => {
+                    let e = outputs[2 * s].try_extract_tensor::<f64>().map_err(ort_error)?.1;
+                    let g = outputs[2 * s + 1].try_extract_tensor::<f64>().map_err(ort_error)?.1;
+                    scatter("ort", batch, s, (e, g), energies, gradients)?;
+                }
+            }
+        }
+        Ok(())
     }
 }

@@ -315,7 +315,8 @@ impl RunDir {
                 })
                 .collect();
             let body = if kept.is_empty() { String::new() } else { kept.join("\n") + "\n" };
-            std::fs::write(&mp, body).map_err(|e| Error::io(&mp, e))?;
+            // atomically: a kill during this rewrite must not lose the kept epochs
+            write_atomically(&mp, body.as_bytes())?;
         }
         let open = |p: PathBuf, append: bool| {
             std::fs::OpenOptions::new()
@@ -627,6 +628,6 @@ fn finish(model: &Model, splits: &Splits, run: &mut RunDir, st: &TrainState, val
     let tm = metrics::compute(&splits.test, &tp);
     run.log(&format!("best epoch {} | test ({} structures): {}", st.best_epoch, splits.test.len(), tm.summary()));
     let p = run.dir.join("test_metrics.json");
-    std::fs::write(&p, serde_json::to_string_pretty(&tm).unwrap_or_default()).map_err(|e| Error::io(&p, e))?;
+    write_atomically(&p, serde_json::to_string_pretty(&tm).unwrap_or_default().as_bytes())?;
     Ok(Some(tm))
 }
