@@ -320,7 +320,8 @@ impl Descriptor {
         let (fc, dfc) = if x < 1.0 { (s * s * s, -6.0 * x * s * s * inv_rc) } else { (0.0, 0.0) };
         let n = self.centers.len();
         let (alpha, step) = (self.inv_two_sigma2, self.step);
-        let k0 = (((r - self.centers[0]) * self.inv_step).round().max(0.0) as usize).min(n - 1);
+        // the nearest centre (x + ½ truncated: `round` is a slow call where SSE4.1 is not assumed)
+        let k0 = ((((r - self.centers[0]) * self.inv_step + 0.5).max(0.0)) as usize).min(n - 1);
         let d0 = r - self.centers[k0];
         let g0 = (-alpha * d0 * d0).exp();
         let (two_alpha_fc, dfc) = (2.0 * alpha * fc, dfc);
@@ -749,11 +750,11 @@ impl Descriptor {
         work.into_par_iter().for_each(|((t, grads), da)| self.dispatch_backward(nl, self.atoms_in(d, dg, t), t.atoms.clone(), grads, da));
     }
 
-    /// Scratch values of one backward pass: two densities, (4 + [`PADDED_CHANNELS`]) × n_monomials and the
-    /// (padded) symmetric weights of one order.
+    /// Scratch values of one backward pass: a density, 4 × n_monomials and the (padded) symmetric weights of one
+    /// order.
     fn backward_scratch(&self) -> usize {
         let (nc, nm) = (self.n_channels(), self.n_monomials());
-        2 * nc * nm + (4 + PADDED_CHANNELS) * nm + nc * nc.max(PADDED_CHANNELS)
+        nc * nm + 4 * nm + nc * nc.max(PADDED_CHANNELS)
     }
 
     /// The rows and pairs of a task's atoms in `d`, and their ∂E/∂G from `dg` (`[n_atoms][n_features]`).
@@ -794,10 +795,8 @@ impl Descriptor {
         let (drho, rest) = rest.split_at_mut(nm);
         let (rho2, rest) = rest.split_at_mut(nm);
         let (drho2, rest) = rest.split_at_mut(nm);
-        let (wsym, rest) = rest.split_at_mut(nc * nc.max(PADDED_CHANNELS));
-        let (at, rest) = rest.split_at_mut(na);
-        let dat = &mut rest[..nm * PADDED_CHANNELS];
-        // few channels: W_l is stored with rows padded to `width` (8 or 16) and dA transposed with that row length
+        let wsym = &mut rest[..nc * nc.max(PADDED_CHANNELS)];
+        // few channels: W_l is stored with rows padded to `width` (8 or 16)
         let width = if nc <= 8 { 8 } else { PADDED_CHANNELS };
         wsym.fill(0.0); // the padding stays zero; every other entry is rewritten per atom and order
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
@@ -809,13 +808,6 @@ impl Descriptor {
             da.fill(0.0);
             for c in 0..nc {
                 da[c * nm] += g[c];
-            }
-            if nc < GEMM_CHANNELS {
-                for c in 0..nc {
-                    for m in 0..nm {
-                        at[m * nc + c] = a[c * nm + m];
-                    }
-                }
             }
             let mut f = nc;
             for l in 0..=self.l_of::<L>() {
@@ -835,16 +827,9 @@ impl Descriptor {
                     let w = View { data: wsym, rs: nc, cs: 1 };
                     gemm_view(nc, nc, ms.len(), w, self.block_l(a, l), 1.0, &mut da[ms.start..], nm);
                 } else if width == 8 {
-                    column_products::<M, 8>(at, nc, wsym, ms, dat);
+                    column_products::<M, 8>(a, nm, nc, wsym, ms, da);
                 } else {
-                    column_products::<M, PADDED_CHANNELS>(at, nc, wsym, ms, dat);
-                }
-            }
-            if nc < GEMM_CHANNELS {
-                for c in 0..nc {
-                    for m in 0..nm {
-                        da[c * nm + m] += dat[m * width + c];
-                    }
+                    column_products::<M, PADDED_CHANNELS>(a, nm, nc, wsym, ms, da);
                 }
             }
             self.fold_lower::<L>(da);
@@ -1007,20 +992,23 @@ fn accumulate<M: MulAdd, const N: usize>(rows: &mut [f64], start: usize, pairs: 
     }
 }
 
-/// For each monomial m of `ms`: the column `dat[m][·] = W · at[m][·]` of a symmetric product with few channels
-/// (`at` is the transposed density, rows of `nc`; `w` holds W's rows padded to `W` with zeros; `dat` has rows
-/// of `W`). The accumulator of a column stays in registers (one or two vectors per eight channels), and the
-/// columns are independent, so their chains overlap.
+/// For each monomial m of `ms`: adds the column `W · A[·][m]` of a symmetric product with few channels to
+/// `da[·][m]` (`a`, `da` are `[nc][nm]`; `w` holds W's rows padded to `W` with zeros). The accumulator of a
+/// column stays in registers (one vector per four channels) and each A[c][m] is one broadcast load, so neither
+/// matrix is transposed; the columns are independent, so their chains overlap.
 #[inline(always)]
-fn column_products<M: MulAdd, const W: usize>(at: &[f64], nc: usize, w: &[f64], ms: std::ops::Range<usize>, dat: &mut [f64]) {
+fn column_products<M: MulAdd, const W: usize>(a: &[f64], nm: usize, nc: usize, w: &[f64], ms: std::ops::Range<usize>, da: &mut [f64]) {
     for m in ms {
         let mut acc = [0.0f64; W];
-        for (row, &x) in w.chunks_exact(W).zip(&at[m * nc..(m + 1) * nc]) {
+        for (c2, row) in w.chunks_exact(W).take(nc).enumerate() {
+            let x = a[c2 * nm + m];
             for t in 0..W {
                 acc[t] = M::madd(row[t], x, acc[t]);
             }
         }
-        dat[m * W..(m + 1) * W].copy_from_slice(&acc);
+        for (c, &v) in acc.iter().take(nc).enumerate() {
+            da[c * nm + m] += v;
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 C library, finite differences and energy conservation, caching, and clear errors."""
 import ctypes
 import re
+import tomllib
 
 import numpy as np
 import pytest
@@ -87,6 +88,12 @@ def triclinic_cu():
     return atoms
 
 
+def periodic_config():
+    """The config the `cu` fixture model was trained with (its cutoff is what the model file must report)."""
+    with open(ROOT / "examples" / "configs" / "periodic.toml", "rb") as f:
+        return tomllib.load(f)
+
+
 def test_model_api_matches_the_c_library(cu, hco, models, reference):
     # conftest's Reference calls pilip_model_compute through its own ctypes declarations and plain arrays
     ref = reference(models["cu"]["f64"])
@@ -105,7 +112,7 @@ def test_model_api_matches_the_c_library(cu, hco, models, reference):
     r = hco.compute(pos, list(numbers))
     e, ae, f, w = reference(models["hco"]["f64"]).compute(pos, numbers)
     assert r.energy == e and np.array_equal(r.energies, ae) and np.array_equal(r.forces, f) and np.array_equal(r.virial, w)
-    assert cu.cutoff == 5.0 and list(cu.species) == ref.species() == [29] and cu.symbols == ref.symbols() == ["Cu"]
+    assert cu.cutoff == periodic_config()["descriptor"]["cutoff"] and list(cu.species) == ref.species() == [29] and cu.symbols == ref.symbols() == ["Cu"]
     hco_ref = reference(models["hco"]["f64"])
     assert list(hco.species) == hco_ref.species() and hco.symbols == hco_ref.symbols()
     assert sorted(hco.symbols) == ["C", "H", "O"]
