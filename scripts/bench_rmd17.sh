@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# rMD17 benchmark (issue 12 protocol) for any molecule of the rMD17 form: train examples/configs/rmd17.toml on N
+# structures of MOL_train_01.extxyz (+ 50 for validation), test on all of MOL_test_01.extxyz, time one energy +
+# forces call of the exported f32 model, and run NVE MD at 500 K (0.5 fs) from three test frames until a bond
+# breaks (`pilip md-stability`, bond tolerance 0.5 Å). Prints one JSON line per molecule and a table next to the
+# published errors of linear ACE and MACE (N = 1000 and 50, from the MACE paper), when the molecule is one of the
+# ten of rMD17.
+# Usage: scripts/bench_rmd17.sh [MOLECULE…]   (default: every *_train_01.extxyz in $PILIP_DATA/rmd17)
+# Environment: PILIP_DATA (default ../shared/data), N (training structures, default 950), MD_PS (simulated time
+# per start, default 100; 0 skips MD), SEED (default 1), EXTRA (more --set arguments for `pilip train`).
+# Results: bench_runs/rmd17/<molecule>_n<N>_s<SEED>/ (run, model.onnx, md_*.json) and bench_runs/rmd17/results.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=$(realpath "${PILIP_DATA:-../shared/data}")/rmd17
+N=${N:-950}
+MD_PS=${MD_PS:-100}
+SEED=${SEED:-1}
+OUT=bench_runs/rmd17
+mkdir -p "$OUT"
+cargo build --release --locked >/dev/null
+PILIP=target/release/pilip
+if [ $# -eq 0 ]; then
+  set -- $(ls "$DATA"/*_train_01.extxyz | xargs -n1 basename | sed 's/_train_01.extxyz//')
+fi
+for MOL in "$@"; do
+  TRAIN="$DATA/${MOL}_train_01.extxyz" TEST="$DATA/${MOL}_test_01.extxyz"
+  [ -f "$TRAIN" ] && [ -f "$TEST" ] || { echo "bench_rmd17: $TRAIN or $TEST not found" >&2; exit 2; }
+  RUN="$OUT/${MOL}_n${N}_s${SEED}"
+  if [ ! -f "$RUN/test_metrics.json" ]; then
+    T0=$(date +%s)
+    # shellcheck disable=SC2086
+    "$PILIP" train examples/configs/rmd17.toml --quiet --set "data.file=\"$TRAIN\"" --set "data.test_file=\"$TEST\"" \
+      --set "data.n_train=$N" --set "training.seed=$SEED" --set "data.split_seed=$SEED" \
+      --set "output.run_dir=\"$RUN\"" ${EXTRA:-}
+    echo $(( $(date +%s) - T0 )) > "$RUN/train_seconds"
+  fi
+  "$PILIP" export "$RUN/checkpoints/best.ckpt" -o "$RUN/model.onnx" >/dev/null
+  CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')
+  MD_FILES=()
+  if [ "$MD_PS" != 0 ]; then
+    for IDX in 0 333 666; do
+      F="$RUN/md_${IDX}_${MD_PS}ps.json"
+      [ -f "$F" ] || "$PILIP" md-stability "$RUN/model.onnx" "$TEST" --index $IDX --temperature 500 --timestep 0.5 \
+        --time-ps "$MD_PS" --seeds 1 -o "$F" >/dev/null
+      MD_FILES+=("$F")
+    done
+  fi
+  python3 - "$MOL" "$N" "$SEED" "$RUN" "$CALL_US" "${MD_FILES[@]}" <<'PY' | tee -a "$OUT/results.jsonl"
+import json, sys
+mol, n, seed, run, call_us, md = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6:]
+t = json.load(open(f"{run}/test_metrics.json"))
+stable = [s["stable_time"] for f in md for s in json.load(open(f))["seeds"]]
+train_s = open(f"{run}/train_seconds").read().strip() if __import__("os").path.exists(f"{run}/train_seconds") else None
+print(json.dumps({"molecule": mol, "n_train": n, "seed": seed, "energy_mae_mev": round(t["energy_mae_mev"], 2),
+                  "forces_mae_mev_per_A": round(t["forces_mae_mev_per_A"], 2), "test_structures": t["n_structures"],
+                  "call_us": call_us, "md_stable_ps": stable, "train_seconds": train_s}))
+PY
+done
+python3 - "$OUT/results.jsonl" "$N" <<'PY'
+import json, sys
+# published energy MAE (meV) / force MAE (meV/Å): MACE paper (Batatia et al. 2022), Table 1
+ace = {"aspirin": (6.1, 17.9), "azobenzene": (3.6, 10.9), "benzene": (0.04, 0.5), "ethanol": (1.2, 7.3),
+       "malonaldehyde": (1.7, 11.1), "naphthalene": (0.9, 5.1), "paracetamol": (4.0, 12.7), "salicylic": (1.8, 9.3),
+       "toluene": (1.1, 6.5), "uracil": (1.1, 6.6)}
+mace = {"aspirin": (2.2, 6.6), "azobenzene": (1.2, 3.0), "benzene": (0.4, 0.3), "ethanol": (0.4, 2.1),
+        "malonaldehyde": (0.8, 4.1), "naphthalene": (0.5, 1.6), "paracetamol": (1.3, 4.8), "salicylic": (0.9, 3.1),
+        "toluene": (0.5, 1.5), "uracil": (0.5, 2.1)}
+ace50 = {"aspirin": (26.2, 63.8), "azobenzene": (9.0, 28.8), "benzene": (0.2, 2.7), "ethanol": (8.6, 43.0),
+         "malonaldehyde": (12.8, 63.5), "naphthalene": (3.8, 19.7), "paracetamol": (13.6, 45.7),
+         "salicylic": (8.9, 41.7), "toluene": (5.3, 27.1), "uracil": (6.5, 36.2)}
+mace50 = {"aspirin": (17.0, 43.9), "azobenzene": (5.4, 17.7), "benzene": (0.7, 2.7), "ethanol": (6.7, 32.6),
+          "malonaldehyde": (10.0, 43.3), "naphthalene": (2.1, 9.2), "paracetamol": (9.7, 31.5),
+          "salicylic": (6.5, 28.4), "toluene": (3.1, 12.1), "uracil": (4.4, 25.9)}
+n = int(sys.argv[2])
+rows = {}
+for line in open(sys.argv[1]):
+    r = json.loads(line)
+    if r["n_train"] == n:
+        rows[(r["molecule"], r["seed"])] = r  # the latest line of a (molecule, seed) wins
+pub_ace, pub_mace = (ace, mace) if n >= 950 else (ace50, mace50)
+print(f"\nrMD17, N = {n}: energy MAE meV / force MAE meV/Å on the test file; µs per call; MD stable ps (3 starts)")
+print(f"{'molecule':<15}{'seed':>5}{'pilip E / F':>16}{'ACE E / F':>14}{'MACE E / F':>14}{'F / ACE':>9}{'µs/call':>9}  MD")
+for (mol, seed), r in sorted(rows.items()):
+    key = mol.replace("_acid", "")
+    a, m = pub_ace.get(key), pub_mace.get(key)
+    fmt = lambda p: f"{p[0]} / {p[1]}" if p else "–"
+    ratio = f"{r['forces_mae_mev_per_A'] / a[1]:.2f}" if a else "–"
+    md = ", ".join(f"{x:g}" for x in r["md_stable_ps"]) or "–"
+    print(f"{mol:<15}{seed:>5}{r['energy_mae_mev']:>8.2f} / {r['forces_mae_mev_per_A']:<6.1f}{fmt(a):>14}{fmt(m):>14}{ratio:>9}{r['call_us']:>9.0f}  {md}")
+PY
