@@ -5,17 +5,19 @@
 # the elements the mlearn README lists).
 # Usage: scripts/bench_materials.sh [ELEMENT…]   (default: every *_train.extxyz in $PILIP_DATA/mlearn)
 # Environment: PILIP_DATA (default ../shared/data), SEED (default 1), CONFIG (default examples/configs/materials.toml),
-# EXTRA (more --set arguments for `pilip train`).
-# Results: bench_runs/materials/<element>_s<SEED>/ and bench_runs/materials/results.jsonl.
+# EXTRA (more --set arguments for `pilip train`), PILIP (a pilip binary to use instead of building one).
+# Results (OUT, default bench_runs/materials): OUT/<element>_s<SEED>/ and OUT/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=$(realpath "${PILIP_DATA:-../shared/data}")/mlearn
 SEED=${SEED:-1}
 CONFIG=${CONFIG:-examples/configs/materials.toml}
-OUT=bench_runs/materials
+OUT=${OUT:-bench_runs/materials}
 mkdir -p "$OUT"
-cargo build --release --locked >/dev/null
-PILIP=target/release/pilip
+if [ -z "${PILIP:-}" ]; then   # PILIP=path uses an existing binary instead
+  cargo build --release --locked >/dev/null
+  PILIP=target/release/pilip
+fi
 if [ $# -eq 0 ]; then
   set -- $(ls "$DATA"/*_train.extxyz | xargs -n1 basename | sed 's/_train.extxyz//')
 fi

@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
 # rMD17 benchmark (issue 12 protocol) for any molecule of the rMD17 form: train examples/configs/rmd17.toml on N
 # structures of MOL_train_01.extxyz (+ 50 for validation), test on all of MOL_test_01.extxyz, time one energy +
-# forces call of the exported f32 model, and run NVE MD at 500 K (0.5 fs) from three test frames until a bond
-# breaks (`pilip md-stability`, bond tolerance 0.5 Å). Prints one JSON line per molecule and a table next to the
-# published errors of linear ACE and MACE (N = 1000 and 50, from the MACE paper), when the molecule is one of the
-# ten of rMD17.
+# forces call of the exported f32 model, and run NVE MD at 500 K (0.5 fs) from three test frames (the first, a
+# third and two thirds into the file) until a bond breaks (`pilip md-stability`, bond tolerance 0.5 Å). Prints one
+# JSON line per molecule and a table next to the published errors of linear ACE and MACE (N = 1000 and 50, from
+# the MACE paper) when the molecule is one of the ten of rMD17.
 # Usage: scripts/bench_rmd17.sh [MOLECULE…]   (default: every *_train_01.extxyz in $PILIP_DATA/rmd17)
 # Environment: PILIP_DATA (default ../shared/data), N (training structures, default 950), MD_PS (simulated time
-# per start, default 100; 0 skips MD), SEED (default 1), EXTRA (more --set arguments for `pilip train`).
-# Results: bench_runs/rmd17/<molecule>_n<N>_s<SEED>/ (run, model.onnx, md_*.json) and bench_runs/rmd17/results.jsonl.
+# per start, default 100; 0 skips MD), SEED (default 1), EXTRA (more --set arguments for `pilip train`), PILIP
+# (a pilip binary to use instead of building one).
+# Results (OUT, default bench_runs/rmd17): OUT/<molecule>_n<N>_s<SEED>/ (run, model.onnx, md_*.json), OUT/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=$(realpath "${PILIP_DATA:-../shared/data}")/rmd17
 N=${N:-950}
 MD_PS=${MD_PS:-100}
 SEED=${SEED:-1}
-OUT=bench_runs/rmd17
+OUT=${OUT:-bench_runs/rmd17}
 mkdir -p "$OUT"
-cargo build --release --locked >/dev/null
-PILIP=target/release/pilip
+if [ -z "${PILIP:-}" ]; then   # PILIP=path uses an existing binary instead
+  cargo build --release --locked >/dev/null
+  PILIP=target/release/pilip
+fi
 if [ $# -eq 0 ]; then
   set -- $(ls "$DATA"/*_train_01.extxyz | xargs -n1 basename | sed 's/_train_01.extxyz//')
 fi
@@ -38,7 +41,14 @@ for MOL in "$@"; do
   CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')
   MD_FILES=()
   if [ "$MD_PS" != 0 ]; then
-    for IDX in 0 333 666; do
+    FRAMES=$(python3 -c '
+import sys
+lines, n, i = open(sys.argv[1]).read().split("\n"), 0, 0
+while i < len(lines) and lines[i].strip():
+    i += int(lines[i]) + 2
+    n += 1
+print(n)' "$TEST")
+    for IDX in 0 $((FRAMES / 3)) $((2 * FRAMES / 3)); do   # three test frames a third of the file apart
       F="$RUN/md_${IDX}_${MD_PS}ps.json"
       [ -f "$F" ] || "$PILIP" md-stability "$RUN/model.onnx" "$TEST" --index $IDX --temperature 500 --timestep 0.5 \
         --time-ps "$MD_PS" --seeds 1 -o "$F" >/dev/null

@@ -1,0 +1,60 @@
+"""The benchmark scripts of the accuracy issue run on any data of their form: scripts/bench_rmd17.sh on a small
+molecule set written as MOL_{train,test}_01.extxyz, scripts/bench_materials.sh on a small solid set written as
+EL_{train,test}.extxyz (a few epochs each; the numbers are checked for sanity, not for accuracy)."""
+import json
+import os
+import subprocess
+
+from ase.io import read, write
+
+from conftest import ROOT
+
+
+def pilip_binary():
+    return str(ROOT / "target" / "release" / "pilip")
+
+
+def relabel(frames, energy_key, forces_key):
+    """Frames with their labels under ASE's standard keys, as the shipped data have them."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    out = []
+    for a in frames:
+        b = a.copy()
+        b.calc = SinglePointCalculator(b, energy=a.info[energy_key], forces=a.arrays[forces_key])
+        out.append(b)
+    return out
+
+
+def run_script(script, args, data, out, **env):
+    full = dict(os.environ, PILIP_DATA=str(data), OUT=str(out), PILIP=pilip_binary(), **env)
+    r = subprocess.run(["bash", str(ROOT / "scripts" / script), *args], env=full, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout
+
+
+def test_bench_rmd17_runs_on_any_molecule_file(tmp_path):
+    frames = relabel(read(ROOT / "examples" / "data" / "ethanol_300.extxyz", index=":"), "REF_energy", "REF_forces")
+    (tmp_path / "rmd17").mkdir()
+    write(tmp_path / "rmd17" / "mymol_train_01.extxyz", frames[:80])
+    write(tmp_path / "rmd17" / "mymol_test_01.extxyz", frames[200:230])
+    stdout = run_script("bench_rmd17.sh", ["mymol"], tmp_path, tmp_path / "out", N="20", MD_PS="0.02",
+                        EXTRA="--set training.max_epochs=3")
+    line = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
+    assert line["molecule"] == "mymol" and line["n_train"] == 20 and line["test_structures"] == 30
+    assert 0 < line["forces_mae_mev_per_A"] < 5000 and line["energy_mae_mev"] > 0 and line["call_us"] > 0
+    assert len(line["md_stable_ps"]) == 3  # three starts, each simulated (or stopped at a broken bond)
+    assert all(0 < t <= 0.02 + 1e-9 for t in line["md_stable_ps"])
+    assert "mymol" in stdout and "ACE E / F" in stdout
+
+
+def test_bench_materials_runs_on_any_element_file(tmp_path):
+    frames = read(ROOT / "examples" / "data" / "cu_50.extxyz", index=":")
+    (tmp_path / "mlearn").mkdir()
+    write(tmp_path / "mlearn" / "Xx_train.extxyz", frames[:30])
+    write(tmp_path / "mlearn" / "Xx_test.extxyz", frames[40:50])
+    stdout = run_script("bench_materials.sh", ["Xx"], tmp_path, tmp_path / "out", EXTRA="--set training.max_epochs=3")
+    line = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
+    assert line["element"] == "Xx" and line["test_structures"] == 10
+    assert 0 < line["energy_mae_mev_per_atom"] and 0 < line["forces_mae_mev_per_A"] < 5000
+    assert "Xx" in stdout and "GAP E / F" in stdout
