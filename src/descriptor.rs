@@ -502,31 +502,21 @@ impl Descriptor {
         let (n, nr, nf, na) = (d.n_atoms, self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
         let nl = &d.neighbors;
         let nc2 = self.n_channels() * self.n_channels();
-        let run = |atoms: std::ops::Range<usize>, f: &mut [f64], a: &mut [f64], pc: &mut [PairCache], r: &mut [f64], dr: &mut [f64], sn: &mut [usize], scratch: &mut [f64]| {
-            let mut out = AtomsOut { features: f, density: a, pairs: pc, radial: r, d_radial: dr, species_of_neighbor: sn, scratch };
-            self.dispatch_forward(nl, species, atoms, &mut out)
-        };
         if !parallel || n <= ATOMS_PER_TASK {
             d.scratch.resize(nc2, 0.0);
-            run(0..n, &mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor, &mut d.scratch);
+            let (features, density, pairs) = (&mut d.features[..], &mut d.density[..], &mut d.pairs[..]);
+            let (radial, d_radial, species_of_neighbor) = (&mut d.radial[..], &mut d.d_radial[..], &mut d.species_of_neighbor[..]);
+            let mut out = AtomsOut { features, density, pairs, radial, d_radial, species_of_neighbor, scratch: &mut d.scratch };
+            self.dispatch_forward(nl, species, 0..n, &mut out);
             return;
         }
         let tasks = tasks(nl.offsets(), ATOMS_PER_TASK);
         d.scratch.resize(tasks.len() * nc2, 0.0);
-        let atoms = |stride| tasks.iter().map(move |t| stride * t.atoms.len());
-        let pairs = |stride| tasks.iter().map(move |t| stride * t.pairs.len());
-        let work: Vec<_> = tasks
-            .iter()
-            .zip(split_by(&mut d.features, atoms(nf)))
-            .zip(split_by(&mut d.density, atoms(na)))
-            .zip(split_by(&mut d.pairs, pairs(1)))
-            .zip(split_by(&mut d.radial, pairs(nr)))
-            .zip(split_by(&mut d.d_radial, pairs(nr)))
-            .zip(split_by(&mut d.species_of_neighbor, pairs(1)))
-            .zip(d.scratch.chunks_exact_mut(nc2))
-            .collect();
+        let strides = (nf, na, nr);
+        let bufs = (&mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor);
+        let work: Vec<_> = tasks.iter().zip(split_outputs(&tasks, strides, bufs, &mut d.scratch, nc2)).collect();
         use rayon::prelude::*;
-        work.into_par_iter().for_each(|(((((((t, f), a), pc), r), dr), sn), p)| run(t.atoms.clone(), f, a, pc, r, dr, sn, p));
+        work.into_par_iter().for_each(|(t, mut out)| self.dispatch_forward(nl, species, t.atoms.clone(), &mut out));
     }
 
     /// Sizes the buffers of `d` for `neighbors` (allocating only when they grow) and takes the list.
@@ -576,23 +566,14 @@ impl Descriptor {
         let chunks = tasks(nl.offsets(), EVAL_CHUNK);
         scratch.resize(chunks.len() * per_chunk, 0.0);
         let atoms = |stride| chunks.iter().map(move |t| stride * t.atoms.len());
-        let pairs = |stride| chunks.iter().map(move |t| stride * t.pairs.len());
+        let bufs = (&mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor);
         let work: Vec<Chunk> = chunks
             .iter()
-            .zip(split_by(&mut d.features, atoms(nf)))
-            .zip(split_by(&mut d.density, atoms(na)))
-            .zip(split_by(&mut d.pairs, pairs(1)))
-            .zip(split_by(&mut d.radial, pairs(nr)))
-            .zip(split_by(&mut d.d_radial, pairs(nr)))
-            .zip(split_by(&mut d.species_of_neighbor, pairs(1)))
+            .zip(split_outputs(&chunks, (nf, na, nr), bufs, scratch, per_chunk))
             .zip(split_by(energies, atoms(1)))
             .zip(split_by(de_dg, atoms(nf)))
-            .zip(split_by(grads, pairs(1)))
-            .zip(scratch.chunks_exact_mut(per_chunk))
-            .map(|((((((((((t, features), density), pairs), radial), d_radial), species_of_neighbor), energies), de_dg), grads), scratch)| {
-                let out = AtomsOut { features, density, pairs, radial, d_radial, species_of_neighbor, scratch };
-                Chunk { atoms: t.atoms.clone(), out, energies, de_dg, grads }
-            })
+            .zip(split_by(grads, chunks.iter().map(|t| t.pairs.len())))
+            .map(|((((t, out), energies), de_dg), grads)| Chunk { atoms: t.atoms.clone(), out, energies, de_dg, grads })
             .collect();
         let run = |c: Chunk| {
             let Chunk { atoms, mut out, energies, de_dg, grads } = c;
@@ -1058,6 +1039,37 @@ fn tasks(offsets: &[usize], size: usize) -> Vec<Task> {
         .map(|a0| {
             let a1 = (a0 + size).min(n);
             Task { atoms: a0..a1, pairs: offsets[a0]..offsets[a1] }
+        })
+        .collect()
+}
+
+/// The descriptor buffers of [`Descriptors`] that a forward pass writes: features, density, pair caches, radial
+/// values and derivatives, neighbour species.
+type Buffers<'a> = (&'a mut Vec<f64>, &'a mut Vec<f64>, &'a mut Vec<PairCache>, &'a mut Vec<f64>, &'a mut Vec<f64>, &'a mut Vec<usize>);
+
+/// Per task: its rows and pairs of every buffer (`strides` = features, density values per atom and radial values
+/// per pair) and `per_task` values of `scratch`.
+fn split_outputs<'a>(tasks: &[Task], strides: (usize, usize, usize), bufs: Buffers<'a>, scratch: &'a mut [f64], per_task: usize) -> Vec<AtomsOut<'a>> {
+    let (nf, na, nr) = strides;
+    let atoms = |stride| tasks.iter().map(move |t| stride * t.atoms.len());
+    let pairs = |stride| tasks.iter().map(move |t| stride * t.pairs.len());
+    let (features, density, pair_caches, radial, d_radial, species) = bufs;
+    split_by(features, atoms(nf))
+        .into_iter()
+        .zip(split_by(density, atoms(na)))
+        .zip(split_by(pair_caches, pairs(1)))
+        .zip(split_by(radial, pairs(nr)))
+        .zip(split_by(d_radial, pairs(nr)))
+        .zip(split_by(species, pairs(1)))
+        .zip(scratch.chunks_exact_mut(per_task))
+        .map(|((((((features, density), pairs), radial), d_radial), species_of_neighbor), scratch)| AtomsOut {
+            features,
+            density,
+            pairs,
+            radial,
+            d_radial,
+            species_of_neighbor,
+            scratch,
         })
         .collect()
 }
