@@ -74,6 +74,11 @@ pub(crate) fn scatter<T: Copy + Into<f64>>(
     Ok(())
 }
 
+/// Output `k` of a tract run as values of `T`.
+fn output<T: Datum>(outputs: &TVec<TValue>, k: usize) -> std::result::Result<&[T], String> {
+    outputs[k].try_as_plain_ram().map_err(|e| e.to_string())?.as_slice::<T>().map_err(|e| e.to_string())
+}
+
 fn engine_error(engine: &str, e: impl std::fmt::Display) -> Error {
     Error::engine(format!("{engine} engine failed while evaluating the network: {e}"))
 }
@@ -130,17 +135,14 @@ impl Engine for TractEngine {
         }
         let outputs = self.plan.run(inputs).map_err(|e| fail(e.to_string()))?;
         for s in 0..self.n_species {
-            let (e, g) = (outputs[2 * s].try_as_plain_ram(), outputs[2 * s + 1].try_as_plain_ram());
-            let (e, g) = (e.map_err(|e| fail(e.to_string()))?, g.map_err(|e| fail(e.to_string()))?);
+            let (e, g) = (2 * s, 2 * s + 1);
             match self.dtype {
                 Dtype::F32 => {
-                    let (e, g) = (e.as_slice::<f32>(), g.as_slice::<f32>());
-                    let (e, g) = (e.map_err(|e| fail(e.to_string()))?, g.map_err(|e| fail(e.to_string()))?);
+                    let (e, g) = (output::<f32>(&outputs, e).map_err(fail)?, output::<f32>(&outputs, g).map_err(fail)?);
                     scatter("tract", batch, s, (e, g), energies, gradients)?;
                 }
                 Dtype::F64 => {
-                    let (e, g) = (e.as_slice::<f64>(), g.as_slice::<f64>());
-                    let (e, g) = (e.map_err(|e| fail(e.to_string()))?, g.map_err(|e| fail(e.to_string()))?);
+                    let (e, g) = (output::<f64>(&outputs, e).map_err(fail)?, output::<f64>(&outputs, g).map_err(fail)?);
                     scatter("tract", batch, s, (e, g), energies, gradients)?;
                 }
             }
