@@ -2,6 +2,7 @@
 //! Every choice between named alternatives is an enum, so a misspelling is refused with the list of valid
 //! spellings (docs/config.md lists every key).
 
+use crate::descriptor::four_body::Bispectrum;
 use crate::descriptor::DescriptorSpec;
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -15,8 +16,10 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// `[data]`: files, label keys, the split.
     pub data: DataConfig,
-    /// `[descriptor]`: the power-spectrum family's descriptor.
+    /// `[descriptor]`: the density and power spectrum of both families.
     pub descriptor: DescriptorSpec,
+    /// `[bispectrum]`: the four-body part of the bispectrum family (ignored by the power-spectrum family).
+    pub bispectrum: Bispectrum,
     /// `[model]`: family, network widths, scales.
     pub model: ModelConfig,
     /// `[loss]`: weights of the loss terms.
@@ -153,7 +156,8 @@ impl Default for DataConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// The model family: "power_spectrum" (the fast preset).
+    /// The model family: "power_spectrum" (the fast preset) or "bispectrum" (power spectrum + four-body
+    /// invariants: the accurate one).
     pub family: Family,
     /// Hidden layer widths of each per-element network.
     pub hidden: Vec<usize>,
@@ -358,6 +362,12 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Config(m));
         self.descriptor.validate().map_err(Error::Config)?;
+        if self.model.family == Family::Bispectrum {
+            self.bispectrum.validate(self.descriptor.l_max).map_err(Error::Config)?;
+        }
+        if !self.bispectrum.compression.is_empty() {
+            return bad("bispectrum.compression is fitted to the training data; remove it from the config".into());
+        }
         if self.data.file.as_os_str().is_empty() {
             return bad("data.file is required (path to an extended XYZ file)".into());
         }

@@ -17,16 +17,21 @@ pub enum Family {
     /// fast preset (`descriptor`, `nn`).
     #[default]
     PowerSpectrum,
+    /// The power spectrum plus four-body invariants (triple contractions of Cartesian moment tensors of
+    /// compressed density channels), read by the same kind of network: the accurate family
+    /// (`descriptor::four_body`).
+    Bispectrum,
 }
 
 impl Family {
     /// Every family, for messages.
-    pub const ALL: [Family; 1] = [Family::PowerSpectrum];
+    pub const ALL: [Family; 2] = [Family::PowerSpectrum, Family::Bispectrum];
 
     /// The name used in configs and model metadata.
     pub fn name(self) -> &'static str {
         match self {
             Family::PowerSpectrum => "power_spectrum",
+            Family::Bispectrum => "bispectrum",
         }
     }
 

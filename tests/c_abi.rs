@@ -114,9 +114,14 @@ fn ghost_system(f: &Frame, cutoff: f64, skin: f64) -> (Vec<Vec3>, Vec<usize>, Ve
 
 #[test]
 fn both_c_entry_points_agree_on_a_periodic_system() {
-    let dir = tmpdir("entry-points");
-    let model = cell_model();
-    let m = c_load(&write_model(&dir, &model, Dtype::F64), None).unwrap();
+    for (name, model) in [("power_spectrum", cell_model()), ("bispectrum", bispectrum_cell_model())] {
+        check_entry_points(name, &model);
+    }
+}
+
+fn check_entry_points(name: &str, model: &pilip::model::Model) {
+    let dir = tmpdir(&format!("entry-points-{name}"));
+    let m = c_load(&write_model(&dir, model, Dtype::F64), None).unwrap();
     let frame = triclinic_cell();
     let whole = c_compute(&m, &frame).unwrap();
 
@@ -288,12 +293,12 @@ fn bad_input_gives_status_codes_and_messages() {
     assert_eq!(s, PILIP_ERROR_MODEL);
     assert!(msg.contains("not a pilip model") && msg.contains("pilip export"), "{msg}");
     let mut proto = to_onnx(&model, Dtype::F32).unwrap();
-    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = "2".into();
+    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = "3".into();
     let newer = dir.join("newer.onnx");
     std::fs::write(&newer, proto.encode_to_vec()).unwrap();
     let (s, msg) = c_load(&newer, None).err().unwrap();
     assert_eq!(s, PILIP_ERROR_MODEL);
-    assert!(msg.contains("format version 2") && msg.contains("upgrade pilip"), "{msg}");
+    assert!(msg.contains("format version 3") && msg.contains("upgrade pilip"), "{msg}");
     let mut proto = to_onnx(&model, Dtype::F32).unwrap();
     proto.graph.as_mut().unwrap().initializer[3].float_data[0] += 1.0;
     let edited = dir.join("edited.onnx");

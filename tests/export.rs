@@ -11,7 +11,13 @@ use prost::Message;
 
 #[test]
 fn exported_model_matches_the_training_time_model() {
-    for (model, frame) in [(molecule_model(), molecule()), (cell_model(), triclinic_cell())] {
+    let cases = [
+        (molecule_model(), molecule()),
+        (cell_model(), triclinic_cell()),
+        (bispectrum_molecule_model(), molecule()),
+        (bispectrum_cell_model(), triclinic_cell()),
+    ];
+    for (model, frame) in cases {
         let mut frames = probe_structures(&model);
         frames.push(frame);
         for dtype in [Dtype::F64, Dtype::F32] {
@@ -34,8 +40,13 @@ fn exported_model_matches_the_training_time_model() {
 
 #[test]
 fn runtime_forces_and_virial_match_finite_differences_of_the_onnx_energy() {
-    let model = cell_model();
-    let pot = load(&to_onnx(&model, Dtype::F64).unwrap().encode_to_vec());
+    for model in [cell_model(), bispectrum_cell_model()] {
+        check_runtime_derivatives(&model);
+    }
+}
+
+fn check_runtime_derivatives(model: &pilip::model::Model) {
+    let pot = load(&to_onnx(model, Dtype::F64).unwrap().encode_to_vec());
     let frame = triclinic_cell();
     let energy = |f: &Frame| pot.compute_frame(f).unwrap().energy;
     let p = pot.compute_frame(&frame).unwrap();
@@ -85,7 +96,7 @@ fn onnxruntime_engine_matches_tract() {
         eprintln!("skipping: ORT_DYLIB_PATH is not set");
         return;
     }
-    for (model, frame) in [(molecule_model(), molecule()), (cell_model(), triclinic_cell())] {
+    for (model, frame) in [(molecule_model(), molecule()), (cell_model(), triclinic_cell()), (bispectrum_cell_model(), triclinic_cell())] {
         for dtype in [Dtype::F32, Dtype::F64] {
             let bytes = to_onnx(&model, dtype).unwrap().encode_to_vec();
             let ort = Potential::from_bytes(&bytes, "t", &RuntimeOptions::from_json(r#"{"engine":"ort"}"#).unwrap()).unwrap();

@@ -29,10 +29,16 @@ fn check_fd_forces(m: &pilip::model::Model, f: &Frame) {
 #[test]
 fn forces_match_finite_differences_on_a_molecule() {
     let f = molecule();
-    let m = random_model(vec![1, 6, 8], 4.0, &[f.clone()], 5);
-    check_fd_forces(&m, &f);
+    for m in [random_model(vec![1, 6, 8], 4.0, &[f.clone()], 5), random_bispectrum_model(vec![1, 6, 8], 4.0, &[f.clone()], 5)] {
+        check_molecule_forces(&m, &f);
+    }
+}
+
+fn check_molecule_forces(m: &pilip::model::Model, f: &Frame) {
+    let m = m.clone();
+    check_fd_forces(&m, f);
     // a molecule has no net force
-    let p = m.predict_frame(&f).unwrap();
+    let p = m.predict_frame(f).unwrap();
     for a in 0..3 {
         assert!(p.forces.iter().map(|x| x[a]).sum::<f64>().abs() < 1e-10);
     }
@@ -41,7 +47,13 @@ fn forces_match_finite_differences_on_a_molecule() {
 #[test]
 fn forces_and_stress_match_finite_differences_on_a_small_triclinic_cell() {
     let f = triclinic_cell();
-    let m = random_model(vec![13, 29], 4.5, &[f.clone()], 7);
+    for m in [random_model(vec![13, 29], 4.5, &[f.clone()], 7), random_bispectrum_model(vec![13, 29], 4.5, &[f.clone()], 7)] {
+        check_cell_forces_and_stress(&m, &f);
+    }
+}
+
+fn check_cell_forces_and_stress(m: &pilip::model::Model, f: &Frame) {
+    let (m, f) = (m.clone(), f.clone());
     // the cell is smaller than twice the cutoff: atoms see images of themselves
     let env = m.frame_environments(&f).unwrap();
     assert!(env.neighbors().of(0).iter().any(|n| n.j == 0));
@@ -70,8 +82,18 @@ fn forces_and_stress_match_finite_differences_on_a_small_triclinic_cell() {
 
 #[test]
 fn invariant_under_rotation_translation_permutation_and_periodic_images() {
+    let (mol, cellf) = (molecule(), triclinic_cell());
+    check_invariances(&random_model(vec![1, 6, 8], 4.0, &[mol.clone()], 9), &random_model(vec![13, 29], 4.5, &[cellf.clone()], 4));
+    check_invariances(
+        &random_bispectrum_model(vec![1, 6, 8], 4.0, &[mol.clone()], 9),
+        &random_bispectrum_model(vec![13, 29], 4.5, &[cellf], 4),
+    );
+}
+
+/// Rotation, translation and permutation of a molecule (model `m`), lattice shifts and a supercell of a cell
+/// (model `mp`).
+fn check_invariances(m: &pilip::model::Model, mp: &pilip::model::Model) {
     let mol = molecule();
-    let m = random_model(vec![1, 6, 8], 4.0, &[mol.clone()], 9);
     let p0 = m.predict_frame(&mol).unwrap();
     let rot = rotation([0.3, -0.5, 0.8], 1.1);
     let mut g = mol.clone();
@@ -100,7 +122,6 @@ fn invariant_under_rotation_translation_permutation_and_periodic_images() {
 
     // periodic: shifting an atom by a lattice vector, or using a 2x supercell, changes nothing
     let cellf = triclinic_cell();
-    let mp = random_model(vec![13, 29], 4.5, &[cellf.clone()], 4);
     let q0 = mp.predict_frame(&cellf).unwrap();
     let c = cellf.cell.unwrap();
     let mut shifted = cellf.clone();

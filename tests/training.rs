@@ -40,7 +40,11 @@ fn check_term(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, orde
 }
 
 fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32, energy_loss: EnergyLoss) {
-    let model = random_model(species, cutoff, frames, 17);
+    check_term_on(&random_model(species, cutoff, frames, 17), term, frames, order, energy_loss);
+}
+
+fn check_term_on(model: &pilip::model::Model, term: &str, frames: &[Frame], order: u32, energy_loss: EnergyLoss) {
+    let model = model.clone();
     let mut cfg = Config::default();
     cfg.loss.energy_loss = energy_loss;
     cfg.loss.huber_delta = 0.05;
@@ -104,6 +108,12 @@ fn every_loss_term_has_the_right_parameter_gradient() {
     for term in ["stress", "forces", "pitc", "pisc"] {
         check_term(term, &cells, vec![13, 29], 4.5, 1);
     }
+    // the bispectrum family: the tangent goes through the four-body invariants too
+    let bs_mol = random_bispectrum_model(vec![1, 6, 8], 4.0, &mols, 17);
+    for term in ["energy", "forces"] {
+        check_term_on(&bs_mol, term, &mols, 1, EnergyLoss::Mse);
+    }
+    check_term_on(&random_bispectrum_model(vec![13, 29], 4.5, &cells, 17), "stress", &cells, 1, EnergyLoss::Mse);
 }
 
 #[test]

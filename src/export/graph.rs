@@ -103,7 +103,7 @@ fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 /// and their descriptor gradients out.
 pub fn build_graph(model: &Model, dtype: Dtype) -> Result<pb::GraphProto> {
     match &model.atomic {
-        AtomicModel::PowerSpectrum(m) => power_spectrum_graph(model, m, dtype),
+        AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => power_spectrum_graph(model, m, dtype),
     }
 }
 

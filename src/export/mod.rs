@@ -7,7 +7,7 @@ pub mod graph;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::model::{AtomicModel, Model};
-use crate::onnx::metadata::{checksum, Dtype, ModelMetadata, MODEL_FORMAT_VERSION};
+use crate::onnx::metadata::{checksum, format_version_for, Dtype, ModelMetadata};
 use crate::onnx::{IR_VERSION, OPSET};
 use crate::runtime::{Potential, RuntimeOptions};
 use graph::build_graph;
@@ -17,11 +17,12 @@ use tract_onnx::pb;
 
 /// Metadata of `model` exported with `dtype` (checksum of the graph supplied by the caller).
 fn metadata_for(model: &Model, dtype: Dtype, checksum: String) -> ModelMetadata {
-    let descriptor = match &model.atomic {
-        AtomicModel::PowerSpectrum(m) => m.descriptor.clone(),
+    let (descriptor, bispectrum) = match &model.atomic {
+        AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => (m.descriptor.clone(), m.four_body.clone()),
     };
     ModelMetadata {
-        format_version: MODEL_FORMAT_VERSION,
+        format_version: format_version_for(model.family()),
+        bispectrum,
         library_version: env!("CARGO_PKG_VERSION").into(),
         species: model.species.clone(),
         symbols: model.species.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?").to_string()).collect(),

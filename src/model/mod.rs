@@ -10,6 +10,7 @@
 
 pub mod power_spectrum;
 
+use crate::descriptor::four_body::Bispectrum;
 use crate::descriptor::{DescriptorSpec, Descriptors};
 use crate::elements::unknown_element;
 use crate::error::{Error, Result};
@@ -40,6 +41,23 @@ pub struct Model {
 pub enum AtomicModel {
     /// [`Family::PowerSpectrum`].
     PowerSpectrum(PowerSpectrumModel),
+    /// [`Family::Bispectrum`]: the same descriptor-and-networks model with four-body invariants
+    /// (`PowerSpectrumModel::four_body` is set).
+    Bispectrum(PowerSpectrumModel),
+}
+
+impl AtomicModel {
+    /// The descriptor-and-networks model of either family.
+    fn networked(&self) -> &PowerSpectrumModel {
+        match self {
+            AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => m,
+        }
+    }
+    fn networked_mut(&mut self) -> &mut PowerSpectrumModel {
+        match self {
+            AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => m,
+        }
+    }
 }
 
 /// Checkpoints written before model families existed have no `"family"` key: they are power-spectrum models.
@@ -49,13 +67,16 @@ impl<'de> Deserialize<'de> for AtomicModel {
         #[serde(tag = "family", rename_all = "snake_case")]
         enum Tagged {
             PowerSpectrum(PowerSpectrumModel),
+            Bispectrum(PowerSpectrumModel),
         }
         let mut value = serde_json::Value::deserialize(d)?;
         if let Some(map) = value.as_object_mut() {
             map.entry("family").or_insert_with(|| Family::PowerSpectrum.name().into());
         }
         match Tagged::deserialize(value).map_err(serde::de::Error::custom)? {
-            Tagged::PowerSpectrum(m) => Ok(AtomicModel::PowerSpectrum(m)),
+            Tagged::PowerSpectrum(m) if m.four_body.is_none() => Ok(AtomicModel::PowerSpectrum(m)),
+            Tagged::Bispectrum(m) if m.four_body.is_some() => Ok(AtomicModel::Bispectrum(m)),
+            _ => Err(serde::de::Error::custom("the model's family and its 'four_body' part disagree")),
         }
     }
 }
@@ -88,30 +109,46 @@ impl Environments {
 
 impl Model {
     /// A power-spectrum model with randomly initialised networks (seeded) and zero reference energies.
-    pub fn power_spectrum(descriptor: DescriptorSpec, species: Vec<u32>, hidden: &[usize], seed: u64) -> Self {
-        let atomic = AtomicModel::PowerSpectrum(PowerSpectrumModel::new(descriptor, species.len(), hidden, seed));
-        Model { reference_energies: vec![0.0; species.len()], energy_scale: 1.0, species, atomic }
+    pub fn power_spectrum(descriptor: DescriptorSpec, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
+        let n = species.len();
+        let atomic = AtomicModel::PowerSpectrum(PowerSpectrumModel::new(descriptor, None, n, hidden, seed)?);
+        Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic })
+    }
+
+    /// A bispectrum model (power spectrum + the four-body invariants of `four_body`) with randomly initialised
+    /// networks, zero reference energies and a zero compression (fit it with [`Model::fit_compression`]).
+    pub fn bispectrum(descriptor: DescriptorSpec, four_body: Bispectrum, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
+        let n = species.len();
+        let atomic = AtomicModel::Bispectrum(PowerSpectrumModel::new(descriptor, Some(four_body), n, hidden, seed)?);
+        Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic })
     }
 
     /// The model's family.
     pub fn family(&self) -> Family {
         match &self.atomic {
             AtomicModel::PowerSpectrum(_) => Family::PowerSpectrum,
+            AtomicModel::Bispectrum(_) => Family::Bispectrum,
         }
+    }
+
+    /// Checks that the parts of a model read from disk fit together (sizes of networks, statistics, species).
+    pub fn check(&self) -> Result<()> {
+        let m = self.atomic.networked();
+        m.check()?;
+        if self.reference_energies.len() != self.species.len() || m.networks.len() != self.species.len() {
+            return Err(Error::model("the model's species, reference energies and networks differ in number"));
+        }
+        Ok(())
     }
 
     /// Cutoff radius, Å.
     pub fn cutoff(&self) -> f64 {
-        match &self.atomic {
-            AtomicModel::PowerSpectrum(m) => m.descriptor.cutoff,
-        }
+        self.atomic.networked().descriptor.cutoff
     }
 
     /// Length of each atom's descriptor (the per-atom model's input).
     pub fn n_features(&self) -> usize {
-        match &self.atomic {
-            AtomicModel::PowerSpectrum(m) => m.descriptor().n_features(),
-        }
+        self.atomic.networked().descriptor().n_features()
     }
 
     /// Index of atomic number `z` in [`Model::species`].
@@ -134,9 +171,7 @@ impl Model {
         }
         let species = self.species_indices(numbers)?;
         let nl = NeighborList::build(positions, cell, pbc, self.cutoff())?;
-        let features = match &self.atomic {
-            AtomicModel::PowerSpectrum(m) => Features::PowerSpectrum(m.descriptor().compute(&species, nl)),
-        };
+        let features = Features::PowerSpectrum(self.atomic.networked().descriptor().compute(&species, nl));
         let volume = if pbc.iter().all(|&p| p) { cell.map(|c| crate::frame::det3(c).abs()) } else { None };
         Ok(Environments { species, volume, features })
     }
@@ -148,20 +183,15 @@ impl Model {
 
     /// Energy only (no derivatives).
     pub fn energy_of(&self, env: &Environments) -> f64 {
-        match (&self.atomic, &env.features) {
-            (AtomicModel::PowerSpectrum(m), Features::PowerSpectrum(d)) => {
-                m.energy(&env.species, d, &self.reference_energies, self.energy_scale)
-            }
-        }
+        let Features::PowerSpectrum(d) = &env.features;
+        self.atomic.networked().energy(&env.species, d, &self.reference_energies, self.energy_scale)
     }
 
     /// Energy, atomic energies, forces, virial and (periodic) stress.
     pub fn predict(&self, env: &Environments) -> Prediction {
-        let (atomic, pair_grads) = match (&self.atomic, &env.features) {
-            (AtomicModel::PowerSpectrum(m), Features::PowerSpectrum(d)) => {
-                m.atomic_energies_and_pair_grads(&env.species, d, &self.reference_energies, self.energy_scale)
-            }
-        };
+        let Features::PowerSpectrum(d) = &env.features;
+        let (atomic, pair_grads) =
+            self.atomic.networked().atomic_energies_and_pair_grads(&env.species, d, &self.reference_energies, self.energy_scale);
         let mut forces = vec![[0.0; 3]; env.species.len()];
         let mut virial = [[0.0; 3]; 3];
         crate::prediction::accumulate(env.neighbors(), None, &pair_grads, Some(&mut forces), &mut virial, None);
@@ -178,27 +208,19 @@ impl Model {
 
     /// Number of trainable parameters.
     pub fn n_params(&self) -> usize {
-        match &self.atomic {
-            AtomicModel::PowerSpectrum(m) => m.networks.iter().map(|n| n.n_params()).sum(),
-        }
+        self.atomic.networked().networks.iter().map(|n| n.n_params()).sum()
     }
     /// The trainable parameters as one vector.
     pub fn params(&self) -> Vec<f64> {
-        match &self.atomic {
-            AtomicModel::PowerSpectrum(m) => m.networks.iter().flat_map(|n| n.params.iter().copied()).collect(),
-        }
+        self.atomic.networked().networks.iter().flat_map(|n| n.params.iter().copied()).collect()
     }
     /// Sets the trainable parameters from one vector of length [`Model::n_params`].
     pub fn set_params(&mut self, p: &[f64]) {
-        match &mut self.atomic {
-            AtomicModel::PowerSpectrum(m) => {
-                let mut off = 0;
-                for net in &mut m.networks {
-                    let k = net.params.len();
-                    net.params.copy_from_slice(&p[off..off + k]);
-                    off += k;
-                }
-            }
+        let mut off = 0;
+        for net in &mut self.atomic.networked_mut().networks {
+            let k = net.params.len();
+            net.params.copy_from_slice(&p[off..off + k]);
+            off += k;
         }
     }
 
@@ -213,11 +235,8 @@ impl Model {
         strain: Option<&Mat3>,
         grad: &mut [f64],
     ) {
-        match (&self.atomic, &env.features) {
-            (AtomicModel::PowerSpectrum(m), Features::PowerSpectrum(d)) => {
-                m.accumulate_param_grad(&env.species, d, self.energy_scale, a, displacement, strain, grad)
-            }
-        }
+        let Features::PowerSpectrum(d) = &env.features;
+        self.atomic.networked().accumulate_param_grad(&env.species, d, self.energy_scale, a, displacement, strain, grad)
     }
 
     // ----- fitting the fixed parts before training -----
@@ -275,14 +294,19 @@ impl Model {
     /// Fits the family's input standardisation (descriptor mean and spread per element) on `envs`;
     /// `std_floor` is `model.feature_std_floor` of the config.
     pub fn fit_input_statistics(&mut self, envs: &[Environments], std_floor: f64) {
-        match &mut self.atomic {
-            AtomicModel::PowerSpectrum(m) => {
-                let structures = envs.iter().map(|e| match &e.features {
-                    Features::PowerSpectrum(d) => (&e.species[..], d),
-                });
-                m.fit_feature_statistics(structures, std_floor)
-            }
-        }
+        let structures = envs.iter().map(|e| match &e.features {
+            Features::PowerSpectrum(d) => (&e.species[..], d),
+        });
+        self.atomic.networked_mut().fit_feature_statistics(structures, std_floor)
+    }
+
+    /// Fits the bispectrum family's channel compression to the densities of `envs` (nothing for other
+    /// families). The environments' four-body features are stale afterwards: compute them again.
+    pub fn fit_compression(&mut self, envs: &[Environments]) {
+        let structures = envs.iter().map(|e| match &e.features {
+            Features::PowerSpectrum(d) => d,
+        });
+        self.atomic.networked_mut().fit_compression(structures)
     }
 }
 
@@ -322,3 +346,4 @@ fn solve_spd(a: &mut [f64], b: &mut [f64], n: usize) -> Result<Vec<f64>> {
     }
     Ok(b.to_vec())
 }
+

@@ -4,8 +4,13 @@
 //! `E_i = e0[Z_i] + scale · NN_{Z_i}((G_i − μ_{Z_i}) / σ_{Z_i})`
 //!
 //! μ/σ standardise the descriptor per element (fitted before training); only the network weights are trained.
+//!
+//! The bispectrum family is the same model with four-body invariants appended to G (`four_body`, see
+//! `descriptor::four_body`); its channel compression is fitted to the training densities before μ/σ.
 
+use crate::descriptor::four_body::Bispectrum;
 use crate::descriptor::{Descriptor, DescriptorSpec, Descriptors};
+use crate::error::{Error, Result};
 use crate::frame::{Mat3, Vec3};
 use crate::nn::Mlp;
 use crate::rng::Rng;
@@ -17,6 +22,9 @@ use serde::{Deserialize, Serialize};
 pub struct PowerSpectrumModel {
     /// Descriptor hyper-parameters (cutoff, radial functions, angular order).
     pub descriptor: DescriptorSpec,
+    /// The four-body invariants of the bispectrum family (absent: the power-spectrum family).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub four_body: Option<Bispectrum>,
     /// Per species: mean of each descriptor component over the training structures.
     pub feature_mean: Vec<Vec<f64>>,
     /// Per species: (floored) standard deviation of each descriptor component.
@@ -31,26 +39,60 @@ pub struct PowerSpectrumModel {
 type Groups = Vec<(usize, Vec<usize>, Vec<f64>)>;
 
 impl PowerSpectrumModel {
-    /// Randomly initialised networks (seeded) with identity standardisation.
-    pub fn new(descriptor: DescriptorSpec, n_species: usize, hidden: &[usize], seed: u64) -> Self {
-        let nf = Descriptor::new(&descriptor, n_species).n_features();
+    /// Randomly initialised networks (seeded) with identity standardisation; with `four_body`, its compression
+    /// starts at zero (fit it with [`PowerSpectrumModel::fit_compression`]).
+    pub fn new(descriptor: DescriptorSpec, four_body: Option<Bispectrum>, n_species: usize, hidden: &[usize], seed: u64) -> Result<Self> {
+        let four_body = four_body.map(|mut b| {
+            b.compression = vec![0.0; n_species * b.l_max * b.channels * n_species * descriptor.n_radial];
+            b
+        });
+        let nf = build_descriptor(&descriptor, four_body.as_ref(), n_species)?.n_features();
         let mut sizes = vec![nf];
         sizes.extend_from_slice(hidden);
         sizes.push(1);
         let mut rng = Rng::new(seed);
         let networks = (0..n_species).map(|_| Mlp::new(&sizes, &mut rng)).collect();
-        PowerSpectrumModel {
+        Ok(PowerSpectrumModel {
             feature_mean: vec![vec![0.0; nf]; n_species],
             feature_std: vec![vec![1.0; nf]; n_species],
             networks,
             descriptor,
+            four_body,
             desc_cache: std::sync::OnceLock::new(),
-        }
+        })
     }
 
-    /// The descriptor (built once, on first use).
+    /// The descriptor (built once, on first use; [`PowerSpectrumModel::check`] has made sure it builds).
     pub fn descriptor(&self) -> &Descriptor {
-        self.desc_cache.get_or_init(|| Descriptor::new(&self.descriptor, self.networks.len()))
+        self.desc_cache.get_or_init(|| {
+            let plain = || Descriptor::new(&self.descriptor, self.networks.len());
+            build_descriptor(&self.descriptor, self.four_body.as_ref(), self.networks.len()).unwrap_or_else(|_| plain())
+        })
+    }
+
+    /// Checks that the parts fit together (a checkpoint read from disk): the descriptor builds, and the networks
+    /// and input statistics have its number of features.
+    pub fn check(&self) -> Result<()> {
+        self.descriptor.validate().map_err(Error::model)?;
+        let ns = self.networks.len();
+        let nf = build_descriptor(&self.descriptor, self.four_body.as_ref(), ns)?.n_features();
+        let bad = self.networks.iter().any(|n| n.n_inputs() != nf || n.sizes.len() < 2)
+            || self.feature_mean.len() != ns
+            || self.feature_std.len() != ns
+            || self.feature_mean.iter().chain(&self.feature_std).any(|v| v.len() != nf);
+        if bad {
+            return Err(Error::model(format!("the networks or input statistics do not match the descriptor's {nf} features")));
+        }
+        Ok(())
+    }
+
+    /// Fits the four-body compression (bispectrum family; nothing otherwise) to the densities of `structures`,
+    /// which must have been computed by this model's descriptor.
+    pub fn fit_compression<'a>(&mut self, structures: impl Iterator<Item = &'a Descriptors>) {
+        let Some(mut b) = self.four_body.take() else { return };
+        self.descriptor().fit_compression(&mut b, structures);
+        self.four_body = Some(b);
+        self.desc_cache = std::sync::OnceLock::new();
     }
 
     /// Atoms of each species with their standardised inputs.
@@ -176,5 +218,14 @@ impl PowerSpectrumModel {
                 self.feature_std[s][f] = if sd > 1e-6 * (1.0 + m.abs()) { sd } else { 1.0 };
             }
         }
+    }
+}
+
+/// The descriptor of `spec` for `n_species` elements, with the four-body invariants of `four_body` if given.
+fn build_descriptor(spec: &DescriptorSpec, four_body: Option<&Bispectrum>, n_species: usize) -> Result<Descriptor> {
+    let d = Descriptor::new(spec, n_species);
+    match four_body {
+        Some(b) => d.with_four_body(b),
+        None => Ok(d),
     }
 }

@@ -5,6 +5,7 @@
 //! (added in f64 outside the graph so an f32 graph loses no precision on large absolute energies), units, the
 //! graph's floating-point type, the model family and a checksum of the graph.
 
+use crate::descriptor::four_body::Bispectrum;
 use crate::descriptor::{Descriptor, DescriptorSpec};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -13,8 +14,17 @@ use std::collections::BTreeMap;
 /// Version of the exported model format. Bumped when the graph signature or a metadata key changes meaning;
 /// the runtime refuses newer versions (it cannot know what changed) and reads every older one it knows. A new
 /// model family is written with a new version, so that readers from before it refuse the file (policy:
-/// `docs/c-api.md`).
-pub const MODEL_FORMAT_VERSION: u32 = 1;
+/// `docs/c-api.md`): power-spectrum models are still written as version 1, which every pilip reads; version 2
+/// added the bispectrum family (`pilip.bispectrum`).
+pub const MODEL_FORMAT_VERSION: u32 = 2;
+
+/// The format version a model of `family` is written with: the oldest that can describe it.
+pub fn format_version_for(family: Family) -> u32 {
+    match family {
+        Family::PowerSpectrum => 1,
+        Family::Bispectrum => 2,
+    }
+}
 /// Prefix of every pilip key in `metadata_props`.
 pub const KEY_PREFIX: &str = "pilip.";
 
@@ -67,6 +77,9 @@ pub struct ModelMetadata {
     pub length_unit: String,
     /// The family's descriptor hyper-parameters.
     pub descriptor: DescriptorSpec,
+    /// The bispectrum family's four-body part, compression included (`pilip.bispectrum`; absent otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bispectrum: Option<Bispectrum>,
     /// Length of each atom's descriptor (the graph inputs' second dimension).
     pub n_features: usize,
     /// eV per atom, per species, added to the graph's atomic energies.
@@ -80,7 +93,7 @@ pub struct ModelMetadata {
 impl ModelMetadata {
     /// The key/value pairs written to `metadata_props`.
     pub fn to_props(&self) -> Vec<(String, String)> {
-        let props: [(&str, String); 13] = [
+        let mut props: Vec<(&str, String)> = vec![
             ("format_version", self.format_version.to_string()),
             ("library_version", self.library_version.clone()),
             ("species", json(&self.species)),
@@ -95,6 +108,9 @@ impl ModelMetadata {
             ("dtype", self.dtype.name().into()),
             ("checksum", self.checksum.clone()),
         ];
+        if let Some(b) = &self.bispectrum {
+            props.push(("bispectrum", json(b)));
+        }
         props
             .into_iter()
             .map(|(k, v)| (format!("{KEY_PREFIX}{k}"), v))
@@ -148,7 +164,12 @@ impl ModelMetadata {
             Some(name) => Family::parse(name).map_err(|e| Error::model(format!("{source}: {e}")))?,
             None => Family::PowerSpectrum,
         };
+        let bispectrum: Option<Bispectrum> = match props.get(&format!("{KEY_PREFIX}bispectrum")) {
+            Some(text) => Some(parse_json(text).map_err(|e| bad("bispectrum", &e))?),
+            None => None,
+        };
         let meta = ModelMetadata {
+            bispectrum,
             format_version,
             library_version,
             species,
@@ -196,9 +217,7 @@ impl ModelMetadata {
         if self.cutoff != self.descriptor.cutoff {
             return Err(format!("cutoff {} differs from the descriptor's {}", self.cutoff, self.descriptor.cutoff));
         }
-        let nf = match self.family {
-            Family::PowerSpectrum => Descriptor::new(&self.descriptor, self.species.len()).n_features(),
-        };
+        let nf = self.descriptor().map_err(|e| e.to_string())?.n_features();
         if nf != self.n_features {
             return Err(format!("n_features is {} but the descriptor has {nf}", self.n_features));
         }
@@ -209,6 +228,21 @@ impl ModelMetadata {
             ));
         }
         Ok(())
+    }
+
+    /// The descriptor the runtime computes for this model (the family's: with the four-body part of the
+    /// bispectrum family).
+    pub fn descriptor(&self) -> Result<Descriptor> {
+        let d = Descriptor::new(&self.descriptor, self.species.len());
+        match (self.family, &self.bispectrum) {
+            (Family::PowerSpectrum, None) => Ok(d),
+            (Family::Bispectrum, Some(b)) => {
+                b.validate(self.descriptor.l_max).map_err(Error::model)?;
+                d.with_four_body(b)
+            }
+            (Family::PowerSpectrum, Some(_)) => Err(Error::model("a power-spectrum model has a 'pilip.bispectrum' key")),
+            (Family::Bispectrum, None) => Err(Error::model("a bispectrum model lacks its 'pilip.bispectrum' key")),
+        }
     }
 
     /// Name of the graph input (descriptors) and outputs (atomic energies, ∂E_i/∂G_i) of species `k`.
@@ -247,7 +281,7 @@ pub fn describe(m: &ModelMetadata) -> String {
          reference energies: {:?} eV\n\
          cutoff:             {} Å\n\
          units:              energy {}, length {}\n\
-         descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}, {} features\n\
+         descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}{}, {} features\n\
          network dtype:      {}\n\
          graph checksum:     {}",
         m.format_version,
@@ -263,6 +297,7 @@ pub fn describe(m: &ModelMetadata) -> String {
         d.l_max,
         d.r_min,
         d.radial_width,
+        m.bispectrum.as_ref().map_or(String::new(), |b| format!("; four-body: {} channels, l_max {}", b.channels, b.l_max)),
         m.n_features,
         m.dtype.name(),
         m.checksum

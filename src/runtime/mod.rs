@@ -165,7 +165,9 @@ impl Potential {
             }
         };
         let evaluator = match metadata.family {
-            Family::PowerSpectrum => Evaluator::PowerSpectrum(Descriptor::new(&metadata.descriptor, metadata.species.len())),
+            Family::PowerSpectrum | Family::Bispectrum => {
+                Evaluator::PowerSpectrum(metadata.descriptor().map_err(|e| Error::model(format!("{source}: {e}")))?)
+            }
         };
         let pool = if options.threads > 1 {
             let pool = rayon::ThreadPoolBuilder::new()
@@ -254,7 +256,7 @@ impl Potential {
             Ok(())
         };
         let (d, energies, de_dg, grads, scratch) = (&mut ws.descriptors, &mut ws.atomic, &mut ws.de_dg, &mut ws.pair_grads, &mut ws.scratch);
-        descriptor.evaluate_into(species, nl, d, energies, de_dg, grads, scratch, parallel, network)
+        descriptor.evaluate_into(species, centers, nl, d, energies, de_dg, grads, scratch, parallel, network)
     }
 
     /// A whole system: energy, per-atom energies, forces, virial and (fully periodic cells) stress. `cell` rows

@@ -90,6 +90,7 @@ impl Checkpoint {
                 env!("CARGO_PKG_VERSION")
             )));
         }
+        ck.model.check().map_err(|e| Error::invalid(format!("{}: {e}", path.display())))?;
         Ok(ck)
     }
 }

@@ -115,12 +115,19 @@ fn start_model(cfg: &Config, init: Option<Model>, train: &[Frame], all: &[&Frame
     species.sort_unstable();
     species.dedup();
     let mut model = match cfg.model.family {
-        Family::PowerSpectrum => Model::power_spectrum(cfg.descriptor.clone(), species, &cfg.model.hidden, cfg.training.seed),
+        Family::PowerSpectrum => Model::power_spectrum(cfg.descriptor.clone(), species, &cfg.model.hidden, cfg.training.seed)?,
+        Family::Bispectrum => {
+            Model::bispectrum(cfg.descriptor.clone(), cfg.bispectrum.clone(), species, &cfg.model.hidden, cfg.training.seed)?
+        }
     };
     let refs: Vec<&Frame> = train.iter().collect();
     model.fit_reference_energies(&refs)?;
     let sample: Vec<&Frame> = train.iter().take(500).collect();
-    let envs: Vec<_> = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+    let mut envs: Vec<_> = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+    if model.family() == Family::Bispectrum {
+        model.fit_compression(&envs);
+        envs = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+    }
     model.fit_input_statistics(&envs, cfg.model.feature_std_floor);
     model.energy_scale = if cfg.model.energy_scale > 0.0 {
         cfg.model.energy_scale
@@ -160,6 +167,7 @@ fn fine_tuning_start(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Fr
 fn with_init_architecture(cfg: &Config, init: &Checkpoint) -> Config {
     let mut resolved = cfg.clone();
     resolved.descriptor = init.config.descriptor.clone();
+    resolved.bispectrum = init.config.bispectrum.clone();
     resolved.model.family = init.config.model.family;
     resolved.model.hidden = init.config.model.hidden.clone();
     resolved

@@ -2,6 +2,7 @@
 //! descriptor statistics are fitted, so its energies and forces are O(1) and every term is exercised.
 #![allow(dead_code)]
 
+use pilip::descriptor::four_body::Bispectrum;
 use pilip::descriptor::DescriptorSpec;
 use pilip::export::to_onnx;
 use pilip::frame::{Frame, Mat3, Vec3};
@@ -18,9 +19,26 @@ pub fn spec(cutoff: f64) -> DescriptorSpec {
 
 /// A model for the given species, with fitted feature statistics on `frames` and perturbed biases.
 pub fn random_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
-    let mut m = Model::power_spectrum(spec(cutoff), species, &[16, 12], seed);
+    perturbed(Model::power_spectrum(spec(cutoff), species, &[16, 12], seed).unwrap(), frames, seed, 0.0)
+}
+
+/// [`random_model`] of the bispectrum family (3 compressed channels up to order 3), its compression fitted on
+/// `frames`.
+pub fn random_bispectrum_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
+    let four_body = Bispectrum { channels: 3, l_max: 3, compression: Vec::new() };
+    let mut m = Model::bispectrum(spec(cutoff), four_body, species, &[16, 12], seed).unwrap();
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
-    m.fit_input_statistics(&envs, 0.0);
+    m.fit_compression(&envs);
+    // the shipped configs' floor: without it the cubic invariants of one small structure have spreads so small
+    // that standardising them amplifies the f32 rounding of the exported graph past its tolerance
+    perturbed(m, frames, seed, 0.3)
+}
+
+/// `m` with its input statistics fitted on `frames` (standard deviations floored at `std_floor`), its
+/// parameters perturbed and O(1) scales.
+fn perturbed(mut m: Model, frames: &[Frame], seed: u64, std_floor: f64) -> Model {
+    let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
+    m.fit_input_statistics(&envs, std_floor);
     let mut rng = Rng::new(seed + 1);
     let mut p = m.params();
     for x in p.iter_mut() {
@@ -96,6 +114,14 @@ pub fn molecule_model() -> Model {
 /// A random Al/Cu model with cutoff 3.0 Å.
 pub fn cell_model() -> Model {
     random_model(vec![13, 29], 3.0, &[triclinic_cell()], 5)
+}
+
+/// [`molecule_model`] and [`cell_model`] of the bispectrum family.
+pub fn bispectrum_molecule_model() -> Model {
+    random_bispectrum_model(vec![1, 6, 8], 3.5, &[molecule()], 3)
+}
+pub fn bispectrum_cell_model() -> Model {
+    random_bispectrum_model(vec![13, 29], 3.0, &[triclinic_cell()], 5)
 }
 
 /// Largest |a − b| over paired values.

@@ -1,0 +1,354 @@
+//! Four-body invariants of the bispectrum family: full contractions of three Cartesian moment tensors of
+//! compressed density channels (the moment-tensor / ACE construction at body order four).
+//!
+//! ```text
+//!   M_l[k]            = Σ_c W_{z,l}[k][c] · A_l[c]          (K compressed channels per centre element z and order l)
+//!   B_{l1 l2 l3}[k1,k2,k3] = Σ  T1[p,q] · T2[p,r] · T3[q,r],   T1 = M_{l1}[k1], T2 = M_{l2}[k2], T3 = M_{l3}[k3]
+//! ```
+//!
+//! Each tensor is the symmetric Cartesian tensor Σ_j R(r_ij) û_ij^{⊗l} whose independent components the density
+//! stores as weighted monomials. p, q, r are multi-indices of n12 = (l1+l2−l3)/2, n13 = (l1+l3−l2)/2 and
+//! n23 = (l2+l3−l1)/2 Cartesian indices: every index of a tensor is contracted with one of another tensor, so B is a
+//! rotation invariant, and being cubic in the density it is a sum over neighbour triples: four-body. The
+//! orders run over 1 ≤ l1 ≤ l2 ≤ l3 ≤ `l_max` with l1 + l2 + l3 even and l3 ≤ l1 + l2; when two orders are equal
+//! the contraction is symmetric in their channels and only k1 ≤ k2 (or k2 ≤ k3) is kept.
+//!
+//! W compresses the n_elements × n_radial density channels to K before the products, so the number of features
+//! grows as K³ and not as (n_elements × n_radial)³: the "chemical channel compression" of MACE/ACE. W is fitted to
+//! the training data before training (the leading principal components of the channels' rotation-invariant
+//! covariance, per centre element and order) and stored in the model; see `docs/model.md` for why it is fitted
+//! rather than learned by gradient descent.
+
+use super::Monomial;
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The four-body part of a bispectrum model (the `[bispectrum]` config section, plus the fitted compression).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Bispectrum {
+    /// K: compressed channels per order (the features grow as K³).
+    pub channels: usize,
+    /// Highest order of the contracted tensors (≤ the descriptor's l_max).
+    pub l_max: usize,
+    /// W, `[n_species][l = 1..=l_max][channels][n_density_channels]`; empty until fitted.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub compression: Vec<f64>,
+}
+
+impl Default for Bispectrum {
+    fn default() -> Self {
+        Bispectrum { channels: 8, l_max: 3, compression: Vec::new() }
+    }
+}
+
+impl Bispectrum {
+    /// Range checks of the config values; the message names the key (`bispectrum.…`).
+    pub fn validate(&self, descriptor_l_max: usize) -> std::result::Result<(), String> {
+        if !(1..=16).contains(&self.channels) {
+            return Err(format!("bispectrum.channels must be in 1..=16, got {}", self.channels));
+        }
+        if !(2..=4).contains(&self.l_max) || self.l_max > descriptor_l_max {
+            return Err(format!(
+                "bispectrum.l_max must be in 2..=4 and at most descriptor.l_max ({descriptor_l_max}), got {}",
+                self.l_max
+            ));
+        }
+        Ok(())
+    }
+
+    /// Fits the compression: for each centre element and order l, the rotation-invariant covariance
+    /// C[c][c'] = Σ_atoms Σ_{m∈l} A[c][m]·A[c'][m] is scaled to unit diagonal and its leading `channels`
+    /// eigenvectors (divided by the channel scales) become the rows of W. `atoms` yields (centre species, density
+    /// row `[n_channels][nm]`); `order` gives the monomial range of an order.
+    pub fn fit<'a>(
+        &mut self,
+        n_species: usize,
+        n_channels: usize,
+        nm: usize,
+        order: impl Fn(usize) -> std::ops::Range<usize>,
+        atoms: impl Iterator<Item = (usize, &'a [f64])>,
+    ) {
+        let (nc, k, nl) = (n_channels, self.channels, self.l_max);
+        let mut cov = vec![0.0; n_species * nl * nc * nc];
+        for (z, a) in atoms {
+            for l in 1..=nl {
+                let c = &mut cov[((z * nl) + l - 1) * nc * nc..][..nc * nc];
+                for c1 in 0..nc {
+                    for c2 in c1..nc {
+                        let s: f64 = order(l).map(|m| a[c1 * nm + m] * a[c2 * nm + m]).sum();
+                        c[c1 * nc + c2] += s;
+                    }
+                }
+            }
+        }
+        self.compression = vec![0.0; n_species * nl * k * nc];
+        for block in 0..n_species * nl {
+            let c = &mut cov[block * nc * nc..(block + 1) * nc * nc];
+            for c1 in 0..nc {
+                for c2 in 0..c1 {
+                    c[c1 * nc + c2] = c[c2 * nc + c1];
+                }
+            }
+            let max_diag = (0..nc).map(|i| c[i * nc + i]).fold(0.0f64, f64::max);
+            if max_diag <= 0.0 {
+                continue; // an element absent from the data: its features stay zero
+            }
+            let inv: Vec<f64> = (0..nc).map(|i| if c[i * nc + i] > 1e-12 * max_diag { 1.0 / c[i * nc + i].sqrt() } else { 0.0 }).collect();
+            let corr: Vec<f64> = (0..nc * nc).map(|e| c[e] * inv[e / nc] * inv[e % nc]).collect();
+            let (_, vectors) = crate::linalg::symmetric_eigen(&corr, nc);
+            let w = &mut self.compression[block * k * nc..(block + 1) * k * nc];
+            for row in 0..k.min(nc) {
+                for col in 0..nc {
+                    w[row * nc + col] = vectors[row * nc + col] * inv[col];
+                }
+            }
+        }
+    }
+}
+
+/// One contraction pattern (l1, l2, l3): its monomial terms and channel symmetries.
+#[derive(Clone, Debug)]
+struct Coupling {
+    /// (m1, m2, m3) monomial indices and the coefficient of M[k1][m1]·M[k2][m2]·M[k3][m3].
+    terms: Vec<([usize; 3], f64)>,
+    /// l1 = l2: keep k1 ≤ k2.
+    sym12: bool,
+    /// l2 = l3: keep k2 ≤ k3.
+    sym23: bool,
+}
+
+/// The four-body invariants of a [`Bispectrum`], ready to evaluate (built once per descriptor).
+#[derive(Clone, Debug)]
+pub struct FourBody {
+    k: usize,
+    nc: usize,
+    /// Row length of the density (all monomials of the descriptor).
+    nm: usize,
+    /// Monomials of orders ≤ l_max: the row length of M.
+    me: usize,
+    /// Monomial ranges of orders 1..=l_max.
+    orders: Vec<std::ops::Range<usize>>,
+    compression: Vec<f64>,
+    couplings: Vec<Coupling>,
+    n_features: usize,
+    max_terms: usize,
+}
+
+impl FourBody {
+    /// The invariants of `b` for a density of `nc` channels over `monomials` (the descriptor's, in its order);
+    /// `order(l)` is the monomial range of order l. Fails when the compression does not fit these sizes (a model
+    /// file whose metadata was edited).
+    pub(super) fn new(b: &Bispectrum, n_species: usize, nc: usize, monomials: &[Monomial], order: impl Fn(usize) -> std::ops::Range<usize>) -> Result<Self> {
+        let (k, lmax) = (b.channels, b.l_max);
+        let want = n_species * lmax * k * nc;
+        if b.compression.len() != want || b.compression.iter().any(|w| !w.is_finite()) || k == 0 || lmax == 0 || order(lmax).end > monomials.len() {
+            return Err(Error::model(format!(
+                "the bispectrum compression has {} finite-checked values, expected {want} ({n_species} elements × {lmax} orders × {k} channels × {nc} density channels)",
+                b.compression.len()
+            )));
+        }
+        let me = order(lmax).end;
+        let index = |pow: [usize; 3]| monomials[..me].iter().position(|m| m.pow == pow);
+        let mut couplings = Vec::new();
+        for l1 in 1..=lmax {
+            for l2 in l1..=lmax {
+                for l3 in l2..=lmax {
+                    if (l1 + l2 + l3) % 2 == 1 || l3 > l1 + l2 {
+                        continue;
+                    }
+                    let (n12, n13, n23) = ((l1 + l2 - l3) / 2, (l1 + l3 - l2) / 2, (l2 + l3 - l1) / 2);
+                    let total = n12 + n13 + n23;
+                    let mut terms: std::collections::BTreeMap<[usize; 3], f64> = Default::default();
+                    for code in 0..3usize.pow(total as u32) {
+                        let digit = |i: usize| (code / 3usize.pow(i as u32)) % 3;
+                        let count = |ranges: [std::ops::Range<usize>; 2]| {
+                            let mut pow = [0; 3];
+                            for i in ranges.into_iter().flatten() {
+                                pow[digit(i)] += 1;
+                            }
+                            pow
+                        };
+                        let (p, q, r) = (0..n12, n12..n12 + n13, n12 + n13..total);
+                        let pows = [count([p.clone(), q.clone()]), count([p, r.clone()]), count([q, r])];
+                        let ms = pows.map(|pw| index(pw).unwrap_or(usize::MAX));
+                        if ms.contains(&usize::MAX) {
+                            continue; // unreachable: every monomial of order ≤ l_max is in the table
+                        }
+                        // the tensor component is the monomial divided by its weight
+                        let c = 1.0 / ms.iter().map(|&m| monomials[m].weight).product::<f64>();
+                        *terms.entry(ms).or_default() += c;
+                    }
+                    couplings.push(Coupling { terms: terms.into_iter().collect(), sym12: l1 == l2, sym23: l2 == l3 });
+                }
+            }
+        }
+        let max_terms = couplings.iter().map(|c| c.terms.len()).max().unwrap_or(0);
+        let mut fb = FourBody {
+            k,
+            nc,
+            nm: monomials.len(),
+            me,
+            orders: (1..=lmax).map(order).collect(),
+            compression: b.compression.clone(),
+            couplings,
+            n_features: 0,
+            max_terms,
+        };
+        fb.n_features = fb.couplings.iter().map(|cp| fb.channel_pairs(cp).map(|(_, _, k3s)| k3s.len()).sum::<usize>()).sum();
+        Ok(fb)
+    }
+
+    /// Features per atom.
+    pub fn n_features(&self) -> usize {
+        self.n_features
+    }
+
+    /// Scratch values one call of [`FourBody::forward`], [`FourBody::vjp`] or [`FourBody::jvp`] needs.
+    pub fn scratch_len(&self) -> usize {
+        4 * self.k * self.me + 2 * self.max_terms
+    }
+
+    /// `m[k][0..me] = Σ_c W_{z,l}[k][c]·a[c][·]` per order (orders 0 stay zero).
+    fn compress(&self, z: usize, a: &[f64], m: &mut [f64]) {
+        let (k, nc, nm, me) = (self.k, self.nc, self.nm, self.me);
+        m[..k * me].fill(0.0);
+        for (li, ms) in self.orders.iter().enumerate() {
+            let w = &self.compression[(z * self.orders.len() + li) * k * nc..][..k * nc];
+            for kk in 0..k {
+                let row = &mut m[kk * me + ms.start..kk * me + ms.end];
+                for c in 0..nc {
+                    let wc = w[kk * nc + c];
+                    if wc == 0.0 {
+                        continue;
+                    }
+                    for (x, &y) in row.iter_mut().zip(&a[c * nm + ms.start..c * nm + ms.end]) {
+                        *x += wc * y;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transpose of [`FourBody::compress`]: `da[c][·] += Σ_k W_{z,l}[k][c]·gm[k][·]`.
+    fn compress_transpose(&self, z: usize, gm: &[f64], da: &mut [f64]) {
+        let (k, nc, nm, me) = (self.k, self.nc, self.nm, self.me);
+        for (li, ms) in self.orders.iter().enumerate() {
+            let w = &self.compression[(z * self.orders.len() + li) * k * nc..][..k * nc];
+            for kk in 0..k {
+                let grow = &gm[kk * me + ms.start..kk * me + ms.end];
+                for c in 0..nc {
+                    let wc = w[kk * nc + c];
+                    for (x, &y) in da[c * nm + ms.start..c * nm + ms.end].iter_mut().zip(grow) {
+                        *x += wc * y;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The channel pairs (k1, k2) of `cp` in feature order, each with the range of its k3.
+    fn channel_pairs(&self, cp: &Coupling) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
+        let (k, sym12, sym23) = (self.k, cp.sym12, cp.sym23);
+        (0..k).flat_map(move |k1| (if sym12 { k1 } else { 0 }..k).map(move |k2| (k1, k2, if sym23 { k2 } else { 0 }..k)))
+    }
+
+    /// The invariants of one atom of centre species `z` with density `a` (`[nc][nm]`, all orders) into `out`.
+    pub fn forward(&self, z: usize, a: &[f64], out: &mut [f64], scratch: &mut [f64]) {
+        let me = self.me;
+        let (m, rest) = scratch.split_at_mut(self.k * me);
+        let p = &mut rest[..self.max_terms];
+        self.compress(z, a, m);
+        let mut f = 0;
+        for cp in &self.couplings {
+            let terms = &cp.terms;
+            for (k1, k2, k3s) in self.channel_pairs(cp) {
+                for (pt, ([m1, m2, _], c)) in p.iter_mut().zip(terms) {
+                    *pt = c * m[k1 * me + m1] * m[k2 * me + m2];
+                }
+                for k3 in k3s {
+                    out[f] = terms.iter().zip(p.iter()).map(|(([_, _, m3], _), pt)| pt * m[k3 * me + m3]).sum();
+                    f += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds the gradient of `Σ_f g[f]·B_f` with respect to the density to `da` (`[nc][nm]`, all orders).
+    pub fn vjp(&self, z: usize, a: &[f64], g: &[f64], da: &mut [f64], scratch: &mut [f64]) {
+        let (k, me) = (self.k, self.me);
+        let (m, rest) = scratch.split_at_mut(k * me);
+        let (gm, rest) = rest.split_at_mut(k * me);
+        let (p, rest) = rest.split_at_mut(self.max_terms);
+        let q = &mut rest[..self.max_terms];
+        self.compress(z, a, m);
+        gm.fill(0.0);
+        let mut f = 0;
+        for cp in &self.couplings {
+            let terms = &cp.terms;
+            let nt = terms.len();
+            let mut current: Option<(usize, usize)> = None;
+            // Q[t] = Σ_k3 g_f·M[k3][m3_t] is collected over a (k1, k2) run and spread to M[k1], M[k2] at its end.
+            let flush = |cur: Option<(usize, usize)>, q: &[f64], gm: &mut [f64]| {
+                if let Some((k1, k2)) = cur {
+                    for (([m1, m2, _], c), qt) in terms.iter().zip(q) {
+                        let cq = c * qt;
+                        gm[k1 * me + m1] += cq * m[k2 * me + m2];
+                        gm[k2 * me + m2] += cq * m[k1 * me + m1];
+                    }
+                }
+            };
+            for (k1, k2, k3s) in self.channel_pairs(cp) {
+                flush(current, &q[..nt], gm);
+                current = Some((k1, k2));
+                for (pt, ([m1, m2, _], c)) in p.iter_mut().zip(terms) {
+                    *pt = c * m[k1 * me + m1] * m[k2 * me + m2];
+                }
+                q[..nt].fill(0.0);
+                for k3 in k3s {
+                    let gf = g[f];
+                    f += 1;
+                    if gf == 0.0 {
+                        continue;
+                    }
+                    for ((([_, _, m3], _), pt), qt) in terms.iter().zip(p.iter()).zip(q.iter_mut()) {
+                        gm[k3 * me + m3] += gf * pt;
+                        *qt += gf * m[k3 * me + m3];
+                    }
+                }
+            }
+            flush(current, &q[..nt], gm);
+        }
+        self.compress_transpose(z, gm, da);
+    }
+
+    /// The change of the invariants along a change `da_dot` of the density (`[nc][nm]`, all orders), into `out`.
+    pub fn jvp(&self, z: usize, a: &[f64], da_dot: &[f64], out: &mut [f64], scratch: &mut [f64]) {
+        let (k, me) = (self.k, self.me);
+        let (m, rest) = scratch.split_at_mut(k * me);
+        let (md, rest) = rest.split_at_mut(k * me);
+        let (p, rest) = rest.split_at_mut(self.max_terms);
+        let pd = &mut rest[..self.max_terms];
+        self.compress(z, a, m);
+        self.compress(z, da_dot, md);
+        let mut f = 0;
+        for cp in &self.couplings {
+            let terms = &cp.terms;
+            for (k1, k2, k3s) in self.channel_pairs(cp) {
+                for ((pt, pdt), ([m1, m2, _], c)) in p.iter_mut().zip(pd.iter_mut()).zip(terms) {
+                    let (x1, x2) = (m[k1 * me + m1], m[k2 * me + m2]);
+                    *pt = c * x1 * x2;
+                    *pdt = c * (md[k1 * me + m1] * x2 + x1 * md[k2 * me + m2]);
+                }
+                for k3 in k3s {
+                    out[f] = terms
+                        .iter()
+                        .zip(p.iter().zip(pd.iter()))
+                        .map(|(([_, _, m3], _), (pt, pdt))| pdt * m[k3 * me + m3] + pt * md[k3 * me + m3])
+                        .sum();
+                    f += 1;
+                }
+            }
+        }
+    }
+}
