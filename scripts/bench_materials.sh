@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 DATA=$(realpath "${PILIP_DATA:-../shared/data}")/mlearn
 SEED=${SEED:-1}
 CONFIG=${CONFIG:-examples/configs/materials.toml}
-OUT=${OUT:-bench_runs/materials}
+OUT=${OUT:-bench_runs/$(basename "$CONFIG" .toml)}   # one results folder per config
 mkdir -p "$OUT"
 if [ -z "${PILIP:-}" ]; then   # PILIP=path uses an existing binary instead
   cargo build --release --locked >/dev/null

@@ -7,16 +7,18 @@
 # the MACE paper) when the molecule is one of the ten of rMD17.
 # Usage: scripts/bench_rmd17.sh [MOLECULE…]   (default: every *_train_01.extxyz in $PILIP_DATA/rmd17)
 # Environment: PILIP_DATA (default ../shared/data), N (training structures, default 950), MD_PS (simulated time
-# per start, default 100; 0 skips MD), SEED (default 1), EXTRA (more --set arguments for `pilip train`), PILIP
+# per start, default 100; 0 skips MD), SEED (default 1), CONFIG (default examples/configs/rmd17.toml; e.g.
+# examples/configs/rmd17_bispectrum.toml for the accurate family), EXTRA (more --set arguments for `pilip train`), PILIP
 # (a pilip binary to use instead of building one).
-# Results (OUT, default bench_runs/rmd17): OUT/<molecule>_n<N>_s<SEED>/ (run, model.onnx, md_*.json), OUT/results.jsonl.
+# Results (OUT, default bench_runs/<config name>, e.g. bench_runs/rmd17): OUT/<molecule>_n<N>_s<SEED>/ (run, model.onnx, md_*.json), OUT/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=$(realpath "${PILIP_DATA:-../shared/data}")/rmd17
 N=${N:-950}
 MD_PS=${MD_PS:-100}
 SEED=${SEED:-1}
-OUT=${OUT:-bench_runs/rmd17}
+CONFIG=${CONFIG:-examples/configs/rmd17.toml}
+OUT=${OUT:-bench_runs/$(basename "$CONFIG" .toml)}   # one results folder per config
 mkdir -p "$OUT"
 if [ -z "${PILIP:-}" ]; then   # PILIP=path uses an existing binary instead
   cargo build --release --locked >/dev/null
@@ -32,7 +34,7 @@ for MOL in "$@"; do
   if [ ! -f "$RUN/test_metrics.json" ]; then
     T0=$(date +%s)
     # shellcheck disable=SC2086
-    "$PILIP" train examples/configs/rmd17.toml --quiet --set "data.file=\"$TRAIN\"" --set "data.test_file=\"$TEST\"" \
+    "$PILIP" train "$CONFIG" --quiet --set "data.file=\"$TRAIN\"" --set "data.test_file=\"$TEST\"" \
       --set "data.n_train=$N" --set "training.seed=$SEED" --set "data.split_seed=$SEED" \
       --set "output.run_dir=\"$RUN\"" ${EXTRA:-}
     echo $(( $(date +%s) - T0 )) > "$RUN/train_seconds"

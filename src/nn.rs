@@ -112,6 +112,23 @@ impl Mlp {
     /// Accumulates into `grad` the parameter gradient of `Σ_k a[k]·out(x_k) + b[k]·(∇out(x_k)·u_k)`.
     /// `u` (`[n][in]`) may be `None` when every `b[k]` is zero.
     pub fn param_grad(&self, x: &[f64], u: Option<&[f64]>, a: &[f64], b: &[f64], n: usize, grad: &mut [f64]) {
+        self.param_and_input_grad(x, u, a, b, n, grad, None)
+    }
+
+    /// [`Mlp::param_grad`], and with `input_grads = Some((xbar, ubar))` also the gradient of the same objective
+    /// with respect to the inputs x and their tangents u (`[n][in]` each; `ubar` stays untouched without `u`):
+    /// what a trainable layer below the network needs.
+    #[allow(clippy::too_many_arguments)]
+    pub fn param_and_input_grad(
+        &self,
+        x: &[f64],
+        u: Option<&[f64]>,
+        a: &[f64],
+        b: &[f64],
+        n: usize,
+        grad: &mut [f64],
+        input_grads: Option<(&mut [f64], &mut [f64])>,
+    ) {
         let nl = self.n_layers();
         // Forward with tangents. hs[k] is the input of layer k, dhs[k] its tangent.
         let mut zs: Vec<Vec<f64>> = Vec::with_capacity(nl);
@@ -158,10 +175,17 @@ impl Mlp {
                     grad[bo + c] += zbar[r * o + c];
                 }
             }
+            let w = &self.params[wo..wo + i * o];
             if k == 0 {
+                // x̄ = z̄₀ W₀ᵀ, ū = dz̄₀ W₀ᵀ (the inputs enter z₀ and its tangent linearly)
+                if let Some((xbar, ubar)) = input_grads {
+                    gemm(n, o, i, &zbar, false, w, true, 0.0, xbar);
+                    if tangent {
+                        gemm(n, o, i, &dzbar, false, w, true, 0.0, ubar);
+                    }
+                }
                 break;
             }
-            let w = &self.params[wo..wo + i * o];
             let mut hbar = vec![0.0; n * i];
             gemm(n, o, i, &zbar, false, w, true, 0.0, &mut hbar);
             let z = &zs[k - 1];
@@ -229,6 +253,22 @@ mod tests {
             assert!((fd - g[q]).abs() < 1e-7 * (1.0 + fd.abs()), "param {q}: {fd} vs {}", g[q]);
             let fd0 = a.iter().enumerate().map(|(k, ak)| ak * (p.forward(&x, n)[k] - m.forward(&x, n)[k])).sum::<f64>() / (2.0 * h);
             assert!((fd0 - g0[q]).abs() < 1e-7 * (1.0 + fd0.abs()));
+        }
+        // the same objective's gradient with respect to the inputs and their tangents
+        let objective_at = |x: &[f64], u: &[f64]| -> f64 {
+            let (o, d) = net.forward_with_input_grad(x, n);
+            (0..n).map(|k| a[k] * o[k] + b[k] * (0..5).map(|c| d[k * 5 + c] * u[k * 5 + c]).sum::<f64>()).sum()
+        };
+        let (mut xbar, mut ubar) = (vec![0.0; n * 5], vec![0.0; n * 5]);
+        let mut g1 = vec![0.0; net.n_params()];
+        net.param_and_input_grad(&x, Some(&u), &a, &b, n, &mut g1, Some((&mut xbar, &mut ubar)));
+        assert_eq!(g1, g);
+        for q in 0..x.len() {
+            let shifted = |v: &[f64], t: f64| -> Vec<f64> { let mut w = v.to_vec(); w[q] += t; w };
+            let fdx = (objective_at(&shifted(&x, h), &u) - objective_at(&shifted(&x, -h), &u)) / (2.0 * h);
+            let fdu = (objective_at(&x, &shifted(&u, h)) - objective_at(&x, &shifted(&u, -h))) / (2.0 * h);
+            assert!((fdx - xbar[q]).abs() < 1e-7 * (1.0 + fdx.abs()), "x {q}: {fdx} vs {}", xbar[q]);
+            assert!((fdu - ubar[q]).abs() < 1e-7 * (1.0 + fdu.abs()), "u {q}: {fdu} vs {}", ubar[q]);
         }
     }
 }

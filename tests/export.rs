@@ -107,3 +107,29 @@ fn onnxruntime_engine_matches_tract() {
         }
     }
 }
+
+#[test]
+fn a_bispectrum_file_with_a_broken_compression_is_refused_with_the_sizes() {
+    let model = bispectrum_cell_model();
+    let proto = to_onnx(&model, Dtype::F64).unwrap();
+    let meta = proto.metadata_props.iter().find(|p| p.key == "pilip.bispectrum").unwrap();
+    let b: serde_json::Value = serde_json::from_str(&meta.value).unwrap();
+    let edits: [(&str, Box<dyn Fn(&mut serde_json::Value)>); 3] = [
+        ("expected", Box::new(|b| { b["compression"].as_array_mut().unwrap().pop(); })),
+        ("bispectrum.channels", Box::new(|b| b["channels"] = 1_000_000_000.into())),
+        ("pilip.bispectrum", Box::new(|b| b["compression"] = "nan".into())),
+    ];
+    for (want, edit) in edits {
+        let mut bad = b.clone();
+        edit(&mut bad);
+        let mut p = proto.clone();
+        p.metadata_props.iter_mut().find(|p| p.key == "pilip.bispectrum").unwrap().value = bad.to_string();
+        let err = Potential::from_bytes(&p.encode_to_vec(), "edited.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
+        assert!(err.contains("edited.onnx") && err.contains(want), "{err}");
+    }
+    // and without the key a bispectrum file is refused by name
+    let mut p = proto.clone();
+    p.metadata_props.retain(|p| p.key != "pilip.bispectrum");
+    let err = Potential::from_bytes(&p.encode_to_vec(), "edited.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("lacks its 'pilip.bispectrum'"), "{err}");
+}

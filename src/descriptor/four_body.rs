@@ -31,6 +31,8 @@ pub struct Bispectrum {
     pub channels: usize,
     /// Highest order of the contracted tensors (≤ the descriptor's l_max).
     pub l_max: usize,
+    /// Train W with the networks (after its PCA start) instead of keeping it fixed.
+    pub trainable: bool,
     /// W, `[n_species][l = 1..=l_max][channels][n_density_channels]`; empty until fitted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub compression: Vec<f64>,
@@ -38,7 +40,7 @@ pub struct Bispectrum {
 
 impl Default for Bispectrum {
     fn default() -> Self {
-        Bispectrum { channels: 8, l_max: 3, compression: Vec::new() }
+        Bispectrum { channels: 8, l_max: 3, trainable: false, compression: Vec::new() }
     }
 }
 
@@ -136,17 +138,20 @@ pub struct FourBody {
 }
 
 impl FourBody {
-    /// The invariants of `b` for a density of `nc` channels over `monomials` (the descriptor's, in its order);
-    /// `order(l)` is the monomial range of order l. Fails when the compression does not fit these sizes (a model
-    /// file whose metadata was edited).
+    /// The invariants of `b` (already validated: channels ≤ 16, l_max ≤ 4) for a density of `nc` channels over
+    /// `monomials` (the descriptor's, in its order); `order(l)` is the monomial range of order l. Fails when the
+    /// compression does not fit these sizes (a model file whose metadata was edited).
     pub(super) fn new(b: &Bispectrum, n_species: usize, nc: usize, monomials: &[Monomial], order: impl Fn(usize) -> std::ops::Range<usize>) -> Result<Self> {
         let (k, lmax) = (b.channels, b.l_max);
         let want = n_species * lmax * k * nc;
-        if b.compression.len() != want || b.compression.iter().any(|w| !w.is_finite()) || k == 0 || lmax == 0 || order(lmax).end > monomials.len() {
+        if b.compression.len() != want || k == 0 || lmax == 0 || order(lmax).end > monomials.len() {
             return Err(Error::model(format!(
-                "the bispectrum compression has {} finite-checked values, expected {want} ({n_species} elements × {lmax} orders × {k} channels × {nc} density channels)",
+                "the bispectrum compression has {} values, expected {want} ({n_species} elements × {lmax} orders × {k} channels × {nc} density channels)",
                 b.compression.len()
             )));
+        }
+        if b.compression.iter().any(|w| !w.is_finite()) {
+            return Err(Error::model("the bispectrum compression contains a non-finite value"));
         }
         let me = order(lmax).end;
         let index = |pow: [usize; 3]| monomials[..me].iter().position(|m| m.pow == pow);
@@ -322,6 +327,76 @@ impl FourBody {
         self.compress_transpose(z, gm, da);
     }
 
+    /// Values of the compression per centre species (one block of `W`).
+    pub fn compression_block(&self) -> usize {
+        self.orders.len() * self.k * self.nc
+    }
+
+    /// Adds to `gw` (centre species z's block of W, [`FourBody::compression_block`] values) the gradient with
+    /// respect to W of `Σ_f gb[f]·B_f + gd[f]·Ḃ_f`, where Ḃ is the change of the invariants along the density change
+    /// `a_dot` (both `None` when there is no tangent): the four-body part of the training primitive when W is
+    /// trained.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compression_grad(&self, z: usize, a: &[f64], a_dot: Option<&[f64]>, gb: &[f64], gd: Option<&[f64]>, gw: &mut [f64], scratch: &mut [f64]) {
+        let (k, nc, nm, me) = (self.k, self.nc, self.nm, self.me);
+        let (m, rest) = scratch.split_at_mut(k * me);
+        let (md, rest) = rest.split_at_mut(k * me);
+        let (gm, rest) = rest.split_at_mut(k * me);
+        let gmd = &mut rest[..k * me];
+        self.compress(z, a, m);
+        let tangent = match (a_dot, gd) {
+            (Some(a_dot), Some(_)) => {
+                self.compress(z, a_dot, md);
+                true
+            }
+            _ => false,
+        };
+        gm.fill(0.0);
+        gmd.fill(0.0);
+        let mut f = 0;
+        for cp in &self.couplings {
+            for (k1, k2, k3s) in self.channel_pairs(cp) {
+                for k3 in k3s {
+                    let (gbf, gdf) = (gb[f], gd.map_or(0.0, |g| g[f]));
+                    f += 1;
+                    for &([m1, m2, m3], c) in &cp.terms {
+                        let (i1, i2, i3) = (k1 * me + m1, k2 * me + m2, k3 * me + m3);
+                        let (x1, x2, x3) = (m[i1], m[i2], m[i3]);
+                        let cb = c * gbf;
+                        gm[i1] += cb * x2 * x3;
+                        gm[i2] += cb * x1 * x3;
+                        gm[i3] += cb * x1 * x2;
+                        if tangent {
+                            let (d1, d2, d3) = (md[i1], md[i2], md[i3]);
+                            let cd = c * gdf;
+                            gm[i1] += cd * (d2 * x3 + x2 * d3);
+                            gm[i2] += cd * (d1 * x3 + x1 * d3);
+                            gm[i3] += cd * (d1 * x2 + x1 * d2);
+                            gmd[i1] += cd * x2 * x3;
+                            gmd[i2] += cd * x1 * x3;
+                            gmd[i3] += cd * x1 * x2;
+                        }
+                    }
+                }
+            }
+        }
+        // M = W A, Ṁ = W Ȧ: W̄[k][c] += Σ_m M̄[k][m] A[c][m] + Ṁ̄[k][m] Ȧ[c][m] per order
+        for (li, ms) in self.orders.iter().enumerate() {
+            let w = &mut gw[li * k * nc..(li + 1) * k * nc];
+            for kk in 0..k {
+                for c in 0..nc {
+                    let ac = &a[c * nm + ms.start..c * nm + ms.end];
+                    let mut sum: f64 = gm[kk * me + ms.start..kk * me + ms.end].iter().zip(ac).map(|(g, x)| g * x).sum();
+                    if let (true, Some(a_dot)) = (tangent, a_dot) {
+                        let adc = &a_dot[c * nm + ms.start..c * nm + ms.end];
+                        sum += gmd[kk * me + ms.start..kk * me + ms.end].iter().zip(adc).map(|(g, x)| g * x).sum::<f64>();
+                    }
+                    w[kk * nc + c] += sum;
+                }
+            }
+        }
+    }
+
     /// The change of the invariants along a change `da_dot` of the density (`[nc][nm]`, all orders), into `out`.
     pub fn jvp(&self, z: usize, a: &[f64], da_dot: &[f64], out: &mut [f64], scratch: &mut [f64]) {
         let (k, me) = (self.k, self.me);
@@ -348,6 +423,38 @@ impl FourBody {
                         .sum();
                     f += 1;
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fitted_compression_decorrelates_the_channels_in_order_of_variance() {
+        // densities of 5 channels over 3 monomials of "order 1", correlated through a random mixing
+        let (nc, nm, k) = (5, 3, 3);
+        let mut rng = crate::rng::Rng::new(5);
+        let mix: Vec<f64> = (0..nc * nc).map(|_| rng.normal()).collect();
+        let atoms: Vec<Vec<f64>> = (0..200)
+            .map(|_| {
+                let z: Vec<f64> = (0..nc * nm).map(|_| rng.normal()).collect();
+                (0..nc * nm).map(|e| (0..nc).map(|j| mix[(e / nm) * nc + j] * z[j * nm + e % nm]).sum()).collect()
+            })
+            .collect();
+        let mut b = Bispectrum { channels: k, l_max: 1, trainable: false, compression: Vec::new() };
+        b.fit(1, nc, nm, |_| 0..nm, atoms.iter().map(|a| (0, &a[..])));
+        let w = &b.compression;
+        let compressed = |a: &[f64], row: usize, m: usize| (0..nc).map(|c| w[row * nc + c] * a[c * nm + m]).sum::<f64>();
+        let cov = |r1: usize, r2: usize| atoms.iter().map(|a| (0..nm).map(|m| compressed(a, r1, m) * compressed(a, r2, m)).sum::<f64>()).sum::<f64>();
+        for r1 in 0..k {
+            for r2 in 0..r1 {
+                assert!(cov(r1, r2).abs() < 1e-9 * cov(r1, r1), "rows {r1}, {r2} correlated");
+            }
+            if r1 > 0 {
+                assert!(cov(r1, r1) <= cov(r1 - 1, r1 - 1) * (1.0 + 1e-9), "variance not descending");
             }
         }
     }

@@ -239,6 +239,19 @@ pub struct Descriptors {
     scratch: Vec<f64>,
 }
 
+impl Descriptors {
+    /// The density coefficients of centre i, `[n_channels][n_monomials]` (all orders).
+    pub fn density_of(&self, i: usize) -> &[f64] {
+        let na = self.density.len() / self.n_atoms.max(1);
+        &self.density[i * na..(i + 1) * na]
+    }
+
+    /// The species index of centre i.
+    pub fn centre_species_of(&self, i: usize) -> usize {
+        self.centre_species[i]
+    }
+}
+
 impl Descriptor {
     /// The descriptor of `spec` for a model with `n_species` elements.
     pub fn new(spec: &DescriptorSpec, n_species: usize) -> Self {
@@ -307,12 +320,7 @@ impl Descriptor {
     /// This descriptor with the four-body invariants of `b` appended to each atom's features (the bispectrum
     /// family). Fails when `b`'s compression does not fit this descriptor.
     pub fn with_four_body(mut self, b: &Bispectrum) -> crate::error::Result<Self> {
-        if b.l_max > self.spec.l_max {
-            return Err(crate::error::Error::model(format!(
-                "bispectrum.l_max ({}) exceeds descriptor.l_max ({})",
-                b.l_max, self.spec.l_max
-            )));
-        }
+        b.validate(self.spec.l_max).map_err(crate::error::Error::model)?;
         self.four_body = Some(Arc::new(FourBody::new(b, self.n_species, self.n_channels(), &self.monomials, order_range)?));
         Ok(self)
     }
@@ -337,8 +345,13 @@ impl Descriptor {
         self.n_power_spectrum_features() + self.four_body.as_ref().map_or(0, |fb| fb.n_features())
     }
 
-    /// The l = 0 densities and the power spectrum: the first features of each atom.
-    fn n_power_spectrum_features(&self) -> usize {
+    /// The four-body part (bispectrum family), if any.
+    pub fn four_body(&self) -> Option<&FourBody> {
+        self.four_body.as_deref()
+    }
+
+    /// The l = 0 densities and the power spectrum: the first features of each atom (the four-body ones follow).
+    pub fn n_power_spectrum_features(&self) -> usize {
         let c = self.n_channels();
         c + (self.spec.l_max + 1) * c * (c + 1) / 2
     }
@@ -909,6 +922,15 @@ impl Descriptor {
     /// `displacement[k]` and strains the system by `strain` (pair vector r ↦ r + strain·r). Returns
     /// `[n_atoms][n_features]`.
     pub fn jvp(&self, d: &Descriptors, displacement: Option<&[Vec3]>, strain: Option<&Mat3>) -> Vec<f64> {
+        self.jvp_with_density(d, displacement, strain, None)
+    }
+
+    /// [`Descriptor::jvp`], and with `density_tangent` also the change of every atom's density coefficients
+    /// (`[n_atoms][n_channels][n_monomials]`, all orders): what a trained compression needs.
+    pub fn jvp_with_density(&self, d: &Descriptors, displacement: Option<&[Vec3]>, strain: Option<&Mat3>, mut density_tangent: Option<&mut Vec<f64>>) -> Vec<f64> {
+        if let Some(t) = density_tangent.as_deref_mut() {
+            t.clear();
+        }
         let nc = self.n_channels();
         let nm = self.n_monomials();
         let nr = self.spec.n_radial;
@@ -950,6 +972,9 @@ impl Descriptor {
                 p += 1;
             }
             let a = &d.density[i * nc * nm..(i + 1) * nc * nm];
+            if let Some(t) = density_tangent.as_deref_mut() {
+                t.extend_from_slice(&dda);
+            }
             let g = &mut out[i * nf..(i + 1) * nf];
             for c in 0..nc {
                 g[c] = dda[c * nm];
@@ -1264,7 +1289,7 @@ mod tests {
     fn with_random_four_body(d: Descriptor, channels: usize, l4: usize) -> Descriptor {
         let mut rng = crate::rng::Rng::new(7);
         let n = 2 * l4 * channels * d.n_channels();
-        let b = Bispectrum { channels, l_max: l4, compression: (0..n).map(|_| rng.normal()).collect() };
+        let b = Bispectrum { channels, l_max: l4, trainable: false, compression: (0..n).map(|_| rng.normal()).collect() };
         d.with_four_body(&b).unwrap()
     }
 

@@ -208,20 +208,15 @@ impl Model {
 
     /// Number of trainable parameters.
     pub fn n_params(&self) -> usize {
-        self.atomic.networked().networks.iter().map(|n| n.n_params()).sum()
+        self.atomic.networked().n_params()
     }
     /// The trainable parameters as one vector.
     pub fn params(&self) -> Vec<f64> {
-        self.atomic.networked().networks.iter().flat_map(|n| n.params.iter().copied()).collect()
+        self.atomic.networked().params()
     }
     /// Sets the trainable parameters from one vector of length [`Model::n_params`].
     pub fn set_params(&mut self, p: &[f64]) {
-        let mut off = 0;
-        for net in &mut self.atomic.networked_mut().networks {
-            let k = net.params.len();
-            net.params.copy_from_slice(&p[off..off + k]);
-            off += k;
-        }
+        self.atomic.networked_mut().set_params(p)
     }
 
     /// The training primitive: accumulates into `grad` the parameter gradient of `a·E + D_t E`, where `D_t E` is

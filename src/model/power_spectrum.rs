@@ -142,6 +142,37 @@ impl PowerSpectrumModel {
         (atomic, self.descriptor().vjp(d, &de_dg))
     }
 
+    /// The trained compression of the bispectrum family, if W is trained.
+    fn trained_compression(&self) -> Option<&Vec<f64>> {
+        self.four_body.as_ref().filter(|b| b.trainable).map(|b| &b.compression)
+    }
+
+    /// Number of trainable parameters: the networks', then W's when it is trained.
+    pub fn n_params(&self) -> usize {
+        self.networks.iter().map(|n| n.n_params()).sum::<usize>() + self.trained_compression().map_or(0, |w| w.len())
+    }
+
+    /// The trainable parameters as one vector (networks in species order, then W).
+    pub fn params(&self) -> Vec<f64> {
+        let nets = self.networks.iter().flat_map(|n| n.params.iter().copied());
+        nets.chain(self.trained_compression().into_iter().flatten().copied()).collect()
+    }
+
+    /// Sets the parameters from one vector of length [`PowerSpectrumModel::n_params`].
+    pub fn set_params(&mut self, p: &[f64]) {
+        let mut off = 0;
+        for net in &mut self.networks {
+            let k = net.params.len();
+            net.params.copy_from_slice(&p[off..off + k]);
+            off += k;
+        }
+        if let Some(b) = self.four_body.as_mut().filter(|b| b.trainable) {
+            let len = b.compression.len();
+            b.compression.copy_from_slice(&p[off..off + len]);
+            self.desc_cache = std::sync::OnceLock::new(); // the four-body part is rebuilt with the new W
+        }
+    }
+
     /// Accumulates into `grad` the parameter gradient of `a·E + D_t E` (see
     /// [`crate::model::Model::accumulate_param_grad`]).
     #[allow(clippy::too_many_arguments)]
@@ -157,11 +188,20 @@ impl PowerSpectrumModel {
     ) {
         let nf = d.n_features;
         let tangent = displacement.is_some() || strain.is_some();
-        let dg = if tangent { Some(self.descriptor().jvp(d, displacement, strain)) } else { None };
+        let descriptor = self.descriptor();
+        // a trained W needs the densities' tangents and the networks' input gradients
+        let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
+        let mut density_tangent = Vec::new();
+        let dg = if tangent {
+            Some(descriptor.jvp_with_density(d, displacement, strain, trained.is_some().then_some(&mut density_tangent)))
+        } else {
+            None
+        };
         let mut offs = vec![0];
         for n in &self.networks {
             offs.push(offs.last().copied().unwrap_or(0) + n.n_params());
         }
+        let mut fb_scratch = vec![0.0; trained.map_or(0, |fb| fb.scratch_len())];
         for (s, atoms, x) in self.grouped_inputs(species, d) {
             let n = atoms.len();
             let u = dg.as_ref().map(|dg| {
@@ -173,7 +213,25 @@ impl PowerSpectrumModel {
             });
             let av = vec![a * scale; n];
             let bv = vec![if tangent { scale } else { 0.0 }; n];
-            self.networks[s].param_grad(&x, u.as_deref(), &av, &bv, n, &mut grad[offs[s]..offs[s + 1]]);
+            let Some(fb) = trained else {
+                self.networks[s].param_grad(&x, u.as_deref(), &av, &bv, n, &mut grad[offs[s]..offs[s + 1]]);
+                continue;
+            };
+            let (mut xbar, mut ubar) = (vec![0.0; n * nf], vec![0.0; if tangent { n * nf } else { 0 }]);
+            let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
+            self.networks[s].param_and_input_grad(&x, u.as_deref(), &av, &bv, n, &mut nets[offs[s]..offs[s + 1]], Some((&mut xbar, &mut ubar)));
+            // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
+            // their tangents is x̄/σ and ū/σ
+            let nps = descriptor.n_power_spectrum_features();
+            let sd = &self.feature_std[s][nps..];
+            let block = fb.compression_block();
+            let na = d.density_of(0).len();
+            for (k, &i) in atoms.iter().enumerate() {
+                let gb: Vec<f64> = xbar[k * nf + nps..(k + 1) * nf].iter().zip(sd).map(|(g, sd)| g / sd).collect();
+                let gd: Option<Vec<f64>> = tangent.then(|| ubar[k * nf + nps..(k + 1) * nf].iter().zip(sd).map(|(g, sd)| g / sd).collect());
+                let a_dot = tangent.then(|| &density_tangent[i * na..(i + 1) * na]);
+                fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd.as_deref(), &mut w_grad[s * block..(s + 1) * block], &mut fb_scratch);
+            }
         }
     }
 

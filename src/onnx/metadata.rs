@@ -236,10 +236,7 @@ impl ModelMetadata {
         let d = Descriptor::new(&self.descriptor, self.species.len());
         match (self.family, &self.bispectrum) {
             (Family::PowerSpectrum, None) => Ok(d),
-            (Family::Bispectrum, Some(b)) => {
-                b.validate(self.descriptor.l_max).map_err(Error::model)?;
-                d.with_four_body(b)
-            }
+            (Family::Bispectrum, Some(b)) => d.with_four_body(b),
             (Family::PowerSpectrum, Some(_)) => Err(Error::model("a power-spectrum model has a 'pilip.bispectrum' key")),
             (Family::Bispectrum, None) => Err(Error::model("a bispectrum model lacks its 'pilip.bispectrum' key")),
         }

@@ -25,7 +25,7 @@ pub fn random_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64)
 /// [`random_model`] of the bispectrum family (3 compressed channels up to order 3), its compression fitted on
 /// `frames`.
 pub fn random_bispectrum_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
-    let four_body = Bispectrum { channels: 3, l_max: 3, compression: Vec::new() };
+    let four_body = Bispectrum { channels: 3, l_max: 3, trainable: true, compression: Vec::new() };
     let mut m = Model::bispectrum(spec(cutoff), four_body, species, &[16, 12], seed).unwrap();
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
     m.fit_compression(&envs);

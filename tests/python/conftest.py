@@ -47,11 +47,15 @@ def train_and_export(tmp: pathlib.Path, config: str, name: str, epochs: int, *ex
 
 @pytest.fixture(scope="session")
 def models(tmp_path_factory):
-    """Exported models: 'cu' (periodic Cu with stress) and 'hco' (ethanol, H C O), each in f64 and f32."""
+    """Exported models: 'cu' (periodic Cu with stress) and 'hco' (ethanol, H C O), each in f64 and f32, and the
+    same two of the bispectrum family ('cu_bispectrum', 'hco_bispectrum')."""
     tmp = tmp_path_factory.mktemp("models")
+    bispectrum = ("--set", 'model.family="bispectrum"')
     return {
         "cu": train_and_export(tmp, "periodic.toml", "cu", 15),
         "hco": train_and_export(tmp, "molecule.toml", "hco", 5, "--set", "data.n_train=60"),
+        "cu_bispectrum": train_and_export(tmp, "periodic.toml", "cu_bispectrum", 3, *bispectrum),
+        "hco_bispectrum": train_and_export(tmp, "molecule.toml", "hco_bispectrum", 3, "--set", "data.n_train=60", *bispectrum),
     }
 
 

@@ -92,26 +92,28 @@ def compare(lmp, lammps_module, reference, positions, numbers, cell, pbc, volume
     return sa
 
 
-def test_periodic_triclinic_cu_matches_the_library(lammps_module, models, reference, tmp_path):
+@pytest.mark.parametrize("model", ["cu", "cu_bispectrum"])
+def test_periodic_triclinic_cu_matches_the_library(lammps_module, models, reference, tmp_path, model):
     pos, _ = fcc_cu(2, jitter=0.08, seed=3)
     cell = np.array([[7.3, 0.0, 0.0], [0.6, 7.1, 0.0], [-0.4, 0.5, 7.4]])  # triclinic, lower triangular
     frac = pos / (2 * 3.615)
     pos = frac @ cell
     lmp = run0(lammps_module, tmp_path, pos, [1] * len(pos), cell, [63.546],
-               ["pair_style pilip", f"pair_coeff * * {models['cu']['f64']} Cu"])
-    ref = reference(models["cu"]["f64"])
+               ["pair_style pilip", f"pair_coeff * * {models[model]['f64']} Cu"])
+    ref = reference(models[model]["f64"])
     compare(lmp, lammps_module, ref, pos, [29] * len(pos), cell, (True, True, True), abs(np.linalg.det(cell)))
 
 
-def test_molecule_in_a_large_box_matches_the_library(lammps_module, models, reference, tmp_path):
+@pytest.mark.parametrize("model", ["hco", "hco_bispectrum"])
+def test_molecule_in_a_large_box_matches_the_library(lammps_module, models, reference, tmp_path, model):
     from pilip_testdata import ethanol
     pos, numbers = ethanol()
     pos = pos - pos.min(axis=0) + 10.0
     type_of = {1: 1, 6: 2, 8: 3}
     cell = np.eye(3) * 40.0
     lmp = run0(lammps_module, tmp_path, pos, [type_of[z] for z in numbers], cell, [1.008, 12.011, 15.999],
-               ["pair_style pilip", f"pair_coeff * * {models['hco']['f64']} H C O"])
-    ref = reference(models["hco"]["f64"])
+               ["pair_style pilip", f"pair_coeff * * {models[model]['f64']} H C O"])
+    ref = reference(models[model]["f64"])
     compare(lmp, lammps_module, ref, pos, numbers, None, (False, False, False), 40.0 ** 3)
 
 
@@ -171,10 +173,10 @@ def thermo_table(log_text):
     return np.array([[float(x) for x in r] for r in rows])
 
 
-@pytest.mark.parametrize("ranks", [2, 4])
-def test_mpi_decomposition_gives_the_serial_thermo_output(models, tmp_path, ranks):
+@pytest.mark.parametrize("ranks,model", [(2, "cu"), (4, "cu"), (4, "cu_bispectrum")])
+def test_mpi_decomposition_gives_the_serial_thermo_output(models, tmp_path, ranks, model):
     infile = tmp_path / "in.md"
-    infile.write_text(MD_INPUT.format(plugin=PLUGIN, model=models["cu"]["f64"]))
+    infile.write_text(MD_INPUT.format(plugin=PLUGIN, model=models[model]["f64"]))
     env = dict(os.environ, OMP_NUM_THREADS="1")
     tables = []
     for n in (1, ranks):
