@@ -211,7 +211,7 @@ impl FourBody {
 
     /// Scratch values one call of [`FourBody::forward`], [`FourBody::vjp`] or [`FourBody::jvp`] needs.
     pub fn scratch_len(&self) -> usize {
-        4 * self.k * self.me + 2 * self.max_terms
+        (4 * self.me).max(2 * self.me + 8 * self.max_terms) * self.k
     }
 
     /// `m[k][0..me] = Σ_c W_{z,l}[k][c]·a[c][·]` per order (orders 0 stay zero).
@@ -258,21 +258,61 @@ impl FourBody {
         (0..k).flat_map(move |k1| (if sym12 { k1 } else { 0 }..k).map(move |k2| (k1, k2, if sym23 { k2 } else { 0 }..k)))
     }
 
+    /// `out[k][t] = scale_t · m[k][m_t]` for the monomial `m_t` of `slot` (0, 1, 2) of each term t, scale_t the
+    /// term's coefficient for slot 0 and 1 otherwise: the factors of one slot as a contiguous `[K][T]` matrix, so
+    /// that the products below are plain dot products and element-wise multiplies (they vectorise).
+    fn gather(&self, m: &[f64], terms: &[([usize; 3], f64)], slot: usize, out: &mut [f64]) {
+        let (me, nt) = (self.me, terms.len());
+        for (kk, row) in out.chunks_exact_mut(nt).take(self.k).enumerate() {
+            let mk = &m[kk * me..(kk + 1) * me];
+            for (x, (ms, c)) in row.iter_mut().zip(terms) {
+                *x = if slot == 0 { c * mk[ms[0]] } else { mk[ms[slot]] };
+            }
+        }
+    }
+
+    /// The transpose of [`FourBody::gather`]: `gm[k][m_t] += scale_t · g[k][t]`.
+    fn scatter(&self, g: &[f64], terms: &[([usize; 3], f64)], slot: usize, gm: &mut [f64]) {
+        let (me, nt) = (self.me, terms.len());
+        for (kk, row) in g.chunks_exact(nt).take(self.k).enumerate() {
+            let gk = &mut gm[kk * me..(kk + 1) * me];
+            for (x, (ms, c)) in row.iter().zip(terms) {
+                gk[ms[slot]] += if slot == 0 { c * x } else { *x };
+            }
+        }
+    }
+
+    /// Splits `scratch` into two `[K][me]` matrices (M and its gradient or tangent), then N matrices of
+    /// `[K][max_terms]`.
+    fn split_scratch<'s, const N: usize>(&self, scratch: &'s mut [f64]) -> (&'s mut [f64], &'s mut [f64], [&'s mut [f64]; N]) {
+        let (m, rest) = scratch.split_at_mut(self.k * self.me);
+        let (m2, mut rest) = rest.split_at_mut(self.k * self.me);
+        let kt = self.k * self.max_terms;
+        let parts = std::array::from_fn(|_| {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(kt);
+            rest = tail;
+            head
+        });
+        (m, m2, parts)
+    }
+
     /// The invariants of one atom of centre species `z` with density `a` (`[nc][nm]`, all orders) into `out`.
     pub fn forward(&self, z: usize, a: &[f64], out: &mut [f64], scratch: &mut [f64]) {
-        let me = self.me;
-        let (m, rest) = scratch.split_at_mut(self.k * me);
-        let p = &mut rest[..self.max_terms];
+        let (m, _, [g1, g2, g3, p]) = self.split_scratch(scratch);
         self.compress(z, a, m);
         let mut f = 0;
         for cp in &self.couplings {
-            let terms = &cp.terms;
+            let nt = cp.terms.len();
+            for (slot, g) in [&mut *g1, &mut *g2, &mut *g3].into_iter().enumerate() {
+                self.gather(m, &cp.terms, slot, g);
+            }
             for (k1, k2, k3s) in self.channel_pairs(cp) {
-                for (pt, ([m1, m2, _], c)) in p.iter_mut().zip(terms) {
-                    *pt = c * m[k1 * me + m1] * m[k2 * me + m2];
+                let p = &mut p[..nt];
+                for ((x, a), b) in p.iter_mut().zip(&g1[k1 * nt..(k1 + 1) * nt]).zip(&g2[k2 * nt..(k2 + 1) * nt]) {
+                    *x = a * b;
                 }
                 for k3 in k3s {
-                    out[f] = terms.iter().zip(p.iter()).map(|(([_, _, m3], _), pt)| pt * m[k3 * me + m3]).sum();
+                    out[f] = dot(p, &g3[k3 * nt..(k3 + 1) * nt]);
                     f += 1;
                 }
             }
@@ -281,48 +321,45 @@ impl FourBody {
 
     /// Adds the gradient of `Σ_f g[f]·B_f` with respect to the density to `da` (`[nc][nm]`, all orders).
     pub fn vjp(&self, z: usize, a: &[f64], g: &[f64], da: &mut [f64], scratch: &mut [f64]) {
-        let (k, me) = (self.k, self.me);
-        let (m, rest) = scratch.split_at_mut(k * me);
-        let (gm, rest) = rest.split_at_mut(k * me);
-        let (p, rest) = rest.split_at_mut(self.max_terms);
-        let q = &mut rest[..self.max_terms];
+        let (m, gm, [g1, g2, g3, gg1, gg2, gg3, p, q]) = self.split_scratch(scratch);
         self.compress(z, a, m);
         gm.fill(0.0);
         let mut f = 0;
         for cp in &self.couplings {
-            let terms = &cp.terms;
-            let nt = terms.len();
-            let mut current: Option<(usize, usize)> = None;
-            // Q[t] = Σ_k3 g_f·M[k3][m3_t] is collected over a (k1, k2) run and spread to M[k1], M[k2] at its end.
-            let flush = |cur: Option<(usize, usize)>, q: &[f64], gm: &mut [f64]| {
-                if let Some((k1, k2)) = cur {
-                    for (([m1, m2, _], c), qt) in terms.iter().zip(q) {
-                        let cq = c * qt;
-                        gm[k1 * me + m1] += cq * m[k2 * me + m2];
-                        gm[k2 * me + m2] += cq * m[k1 * me + m1];
-                    }
-                }
-            };
+            let nt = cp.terms.len();
+            for (slot, g) in [&mut *g1, &mut *g2, &mut *g3].into_iter().enumerate() {
+                self.gather(m, &cp.terms, slot, g);
+            }
+            for gg in [&mut *gg1, &mut *gg2, &mut *gg3] {
+                gg[..self.k * nt].fill(0.0);
+            }
             for (k1, k2, k3s) in self.channel_pairs(cp) {
-                flush(current, &q[..nt], gm);
-                current = Some((k1, k2));
-                for (pt, ([m1, m2, _], c)) in p.iter_mut().zip(terms) {
-                    *pt = c * m[k1 * me + m1] * m[k2 * me + m2];
+                let (a1, a2) = (&g1[k1 * nt..(k1 + 1) * nt], &g2[k2 * nt..(k2 + 1) * nt]);
+                let (p, q) = (&mut p[..nt], &mut q[..nt]);
+                for ((x, a), b) in p.iter_mut().zip(a1).zip(a2) {
+                    *x = a * b;
                 }
-                q[..nt].fill(0.0);
+                q.fill(0.0);
+                // B = P·G3[k3]: Ḡ3[k3] += g·P and Q = Σ_k3 g·G3[k3], then Ḡ1[k1] += Q ⊙ G2[k2], Ḡ2[k2] += Q ⊙ G1[k1]
                 for k3 in k3s {
                     let gf = g[f];
                     f += 1;
                     if gf == 0.0 {
                         continue;
                     }
-                    for ((([_, _, m3], _), pt), qt) in terms.iter().zip(p.iter()).zip(q.iter_mut()) {
-                        gm[k3 * me + m3] += gf * pt;
-                        *qt += gf * m[k3 * me + m3];
-                    }
+                    axpy(gf, p, &mut gg3[k3 * nt..(k3 + 1) * nt]);
+                    axpy(gf, &g3[k3 * nt..(k3 + 1) * nt], q);
+                }
+                for ((x, qt), b) in gg1[k1 * nt..(k1 + 1) * nt].iter_mut().zip(&*q).zip(a2) {
+                    *x += qt * b;
+                }
+                for ((x, qt), b) in gg2[k2 * nt..(k2 + 1) * nt].iter_mut().zip(&*q).zip(a1) {
+                    *x += qt * b;
                 }
             }
-            flush(current, &q[..nt], gm);
+            for (slot, gg) in [&*gg1, &*gg2, &*gg3].into_iter().enumerate() {
+                self.scatter(gg, &cp.terms, slot, gm);
+            }
         }
         self.compress_transpose(z, gm, da);
     }
@@ -399,32 +436,55 @@ impl FourBody {
 
     /// The change of the invariants along a change `da_dot` of the density (`[nc][nm]`, all orders), into `out`.
     pub fn jvp(&self, z: usize, a: &[f64], da_dot: &[f64], out: &mut [f64], scratch: &mut [f64]) {
-        let (k, me) = (self.k, self.me);
-        let (m, rest) = scratch.split_at_mut(k * me);
-        let (md, rest) = rest.split_at_mut(k * me);
-        let (p, rest) = rest.split_at_mut(self.max_terms);
-        let pd = &mut rest[..self.max_terms];
+        let (m, md, [g1, g2, g3, d1, d2, d3, p, pd]) = self.split_scratch(scratch);
         self.compress(z, a, m);
         self.compress(z, da_dot, md);
         let mut f = 0;
         for cp in &self.couplings {
-            let terms = &cp.terms;
+            let nt = cp.terms.len();
+            for (slot, (g, d)) in [(&mut *g1, &mut *d1), (&mut *g2, &mut *d2), (&mut *g3, &mut *d3)].into_iter().enumerate() {
+                self.gather(m, &cp.terms, slot, g);
+                self.gather(md, &cp.terms, slot, d);
+            }
             for (k1, k2, k3s) in self.channel_pairs(cp) {
-                for ((pt, pdt), ([m1, m2, _], c)) in p.iter_mut().zip(pd.iter_mut()).zip(terms) {
-                    let (x1, x2) = (m[k1 * me + m1], m[k2 * me + m2]);
-                    *pt = c * x1 * x2;
-                    *pdt = c * (md[k1 * me + m1] * x2 + x1 * md[k2 * me + m2]);
+                let (p, pd) = (&mut p[..nt], &mut pd[..nt]);
+                let (a1, a2) = (&g1[k1 * nt..(k1 + 1) * nt], &g2[k2 * nt..(k2 + 1) * nt]);
+                let (b1, b2) = (&d1[k1 * nt..(k1 + 1) * nt], &d2[k2 * nt..(k2 + 1) * nt]);
+                for t in 0..nt {
+                    p[t] = a1[t] * a2[t];
+                    pd[t] = b1[t] * a2[t] + a1[t] * b2[t];
                 }
                 for k3 in k3s {
-                    out[f] = terms
-                        .iter()
-                        .zip(p.iter().zip(pd.iter()))
-                        .map(|(([_, _, m3], _), (pt, pdt))| pdt * m[k3 * me + m3] + pt * md[k3 * me + m3])
-                        .sum();
+                    out[f] = dot(pd, &g3[k3 * nt..(k3 + 1) * nt]) + dot(p, &d3[k3 * nt..(k3 + 1) * nt]);
                     f += 1;
                 }
             }
         }
+    }
+}
+
+/// Σ_t x_t y_t, with four partial sums (so that it vectorises).
+#[inline(always)]
+fn dot(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len().min(y.len());
+    let (x, y) = (&x[..n], &y[..n]);
+    let mut acc = [0.0f64; 4];
+    let (xc, yc) = (x.chunks_exact(4), y.chunks_exact(4));
+    let (xr, yr) = (xc.remainder(), yc.remainder());
+    for (a, b) in xc.zip(yc) {
+        for t in 0..4 {
+            acc[t] += a[t] * b[t];
+        }
+    }
+    let tail: f64 = xr.iter().zip(yr).map(|(a, b)| a * b).sum();
+    (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
+}
+
+/// y += a·x.
+#[inline(always)]
+fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += a * x;
     }
 }
 

@@ -140,32 +140,22 @@ def test_calculator_matches_the_model_for_a_molecule_and_a_periodic_cell(cu, hco
         mol.get_stress()
 
 
-def test_forces_and_stress_equal_finite_differences(cu, hco):
-    from ase.calculators.fd import calculate_numerical_forces as numeric_forces
+@pytest.mark.parametrize("family", ["power_spectrum", "bispectrum"])
+def test_forces_and_stress_equal_finite_differences(models, family):
+    # both families run through the same C ABI and calculator: only their metadata says which they are
+    suffix = "" if family == "power_spectrum" else "_bispectrum"
+    cu, hco = pilip.Model(models["cu" + suffix]["f64"]), pilip.Model(models["hco" + suffix]["f64"])
+    assert cu.metadata["family"] == family and cu.metadata["format_version"] == (1 if suffix == "" else 2)
+    if family == "bispectrum":
+        assert cu.metadata["bispectrum"]["channels"] == 8 and len(cu.metadata["bispectrum"]["compression"]) > 0
+    from ase.calculators.fd import calculate_numerical_forces as numeric_forces, calculate_numerical_stress
     atoms = triclinic_cu()
     atoms.calc = pilip.Calculator(cu)
     np.testing.assert_allclose(atoms.get_forces(), numeric_forces(atoms, eps=1e-5), atol=2e-7)
-    from ase.calculators.fd import calculate_numerical_stress
     np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-6), atol=1e-8)
     pos, numbers = ethanol()
     mol = Atoms(numbers=numbers, positions=pos)
     mol.calc = pilip.Calculator(hco)
-    np.testing.assert_allclose(mol.get_forces(), numeric_forces(mol, eps=1e-5), atol=2e-7)
-
-
-def test_bispectrum_models_through_ase_equal_finite_differences(models):
-    # the accurate family runs through the same C ABI and calculator: only its metadata says which it is
-    cu_bs, hco_bs = pilip.Model(models["cu_bispectrum"]["f64"]), pilip.Model(models["hco_bispectrum"]["f64"])
-    assert cu_bs.metadata["family"] == "bispectrum" and cu_bs.metadata["format_version"] == 2
-    assert cu_bs.metadata["bispectrum"]["channels"] == 8 and len(cu_bs.metadata["bispectrum"]["compression"]) > 0
-    from ase.calculators.fd import calculate_numerical_forces as numeric_forces, calculate_numerical_stress
-    atoms = triclinic_cu()
-    atoms.calc = pilip.Calculator(cu_bs)
-    np.testing.assert_allclose(atoms.get_forces(), numeric_forces(atoms, eps=1e-5), atol=2e-7)
-    np.testing.assert_allclose(atoms.get_stress(), calculate_numerical_stress(atoms, eps=1e-6), atol=1e-8)
-    pos, numbers = ethanol()
-    mol = Atoms(numbers=numbers, positions=pos)
-    mol.calc = pilip.Calculator(hco_bs)
     assert np.abs(mol.get_forces()).max() > 1e-3
     np.testing.assert_allclose(mol.get_forces(), numeric_forces(mol, eps=1e-5), atol=2e-7)
 
