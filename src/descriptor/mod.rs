@@ -15,6 +15,9 @@
 //! computed at a cost linear in the number of neighbours. The channel index `c = s·n_radial + n` makes it
 //! element-aware. Derivatives are analytic: a vector-Jacobian product (forces, virial) and a Jacobian-vector
 //! product (the training primitive) — the full Jacobian is never stored.
+//!
+//! The bispectrum family appends four-body invariants of the same density ([`four_body`]); they are computed in
+//! the same per-atom passes, and their gradient joins ∂E/∂A before the VJP goes to the pairs.
 
 pub mod four_body;
 
