@@ -248,11 +248,6 @@ impl Descriptors {
         let na = self.density.len() / self.n_atoms.max(1);
         &self.density[i * na..(i + 1) * na]
     }
-
-    /// The species index of centre i.
-    pub fn centre_species_of(&self, i: usize) -> usize {
-        self.centre_species[i]
-    }
 }
 
 impl Descriptor {
@@ -320,6 +315,15 @@ impl Descriptor {
         }
     }
 
+    /// The descriptor of a model of either family: with the four-body invariants of `four_body` when given.
+    pub fn with_optional_four_body(spec: &DescriptorSpec, n_species: usize, four_body: Option<&Bispectrum>) -> crate::error::Result<Self> {
+        let d = Descriptor::new(spec, n_species);
+        match four_body {
+            Some(b) => d.with_four_body(b),
+            None => Ok(d),
+        }
+    }
+
     /// This descriptor with the four-body invariants of `b` appended to each atom's features (the bispectrum
     /// family). Fails when `b`'s compression does not fit this descriptor.
     pub fn with_four_body(mut self, b: &Bispectrum) -> crate::error::Result<Self> {
@@ -330,9 +334,8 @@ impl Descriptor {
 
     /// Fits the compression of `b` to the densities of `structures` (see [`Bispectrum::fit`]).
     pub fn fit_compression<'a>(&self, b: &mut Bispectrum, structures: impl Iterator<Item = &'a Descriptors>) {
-        let (nc, nm) = (self.n_channels(), self.n_monomials());
-        let atoms = structures.flat_map(|d| (0..d.n_atoms).map(move |i| (d.centre_species[i], &d.density[i * nc * nm..(i + 1) * nc * nm])));
-        b.fit(self.n_species, nc, nm, order_range, atoms);
+        let atoms = structures.flat_map(|d| (0..d.n_atoms).map(move |i| (d.centre_species[i], d.density_of(i))));
+        b.fit(self.n_species, self.n_channels(), self.n_monomials(), order_range, atoms);
     }
 
     /// Density channels: one per (neighbour species, radial function).

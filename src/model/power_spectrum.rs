@@ -46,7 +46,7 @@ impl PowerSpectrumModel {
             b.compression = vec![0.0; n_species * b.l_max * b.channels * n_species * descriptor.n_radial];
             b
         });
-        let nf = build_descriptor(&descriptor, four_body.as_ref(), n_species)?.n_features();
+        let nf = Descriptor::with_optional_four_body(&descriptor, n_species, four_body.as_ref())?.n_features();
         let mut sizes = vec![nf];
         sizes.extend_from_slice(hidden);
         sizes.push(1);
@@ -66,7 +66,7 @@ impl PowerSpectrumModel {
     pub fn descriptor(&self) -> &Descriptor {
         self.desc_cache.get_or_init(|| {
             let plain = || Descriptor::new(&self.descriptor, self.networks.len());
-            build_descriptor(&self.descriptor, self.four_body.as_ref(), self.networks.len()).unwrap_or_else(|_| plain())
+            Descriptor::with_optional_four_body(&self.descriptor, self.networks.len(), self.four_body.as_ref()).unwrap_or_else(|_| plain())
         })
     }
 
@@ -75,7 +75,7 @@ impl PowerSpectrumModel {
     pub fn check(&self) -> Result<()> {
         self.descriptor.validate().map_err(Error::model)?;
         let ns = self.networks.len();
-        let nf = build_descriptor(&self.descriptor, self.four_body.as_ref(), ns)?.n_features();
+        let nf = Descriptor::with_optional_four_body(&self.descriptor, ns, self.four_body.as_ref())?.n_features();
         let bad = self.networks.iter().any(|n| n.n_inputs() != nf || n.sizes.len() < 2)
             || self.feature_mean.len() != ns
             || self.feature_std.len() != ns
@@ -226,11 +226,20 @@ impl PowerSpectrumModel {
             let sd = &self.feature_std[s][nps..];
             let block = fb.compression_block();
             let na = d.density_of(0).len();
+            let (mut gb, mut gd) = (vec![0.0; sd.len()], vec![0.0; sd.len()]);
             for (k, &i) in atoms.iter().enumerate() {
-                let gb: Vec<f64> = xbar[k * nf + nps..(k + 1) * nf].iter().zip(sd).map(|(g, sd)| g / sd).collect();
-                let gd: Option<Vec<f64>> = tangent.then(|| ubar[k * nf + nps..(k + 1) * nf].iter().zip(sd).map(|(g, sd)| g / sd).collect());
+                let unscale = |out: &mut [f64], bar: &[f64]| {
+                    for ((o, g), sd) in out.iter_mut().zip(&bar[k * nf + nps..(k + 1) * nf]).zip(sd) {
+                        *o = g / sd;
+                    }
+                };
+                unscale(&mut gb, &xbar);
+                if tangent {
+                    unscale(&mut gd, &ubar);
+                }
                 let a_dot = tangent.then(|| &density_tangent[i * na..(i + 1) * na]);
-                fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd.as_deref(), &mut w_grad[s * block..(s + 1) * block], &mut fb_scratch);
+                let gd = tangent.then_some(&gd[..]);
+                fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, &mut w_grad[s * block..(s + 1) * block], &mut fb_scratch);
             }
         }
     }
@@ -276,14 +285,5 @@ impl PowerSpectrumModel {
                 self.feature_std[s][f] = if sd > 1e-6 * (1.0 + m.abs()) { sd } else { 1.0 };
             }
         }
-    }
-}
-
-/// The descriptor of `spec` for `n_species` elements, with the four-body invariants of `four_body` if given.
-fn build_descriptor(spec: &DescriptorSpec, four_body: Option<&Bispectrum>, n_species: usize) -> Result<Descriptor> {
-    let d = Descriptor::new(spec, n_species);
-    match four_body {
-        Some(b) => d.with_four_body(b),
-        None => Ok(d),
     }
 }

@@ -233,12 +233,10 @@ impl ModelMetadata {
     /// The descriptor the runtime computes for this model (the family's: with the four-body part of the
     /// bispectrum family).
     pub fn descriptor(&self) -> Result<Descriptor> {
-        let d = Descriptor::new(&self.descriptor, self.species.len());
         match (self.family, &self.bispectrum) {
-            (Family::PowerSpectrum, None) => Ok(d),
-            (Family::Bispectrum, Some(b)) => d.with_four_body(b),
             (Family::PowerSpectrum, Some(_)) => Err(Error::model("a power-spectrum model has a 'pilip.bispectrum' key")),
             (Family::Bispectrum, None) => Err(Error::model("a bispectrum model lacks its 'pilip.bispectrum' key")),
+            _ => Descriptor::with_optional_four_body(&self.descriptor, self.species.len(), self.bispectrum.as_ref()),
         }
     }
 
