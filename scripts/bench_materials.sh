@@ -14,10 +14,7 @@ SEED=${SEED:-1}
 CONFIG=${CONFIG:-examples/configs/materials.toml}
 OUT=${OUT:-bench_runs/$(basename "$CONFIG" .toml)}   # one results folder per config
 mkdir -p "$OUT"
-if [ -z "${PILIP:-}" ]; then   # PILIP=path uses an existing binary instead
-  cargo build --release --locked >/dev/null
-  PILIP=target/release/pilip
-fi
+source scripts/bench_common.sh
 if [ $# -eq 0 ]; then
   set -- $(ls "$DATA"/*_train.extxyz | xargs -n1 basename | sed 's/_train.extxyz//')
 fi
@@ -25,13 +22,7 @@ for EL in "$@"; do
   TRAIN="$DATA/${EL}_train.extxyz" TEST="$DATA/${EL}_test.extxyz"
   [ -f "$TRAIN" ] && [ -f "$TEST" ] || { echo "bench_materials: $TRAIN or $TEST not found" >&2; exit 2; }
   RUN="$OUT/${EL}_s${SEED}"
-  if [ ! -f "$RUN/test_metrics.json" ]; then
-    T0=$(date +%s)
-    # shellcheck disable=SC2086
-    "$PILIP" train "$CONFIG" --quiet --set "data.file=\"$TRAIN\"" --set "data.test_file=\"$TEST\"" \
-      --set "training.seed=$SEED" --set "data.split_seed=$SEED" --set "output.run_dir=\"$RUN\"" ${EXTRA:-}
-    echo $(( $(date +%s) - T0 )) > "$RUN/train_seconds"
-  fi
+  train_once "$RUN" "$TRAIN" "$TEST"
   python3 - "$EL" "$SEED" "$RUN" <<'PY' | tee -a "$OUT/results.jsonl"
 import json, os, sys
 el, seed, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -20,10 +20,7 @@ SEED=${SEED:-1}
 CONFIG=${CONFIG:-examples/configs/rmd17.toml}
 OUT=${OUT:-bench_runs/$(basename "$CONFIG" .toml)}   # one results folder per config
 mkdir -p "$OUT"
-if [ -z "${PILIP:-}" ]; then   # PILIP=path uses an existing binary instead
-  cargo build --release --locked >/dev/null
-  PILIP=target/release/pilip
-fi
+source scripts/bench_common.sh
 if [ $# -eq 0 ]; then
   set -- $(ls "$DATA"/*_train_01.extxyz | xargs -n1 basename | sed 's/_train_01.extxyz//')
 fi
@@ -31,14 +28,7 @@ for MOL in "$@"; do
   TRAIN="$DATA/${MOL}_train_01.extxyz" TEST="$DATA/${MOL}_test_01.extxyz"
   [ -f "$TRAIN" ] && [ -f "$TEST" ] || { echo "bench_rmd17: $TRAIN or $TEST not found" >&2; exit 2; }
   RUN="$OUT/${MOL}_n${N}_s${SEED}"
-  if [ ! -f "$RUN/test_metrics.json" ]; then
-    T0=$(date +%s)
-    # shellcheck disable=SC2086
-    "$PILIP" train "$CONFIG" --quiet --set "data.file=\"$TRAIN\"" --set "data.test_file=\"$TEST\"" \
-      --set "data.n_train=$N" --set "training.seed=$SEED" --set "data.split_seed=$SEED" \
-      --set "output.run_dir=\"$RUN\"" ${EXTRA:-}
-    echo $(( $(date +%s) - T0 )) > "$RUN/train_seconds"
-  fi
+  train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
   "$PILIP" export "$RUN/checkpoints/best.ckpt" -o "$RUN/model.onnx" >/dev/null
   CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')
   MD_FILES=()
