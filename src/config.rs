@@ -171,11 +171,18 @@ pub struct ModelConfig {
     /// this data set. A relative path is relative to the config file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// Δ-learning from this checkpoint: `E = E_base + ΔE`, where the base model (e.g. trained on cheap labels
+    /// with forces) stays frozen and a correction network of `hidden` widths per element, with as many layers as
+    /// the base's, is trained on this data set beside it. The result is one model: exported and deployed like any
+    /// other. `[descriptor]` and `family` are taken from the base; its reference energies are refitted. A relative
+    /// path is relative to the config file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<PathBuf>,
 }
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { family: Family::PowerSpectrum, hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3, init: None }
+        ModelConfig { family: Family::PowerSpectrum, hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3, init: None, base: None }
     }
 }
 
@@ -349,6 +356,9 @@ impl Config {
         if let Some(p) = cfg.model.init.as_mut() {
             rebase(p);
         }
+        if let Some(p) = cfg.model.base.as_mut() {
+            rebase(p);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -390,6 +400,9 @@ impl Config {
             if !(w >= 0.0 && w.is_finite()) {
                 return bad(format!("loss.{name} must be a finite number >= 0, got {w}"));
             }
+        }
+        if self.model.init.is_some() && self.model.base.is_some() {
+            return bad("model.init (fine-tuning) and model.base (Δ-learning) exclude each other; set one".into());
         }
         if l.anchor_weight > 0.0 && self.model.init.is_none() {
             return bad("loss.anchor_weight pulls towards the model.init checkpoint; set model.init too".into());

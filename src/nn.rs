@@ -44,6 +44,64 @@ impl Mlp {
         Mlp { sizes: sizes.to_vec(), params }
     }
 
+    /// The network whose output is `self(x) + other(x)`, as one wider MLP (Δ-learning: a frozen base network
+    /// beside a trained correction, exported and run like any other). Hidden layer k is `self`'s units followed
+    /// by `other`'s; the weights between the two halves are zero. Also returns, per parameter, whether it is one of
+    /// `other`'s (the output bias, shared, counts as `other`'s): the parameters a Δ run trains, so that the zero
+    /// blocks stay zero and the sum stays exact. `None` when the two differ in input width or depth.
+    pub fn beside(&self, other: &Mlp) -> Option<(Mlp, Vec<bool>)> {
+        let (a, b) = (&self.sizes, &other.sizes);
+        if a.len() != b.len() || a.len() < 3 || a[0] != b[0] || a.last() != Some(&1) || b.last() != Some(&1) {
+            return None;
+        }
+        let nl = self.n_layers();
+        let sizes: Vec<usize> = (0..a.len()).map(|k| if k == 0 || k == nl { a[k] } else { a[k] + b[k] }).collect();
+        // Which network a unit of the merged layer belongs to: `Some(Ok(i))` unit i of `self`, `Some(Err(i))` unit
+        // i of `other`, `None` shared (the input at the first layer, the output at the last).
+        let owner = |i: usize, width_a: usize, shared: bool| -> Option<std::result::Result<usize, usize>> {
+            if shared {
+                None
+            } else if i < width_a {
+                Some(Ok(i))
+            } else {
+                Some(Err(i - width_a))
+            }
+        };
+        let mut merged = Mlp { sizes: sizes.clone(), params: Vec::with_capacity(self.n_params() + other.n_params()) };
+        let mut is_other = Vec::with_capacity(merged.params.capacity());
+        for k in 0..nl {
+            let ((wa, ba), (wb, bb)) = (self.layer(k), other.layer(k));
+            let (oa, ob) = (a[k + 1], b[k + 1]);
+            for r in 0..sizes[k] {
+                for c in 0..sizes[k + 1] {
+                    let (row, col) = (owner(r, a[k], k == 0), owner(c, oa, k + 1 == nl));
+                    let (v, mine) = match (row, col) {
+                        (None | Some(Ok(_)), None | Some(Ok(_))) => {
+                            let (i, j) = (row.map_or(r, |o| o.unwrap_or(0)), col.map_or(c, |o| o.unwrap_or(0)));
+                            (self.params[wa + i * oa + j], false)
+                        }
+                        (None | Some(Err(_)), None | Some(Err(_))) => {
+                            let (i, j) = (row.map_or(r, |o| o.err().unwrap_or(0)), col.map_or(c, |o| o.err().unwrap_or(0)));
+                            (other.params[wb + i * ob + j], true)
+                        }
+                        _ => (0.0, false), // between the two halves
+                    };
+                    merged.params.push(v);
+                    is_other.push(mine);
+                }
+            }
+            if k + 1 == nl {
+                merged.params.push(self.params[ba] + other.params[bb]);
+                is_other.push(true);
+            } else {
+                merged.params.extend_from_slice(&self.params[ba..ba + oa]);
+                merged.params.extend_from_slice(&other.params[bb..bb + ob]);
+                is_other.extend(std::iter::repeat_n(false, oa).chain(std::iter::repeat_n(true, ob)));
+            }
+        }
+        Some((merged, is_other))
+    }
+
     /// Input width.
     pub fn n_inputs(&self) -> usize {
         self.sizes[0]
@@ -270,5 +328,48 @@ mod tests {
             assert!((fdx - xbar[q]).abs() < 1e-7 * (1.0 + fdx.abs()), "x {q}: {fdx} vs {}", xbar[q]);
             assert!((fdu - ubar[q]).abs() < 1e-7 * (1.0 + fdu.abs()), "u {q}: {fdu} vs {}", ubar[q]);
         }
+    }
+
+    #[test]
+    fn beside_is_the_sum_of_the_two_networks_and_marks_the_second() {
+        let mut rng = crate::rng::Rng::new(5);
+        let mut base = Mlp::new(&[4, 6, 3, 1], &mut rng);
+        let mut delta = Mlp::new(&[4, 2, 5, 1], &mut rng);
+        for p in base.params.iter_mut().chain(delta.params.iter_mut()) {
+            *p += 0.2 * rng.normal();
+        }
+        let (merged, is_delta) = base.beside(&delta).expect("same input width and depth");
+        assert_eq!(merged.sizes, vec![4, 8, 8, 1]);
+        assert_eq!(is_delta.len(), merged.n_params());
+        assert_eq!(is_delta.iter().filter(|&&d| d).count(), delta.n_params());
+        let n = 3;
+        let x: Vec<f64> = (0..n * 4).map(|_| rng.normal()).collect();
+        let (sum, dsum) = {
+            let ((ob, gb), (od, gd)) = (base.forward_with_input_grad(&x, n), delta.forward_with_input_grad(&x, n));
+            (ob.iter().zip(&od).map(|(p, q)| p + q).collect::<Vec<_>>(), gb.iter().zip(&gd).map(|(p, q)| p + q).collect::<Vec<_>>())
+        };
+        let (out, dx) = merged.forward_with_input_grad(&x, n);
+        for (p, q) in out.iter().zip(&sum).chain(dx.iter().zip(&dsum)) {
+            assert!((p - q).abs() < 1e-12, "{p} vs {q}");
+        }
+        // the parameters not marked are the base's (or the zero blocks): moving only marked ones leaves the base
+        let mut moved = merged.clone();
+        for (p, &d) in moved.params.iter_mut().zip(&is_delta) {
+            if d {
+                *p += 0.5;
+            }
+        }
+        let mut zero_delta = delta.clone();
+        zero_delta.params.iter_mut().for_each(|p| *p = 0.0);
+        let (without, _) = base.beside(&zero_delta).expect("same shapes");
+        let mut only_base = moved.clone();
+        for ((p, &d), w) in only_base.params.iter_mut().zip(&is_delta).zip(&without.params) {
+            if d {
+                *p = *w;
+            }
+        }
+        assert_eq!(only_base.forward(&x, n), base.forward(&x, n));
+        assert!(base.beside(&Mlp::new(&[4, 2, 1], &mut rng)).is_none(), "depths differ");
+        assert!(base.beside(&Mlp::new(&[5, 2, 5, 1], &mut rng)).is_none(), "inputs differ");
     }
 }

@@ -381,6 +381,81 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
     assert!(e.contains("model.init") && e.contains("but the data also has Cu"), "{e}");
 }
 
+#[test]
+fn delta_learning_trains_only_the_correction_and_resumes_exactly() {
+    let base_dir = tmpdir("delta-base");
+    let mut base_cfg = small_config(&base_dir);
+    base_cfg.training.max_epochs = 10;
+    pilip::train::train(&base_cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let base = pilip::train::checkpoint::Checkpoint::load(&base_dir.join("checkpoints/best.ckpt")).unwrap();
+
+    // another "level of theory": the base's own energies plus offsets and a smooth invariant term it does not have
+    // (the radius of gyration squared), so that what the correction must learn is known
+    let other = tmpdir("delta-data").join("other.extxyz");
+    let mut frames = pilip::io::extxyz::read_file(&example_data(), &base_cfg.data.keys).unwrap();
+    for f in &mut frames {
+        let n = f.len() as f64;
+        let centre: Vec<f64> = (0..3).map(|c| f.positions.iter().map(|p| p[c]).sum::<f64>() / n).collect();
+        let spread: f64 = f.positions.iter().map(|p| (0..3).map(|c| (p[c] - centre[c]).powi(2)).sum::<f64>()).sum::<f64>() / n;
+        let e = base.model.predict_frame(f).unwrap().energy;
+        f.energy = Some(e + 0.37 * n - 12.0 + 0.05 * spread);
+        f.forces = None;
+    }
+    pilip::io::extxyz::write_file(&other, &frames, &base_cfg.data.keys).unwrap();
+    let delta_config = |name: &str| {
+        let dir = tmpdir(name);
+        let mut cfg = small_config(&dir);
+        cfg.data.file = other.clone();
+        cfg.model.base = Some(base_dir.join("checkpoints/best.ckpt"));
+        cfg.model.hidden = vec![8, 8];
+        cfg.descriptor.n_radial = 4; // taken from the base instead
+        cfg.loss.forces_weight = 0.0;
+        cfg.training.max_epochs = 20;
+        cfg.training.weight_decay = 0.01; // must not touch the frozen base either
+        cfg.training.optimizer = pilip::config::Optimizer::AdamW;
+        cfg.training.early_stopping_metric = pilip::config::StoppingMetric::ValEnergyRmse;
+        (dir, cfg)
+    };
+    let (dir, cfg) = delta_config("delta-a");
+    let splits = pilip::dataset::load(&cfg.data).unwrap();
+    let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).collect();
+    let start = pilip::train::initial_model(&cfg, &splits.train, &all).unwrap();
+    let (_, trainable) = pilip::model::Model::with_correction(base.model.clone(), &[8, 8], cfg.training.seed).unwrap();
+    assert_eq!(trainable.len(), start.n_params());
+    let rmse = |m: &pilip::model::Model| {
+        let p = pilip::metrics::predict_all(m, &splits.valid).unwrap();
+        pilip::metrics::compute(&splits.valid, &p).energy_rmse_mev_per_atom.unwrap()
+    };
+    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let trained = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap();
+    assert_eq!(trained.config.descriptor, base.config.descriptor, "descriptor from the base");
+    assert_eq!(trained.config.model.hidden, vec![8, 8], "hidden stays the correction's");
+    let (p0, p1) = (start.params(), trained.model.params());
+    let frozen_moved = p0.iter().zip(&p1).zip(&trainable).filter(|((a, b), &t)| !t && a != b).count();
+    let trained_moved = p0.iter().zip(&p1).zip(&trainable).filter(|((a, b), &t)| t && a != b).count();
+    assert_eq!(frozen_moved, 0, "the base and the zero blocks stay exactly as they were");
+    assert!(trained_moved > trainable.iter().filter(|&&t| t).count() / 2, "the correction is trained");
+    let (before, after) = (rmse(&start), rmse(&trained.model));
+    assert!(after < 0.2 * before, "validation energy RMSE {before} → {after} meV/atom");
+
+    // an interrupted Δ run resumes to the same result (the frozen set is rebuilt from model.base)
+    let (dir_b, cfg_b) = delta_config("delta-b");
+    pilip::train::train(&cfg_b, &TrainOptions { quiet: true, stop_after: Some(8), ..Default::default() }).unwrap();
+    let resume = Some(dir_b.join("checkpoints/last.ckpt"));
+    pilip::train::train(&cfg_b, &TrainOptions { quiet: true, resume, ..Default::default() }).unwrap();
+    assert_eq!(metrics_without_timing(&dir), metrics_without_timing(&dir_b));
+
+    // a correction of another depth, and fine-tuning and Δ at once, are refused by name
+    let (_, mut cfg) = delta_config("delta-depth");
+    cfg.model.hidden = vec![8];
+    let e = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("model.hidden") && e.contains("as many hidden layers"), "{e}");
+    let (_, mut cfg) = delta_config("delta-both");
+    cfg.model.init = cfg.model.base.clone();
+    let e = cfg.validate().unwrap_err().to_string();
+    assert!(e.contains("model.init") && e.contains("model.base"), "{e}");
+}
+
 fn root_data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name)
 }

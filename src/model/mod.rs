@@ -123,6 +123,15 @@ impl Model {
         Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic })
     }
 
+    /// Δ-learning start: `base` with a correction network of `hidden` widths beside each of its networks, so that
+    /// `E = E_base + ΔE` is one model (exported, run and deployed like any other). Returns the model and, per
+    /// parameter, whether it belongs to the correction (only those are trained; the base stays exact).
+    pub fn with_correction(base: Model, hidden: &[usize], seed: u64) -> Result<(Model, Vec<bool>)> {
+        let mut model = base;
+        let trainable = model.atomic.networked_mut().add_correction_networks(hidden, seed)?;
+        Ok((model, trainable))
+    }
+
     /// The model's family.
     pub fn family(&self) -> Family {
         match &self.atomic {

@@ -142,6 +142,31 @@ impl PowerSpectrumModel {
         (atomic, self.descriptor().vjp(d, &de_dg))
     }
 
+    /// Δ-learning: puts a new, randomly initialised (seeded) correction network of `hidden` widths beside each
+    /// species' network ([`Mlp::beside`]), reading the same standardised inputs, and freezes the compression.
+    /// Returns, per parameter of the result, whether training may change it (the corrections' parameters only).
+    pub fn add_correction_networks(&mut self, hidden: &[usize], seed: u64) -> Result<Vec<bool>> {
+        let mut rng = Rng::new(seed);
+        let mut trainable = Vec::new();
+        for net in &mut self.networks {
+            let mut sizes = vec![net.n_inputs()];
+            sizes.extend_from_slice(hidden);
+            sizes.push(1);
+            let (merged, is_new) = net.beside(&Mlp::new(&sizes, &mut rng)).ok_or_else(|| {
+                Error::Config(format!(
+                    "model.hidden = {hidden:?}: a Δ-learning correction needs as many hidden layers as the base network ({:?})",
+                    &net.sizes[1..net.sizes.len() - 1]
+                ))
+            })?;
+            *net = merged;
+            trainable.extend(is_new);
+        }
+        if let Some(b) = self.four_body.as_mut() {
+            b.trainable = false; // part of the base: frozen like its networks
+        }
+        Ok(trainable)
+    }
+
     /// The trained compression of the bispectrum family, if W is trained.
     fn trained_compression(&self) -> Option<&Vec<f64>> {
         self.four_body.as_ref().filter(|b| b.trainable).map(|b| &b.compression)

@@ -100,17 +100,56 @@ pub struct TrainSummary {
     pub finished: bool,
 }
 
-/// Builds a model for the training data: species, reference energies, input statistics, energy scale (or,
-/// with `model.init`, the fine-tuning start from that checkpoint).
-pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
-    start_model(cfg, init_checkpoint(cfg)?.map(|ck| ck.model), train, all)
+/// Where a run's model starts besides the data: fresh, from a checkpoint to fine-tune (`model.init`), or from a
+/// base to train a correction beside (`model.base`, Δ-learning).
+#[derive(Clone, Debug)]
+pub enum Origin {
+    /// A new model fitted to the training data.
+    Fresh,
+    /// The `model.init` checkpoint's model, all of it trained further.
+    FineTune(Model),
+    /// The `model.base` checkpoint's model, frozen, with correction networks beside it.
+    Delta(Model),
 }
 
-/// [`initial_model`] with the `model.init` checkpoint's model already loaded (`init`).
-fn start_model(cfg: &Config, init: Option<Model>, train: &[Frame], all: &[&Frame]) -> Result<Model> {
-    if let Some(model) = init {
-        return fine_tuning_start(model, cfg, train, all);
+impl Origin {
+    /// The origin the config names, with its checkpoint read; also that checkpoint's config.
+    pub fn load(cfg: &Config) -> Result<(Self, Option<Config>)> {
+        let Some(path) = cfg.model.init.as_ref().or(cfg.model.base.as_ref()) else { return Ok((Origin::Fresh, None)) };
+        let ck = Checkpoint::load(path)?;
+        let origin = if cfg.model.init.is_some() { Origin::FineTune(ck.model) } else { Origin::Delta(ck.model) };
+        Ok((origin, Some(ck.config)))
     }
+
+    /// Per parameter of the run's model, whether training may change it (`None`: all may).
+    fn trainable(&self, cfg: &Config) -> Result<Option<Vec<bool>>> {
+        match self {
+            Origin::Delta(base) => Ok(Some(Model::with_correction(base.clone(), &cfg.model.hidden, cfg.training.seed)?.1)),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Builds a model for the training data: species, reference energies, input statistics, energy scale (or,
+/// with `model.init` / `model.base`, the fine-tuning or Δ-learning start from that checkpoint).
+pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+    start_model(cfg, Origin::load(cfg)?.0, train, all)
+}
+
+/// [`initial_model`] with the origin's checkpoint already loaded.
+fn start_model(cfg: &Config, origin: Origin, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+    match origin {
+        Origin::Fresh => fresh_model(cfg, train, all),
+        Origin::FineTune(model) => continued_model(model, cfg, train, all),
+        Origin::Delta(base) => {
+            let model = Model::with_correction(base, &cfg.model.hidden, cfg.training.seed)?.0;
+            continued_model(model, cfg, train, all)
+        }
+    }
+}
+
+/// A new model fitted to the training data.
+fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
     let mut species: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).collect();
     species.sort_unstable();
     species.dedup();
@@ -137,39 +176,40 @@ fn start_model(cfg: &Config, init: Option<Model>, train: &[Frame], all: &[&Frame
     Ok(model)
 }
 
-/// The `model.init` checkpoint, if the config names one.
-fn init_checkpoint(cfg: &Config) -> Result<Option<Checkpoint>> {
-    cfg.model.init.as_deref().map(Checkpoint::load).transpose()
-}
-
-/// The starting model of a fine-tuning run: the `model.init` checkpoint's model with its reference energies
-/// refitted to the training set (the data may come from another level of theory).
-fn fine_tuning_start(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+/// The starting model of a fine-tuning or Δ-learning run: a checkpoint's model (with correction networks for Δ)
+/// whose reference energies are refitted to the training set (the data may come from another level of theory).
+fn continued_model(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
     let mut missing: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).filter(|&z| model.species_index(z).is_none()).collect();
     missing.sort_unstable();
     missing.dedup();
     if !missing.is_empty() {
         let names = |zs: &[u32]| zs.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?")).collect::<Vec<_>>().join(", ");
-        return Err(Error::Config(format!(
-            "model.init: {} knows {}, but the data also has {}",
-            cfg.model.init.as_deref().unwrap_or(Path::new("?")).display(),
-            names(&model.species),
-            names(&missing)
-        )));
+        let (key, path) = match (&cfg.model.init, &cfg.model.base) {
+            (Some(p), _) => ("model.init", p.as_path()),
+            (None, Some(p)) => ("model.base", p.as_path()),
+            (None, None) => ("model", Path::new("?")),
+        };
+        return Err(Error::Config(format!("{key}: {} knows {}, but the data also has {}", path.display(), names(&model.species), names(&missing))));
     }
     let refs: Vec<&Frame> = train.iter().collect();
     model.refit_reference_energies(&refs)?;
     Ok(model)
 }
 
-/// With `model.init` the architecture is the checkpoint's: the config is completed from it, so that
-/// `config.resolved.toml`, the checkpoints and the resume check say what is trained.
-fn with_init_architecture(cfg: &Config, init: &Checkpoint) -> Config {
+/// With `model.init` or `model.base` the descriptor (and, for `model.init`, the networks' widths) is the
+/// checkpoint's: the config is completed from it, so that `config.resolved.toml`, the checkpoints and the resume
+/// check say what is trained. A Δ run's `model.hidden` stays the correction's.
+fn with_origin_architecture(cfg: &Config, origin: &Origin, origin_config: Option<&Config>) -> Config {
     let mut resolved = cfg.clone();
-    resolved.descriptor = init.config.descriptor.clone();
-    resolved.bispectrum = init.config.bispectrum.clone();
-    resolved.model.family = init.config.model.family;
-    resolved.model.hidden = init.config.model.hidden.clone();
+    let Some(from) = origin_config else { return resolved };
+    resolved.descriptor = from.descriptor.clone();
+    resolved.bispectrum = from.bispectrum.clone();
+    resolved.model.family = from.model.family;
+    match origin {
+        Origin::FineTune(_) => resolved.model.hidden = from.model.hidden.clone(),
+        Origin::Delta(_) => resolved.bispectrum.trainable = false,
+        Origin::Fresh => {}
+    }
     resolved
 }
 
@@ -368,16 +408,21 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
         .num_threads(threads)
         .build()
         .map_err(|e| Error::invalid(format!("thread pool: {e}")))?;
-    // The `model.init` checkpoint is read once: it completes the config, starts the model and anchors it.
-    let init = init_checkpoint(cfg)?;
-    let cfg = init.as_ref().map_or_else(|| cfg.clone(), |ck| with_init_architecture(cfg, ck));
-    pool.install(|| train_in_pool(&cfg, init.map(|ck| ck.model), opts))
+    // The `model.init` / `model.base` checkpoint is read once: it completes the config, starts the model, and
+    // anchors it (fine-tuning) or says which parameters are frozen (Δ-learning).
+    let (origin, origin_config) = Origin::load(cfg)?;
+    let cfg = with_origin_architecture(cfg, &origin, origin_config.as_ref());
+    pool.install(|| train_in_pool(&cfg, origin, opts))
 }
 
-fn train_in_pool(cfg: &Config, init: Option<Model>, opts: &TrainOptions) -> Result<TrainSummary> {
+fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<TrainSummary> {
     // The anchor is the checkpoint's parameters (a fresh fine-tuning start has the same ones; a resumed run
     // has moved away from them).
-    let anchor = init.as_ref().filter(|_| cfg.loss.anchor_weight > 0.0).map(Model::params);
+    let anchor = match &origin {
+        Origin::FineTune(m) if cfg.loss.anchor_weight > 0.0 => Some(m.params()),
+        _ => None,
+    };
+    let trainable = origin.trainable(cfg)?;
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let resumed = match &opts.resume {
         Some(p) => Some(resume_from(cfg, p)?),
@@ -386,7 +431,13 @@ fn train_in_pool(cfg: &Config, init: Option<Model>, opts: &TrainOptions) -> Resu
     let splits = dataset::load(&cfg.data)?;
     write_inputs(&dir, cfg, &splits)?;
     check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
-    let (mut model, mut st) = start_or_resume(cfg, &splits, resumed, init)?;
+    let (mut model, mut st) = start_or_resume(cfg, &splits, resumed, origin)?;
+    if trainable.as_ref().is_some_and(|t| t.len() != model.n_params()) {
+        return Err(Error::Config(format!(
+            "model.base: the checkpoint's networks do not match the run's ({} parameters); was the base file replaced?",
+            model.n_params()
+        )));
+    }
     let sink: Option<Arc<dyn Progress>> =
         if opts.quiet { None } else { Some(opts.progress.clone().unwrap_or_else(|| Arc::new(PrintLines))) };
     let _end = EndOnDrop(sink.clone());
@@ -418,7 +469,7 @@ fn train_in_pool(cfg: &Config, init: Option<Model>, opts: &TrainOptions) -> Resu
     while !st.finished && st.epochs_done < cfg.training.max_epochs {
         let t0 = std::time::Instant::now();
         let lr_used = st.schedule.lr;
-        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, anchor.as_deref(), sink.as_deref(), &run.last)?;
+        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, anchor.as_deref(), trainable.as_deref(), sink.as_deref(), &run.last)?;
         last_valid = validate_and_checkpoint(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
         if opts.stop_after.is_some_and(|n| epochs_this_run >= n) && !st.finished {
@@ -480,13 +531,13 @@ fn start_or_resume(
     cfg: &Config,
     splits: &Splits,
     resumed: Option<(Model, TrainState)>,
-    init: Option<Model>,
+    origin: Origin,
 ) -> Result<(Model, TrainState)> {
     if let Some(r) = resumed {
         return Ok(r);
     }
     let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
-    let model = start_model(cfg, init, &splits.train, &all)?;
+    let model = start_model(cfg, origin, &splits.train, &all)?;
     let t = &cfg.training;
     let st = TrainState {
         epochs_done: 0,
@@ -507,13 +558,16 @@ fn batches_per_epoch(n_train: usize, batch_size: usize) -> usize {
     n_train.div_ceil(batch_size.min(n_train).max(1))
 }
 
-/// One pass over the shuffled training set: a gradient step per mini-batch. Returns the summed loss terms.
+/// One pass over the shuffled training set: a gradient step per mini-batch, of the `trainable` parameters only
+/// (all if `None`). Returns the summed loss terms.
+#[allow(clippy::too_many_arguments)]
 fn run_epoch(
     model: &mut Model,
     st: &mut TrainState,
     train: &[Frame],
     cfg: &Config,
     anchor: Option<&[f64]>,
+    trainable: Option<&[bool]>,
     progress: Option<&dyn Progress>,
     last: &Path,
 ) -> Result<LossTerms> {
@@ -541,8 +595,11 @@ fn run_epoch(
             )));
         }
         sums.add(&l);
+        if let Some(mask) = trainable {
+            g.iter_mut().zip(mask).filter(|(_, &t)| !t).for_each(|(g, _)| *g = 0.0);
+        }
         optim::clip_grad_norm(&mut g, t.clip_grad_norm);
-        st.optimizer.step(&mut params, &g, st.schedule.lr);
+        st.optimizer.step(&mut params, &g, st.schedule.lr, trainable);
         model.set_params(&params);
         if let Some(e) = st.ema.as_mut() {
             optim::ema_update(e, &params, t.ema_decay);

@@ -25,13 +25,17 @@ impl Adam {
         Adam { m: vec![0.0; n], v: vec![0.0; n], t: 0, decoupled, weight_decay }
     }
 
-    /// One update of `params` with gradient `grad` and learning rate `lr`.
-    pub fn step(&mut self, params: &mut [f64], grad: &[f64], lr: f64) {
+    /// One update of `params` with gradient `grad` and learning rate `lr`; with `trainable`, the parameters
+    /// marked `false` are left exactly as they are (also by weight decay).
+    pub fn step(&mut self, params: &mut [f64], grad: &[f64], lr: f64, trainable: Option<&[bool]>) {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         self.t += 1;
         let c1 = 1.0 - b1.powi(self.t.min(1 << 30) as i32);
         let c2 = 1.0 - b2.powi(self.t.min(1 << 30) as i32);
         for i in 0..params.len() {
+            if trainable.is_some_and(|t| !t[i]) {
+                continue;
+            }
             let mut g = grad[i];
             if !self.decoupled {
                 g += self.weight_decay * params[i];
@@ -127,7 +131,7 @@ mod tests {
         let mut opt = Adam::new(2, true, 0.0);
         for _ in 0..2000 {
             let g = vec![2.0 * p[0], 8.0 * p[1]];
-            opt.step(&mut p, &g, 0.01);
+            opt.step(&mut p, &g, 0.01, None);
         }
         assert!(p[0].abs() < 1e-3 && p[1].abs() < 1e-3, "{p:?}");
         let mut s = Schedule::new(ScheduleKind::Plateau, 1.0, 0.01, 2, 0.5, 100);
