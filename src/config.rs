@@ -131,6 +131,10 @@ pub struct DataConfig {
     pub test_fraction: f64,
     /// Drop force labels from training structures (energy-only training on a labelled set); 1.0 keeps all.
     pub train_forces_fraction: f64,
+    /// Temperature (K) of the canonical ensemble the structures were sampled from (e.g. the thermostat of the MD
+    /// run that produced them), for `loss.score_matching_weight`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f64>,
 }
 
 impl Default for DataConfig {
@@ -148,6 +152,7 @@ impl Default for DataConfig {
             valid_fraction: 0.1,
             test_fraction: 0.1,
             train_forces_fraction: 1.0,
+            temperature: None,
         }
     }
 }
@@ -214,6 +219,10 @@ pub struct LossConfig {
     pub per_atom: bool,
     /// Linear warm-up of the PITC/PISC/weak-label weights over this many epochs (0 = none).
     pub ramp_epochs: usize,
+    /// Score matching for structures sampled at `data.temperature`: weight of ½|F|² − k_BT·∇²E per force
+    /// component, (eV/Å)² like `forces_weight`; a force loss without force labels (the Laplacian is estimated
+    /// along a random ±`epsilon` probe).
+    pub score_matching_weight: f64,
     /// Weight of w·mean((θ − θ_init)²) over the network parameters θ, an L2 pull towards the `model.init`
     /// checkpoint's parameters (keeps a pretrained force field while fine-tuning on energies only).
     pub anchor_weight: f64,
@@ -234,6 +243,7 @@ impl Default for LossConfig {
             epsilon: 0.01,
             per_atom: true,
             ramp_epochs: 0,
+            score_matching_weight: 0.0,
             anchor_weight: 0.0,
         }
     }
@@ -395,11 +405,18 @@ impl Config {
             ("pitc_weight", l.pitc_weight),
             ("pisc_weight", l.pisc_weight),
             ("weak_label_weight", l.weak_label_weight),
+            ("score_matching_weight", l.score_matching_weight),
             ("anchor_weight", l.anchor_weight),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
                 return bad(format!("loss.{name} must be a finite number >= 0, got {w}"));
             }
+        }
+        if let Some(t) = self.data.temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
+            return bad(format!("data.temperature must be a temperature in K > 0, got {t}"));
+        }
+        if l.score_matching_weight > 0.0 && self.data.temperature.is_none() {
+            return bad("loss.score_matching_weight needs data.temperature (K): the temperature the structures were sampled at".into());
         }
         if self.model.init.is_some() && self.model.base.is_some() {
             return bad("model.init (fine-tuning) and model.base (Δ-learning) exclude each other; set one".into());

@@ -59,15 +59,19 @@ fn check_term_on(model: &pilip::model::Model, term: &str, frames: &[Frame], orde
         "pitc" => cfg.loss.pitc_weight = 1.0,
         "pisc" => cfg.loss.pisc_weight = 1.0,
         "weak" => cfg.loss.weak_label_weight = 1.0,
+        "score" => {
+            cfg.loss.score_matching_weight = 1.0;
+            cfg.data.temperature = Some(500.0);
+        }
         _ => unreachable!(),
     }
-    let w = Weights::at_epoch(&cfg.loss, 0);
+    let w = Weights::at_epoch(&cfg.loss, cfg.data.temperature, 0);
     let refs: Vec<&Frame> = frames.iter().collect();
     let ids: Vec<usize> = (0..frames.len()).collect();
     let seed = cfg.training.seed;
     let (loss, grad) = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, seed, &w, 3, true).unwrap();
     let value = loss.get(term).unwrap();
-    assert!(value > 0.0, "{term}: loss is zero");
+    assert!(value != 0.0, "{term}: loss is zero");
     assert_eq!(loss.total(), value, "{term}: other terms must be off");
     let gnorm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
     assert!(gnorm > 0.0);
@@ -102,13 +106,13 @@ fn check_term_on(model: &pilip::model::Model, term: &str, frames: &[Frame], orde
 #[test]
 fn every_loss_term_has_the_right_parameter_gradient() {
     let mols = labelled_molecules();
-    for term in ["energy", "forces", "pitc", "pisc", "weak"] {
+    for term in ["energy", "forces", "pitc", "pisc", "weak", "score"] {
         check_term(term, &mols, vec![1, 6, 8], 4.0, 1);
     }
     check_term("pitc", &mols, vec![1, 6, 8], 4.0, 2);
     check_term_with("energy", &mols, vec![1, 6, 8], 4.0, 1, EnergyLoss::Huber);
     let cells = labelled_cells();
-    for term in ["stress", "forces", "pitc", "pisc"] {
+    for term in ["stress", "forces", "pitc", "pisc", "score"] {
         check_term(term, &cells, vec![13, 29], 4.5, 1);
     }
     // the bispectrum family: the tangent goes through the four-body invariants too
@@ -117,6 +121,45 @@ fn every_loss_term_has_the_right_parameter_gradient() {
         check_term_on(&bs_mol, term, &mols, 1, EnergyLoss::Mse);
     }
     check_term_on(&random_bispectrum_model(vec![13, 29], 4.5, &cells, 17), "stress", &cells, 1, EnergyLoss::Mse);
+}
+
+#[test]
+fn score_matching_term_averages_to_half_the_squared_force_minus_kt_times_the_laplacian() {
+    let mols = labelled_molecules();
+    let frame = &mols[0];
+    let model = random_model(vec![1, 6, 8], 4.0, &mols, 17);
+    let mut cfg = Config::default();
+    (cfg.loss.energy_weight, cfg.loss.forces_weight, cfg.loss.score_matching_weight) = (0.0, 0.0, 1.0);
+    cfg.loss.epsilon = 0.001; // the second difference's error is O(ε²): 5 % at 0.01 Å for this rough random model
+    cfg.data.temperature = Some(500.0);
+    let w = Weights::at_epoch(&cfg.loss, cfg.data.temperature, 0);
+    // the Laplacian by central differences of the forces, one coordinate at a time
+    let (h, n) = (1e-4, frame.len());
+    let mut laplacian = 0.0;
+    for i in 0..n {
+        for a in 0..3 {
+            let force_at = |t: f64| {
+                let mut f = frame.clone();
+                f.positions[i][a] += t;
+                model.predict_frame(&f).unwrap().forces[i][a]
+            };
+            laplacian -= (force_at(h) - force_at(-h)) / (2.0 * h);
+        }
+    }
+    let p = model.predict_frame(frame).unwrap();
+    let grad_sq: f64 = p.forces.iter().flatten().map(|f| f * f).sum();
+    let kt = pilip::units::KB * 500.0;
+    let expected = (0.5 * grad_sq - kt * laplacian) / (3.0 * n as f64);
+    // one random probe per step: the mean over steps converges to the expectation
+    let samples: Vec<f64> = (0..3000)
+        .map(|step| batch_loss_and_grad(&model, &[frame], &[0], &cfg.loss, 1, &w, step, false).unwrap().0.score)
+        .collect();
+    let mean = samples.iter().sum::<f64>() / samples.len() as f64;
+    let sd = (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (samples.len() - 1) as f64).sqrt();
+    let stderr = sd / (samples.len() as f64).sqrt();
+    assert!(sd > 0.0, "the probe must vary between steps");
+    assert!((mean - expected).abs() < 4.0 * stderr + 1e-6 * expected.abs(), "mean {mean} vs {expected} (stderr {stderr})");
+    assert!((kt * laplacian).abs() > 10.0 * stderr * 3.0 * n as f64, "the test must resolve the Laplacian term");
 }
 
 #[test]
@@ -129,7 +172,7 @@ fn pitc_residual_is_per_structure() {
     cfg.loss.forces_weight = 0.0;
     cfg.loss.pitc_weight = 1.0;
     cfg.loss.pisc_weight = 1.0;
-    let w = Weights::at_epoch(&cfg.loss, 0);
+    let w = Weights::at_epoch(&cfg.loss, cfg.data.temperature, 0);
     let loss = |frames: &[&Frame], ids: &[usize]| batch_loss_and_grad(&model, frames, ids, &cfg.loss, cfg.training.seed, &w, 0, false).unwrap().0;
     let both = loss(&[&mols[0], &mols[1]], &[0, 1]);
     let (a, b) = (loss(&[&mols[0]], &[0]), loss(&[&mols[1]], &[1]));

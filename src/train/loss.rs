@@ -11,6 +11,10 @@
 //! - weak labels:     r = E(C) − [E_ref(R) − Δ¹·F_ref(R)]
 //!
 //! each divided by N when `per_atom`, squared, averaged over the structures of the batch.
+//!
+//! Score matching (structures sampled at a known temperature, `data.temperature`) is not a residual: it is
+//! ½|∇E(R)|² − k_B T·∇²E(R) per force component, with the Laplacian from a second difference along a random
+//! ±1 probe v at R ± hv (two more configurations; see [`score_term`]).
 
 use crate::config::{EnergyLoss, LossConfig};
 use crate::error::Result;
@@ -34,17 +38,19 @@ pub struct LossTerms {
     pub pisc: f64,
     /// Weak labels from reference forces.
     pub weak: f64,
+    /// Score matching at the data's temperature (can be negative).
+    pub score: f64,
     /// L2 pull towards the `model.init` parameters (added per step, not per structure).
     pub anchor: f64,
 }
 
 impl LossTerms {
     /// The terms' names, in log order (the keys of `metrics.jsonl`'s `train` object).
-    pub const NAMES: [&'static str; 7] = ["energy", "forces", "stress", "pitc", "pisc", "weak", "anchor"];
+    pub const NAMES: [&'static str; 8] = ["energy", "forces", "stress", "pitc", "pisc", "weak", "score", "anchor"];
 
     /// The values in the order of [`LossTerms::NAMES`].
-    pub fn values(&self) -> [f64; 7] {
-        [self.energy, self.forces, self.stress, self.pitc, self.pisc, self.weak, self.anchor]
+    pub fn values(&self) -> [f64; 8] {
+        [self.energy, self.forces, self.stress, self.pitc, self.pisc, self.weak, self.score, self.anchor]
     }
 
     /// `(name, value)` in log order.
@@ -70,6 +76,7 @@ impl LossTerms {
         self.pitc += other.pitc;
         self.pisc += other.pisc;
         self.weak += other.weak;
+        self.score += other.score;
         self.anchor += other.anchor;
     }
 }
@@ -130,11 +137,16 @@ pub struct Weights {
     pub pisc: f64,
     /// `loss.weak_label_weight`, ramped.
     pub weak: f64,
+    /// `loss.score_matching_weight`, ramped.
+    pub score: f64,
+    /// k_B T of the data (eV), from `data.temperature`; 0 when not given.
+    pub kt: f64,
 }
 
 impl Weights {
-    /// The weights of `epoch` (0-based): the PIWSL weights rise linearly over `ramp_epochs`.
-    pub fn at_epoch(cfg: &LossConfig, epoch: usize) -> Self {
+    /// The weights of `epoch` (0-based) for data sampled at `temperature` (K, if known): the PIWSL and score
+    /// weights rise linearly over `ramp_epochs`.
+    pub fn at_epoch(cfg: &LossConfig, temperature: Option<f64>, epoch: usize) -> Self {
         let ramp = if cfg.ramp_epochs == 0 { 1.0 } else { ((epoch + 1) as f64 / cfg.ramp_epochs as f64).min(1.0) };
         Weights {
             energy: cfg.energy_weight,
@@ -143,6 +155,8 @@ impl Weights {
             pitc: cfg.pitc_weight * ramp,
             pisc: cfg.pisc_weight * ramp,
             weak: cfg.weak_label_weight * ramp,
+            score: cfg.score_matching_weight * ramp,
+            kt: temperature.map_or(0.0, |t| crate::units::KB * t),
         }
     }
 }
@@ -233,6 +247,11 @@ pub fn structure_loss_and_grad(
             configs.push((env_b, cb));
         }
         configs.push((env_c, c.coeffs));
+    }
+    if w.score > 0.0 && w.kt > 0.0 {
+        let (loss, probes) = score_term(model, frame, &pred_r, cfg.epsilon, w, norm, rng, &mut cr)?;
+        terms.score = loss;
+        configs.extend(probes);
     }
     if let Some(grad) = grad {
         model.accumulate_param_grad(&env_r, cr.a, cr.disp.as_deref(), cr.strain.as_ref(), grad);
@@ -359,4 +378,37 @@ fn pisc_term(
     cb.a -= k;
     cb.add_disp(frame.len(), -k, &diff);
     Ok((loss, env_b, cb))
+}
+
+/// Score matching (Hyvärinen 2005) for structures drawn from the canonical ensemble p ∝ exp(−E_true/k_BT):
+/// per structure `½|∇E|² − k_BT·∇²E`, per force component. Its mean over the samples differs from
+/// `½⟨|∇E − ∇E_true|²⟩` by a constant (integration by parts), so it is a force loss that needs no force labels;
+/// unlike first-order PITC it rewards curvature where the data say there is some. The Laplacian is Hutchinson's
+/// estimate with one ±1 probe v per component and a central second difference, vᵀHv ≈ [E(R+hv) − 2E(R) + E(R−hv)]/h²
+/// (h = `loss.epsilon`). Returns the loss and the two probe configurations with their coefficients.
+#[allow(clippy::too_many_arguments)]
+fn score_term(
+    model: &Model,
+    frame: &Frame,
+    pred_r: &Prediction,
+    h: f64,
+    w: &Weights,
+    norm: &Normalizers,
+    rng: &mut Rng,
+    cr: &mut Coeffs,
+) -> Result<(f64, Vec<(Environments, Coeffs)>)> {
+    let n = frame.len();
+    let k = w.score / (norm.n_structures * 3.0 * n as f64);
+    let probe: Vec<Vec3> = (0..n).map(|_| [0, 1, 2].map(|_| if rng.uniform() < 0.5 { -h } else { h })).collect();
+    let minus: Vec<Vec3> = probe.iter().map(|d| d.map(|x| -x)).collect();
+    let (env_p, env_m) = (model.frame_environments(&displaced(frame, &probe))?, model.frame_environments(&displaced(frame, &minus))?);
+    let curvature = (model.energy_of(&env_p) - 2.0 * pred_r.energy + model.energy_of(&env_m)) / (h * h);
+    let grad_sq: f64 = pred_r.forces.iter().flatten().map(|f| f * f).sum();
+    // ∂/∂θ ½|F|² = F·∂F/∂θ = −∂/∂θ D_F E (F held fixed)
+    let f: Vec<Vec3> = pred_r.forces.iter().map(|x| x.map(|c| k * c)).collect();
+    cr.add_disp(n, -1.0, &f);
+    let c = k * w.kt / (h * h);
+    cr.a += 2.0 * c;
+    let side = || Coeffs { a: -c, disp: None, strain: None };
+    Ok((k * (0.5 * grad_sq - w.kt * curvature), vec![(env_p, side()), (env_m, side())]))
 }

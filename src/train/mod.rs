@@ -574,7 +574,7 @@ fn run_epoch(
     let t = &cfg.training;
     let epoch = st.epochs_done;
     let bs = t.batch_size.min(train.len()).max(1);
-    let w = Weights::at_epoch(&cfg.loss, epoch);
+    let w = Weights::at_epoch(&cfg.loss, cfg.data.temperature, epoch);
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::derive(t.seed, epoch as u64, 0x5_4ff1e).shuffle(&mut order);
     let mut sums = LossTerms::default();
