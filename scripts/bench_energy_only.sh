@@ -1,25 +1,42 @@
 #!/usr/bin/env bash
-# Energy-only training with forces from a cheap method (issue 14): on the first N structures of TRAIN, using
-# their energies only (the forces in TRAIN are never read), trains
+# Energy-only training (issue 14, docs/energy-only.md): on the first N structures of TRAIN, using their energies
+# only (the forces in TRAIN are never read, except by the opt-in CEILING row), trains and evaluates on TEST:
 #   standard — the model on the N energies alone;
-#   method   — a base model on GFN2-xTB energies and forces of all TRAIN geometries (scripts/xtb_labels.py,
-#              cached next to the outputs), fine-tuned on the N energies (model.init + loss.anchor_weight = 1);
-# evaluates both, the base model and GFN2-xTB itself on TEST, and prints one JSON line (meV/Å, meV/atom).
+#   base     — a model on GFN2-xTB energies and forces of all TRAIN geometries (scripts/xtb_labels.py, cached next
+#              to the outputs): the cheap method's shape, no expensive data;
+#   delta    — Δ-learning: the base frozen, a correction network (model.base, hidden DELTA_HIDDEN) trained beside
+#              it on the N energies — one exported model;            (the method reported as method_*: METHOD)
+#   finetune — the base continued on the N energies (model.init, loss.anchor_weight = 1);
+#   score    — standard + score matching at TEMPERATURE (K), the temperature the structures were sampled at
+#              (rMD17: 500); skipped when TEMPERATURE is empty;
+#   ceiling  — with CEILING=1 only: the model trained on the N structures' energies AND forces (reads TRAIN's
+#              forces; the bound the energy-only rows aim for).
+# Prints one JSON line: <row>_forces_mae (meV/Å) and <row>_energy_mae (meV/atom) per row, xtb_forces_mae (GFN2-xTB
+# itself on TEST), and standard_*/method_*/base_forces_mae/forces_ratio for the method chosen by METHOD.
 # Works on any rMD17-style file (C, H, N, O molecules, keys `energy` and `forces`).
 # Usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]   (defaults: seed 1, 200 epochs)
+# Env:   METHOD (delta), ROWS (all: "standard base delta finetune score"), TEMPERATURE (500), DELTA_HIDDEN ([8, 8]),
+#        CEILING (0), OUT (bench_runs/energy_only/<TRAIN name>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TRAIN=$(realpath "${1:?usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]}")
-TEST=$(realpath "${2:?usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]}")
-N=${3:?usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]}
+usage="usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]"
+TRAIN=$(realpath "${1:?$usage}")
+TEST=$(realpath "${2:?$usage}")
+N=${3:?$usage}
 SEED=${4:-1}
 EPOCHS=${5:-200}
+METHOD=${METHOD:-delta}
+ROWS=${ROWS:-standard base delta finetune score}
+TEMPERATURE=${TEMPERATURE-500}
+DELTA_HIDDEN=${DELTA_HIDDEN:-[8, 8]}
+[ "${CEILING:-0}" = 1 ] && ROWS="$ROWS ceiling"
+case " $ROWS " in *" $METHOD "*) ;; *) echo "METHOD=$METHOD is not one of the rows ($ROWS)" >&2; exit 2 ;; esac
 bash scripts/setup_python.sh
 cargo build --release --locked --bin pilip >&2
 P=target/release/pilip
 CFG=examples/configs/energy_only.toml
 NAME=$(basename "$TRAIN" .extxyz)
-OUT=bench_runs/energy_only/$NAME
+OUT=${OUT:-bench_runs/energy_only/$NAME}
 mkdir -p "$OUT"
 XTB=$OUT/xtb_labels.extxyz
 .venv/bin/python scripts/xtb_labels.py "$TRAIN" "$XTB" >&2
@@ -27,51 +44,74 @@ XTB_TEST=$OUT/xtb_test_labels.extxyz        # xTB itself on TEST, for its own fo
 .venv/bin/python scripts/xtb_labels.py "$TEST" "$XTB_TEST" --forces-key xtb_forces --energy-key xtb_energy >&2
 TOTAL=$(grep -c "Properties=" "$XTB")
 NVALID=$(( N / 20 > 5 ? N / 20 : 5 ))
-split() { echo --set data.n_train=$(( $1 - $2 )) --set data.n_valid=$2; }
-common() { echo --quiet --set training.seed=$SEED --set training.max_epochs=$EPOCHS; }
-train() { # run_dir, extra arguments
-  local dir=$OUT/$1; shift
+EXPENSIVE=(--set data.file="\"$TRAIN\"" --set data.n_train=$(( N - NVALID )) --set data.n_valid=$NVALID)
+BASE_DIR=$OUT/xtb_base_s${SEED}_e$EPOCHS
+BASE_CKPT=$PWD/$BASE_DIR/checkpoints/best.ckpt
+train() { # run_dir, extra arguments; a finished run is reused
+  local dir=$1; shift
   if [ ! -f "$dir/done" ]; then
     rm -rf "$dir"
-    $P train "$CFG" $(common) --set output.run_dir="\"$dir\"" "$@" >&2
+    $P train "$CFG" --quiet --set training.seed=$SEED --set training.max_epochs=$EPOCHS --set output.run_dir="\"$dir\"" "$@" >&2
     touch "$dir/done"
   fi
 }
-train "standard_n${N}_s${SEED}_e$EPOCHS" --set data.file="\"$TRAIN\"" $(split "$N" "$NVALID")
-train "xtb_base_s${SEED}_e$EPOCHS" --set data.file="\"$(realpath "$XTB")\"" --set data.keys.forces='"forces"' \
-  --set loss.forces_weight=1.0 --set training.early_stopping_metric='"val_loss"' $(split "$TOTAL" 50)
-train "finetuned_n${N}_s${SEED}_e$EPOCHS" --set data.file="\"$TRAIN\"" $(split "$N" "$NVALID") \
-  --set model.init="\"$PWD/$OUT/xtb_base_s${SEED}_e$EPOCHS/checkpoints/best.ckpt\"" --set loss.anchor_weight=1.0
-ev() { $P eval "$OUT/$1/checkpoints/best.ckpt" "$TEST" --energy-key energy --forces-key forces --json; }
-.venv/bin/python - "$(ev "standard_n${N}_s${SEED}_e$EPOCHS")" "$(ev "finetuned_n${N}_s${SEED}_e$EPOCHS")" "$(ev "xtb_base_s${SEED}_e$EPOCHS")" \
-  "$NAME" "$N" "$SEED" "$TEST" "$XTB_TEST" <<'EOF2'
-import json, sys
+needs_base() { case " $ROWS " in *" base "*|*" delta "*|*" finetune "*) return 0 ;; esac; return 1; }
+if needs_base; then
+  train "$BASE_DIR" --set data.file="\"$(realpath "$XTB")\"" --set data.keys.forces='"forces"' \
+    --set loss.forces_weight=1.0 --set training.early_stopping_metric='"val_loss"' \
+    --set data.n_train=$(( TOTAL - 50 )) --set data.n_valid=50
+fi
+declare -A RUN
+for row in $ROWS; do
+  case $row in
+    standard) RUN[$row]=$OUT/standard_n${N}_s${SEED}_e$EPOCHS; train "${RUN[$row]}" "${EXPENSIVE[@]}" ;;
+    base) RUN[$row]=$BASE_DIR ;;
+    delta) RUN[$row]=$OUT/delta_h$(echo "$DELTA_HIDDEN" | tr -dc '0-9,' | tr , x)_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.base="\"$BASE_CKPT\"" --set model.hidden="$DELTA_HIDDEN" ;;
+    finetune) RUN[$row]=$OUT/finetuned_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.init="\"$BASE_CKPT\"" --set loss.anchor_weight=1.0 ;;
+    score) [ -n "$TEMPERATURE" ] || continue
+      RUN[$row]=$OUT/score_T${TEMPERATURE}_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set data.temperature=$TEMPERATURE --set loss.score_matching_weight=1e-3 ;;
+    ceiling) RUN[$row]=$OUT/ceiling_forces_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set data.keys.forces='"forces"' --set loss.forces_weight=1.0 \
+        --set training.early_stopping_metric='"val_loss"' ;;
+    *) echo "unknown row '$row' in ROWS" >&2; exit 2 ;;
+  esac
+done
+[ -n "${RUN[$METHOD]:-}" ] || { echo "METHOD=$METHOD was not run (TEMPERATURE empty?)" >&2; exit 2; }
+EVALS=$(for row in "${!RUN[@]}"; do
+  printf '%s\t%s\n' "$row" "$($P eval "${RUN[$row]}/checkpoints/best.ckpt" "$TEST" --energy-key energy --forces-key forces --json)"
+done)
+EVALS=$EVALS .venv/bin/python - "$NAME" "$N" "$SEED" "$METHOD" "$TEST" "$XTB_TEST" <<'EOF2'
+import json, os, sys
 import numpy as np
-std, method, base = (json.loads(a) for a in sys.argv[1:4])
+name, n, seed, method, test, xtb_test = sys.argv[1:7]
+evals = {row: json.loads(text) for row, text in (l.split("\t", 1) for l in os.environ["EVALS"].strip().splitlines())}
 
 def forces(path, key):
     """Force columns `key` of every frame (extended XYZ with a Properties line)."""
     out, lines, i = [], open(path).read().splitlines(), 0
     while i < len(lines):
-        n = int(lines[i]); props = lines[i + 1].split("Properties=")[1].split()[0].split(":")
+        count = int(lines[i]); props = lines[i + 1].split("Properties=")[1].split()[0].split(":")
         col, start = None, 0
-        for name, kind, width in zip(props[::3], props[1::3], props[2::3]):
-            if name == key:
+        for prop, kind, width in zip(props[::3], props[1::3], props[2::3]):
+            if prop == key:
                 col = start
             start += int(width)
-        out.append(np.array([[float(x) for x in l.split()[col:col + 3]] for l in lines[i + 2:i + 2 + n]]))
-        i += 2 + n
+        out.append(np.array([[float(x) for x in l.split()[col:col + 3]] for l in lines[i + 2:i + 2 + count]]))
+        i += 2 + count
     return np.concatenate(out)
 
-xtb_mae = 1e3 * np.abs(forces(sys.argv[7], "forces") - forces(sys.argv[8], "xtb_forces")).mean()
-print(json.dumps({
-    "train": sys.argv[4], "n": int(sys.argv[5]), "seed": int(sys.argv[6]), "method": "xtb_finetune_anchor1",
-    "standard_forces_mae": round(std["forces_mae_mev_per_A"], 2),
-    "method_forces_mae": round(method["forces_mae_mev_per_A"], 2),
-    "base_forces_mae": round(base["forces_mae_mev_per_A"], 2),
-    "xtb_forces_mae": round(float(xtb_mae), 2),
-    "standard_energy_mae": round(std["energy_mae_mev_per_atom"], 3),
-    "method_energy_mae": round(method["energy_mae_mev_per_atom"], 3),
-    "forces_ratio": round(std["forces_mae_mev_per_A"] / method["forces_mae_mev_per_A"], 2),
-}))
+result = {"train": name, "n": int(n), "seed": int(seed), "method": method}
+for row in ["standard", "base", "delta", "finetune", "score", "ceiling"]:
+    if row in evals:
+        result[f"{row}_forces_mae"] = round(evals[row]["forces_mae_mev_per_A"], 2)
+        result[f"{row}_energy_mae"] = round(evals[row]["energy_mae_mev_per_atom"], 3)
+result["xtb_forces_mae"] = round(float(1e3 * np.abs(forces(test, "forces") - forces(xtb_test, "xtb_forces")).mean()), 2)
+result["method_forces_mae"] = result[f"{method}_forces_mae"]
+result["method_energy_mae"] = result[f"{method}_energy_mae"]
+if "standard" in evals:
+    result["forces_ratio"] = round(result["standard_forces_mae"] / result["method_forces_mae"], 2)
+print(json.dumps(result))
 EOF2

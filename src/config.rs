@@ -63,6 +63,21 @@ pub enum Optimizer {
     AdamW,
 }
 
+/// How the PIWSL displacements are drawn: pilip's, or as one of the two versions of the paper's official code
+/// (for comparison rows; `docs/piwsl.md`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PiwslVariant {
+    /// Components uniform in [−ε, ε], the mean displacement of each structure removed; PITC and PISC share Δ¹.
+    #[default]
+    Pilip,
+    /// The earlier official code: components ε·U[0, 1), not centred.
+    PaperV1,
+    /// The final official code: centred ε·U[−1, 1), but PITC's displacement multiplied by ε once more
+    /// (±ε² Å; its own configuration, PISC keeps Δ¹).
+    PaperFinal,
+}
+
 /// The learning-rate schedule.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -215,6 +230,8 @@ pub struct LossConfig {
     pub weak_label_weight: f64,
     /// Displacement amplitude ε (Å): components uniform in [−ε, ε], centred per structure.
     pub epsilon: f64,
+    /// How PITC/PISC/weak-label displacements are drawn (pilip's, or the paper code's versions).
+    pub piwsl_variant: PiwslVariant,
     /// Divide PITC/PISC/weak-label residuals by the number of atoms (per-atom energies) before squaring.
     pub per_atom: bool,
     /// Linear warm-up of the PITC/PISC/weak-label weights over this many epochs (0 = none).
@@ -241,6 +258,7 @@ impl Default for LossConfig {
             pisc_weight: 0.0,
             weak_label_weight: 0.0,
             epsilon: 0.01,
+            piwsl_variant: PiwslVariant::Pilip,
             per_atom: true,
             ramp_epochs: 0,
             score_matching_weight: 0.0,

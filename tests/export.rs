@@ -16,6 +16,7 @@ fn exported_model_matches_the_training_time_model() {
         (cell_model(), triclinic_cell()),
         (bispectrum_molecule_model(), molecule()),
         (bispectrum_cell_model(), triclinic_cell()),
+        (delta_model(), triclinic_cell()),
     ];
     for (model, frame) in cases {
         let mut frames = probe_structures(&model);
@@ -132,4 +133,13 @@ fn a_bispectrum_file_with_a_broken_compression_is_refused_with_the_sizes() {
     p.metadata_props.retain(|p| p.key != "pilip.bispectrum");
     let err = Potential::from_bytes(&p.encode_to_vec(), "edited.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
     assert!(err.contains("lacks its 'pilip.bispectrum'"), "{err}");
+}
+
+/// A Δ-learning model (a bispectrum base with a correction beside each network) whose correction is non-trivial.
+fn delta_model() -> pilip::model::Model {
+    let (mut model, trainable) = pilip::model::Model::with_correction(bispectrum_cell_model(), &[7, 5], 3).unwrap();
+    let mut rng = pilip::rng::Rng::new(8);
+    let p: Vec<f64> = model.params().iter().zip(&trainable).map(|(p, &t)| if t { p + 0.3 * rng.normal() } else { *p }).collect();
+    model.set_params(&p);
+    model
 }

@@ -1,7 +1,7 @@
 //! Loss gradients against finite differences in the parameters, and end-to-end training behaviour.
 mod common;
 use common::*;
-use pilip::config::{Config, EnergyLoss, Schedule};
+use pilip::config::{Config, EnergyLoss, PiwslVariant, Schedule};
 use pilip::frame::Frame;
 use pilip::rng::Rng;
 use pilip::train::loss::{LossTerms, Weights};
@@ -44,8 +44,13 @@ fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64,
 }
 
 fn check_term_on(model: &pilip::model::Model, term: &str, frames: &[Frame], order: u32, energy_loss: EnergyLoss) {
+    check_term_variant(model, term, frames, order, energy_loss, PiwslVariant::Pilip);
+}
+
+fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame], order: u32, energy_loss: EnergyLoss, variant: PiwslVariant) {
     let model = model.clone();
     let mut cfg = Config::default();
+    cfg.loss.piwsl_variant = variant;
     cfg.loss.energy_loss = energy_loss;
     cfg.loss.huber_delta = 0.05;
     cfg.loss.energy_weight = 0.0;
@@ -121,6 +126,13 @@ fn every_loss_term_has_the_right_parameter_gradient() {
         check_term_on(&bs_mol, term, &mols, 1, EnergyLoss::Mse);
     }
     check_term_on(&random_bispectrum_model(vec![13, 29], 4.5, &cells, 17), "stress", &cells, 1, EnergyLoss::Mse);
+    // the paper code's displacement variants (the final one gives PITC its own configuration)
+    let model = random_model(vec![1, 6, 8], 4.0, &mols, 17);
+    for variant in [PiwslVariant::PaperV1, PiwslVariant::PaperFinal] {
+        for (term, order) in [("pitc", 1), ("pitc", 2), ("pisc", 1)] {
+            check_term_variant(&model, term, &mols, order, EnergyLoss::Mse, variant);
+        }
+    }
 }
 
 #[test]

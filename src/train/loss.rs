@@ -16,7 +16,7 @@
 //! ½|∇E(R)|² − k_B T·∇²E(R) per force component, with the Laplacian from a second difference along a random
 //! ±1 probe v at R ± hv (two more configurations; see [`score_term`]).
 
-use crate::config::{EnergyLoss, LossConfig};
+use crate::config::{EnergyLoss, LossConfig, PiwslVariant};
 use crate::error::Result;
 use crate::frame::{displaced, Frame, Mat3, Vec3};
 use crate::model::{Environments, Model};
@@ -184,6 +184,15 @@ impl Coeffs {
 
 /// Centred uniform displacement in [−ε, ε]³ per atom.
 pub fn displacement(rng: &mut Rng, n: usize, eps: f64) -> Vec<Vec3> {
+    displacement_of(PiwslVariant::Pilip, rng, n, eps)
+}
+
+/// A displacement as `variant` draws it (PaperV1: ε·U[0, 1) per component, not centred; otherwise centred
+/// uniform in [−ε, ε]).
+fn displacement_of(variant: PiwslVariant, rng: &mut Rng, n: usize, eps: f64) -> Vec<Vec3> {
+    if variant == PiwslVariant::PaperV1 {
+        return (0..n).map(|_| [0, 1, 2].map(|_| eps * rng.uniform())).collect();
+    }
     let mut d: Vec<Vec3> = (0..n).map(|_| [0, 1, 2].map(|_| eps * (2.0 * rng.uniform() - 1.0))).collect();
     for a in 0..3 {
         let mean = d.iter().map(|x| x[a]).sum::<f64>() / n as f64;
@@ -223,20 +232,31 @@ pub fn structure_loss_and_grad(
     let mut configs: Vec<(Environments, Coeffs)> = Vec::new();
     if want_pitc || want_weak || want_pisc {
         let n = frame.len();
-        let d1 = displacement(rng, n, cfg.epsilon);
-        let d2 = if want_pisc { Some(displacement(rng, n, cfg.epsilon)) } else { None };
-        let env_c = model.frame_environments(&displaced(frame, &d1))?;
-        let second_order = want_pitc && cfg.pitc_order == 2;
-        let (energy, forces) = if second_order {
-            let p = model.predict(&env_c);
-            (p.energy, Some(p.forces))
-        } else {
-            (model.energy_of(&env_c), None)
-        };
+        let variant = cfg.piwsl_variant;
+        let d1 = displacement_of(variant, rng, n, cfg.epsilon);
+        let d2 = if want_pisc { Some(displacement_of(variant, rng, n, cfg.epsilon)) } else { None };
         let scale = if cfg.per_atom { 1.0 / n as f64 } else { 1.0 };
-        let mut c = Displaced { d: d1, energy, forces, scale, coeffs: Coeffs::new() };
-        if want_pitc {
+        let second_order = want_pitc && cfg.pitc_order == 2;
+        let at = |d: Vec<Vec3>| -> Result<(Environments, Displaced)> {
+            let env = model.frame_environments(&displaced(frame, &d))?;
+            let (energy, forces) = if second_order {
+                let p = model.predict(&env);
+                (p.energy, Some(p.forces))
+            } else {
+                (model.energy_of(&env), None)
+            };
+            Ok((env, Displaced { d, energy, forces, scale, coeffs: Coeffs::new() }))
+        };
+        // the paper's final code gives PITC a displacement ε times smaller than PISC's, at its own configuration
+        let own_pitc = want_pitc && variant == PiwslVariant::PaperFinal;
+        let (env_c, mut c) = at(d1.clone())?;
+        if want_pitc && !own_pitc {
             terms.pitc = pitc_term(&pred_r, &mut c, w.pitc, norm, &mut cr);
+        }
+        if own_pitc {
+            let (env_p, mut p) = at(d1.iter().map(|x| x.map(|v| v * cfg.epsilon)).collect())?;
+            terms.pitc = pitc_term(&pred_r, &mut p, w.pitc, norm, &mut cr);
+            configs.push((env_p, p.coeffs));
         }
         if want_weak {
             terms.weak = weak_term(frame, &mut c, w.weak, norm);
