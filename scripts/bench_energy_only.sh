@@ -16,7 +16,8 @@
 # Works on any rMD17-style file (C, H, N, O molecules, keys `energy` and `forces`).
 # Usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]   (defaults: seed 1, 200 epochs)
 # Env:   METHOD (delta), ROWS (all: "standard base delta finetune score"), TEMPERATURE (500), DELTA_HIDDEN ([8, 8]),
-#        CEILING (0), OUT (bench_runs/energy_only/<TRAIN name>)
+#        CEILING (0), BASE_SEED (SEED: the seed of the xTB base; the same base may serve several seeds of the rest),
+#        OUT (bench_runs/energy_only/<TRAIN name>)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 usage="usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]"
@@ -29,6 +30,7 @@ METHOD=${METHOD:-delta}
 ROWS=${ROWS:-standard base delta finetune score}
 TEMPERATURE=${TEMPERATURE-500}
 DELTA_HIDDEN=${DELTA_HIDDEN:-[8, 8]}
+BASE_SEED=${BASE_SEED:-$SEED}
 [ "${CEILING:-0}" = 1 ] && ROWS="$ROWS ceiling"
 case " $ROWS " in *" $METHOD "*) ;; *) echo "METHOD=$METHOD is not one of the rows ($ROWS)" >&2; exit 2 ;; esac
 bash scripts/setup_python.sh
@@ -45,9 +47,9 @@ XTB_TEST=$OUT/xtb_test_labels.extxyz        # xTB itself on TEST, for its own fo
 TOTAL=$(grep -c "Properties=" "$XTB")
 NVALID=$(( N / 20 > 5 ? N / 20 : 5 ))
 EXPENSIVE=(--set data.file="\"$TRAIN\"" --set data.n_train=$(( N - NVALID )) --set data.n_valid=$NVALID)
-BASE_DIR=$OUT/xtb_base_s${SEED}_e$EPOCHS
+BASE_DIR=$OUT/xtb_base_s${BASE_SEED}_e$EPOCHS
 BASE_CKPT=$PWD/$BASE_DIR/checkpoints/best.ckpt
-train() { # run_dir, extra arguments; a finished run is reused
+train() { # run_dir, extra arguments (a later --set training.seed wins); a finished run is reused
   local dir=$1; shift
   if [ ! -f "$dir/done" ]; then
     rm -rf "$dir"
@@ -59,7 +61,7 @@ needs_base() { case " $ROWS " in *" base "*|*" delta "*|*" finetune "*) return 0
 if needs_base; then
   train "$BASE_DIR" --set data.file="\"$(realpath "$XTB")\"" --set data.keys.forces='"forces"' \
     --set loss.forces_weight=1.0 --set training.early_stopping_metric='"val_loss"' \
-    --set data.n_train=$(( TOTAL - 50 )) --set data.n_valid=50
+    --set data.n_train=$(( TOTAL - 50 )) --set data.n_valid=50 --set training.seed=$BASE_SEED
 fi
 declare -A RUN
 for row in $ROWS; do
@@ -83,7 +85,7 @@ done
 EVALS=$(for row in "${!RUN[@]}"; do
   printf '%s\t%s\n' "$row" "$($P eval "${RUN[$row]}/checkpoints/best.ckpt" "$TEST" --energy-key energy --forces-key forces --json)"
 done)
-EVALS=$EVALS .venv/bin/python - "$NAME" "$N" "$SEED" "$METHOD" "$TEST" "$XTB_TEST" <<'EOF2'
+EVALS=$EVALS BASE_SEED=$BASE_SEED .venv/bin/python - "$NAME" "$N" "$SEED" "$METHOD" "$TEST" "$XTB_TEST" <<'EOF2'
 import json, os, sys
 import numpy as np
 name, n, seed, method, test, xtb_test = sys.argv[1:7]
@@ -103,7 +105,7 @@ def forces(path, key):
         i += 2 + count
     return np.concatenate(out)
 
-result = {"train": name, "n": int(n), "seed": int(seed), "method": method}
+result = {"train": name, "n": int(n), "seed": int(seed), "base_seed": int(os.environ["BASE_SEED"]), "method": method}
 for row in ["standard", "base", "delta", "finetune", "score", "ceiling"]:
     if row in evals:
         result[f"{row}_forces_mae"] = round(evals[row]["forces_mae_mev_per_A"], 2)
