@@ -445,15 +445,18 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     match &opts.resume {
         None => {
             let species: Vec<&str> = model.species.iter().map(|z| crate::elements::symbol(*z).unwrap_or("?")).collect();
+            let parameters = match &trainable {
+                Some(t) => format!("{} parameters, {} trained (Δ-learning: the base is frozen)", model.n_params(), t.iter().filter(|&&x| x).count()),
+                None => format!("{} parameters", model.n_params()),
+            };
             run.log(&format!(
-                "pilip {} | train {} valid {} test {} structures | species {:?} | {} descriptor features | {} parameters | energy scale {:.4} eV | {} threads",
+                "pilip {} | train {} valid {} test {} structures | species {:?} | {} descriptor features | {parameters} | energy scale {:.4} eV | {} threads",
                 env!("CARGO_PKG_VERSION"),
                 splits.train.len(),
                 splits.valid.len(),
                 splits.test.len(),
                 species,
                 model.n_features(),
-                model.n_params(),
                 model.energy_scale,
                 rayon::current_num_threads()
             ));
