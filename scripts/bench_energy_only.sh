@@ -83,7 +83,7 @@ for row in $ROWS; do
 done
 [ -n "${RUN[$METHOD]:-}" ] || { echo "METHOD=$METHOD was not run (TEMPERATURE empty?)" >&2; exit 2; }
 EVALS=$(for row in "${!RUN[@]}"; do
-  printf '%s\t%s\n' "$row" "$($P eval "${RUN[$row]}/checkpoints/best.ckpt" "$TEST" --energy-key energy --forces-key forces --json)"
+  printf '%s\t%s\n' "$row" "$($P eval "${RUN[$row]}/checkpoints/best.ckpt" "$TEST" --energy-key energy --forces-key forces --json | tr -d '\n')"
 done)
 EVALS=$EVALS BASE_SEED=$BASE_SEED .venv/bin/python - "$NAME" "$N" "$SEED" "$METHOD" "$TEST" "$XTB_TEST" <<'EOF2'
 import json, os, sys
