@@ -103,7 +103,7 @@ pub struct TrainSummary {
 /// Where a run's model starts besides the data: fresh, from a checkpoint to fine-tune (`model.init`), or from a
 /// base to train a correction beside (`model.base`, Δ-learning).
 #[derive(Clone, Debug)]
-pub enum Origin {
+enum Origin {
     /// A new model fitted to the training data.
     Fresh,
     /// The `model.init` checkpoint's model, all of it trained further.
@@ -114,7 +114,7 @@ pub enum Origin {
 
 impl Origin {
     /// The origin the config names, with its checkpoint read; also that checkpoint's config.
-    pub fn load(cfg: &Config) -> Result<(Self, Option<Config>)> {
+    fn load(cfg: &Config) -> Result<(Self, Option<Config>)> {
         let Some(path) = cfg.model.init.as_ref().or(cfg.model.base.as_ref()) else { return Ok((Origin::Fresh, None)) };
         let ck = Checkpoint::load(path)?;
         let origin = if cfg.model.init.is_some() { Origin::FineTune(ck.model) } else { Origin::Delta(ck.model) };
@@ -184,12 +184,9 @@ fn continued_model(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Fram
     missing.dedup();
     if !missing.is_empty() {
         let names = |zs: &[u32]| zs.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?")).collect::<Vec<_>>().join(", ");
-        let (key, path) = match (&cfg.model.init, &cfg.model.base) {
-            (Some(p), _) => ("model.init", p.as_path()),
-            (None, Some(p)) => ("model.base", p.as_path()),
-            (None, None) => ("model", Path::new("?")),
-        };
-        return Err(Error::Config(format!("{key}: {} knows {}, but the data also has {}", path.display(), names(&model.species), names(&missing))));
+        let key = if cfg.model.init.is_some() { "model.init" } else { "model.base" };
+        let path = cfg.model.init.as_ref().or(cfg.model.base.as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
+        return Err(Error::Config(format!("{key}: {path} knows {}, but the data also has {}", names(&model.species), names(&missing))));
     }
     let refs: Vec<&Frame> = train.iter().collect();
     model.refit_reference_energies(&refs)?;
