@@ -514,3 +514,29 @@ fn delta_learning_trains_only_the_correction_and_resumes_exactly() {
 fn root_data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name)
 }
+
+#[test]
+fn every_example_training_config_loads_with_the_overrides_its_comments_use() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            Config::load(&path, &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            n += 1;
+        }
+    }
+    assert!(n >= 5, "{n} configs");
+    // the energy-only workflow's Δ and fine-tuning steps (docs/energy-only.md)
+    let eo = dir.join("energy_only.toml");
+    for set in [
+        vec!["model.base=\"runs/base/checkpoints/best.ckpt\"", "model.hidden=[8, 8]"],
+        vec!["model.init=\"runs/base/checkpoints/best.ckpt\"", "loss.anchor_weight=1.0"],
+        vec!["data.temperature=500.0", "loss.score_matching_weight=1e-3"],
+    ] {
+        let overrides: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        Config::load(&eo, &overrides).unwrap_or_else(|e| panic!("{set:?}: {e}"));
+    }
+    let e = Config::load(&eo, &["loss.score_matching_weight=1e-3".to_string()]).unwrap_err().to_string();
+    assert!(e.contains("data.temperature"), "{e}");
+}
