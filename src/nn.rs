@@ -56,16 +56,18 @@ impl Mlp {
         }
         let nl = self.n_layers();
         let sizes: Vec<usize> = (0..a.len()).map(|k| if k == 0 || k == nl { a[k] } else { a[k] + b[k] }).collect();
-        // Which network a unit of the merged layer belongs to: `Some(Ok(i))` unit i of `self`, `Some(Err(i))` unit
-        // i of `other`, `None` shared (the input at the first layer, the output at the last).
-        let owner = |i: usize, width_a: usize, shared: bool| -> Option<std::result::Result<usize, usize>> {
-            if shared {
-                None
-            } else if i < width_a {
-                Some(Ok(i))
-            } else {
-                Some(Err(i - width_a))
-            }
+        // A unit of a merged layer: shared by both networks (the input at the first layer, the output at the
+        // last), or unit i of `self` (`Base`) or of `other` (`Extra`).
+        #[derive(Clone, Copy)]
+        enum Unit {
+            Shared(usize),
+            Base(usize),
+            Extra(usize),
+        }
+        let unit = |i: usize, width_a: usize, shared: bool| match () {
+            _ if shared => Unit::Shared(i),
+            _ if i < width_a => Unit::Base(i),
+            _ => Unit::Extra(i - width_a),
         };
         let mut merged = Mlp { sizes: sizes.clone(), params: Vec::with_capacity(self.n_params() + other.n_params()) };
         let mut is_other = Vec::with_capacity(merged.params.capacity());
@@ -74,16 +76,9 @@ impl Mlp {
             let (oa, ob) = (a[k + 1], b[k + 1]);
             for r in 0..sizes[k] {
                 for c in 0..sizes[k + 1] {
-                    let (row, col) = (owner(r, a[k], k == 0), owner(c, oa, k + 1 == nl));
-                    let (v, mine) = match (row, col) {
-                        (None | Some(Ok(_)), None | Some(Ok(_))) => {
-                            let (i, j) = (row.map_or(r, |o| o.unwrap_or(0)), col.map_or(c, |o| o.unwrap_or(0)));
-                            (self.params[wa + i * oa + j], false)
-                        }
-                        (None | Some(Err(_)), None | Some(Err(_))) => {
-                            let (i, j) = (row.map_or(r, |o| o.err().unwrap_or(0)), col.map_or(c, |o| o.err().unwrap_or(0)));
-                            (other.params[wb + i * ob + j], true)
-                        }
+                    let (v, mine) = match (unit(r, a[k], k == 0), unit(c, oa, k + 1 == nl)) {
+                        (Unit::Shared(i) | Unit::Base(i), Unit::Shared(j) | Unit::Base(j)) => (self.params[wa + i * oa + j], false),
+                        (Unit::Shared(i) | Unit::Extra(i), Unit::Shared(j) | Unit::Extra(j)) => (other.params[wb + i * ob + j], true),
                         _ => (0.0, false), // between the two halves
                     };
                     merged.params.push(v);
