@@ -248,15 +248,16 @@ pub fn structure_loss_and_grad(
             Ok((env, Displaced { d, energy, forces, scale, coeffs: Coeffs::new() }))
         };
         // the paper's final code gives PITC a displacement ε times smaller than PISC's, at its own configuration
-        let own_pitc = want_pitc && variant == PiwslVariant::PaperFinal;
-        let (env_c, mut c) = at(d1.clone())?;
-        if want_pitc && !own_pitc {
-            terms.pitc = pitc_term(&pred_r, &mut c, w.pitc, norm, &mut cr);
-        }
-        if own_pitc {
-            let (env_p, mut p) = at(d1.iter().map(|x| x.map(|v| v * cfg.epsilon)).collect())?;
-            terms.pitc = pitc_term(&pred_r, &mut p, w.pitc, norm, &mut cr);
-            configs.push((env_p, p.coeffs));
+        let own_pitc = (want_pitc && variant == PiwslVariant::PaperFinal).then(|| d1.iter().map(|x| x.map(|v| v * cfg.epsilon)).collect());
+        let (env_c, mut c) = at(d1)?;
+        match own_pitc {
+            Some(d) => {
+                let (env_p, mut p) = at(d)?;
+                terms.pitc = pitc_term(&pred_r, &mut p, w.pitc, norm, &mut cr);
+                configs.push((env_p, p.coeffs));
+            }
+            None if want_pitc => terms.pitc = pitc_term(&pred_r, &mut c, w.pitc, norm, &mut cr),
+            None => {}
         }
         if want_weak {
             terms.weak = weak_term(frame, &mut c, w.weak, norm);

@@ -108,24 +108,31 @@ enum Origin {
     Fresh,
     /// The `model.init` checkpoint's model, all of it trained further.
     FineTune(Model),
-    /// The `model.base` checkpoint's model, frozen, with correction networks beside it.
-    Delta(Model),
+    /// The `model.base` checkpoint's model with correction networks beside it, and per parameter whether it is
+    /// the correction's (trained) rather than the base's (frozen).
+    Delta(Model, Vec<bool>),
 }
 
 impl Origin {
-    /// The origin the config names, with its checkpoint read; also that checkpoint's config.
+    /// The origin the config names, with its checkpoint read (and, for Δ-learning, the correction networks put
+    /// beside the base's); also that checkpoint's config.
     fn load(cfg: &Config) -> Result<(Self, Option<Config>)> {
         let Some(path) = cfg.model.init.as_ref().or(cfg.model.base.as_ref()) else { return Ok((Origin::Fresh, None)) };
         let ck = Checkpoint::load(path)?;
-        let origin = if cfg.model.init.is_some() { Origin::FineTune(ck.model) } else { Origin::Delta(ck.model) };
+        let origin = if cfg.model.init.is_some() {
+            Origin::FineTune(ck.model)
+        } else {
+            let (model, trainable) = Model::with_correction(ck.model, &cfg.model.hidden, cfg.training.seed)?;
+            Origin::Delta(model, trainable)
+        };
         Ok((origin, Some(ck.config)))
     }
 
     /// Per parameter of the run's model, whether training may change it (`None`: all may).
-    fn trainable(&self, cfg: &Config) -> Result<Option<Vec<bool>>> {
+    fn trainable(&self) -> Option<Vec<bool>> {
         match self {
-            Origin::Delta(base) => Ok(Some(Model::with_correction(base.clone(), &cfg.model.hidden, cfg.training.seed)?.1)),
-            _ => Ok(None),
+            Origin::Delta(_, trainable) => Some(trainable.clone()),
+            _ => None,
         }
     }
 }
@@ -140,11 +147,7 @@ pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Mo
 fn start_model(cfg: &Config, origin: Origin, train: &[Frame], all: &[&Frame]) -> Result<Model> {
     match origin {
         Origin::Fresh => fresh_model(cfg, train, all),
-        Origin::FineTune(model) => continued_model(model, cfg, train, all),
-        Origin::Delta(base) => {
-            let model = Model::with_correction(base, &cfg.model.hidden, cfg.training.seed)?.0;
-            continued_model(model, cfg, train, all)
-        }
+        Origin::FineTune(model) | Origin::Delta(model, _) => continued_model(model, cfg, train, all),
     }
 }
 
@@ -204,7 +207,7 @@ fn with_origin_architecture(cfg: &Config, origin: &Origin, origin_config: Option
     resolved.model.family = from.model.family;
     match origin {
         Origin::FineTune(_) => resolved.model.hidden = from.model.hidden.clone(),
-        Origin::Delta(_) => resolved.bispectrum.trainable = false,
+        Origin::Delta(..) => resolved.bispectrum.trainable = false,
         Origin::Fresh => {}
     }
     resolved
@@ -419,7 +422,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         Origin::FineTune(m) if cfg.loss.anchor_weight > 0.0 => Some(m.params()),
         _ => None,
     };
-    let trainable = origin.trainable(cfg)?;
+    let trainable = origin.trainable();
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let resumed = match &opts.resume {
         Some(p) => Some(resume_from(cfg, p)?),
