@@ -71,7 +71,9 @@ const char *pilip_last_error(void);
 // Loads a pilip ONNX model from `path` and verifies it (format version, metadata, checksum, graph signature).
 //
 // `options_json` may be NULL or "" for defaults, or a JSON object:
-// `{"engine": "tract" | "ort", "ort_library": "/path/libonnxruntime.so", "threads": 1}`. `threads` (default 1,
+// `{"engine": "native" | "tract" | "ort", "ort_library": "/path/libonnxruntime.so", "threads": 1}`. `engine`
+// (default "native": the networks run by pilip's own kernels, checked against the graph on load; "tract" runs any
+// valid graph; "ort" is ONNX Runtime). `threads` (default 1,
 // at most 256) is how many threads one compute call uses: the model starts that many and shares the
 // descriptor work among them (results are bit-identical to one thread); engine "ort" also uses them as
 // intra-op threads. Nothing else starts threads.

@@ -77,18 +77,19 @@ void PairPilip::check_units() const {
                    update->unit_style);
 }
 
-// pair_style pilip [engine tract|ort] [ort_library PATH] [threads N]
+// pair_style pilip [engine native|tract|ort] [ort_library PATH] [threads N]
 void PairPilip::settings(int narg, char **arg) {
-    std::string engine = "tract", library, threads = "1";
+    std::string engine = "native", library, threads = "1";
     for (int i = 0; i < narg; i += 2) {
         std::string key = arg[i];
         if (i + 1 >= narg)
-            error->all(FLERR, "pair_style pilip: keyword '{}' needs a value (expected: engine tract|ort, "
+            error->all(FLERR, "pair_style pilip: keyword '{}' needs a value (expected: engine native|tract|ort, "
                               "ort_library PATH, threads N)", key);
         std::string value = arg[i + 1];
         if (key == "engine") {
-            if (value != "tract" && value != "ort")
-                error->all(FLERR, "pair_style pilip: expected 'tract' or 'ort' after 'engine', got '{}'", value);
+            if (value != "native" && value != "tract" && value != "ort")
+                error->all(FLERR, "pair_style pilip: expected 'native', 'tract' or 'ort' after 'engine', got '{}'",
+                           value);
             engine = value;
         } else if (key == "ort_library") {
             library = value;

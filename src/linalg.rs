@@ -1,4 +1,5 @@
-//! Dense matrix product on row-major slices (matrixmultiply's blocked dgemm underneath).
+//! Dense linear algebra on row-major slices (matrixmultiply's blocked dgemm underneath, a symmetric eigensolver)
+//! and the instruction set the hand-written kernels are compiled for.
 //!
 //! Measured: for the network's shapes (≤ 21 atoms × 1500 features × 64) matrixmultiply, packing included, beat
 //! hand-written AVX2 row-axpy and dot kernels (9 vs 6 GFLOP/s), so there is one code path.
@@ -149,5 +150,29 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// Instruction sets the hand-written kernels (descriptor, native network engine) are compiled for: AVX2 with fused
+/// multiply-adds, or portable code (CPUs without FMA, before ~2013, whose last bits differ). AVX-512 was measured
+/// slower here (the kernels are short and the wider units lower the clock), so it is not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Isa {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl Isa {
+    /// The fastest instruction set of this CPU.
+    pub(crate) fn detect() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let fma = std::arch::is_x86_feature_detected!("fma");
+            if fma && std::arch::is_x86_feature_detected!("avx2") {
+                return Isa::Avx2Fma;
+            }
+        }
+        Isa::Portable
     }
 }

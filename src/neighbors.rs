@@ -37,9 +37,9 @@ pub struct NeighborList {
 }
 
 impl Default for NeighborList {
-    /// No centres.
+    /// No centres (and no allocation: the runtime swaps lists in and out of its buffers every MD step).
     fn default() -> Self {
-        NeighborList { cutoff: 0.0, offsets: vec![0], neighbors: Vec::new() }
+        NeighborList { cutoff: 0.0, offsets: Vec::new(), neighbors: Vec::new() }
     }
 }
 
@@ -50,7 +50,7 @@ impl NeighborList {
     }
     /// Centre atoms.
     pub fn n_atoms(&self) -> usize {
-        self.offsets.len() - 1
+        self.offsets.len().saturating_sub(1)
     }
     /// Directed pairs (each bond counted from both ends).
     pub fn n_pairs(&self) -> usize {

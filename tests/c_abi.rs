@@ -341,7 +341,7 @@ fn metadata_and_species_through_the_c_api() {
     assert_eq!(v["symbols"], serde_json::json!(["H", "C", "O"]));
     assert_eq!(v["cutoff"], 3.5);
     assert_eq!(v["dtype"], "f64");
-    assert_eq!(v["engine"], "tract");
+    assert_eq!(v["engine"], "native");
     assert_eq!(v["descriptor"]["n_radial"], 4);
 }
 

@@ -107,13 +107,18 @@ fn train_eval_plot_and_check_forces() {
     }
     assert_eq!(&std::fs::read(md.with_extension("png")).unwrap()[1..4], b"PNG");
 
-    // engine options: the exported model through tract explicitly gives the same metrics; tract refuses threads;
-    // a checkpoint has no engine; bench times an exported model
+    // engine options: the default engine named explicitly gives the same metrics, tract the same to rounding, two
+    // threads the same bits; a checkpoint has no engine; bench times an exported model
     let explicit: serde_json::Value = serde_json::from_str(&run_ok(
-        pilip().arg("eval").arg(&onnx).arg(&test).args(keys).args(["--json", "--engine", "tract", "--threads", "1"]),
+        pilip().arg("eval").arg(&onnx).arg(&test).args(keys).args(["--json", "--engine", "native", "--threads", "1"]),
     ))
     .unwrap();
     assert_eq!(explicit["forces_rmse_mev_per_A"], via_onnx["forces_rmse_mev_per_A"]);
+    let tract: serde_json::Value =
+        serde_json::from_str(&run_ok(pilip().arg("eval").arg(&onnx).arg(&test).args(keys).args(["--json", "--engine", "tract"])))
+            .unwrap();
+    let (a, b) = (tract["forces_rmse_mev_per_A"].as_f64().unwrap(), explicit["forces_rmse_mev_per_A"].as_f64().unwrap());
+    assert!((a - b).abs() < 1e-4 * b, "tract {a} vs native {b}");
     let two: serde_json::Value =
         serde_json::from_str(&run_ok(pilip().arg("eval").arg(&onnx).arg(&test).args(keys).args(["--json", "--threads", "2"])))
             .unwrap();
@@ -121,7 +126,7 @@ fn train_eval_plot_and_check_forces() {
     let err = run_err(pilip().arg("bench").arg(&best).arg(&test).args(["--engine", "tract"]));
     assert!(err.contains("--engine and --threads apply to exported models") && err.contains("best.ckpt"), "{err}");
     let out = run_ok(pilip().arg("bench").arg(&onnx).arg(&test).args(["--repeats", "5"]));
-    assert!(out.contains("engine tract (1 thread)") && out.contains("µs/atom"), "{out}");
+    assert!(out.contains("engine native (1 thread)") && out.contains("µs/atom"), "{out}");
     let err = run_err(pilip().arg("md-stability").arg(&onnx).arg(&test).args(["--engine", "tract", "--threads", "0"]));
     assert!(err.contains("threads must be in 1..="), "{err}");
     let out = run_ok(pilip().arg("md-stability").arg(&best).arg(&test).args(["--time-ps", "0.2", "--seeds", "1", "--bond-tolerance", "0.02"]));

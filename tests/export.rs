@@ -1,13 +1,14 @@
-//! Export and the runtime: the ONNX model against the training-time model (f32 and f64, both engines), finite
-//! differences through the runtime, the verified writer.
+//! Export and the runtime: the ONNX model against the training-time model (f32 and f64, every engine), the
+//! native engine against the graph, finite differences through the runtime, the verified writer.
 mod common;
 
 use common::*;
 use pilip::export::{export, probe_structures, to_onnx, Verification};
 use pilip::frame::Frame;
-use pilip::onnx::metadata::Dtype;
-use pilip::runtime::{Potential, RuntimeOptions};
+use pilip::onnx::metadata::{checksum, Dtype};
+use pilip::runtime::{EngineKind, Potential, RuntimeOptions};
 use prost::Message;
+use tract_onnx::pb;
 
 #[test]
 fn exported_model_matches_the_training_time_model() {
@@ -21,11 +22,13 @@ fn exported_model_matches_the_training_time_model() {
     for (model, frame) in cases {
         let mut frames = probe_structures(&model);
         frames.push(frame);
-        for dtype in [Dtype::F64, Dtype::F32] {
-            let pot = load(&to_onnx(&model, dtype).unwrap().encode_to_vec());
+        for (dtype, engine) in [Dtype::F64, Dtype::F32].into_iter().flat_map(|d| [(d, EngineKind::Native), (d, EngineKind::Tract)]) {
+            let bytes = to_onnx(&model, dtype).unwrap().encode_to_vec();
+            let pot = Potential::from_bytes(&bytes, "t", &RuntimeOptions { engine, ..Default::default() }).unwrap();
+            assert_eq!(pot.engine_name(), format!("{engine:?}").to_lowercase());
             let v = pilip::export::verify(&model, &pot, &frames).unwrap();
             let tol = Verification::tolerance(dtype);
-            assert!(v.energy_rel < tol && v.forces_rel < tol && v.virial_rel < tol, "{dtype:?}: {v:?}");
+            assert!(v.energy_rel < tol && v.forces_rel < tol && v.virial_rel < tol, "{dtype:?} {engine:?}: {v:?}");
             // and it is not trivially exact in f32 (the f32 graph really runs in f32)
             if dtype == Dtype::F32 {
                 assert!(v.forces_rel > 1e-12, "{v:?}");
@@ -36,6 +39,113 @@ fn exported_model_matches_the_training_time_model() {
             assert!(max_abs_diff(got.atomic_energies.clone(), want.atomic_energies.clone()) < 10.0 * tol);
             assert_eq!(got.stress.is_some(), want.stress.is_some());
         }
+    }
+}
+
+/// Engine options for `engine`.
+fn with_engine(engine: EngineKind) -> RuntimeOptions {
+    RuntimeOptions { engine, ..Default::default() }
+}
+
+/// The native engine and tract on the same file: the same numbers to the graph's precision (f64: 1e-12 relative).
+fn native_and_tract_agree(bytes: &[u8], frame: &Frame, tol: f64) {
+    let native = Potential::from_bytes(bytes, "t", &with_engine(EngineKind::Native)).unwrap();
+    let tract = Potential::from_bytes(bytes, "t", &with_engine(EngineKind::Tract)).unwrap();
+    let (a, b) = (native.compute_frame(frame).unwrap(), tract.compute_frame(frame).unwrap());
+    let scale = b.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
+    assert!((a.energy - b.energy).abs() < tol * b.energy.abs().max(1.0), "energy {} vs {}", a.energy, b.energy);
+    let df = max_abs_diff(a.forces.iter().flatten().copied(), b.forces.iter().flatten().copied());
+    assert!(df < tol * scale, "forces differ by {df:.2e} (scale {scale:.2e})");
+}
+
+#[test]
+fn native_engine_agrees_with_tract_for_every_family_depth_and_precision() {
+    let deep = pilip::model::Model::power_spectrum(pilip::descriptor::DescriptorSpec { cutoff: 3.0, r_min: 0.7, n_radial: 5, l_max: 2, radial_width: 0.8 }, vec![13, 29], &[5, 17, 33], 4).unwrap();
+    let cases = [(molecule_model(), molecule()), (bispectrum_cell_model(), triclinic_cell()), (delta_model(), triclinic_cell()), (deep, triclinic_cell())];
+    for (model, frame) in cases {
+        native_and_tract_agree(&to_onnx(&model, Dtype::F64).unwrap().encode_to_vec(), &frame, 1e-12);
+        // each is within 1e-5 of the f64 model (export's tolerance), so within 2e-5 of each other
+        native_and_tract_agree(&to_onnx(&model, Dtype::F32).unwrap().encode_to_vec(), &frame, 2e-5);
+    }
+}
+
+/// `proto` with its graph edited and the checksum recomputed.
+fn edited(mut proto: pb::ModelProto, edit: impl FnOnce(&mut pb::GraphProto)) -> Vec<u8> {
+    let graph = proto.graph.as_mut().unwrap();
+    edit(graph);
+    let sum = checksum(&graph.encode_to_vec());
+    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.checksum").unwrap().value = sum;
+    proto.encode_to_vec()
+}
+
+fn constant<'a>(g: &'a mut pb::GraphProto, name: &str) -> &'a mut pb::TensorProto {
+    g.initializer.iter_mut().find(|t| t.name == name).unwrap_or_else(|| panic!("no constant {name}"))
+}
+
+/// Files written before the standardisation was folded into the first layer computed (G − μ)·(1/σ) with a Sub
+/// and a Mul on the input; the native engine folds them itself and gives the numbers of today's file.
+#[test]
+fn native_engine_runs_files_with_the_standardisation_on_the_input() {
+    let (model, frame) = (molecule_model(), molecule());
+    let proto = to_onnx(&model, Dtype::F64).unwrap();
+    let today = Potential::from_bytes(&proto.encode_to_vec(), "t", &RuntimeOptions::default()).unwrap().compute_frame(&frame).unwrap();
+    let old = edited(proto, |g| {
+        for sym in ["H", "C", "O"] {
+            let input = g.input.iter().find(|v| v.name.ends_with(&format!("_{sym}"))).unwrap().name.clone();
+            let n_in = constant(g, &format!("{sym}/W0")).dims[0] as usize;
+            let n_out = constant(g, &format!("{sym}/W0")).dims[1] as usize;
+            let mean: Vec<f64> = (0..n_in).map(|i| 0.1 * i as f64 - 0.5).collect();
+            let inv_std: Vec<f64> = (0..n_in).map(|i| 1.0 + 0.01 * i as f64).collect();
+            // W_old = diag(σ) W₀, b_old = b₀ + μ W₀: the same function once standardised
+            let w = constant(g, &format!("{sym}/W0")).double_data.clone();
+            let b = &mut constant(g, &format!("{sym}/b0")).double_data;
+            for c in 0..n_out {
+                b[c] += (0..n_in).map(|r| mean[r] * w[r * n_out + c]).sum::<f64>();
+            }
+            for (k, x) in constant(g, &format!("{sym}/W0")).double_data.iter_mut().enumerate() {
+                *x /= inv_std[k / n_out];
+            }
+            let template = constant(g, &format!("{sym}/b0")).clone();
+            for (name, values) in [("mean", mean), ("inv_std", inv_std)] {
+                g.initializer.push(pb::TensorProto { name: format!("{sym}/{name}"), dims: vec![n_in as i64], double_data: values, ..template.clone() });
+            }
+            let node = |op: &str, inputs: [String; 2], out: &str| pb::NodeProto {
+                input: inputs.to_vec(),
+                output: vec![out.into()],
+                name: out.into(),
+                op_type: op.into(),
+                ..Default::default()
+            };
+            let at = g.node.iter().position(|n| n.op_type == "MatMul" && n.input[0] == input).unwrap();
+            g.node[at].input[0] = format!("{sym}/standardised");
+            g.node.insert(at, node("Mul", [format!("{sym}/centred"), format!("{sym}/inv_std")], &format!("{sym}/standardised")));
+            g.node.insert(at, node("Sub", [input.clone(), format!("{sym}/mean")], &format!("{sym}/centred")));
+        }
+    });
+    for engine in [EngineKind::Native, EngineKind::Tract] {
+        let p = Potential::from_bytes(&old, "old.onnx", &with_engine(engine)).unwrap().compute_frame(&frame).unwrap();
+        assert!((p.energy - today.energy).abs() < 1e-9 * today.energy.abs().max(1.0), "{engine:?}: {} vs {}", p.energy, today.energy);
+        // the folding reorders sums (μ W₀ is large), so the last digits move: 1e-9 relative
+        let scale = today.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
+        let df = max_abs_diff(p.forces.iter().flatten().copied(), today.forces.iter().flatten().copied());
+        assert!(df < 1e-9 * scale, "{engine:?}: forces differ by {df:.2e} (scale {scale:.1})");
+    }
+}
+
+/// A valid graph that is not pilip's network (a sigmoid with another constant), or whose written-out gradient
+/// disagrees with its forward chain, is refused by the native engine with a message that names tract, which
+/// runs it.
+#[test]
+fn native_engine_refuses_graphs_it_does_not_reproduce() {
+    let proto = to_onnx(&cell_model(), Dtype::F64).unwrap();
+    let cases = [
+        (edited(proto.clone(), |g| constant(g, "one").double_data[0] = 2.0), "does not add 1"),
+        (edited(proto.clone(), |g| constant(g, "Al/W0T").double_data[3] += 0.5), "gradients differ from the graph's"),
+    ];
+    for (bytes, why) in cases {
+        let err = Potential::from_bytes(&bytes, "edited.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
+        assert!(err.contains("edited.onnx: the native engine cannot run this graph") && err.contains(why) && err.contains("engine \"tract\""), "{err}");
+        assert!(Potential::from_bytes(&bytes, "edited.onnx", &with_engine(EngineKind::Tract)).is_ok());
     }
 }
 

@@ -74,6 +74,41 @@ pub struct pilip_model_t {
     potential: Potential,
     metadata_json: CString,
     symbols: Vec<CString>,
+    /// The centre list of the last `pilip_model_compute_neighbors` call, reused so that an MD step allocates
+    /// nothing (a call that finds it in use by another thread makes its own).
+    centers: std::sync::Mutex<Vec<usize>>,
+}
+
+/// An MD engine's neighbour lists as it passes them (`neighbor_counts[i]` entries at `neighbors[i]`, by atom
+/// index), checked for every centre before any is read.
+struct NeighborArrays {
+    counts: *const i32,
+    lists: *const *const i32,
+}
+
+// SAFETY: the arrays are only read, during the call that received them.
+unsafe impl Sync for NeighborArrays {}
+
+impl NeighborArrays {
+    /// Checks that centre i's count is not negative and its list is not NULL when it has entries.
+    unsafe fn check(&self, i: usize) -> Result<(), Failure> {
+        let count = *self.counts.add(i);
+        if count < 0 {
+            return Err(Failure::arg(format!("neighbor_counts[{i}] = {count} is negative")));
+        }
+        if count > 0 && (*self.lists.add(i)).is_null() {
+            return Err(Failure::arg(format!("'neighbors[{i}]' is NULL")));
+        }
+        Ok(())
+    }
+
+    /// The neighbours of a centre that passed [`NeighborArrays::check`].
+    unsafe fn of<'a>(&self, i: usize) -> &'a [i32] {
+        match *self.counts.add(i) as usize {
+            0 => &[],
+            n => std::slice::from_raw_parts(*self.lists.add(i), n),
+        }
+    }
 }
 
 thread_local! {
@@ -173,7 +208,9 @@ pub extern "C" fn pilip_last_error() -> *const c_char {
 /// Loads a pilip ONNX model from `path` and verifies it (format version, metadata, checksum, graph signature).
 ///
 /// `options_json` may be NULL or "" for defaults, or a JSON object:
-/// `{"engine": "tract" | "ort", "ort_library": "/path/libonnxruntime.so", "threads": 1}`. `threads` (default 1,
+/// `{"engine": "native" | "tract" | "ort", "ort_library": "/path/libonnxruntime.so", "threads": 1}`. `engine`
+/// (default "native": the networks run by pilip's own kernels, checked against the graph on load; "tract" runs any
+/// valid graph; "ort" is ONNX Runtime). `threads` (default 1,
 /// at most 256) is how many threads one compute call uses: the model starts that many and shares the
 /// descriptor work among them (results are bit-identical to one thread); engine "ort" also uses them as
 /// intra-op threads. Nothing else starts threads.
@@ -202,7 +239,7 @@ pub unsafe extern "C" fn pilip_model_load(
         json["path"] = path.into();
         let metadata_json = CString::new(json.to_string()).map_err(|e| Failure::arg(e.to_string()))?;
         let symbols = potential.metadata.symbols.iter().map(|s| CString::new(s.as_str()).unwrap_or_default()).collect();
-        *model = Box::into_raw(Box::new(pilip_model_t { potential, metadata_json, symbols }));
+        *model = Box::into_raw(Box::new(pilip_model_t { potential, metadata_json, symbols, centers: Default::default() }));
         Ok(())
     })
 }
@@ -373,14 +410,17 @@ pub unsafe extern "C" fn pilip_model_compute_neighbors(
         let pos = input(positions, 3 * n_total, "positions")?;
         let numbers = input(atomic_numbers, n_total, "atomic_numbers")?;
         let pos: &[[f64; 3]] = pos.as_chunks::<3>().0;
-        let center_list: Vec<usize> = if centers.is_null() {
-            (0..n_centers).collect()
+        let mut reused = m.centers.try_lock().ok();
+        let mut own = Vec::new();
+        let center_list: &mut Vec<usize> = reused.as_deref_mut().unwrap_or(&mut own);
+        center_list.clear();
+        if centers.is_null() {
+            center_list.extend(0..n_centers);
         } else {
-            input(centers, n_centers, "centers")?
-                .iter()
-                .map(|&i| usize::try_from(i).map_err(|_| Failure::arg(format!("centre index {i} is negative"))))
-                .collect::<Result<_, _>>()?
-        };
+            for &i in input(centers, n_centers, "centers")? {
+                center_list.push(usize::try_from(i).map_err(|_| Failure::arg(format!("centre index {i} is negative")))?);
+            }
+        }
         if let Some(&i) = center_list.iter().find(|&&i| i >= n_total) {
             return Err(Failure::arg(format!("centre atom {i} is not below n_total = {n_total}")));
         }
@@ -388,19 +428,13 @@ pub unsafe extern "C" fn pilip_model_compute_neighbors(
             not_null(neighbor_counts, "neighbor_counts")?;
             not_null(neighbors, "neighbors")?;
         }
-        let lists: Vec<&[i32]> = {
-            let max = center_list.iter().copied().max().map_or(0, |m| m + 1);
-            let mut l: Vec<&[i32]> = vec![&[]; max];
-            for &i in &center_list {
-                let count = *neighbor_counts.add(i);
-                let count = usize::try_from(count)
-                    .map_err(|_| Failure::arg(format!("neighbor_counts[{i}] = {count} is negative")))?;
-                l[i] = input(*neighbors.add(i), count, &format!("neighbors[{i}]"))?;
-            }
-            l
-        };
-        let lookup = |i: usize| lists[i];
-        let system = LocalSystem { positions: pos, numbers, centers: &center_list, neighbors: &lookup };
+        let arrays = NeighborArrays { counts: neighbor_counts, lists: neighbors };
+        for &i in center_list.iter() {
+            arrays.check(i)?;
+        }
+        // SAFETY: the runtime asks for the lists of centres only, each checked above.
+        let lookup = |i: usize| unsafe { arrays.of(i) };
+        let system = LocalSystem { positions: pos, numbers, centers: center_list, neighbors: &lookup };
         let out = LocalOutputs {
             energy: energy.as_mut(),
             atomic_energies: output(atomic_energies, n_total),

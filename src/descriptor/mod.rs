@@ -22,7 +22,7 @@
 pub mod four_body;
 
 use crate::frame::{Mat3, Vec3};
-use crate::linalg::{gemm_view, View};
+use crate::linalg::{gemm_view, Isa, View};
 use crate::neighbors::NeighborList;
 use four_body::{Bispectrum, FourBody};
 use std::sync::Arc;
@@ -112,29 +112,6 @@ pub struct Descriptor {
     isa: Isa,
     /// The four-body invariants appended to the power spectrum (the bispectrum family), if any.
     four_body: Option<Arc<FourBody>>,
-}
-
-/// Instruction sets the descriptor kernels are compiled for: AVX2 with fused multiply-adds, or portable code (CPUs
-/// without FMA, before ~2013, whose last bits differ). AVX-512 was measured slower here (the kernels are short
-/// and the wider units lower the clock), so it is not used.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Isa {
-    Portable,
-    #[cfg(target_arch = "x86_64")]
-    Avx2Fma,
-}
-
-impl Isa {
-    fn detect() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let fma = std::arch::is_x86_feature_detected!("fma");
-            if fma && std::arch::is_x86_feature_detected!("avx2") {
-                return Isa::Avx2Fma;
-            }
-        }
-        Isa::Portable
-    }
 }
 
 /// How the kernels compute a·b + c: fused (one rounding) where the CPU has FMA, else a product and a sum.
@@ -563,10 +540,12 @@ impl Descriptor {
         let nl = &d.neighbors;
         let per_task = self.forward_scratch();
         let parallel = parallel && n > ATOMS_PER_TASK;
-        let tasks = if parallel { tasks(nl.offsets(), ATOMS_PER_TASK) } else { vec![Task { atoms: 0..n, pairs: 0..d.pairs.len() }] };
+        let tasks: Vec<Task> =
+            if parallel { tasks(nl.offsets(), ATOMS_PER_TASK).collect() } else { vec![Task { atoms: 0..n, pairs: 0..d.pairs.len() }] };
         d.scratch.resize(tasks.len() * per_task, 0.0);
         let bufs = (&mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor);
-        let work: Vec<_> = tasks.iter().zip(split_outputs(&tasks, (nf, na, nr), bufs, &mut d.scratch, per_task)).collect();
+        let mut carver = Carver::new((nf, na, nr), bufs, &mut d.scratch, per_task);
+        let work: Vec<_> = tasks.iter().map(|t| (t, carver.next(t))).collect();
         let centres = &d.centre_species;
         let run = |(t, mut out): (&Task, AtomsOut)| self.dispatch_forward(nl, species, centres, t.atoms.clone(), &mut out);
         if parallel {
@@ -615,7 +594,7 @@ impl Descriptor {
         network: N,
     ) -> crate::error::Result<()>
     where
-        N: Fn(std::ops::Range<usize>, &[f64], &mut [f64], &mut [f64]) -> crate::error::Result<()> + Sync,
+        N: Fn(&[usize], &[f64], &mut [f64], &mut [f64]) -> crate::error::Result<()> + Sync,
     {
         self.prepare(neighbors, d, species, centres);
         let (n, nr, nf, na) = (d.n_atoms, self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
@@ -624,23 +603,24 @@ impl Descriptor {
         grads.resize(d.pairs.len(), [0.0; 3]);
         let per_chunk = self.backward_scratch().max(self.forward_scratch());
         let nl = &d.neighbors;
-        let chunks = tasks(nl.offsets(), EVAL_CHUNK);
-        scratch.resize(chunks.len() * per_chunk, 0.0);
-        let atoms = |stride| chunks.iter().map(move |t| stride * t.atoms.len());
+        let n_chunks = n.div_ceil(EVAL_CHUNK);
+        scratch.resize(n_chunks * per_chunk, 0.0);
         let bufs = (&mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor);
-        let work: Vec<Chunk> = chunks
-            .iter()
-            .zip(split_outputs(&chunks, (nf, na, nr), bufs, scratch, per_chunk))
-            .zip(split_by(energies, atoms(1)))
-            .zip(split_by(de_dg, atoms(nf)))
-            .zip(split_by(grads, chunks.iter().map(|t| t.pairs.len())))
-            .map(|((((t, out), energies), de_dg), grads)| Chunk { atoms: t.atoms.clone(), out, energies, de_dg, grads })
-            .collect();
+        let mut carver = Carver::new((nf, na, nr), bufs, scratch, per_chunk);
+        let (mut energies, mut de_dg, mut grads) = (&mut energies[..], &mut de_dg[..], &mut grads[..]);
+        // the chunks' pieces of every buffer, cut off one after the other (a one-thread call allocates nothing)
+        let chunks = tasks(nl.offsets(), EVAL_CHUNK).map(move |t| Chunk {
+            out: carver.next(&t),
+            energies: take(&mut energies, t.atoms.len()),
+            de_dg: take(&mut de_dg, t.atoms.len() * nf),
+            grads: take(&mut grads, t.pairs.len()),
+            atoms: t.atoms,
+        });
         let centre_species = &d.centre_species;
         let run = |c: Chunk| {
             let Chunk { atoms, mut out, energies, de_dg, grads } = c;
             self.dispatch_forward(nl, species, centre_species, atoms.clone(), &mut out);
-            network(atoms.clone(), out.features, energies, de_dg)?;
+            network(&centre_species[atoms.clone()], out.features, energies, de_dg)?;
             let inp = AtomsIn {
                 density: out.density,
                 dg: de_dg,
@@ -653,11 +633,12 @@ impl Descriptor {
             self.dispatch_backward(nl, inp, atoms, grads, out.scratch);
             Ok(())
         };
-        if !parallel || chunks.len() == 1 {
-            return work.into_iter().try_for_each(run);
+        if !parallel || n_chunks == 1 {
+            let mut chunks = chunks;
+            return chunks.try_for_each(run);
         }
         use rayon::prelude::*;
-        work.into_par_iter().try_for_each(run)
+        chunks.collect::<Vec<_>>().into_par_iter().try_for_each(run)
     }
 
     /// The forward pass over `atoms`, compiled for this CPU and shape (see [`dispatch!`]).
@@ -796,13 +777,11 @@ impl Descriptor {
             self.dispatch_backward(nl, self.atoms_in(d, dg, &all), all.atoms, out, scratch);
             return;
         }
-        let tasks = tasks(nl.offsets(), ATOMS_PER_TASK);
+        let tasks: Vec<Task> = tasks(nl.offsets(), ATOMS_PER_TASK).collect();
         scratch.resize(tasks.len() * per_task, 0.0);
-        let work: Vec<_> = tasks
-            .iter()
-            .zip(split_by(out, tasks.iter().map(|t| t.pairs.len())))
-            .zip(scratch.chunks_exact_mut(per_task))
-            .collect();
+        let mut rest = &mut out[..];
+        let work: Vec<_> =
+            tasks.iter().map(|t| (t, take(&mut rest, t.pairs.len()))).zip(scratch.chunks_exact_mut(per_task)).collect();
         use rayon::prelude::*;
         work.into_par_iter().for_each(|((t, grads), da)| self.dispatch_backward(nl, self.atoms_in(d, dg, t), t.atoms.clone(), grads, da));
     }
@@ -1132,57 +1111,58 @@ struct Task {
 }
 
 /// Consecutive ranges of `size` atoms covering all centres of a list with these `offsets`.
-fn tasks(offsets: &[usize], size: usize) -> Vec<Task> {
-    let n = offsets.len() - 1;
-    (0..n)
-        .step_by(size)
-        .map(|a0| {
-            let a1 = (a0 + size).min(n);
-            Task { atoms: a0..a1, pairs: offsets[a0]..offsets[a1] }
-        })
-        .collect()
+fn tasks(offsets: &[usize], size: usize) -> impl Iterator<Item = Task> + '_ {
+    let n = offsets.len().saturating_sub(1);
+    (0..n).step_by(size).map(move |a0| {
+        let a1 = (a0 + size).min(n);
+        Task { atoms: a0..a1, pairs: offsets[a0]..offsets[a1] }
+    })
 }
 
 /// The descriptor buffers of [`Descriptors`] that a forward pass writes: features, density, pair caches, radial
 /// values and derivatives, neighbour species.
 type Buffers<'a> = (&'a mut Vec<f64>, &'a mut Vec<f64>, &'a mut Vec<PairCache>, &'a mut Vec<f64>, &'a mut Vec<f64>, &'a mut Vec<usize>);
 
-/// Per task: its rows and pairs of every buffer (`strides` = features, density values per atom and radial values
-/// per pair) and `per_task` values of `scratch`.
-fn split_outputs<'a>(tasks: &[Task], strides: (usize, usize, usize), bufs: Buffers<'a>, scratch: &'a mut [f64], per_task: usize) -> Vec<AtomsOut<'a>> {
-    let (nf, na, nr) = strides;
-    let atoms = |stride| tasks.iter().map(move |t| stride * t.atoms.len());
-    let pairs = |stride| tasks.iter().map(move |t| stride * t.pairs.len());
-    let (features, density, pair_caches, radial, d_radial, species) = bufs;
-    split_by(features, atoms(nf))
-        .into_iter()
-        .zip(split_by(density, atoms(na)))
-        .zip(split_by(pair_caches, pairs(1)))
-        .zip(split_by(radial, pairs(nr)))
-        .zip(split_by(d_radial, pairs(nr)))
-        .zip(split_by(species, pairs(1)))
-        .zip(scratch.chunks_exact_mut(per_task))
-        .map(|((((((features, density), pairs), radial), d_radial), species_of_neighbor), scratch)| AtomsOut {
-            features,
-            density,
-            pairs,
-            radial,
-            d_radial,
-            species_of_neighbor,
-            scratch,
-        })
-        .collect()
+/// Cuts the rows and pairs of consecutive tasks off the front of the descriptor buffers (`strides` = features,
+/// density values per atom and radial values per pair) and `per_task` values of scratch for each.
+struct Carver<'a> {
+    strides: (usize, usize, usize),
+    per_task: usize,
+    features: &'a mut [f64],
+    density: &'a mut [f64],
+    pairs: &'a mut [PairCache],
+    radial: &'a mut [f64],
+    d_radial: &'a mut [f64],
+    species: &'a mut [usize],
+    scratch: &'a mut [f64],
 }
 
-/// `s` cut into consecutive pieces of the given lengths (which must add up to at most its length).
-fn split_by<T>(mut s: &mut [T], lengths: impl Iterator<Item = usize>) -> Vec<&mut [T]> {
-    let mut out = Vec::new();
-    for len in lengths {
-        let (head, tail) = std::mem::take(&mut s).split_at_mut(len);
-        out.push(head);
-        s = tail;
+impl<'a> Carver<'a> {
+    fn new(strides: (usize, usize, usize), bufs: Buffers<'a>, scratch: &'a mut [f64], per_task: usize) -> Self {
+        let (features, density, pairs, radial, d_radial, species) = bufs;
+        Carver { strides, per_task, features, density, pairs, radial, d_radial, species, scratch }
     }
-    out
+
+    /// The pieces of the next task, `t` (tasks must come in order).
+    fn next(&mut self, t: &Task) -> AtomsOut<'a> {
+        let ((nf, na, nr), atoms, pairs) = (self.strides, t.atoms.len(), t.pairs.len());
+        AtomsOut {
+            features: take(&mut self.features, atoms * nf),
+            density: take(&mut self.density, atoms * na),
+            pairs: take(&mut self.pairs, pairs),
+            radial: take(&mut self.radial, pairs * nr),
+            d_radial: take(&mut self.d_radial, pairs * nr),
+            species_of_neighbor: take(&mut self.species, pairs),
+            scratch: take(&mut self.scratch, self.per_task),
+        }
+    }
+}
+
+/// The first `len` values of `s`, which keeps the rest.
+fn take<'a, T>(s: &mut &'a mut [T], len: usize) -> &'a mut [T] {
+    let (head, tail) = std::mem::take(s).split_at_mut(len);
+    *s = tail;
+    head
 }
 
 #[cfg(test)]

@@ -1,30 +1,31 @@
 //! Network engines: what evaluates the exported networks (per-atom energies and ∂E_i/∂G_i) for the runtime.
 //!
 //! The runtime computes descriptors and the chain rule itself (f64, Rust); an engine only maps each species'
-//! descriptor batch to energies and gradients. tract is the default (pure Rust, no download); ONNX Runtime is
-//! optional (`--features ort`).
+//! descriptor batch to energies and gradients. The native engine (`native`) is the default; tract runs any valid
+//! graph (pure Rust, no download) and checks the native engine when a model loads; ONNX Runtime is optional
+//! (`--features ort`).
 
 use crate::error::{Error, Result};
 use crate::onnx::metadata::{Dtype, ModelMetadata};
 use tract_onnx::pb;
 use tract_onnx::prelude::*;
 
-/// The centre atoms of one call: their descriptors and, per species, which rows belong to it.
+/// The centre atoms of one call: their descriptors and species.
 pub struct Batch<'a> {
     /// Row-major `[n_atoms][n_features]`.
     pub features: &'a [f64],
     /// Columns of `features`.
     pub n_features: usize,
-    /// `rows[s]`: the rows (atoms) of species s, in the order their network sees them; may be empty.
-    pub rows: &'a [Vec<usize>],
+    /// The species index of each row (atom).
+    pub species: &'a [usize],
 }
 
 /// Evaluates all species' networks on a [`Batch`]. Must be callable from several threads at once.
 pub trait Engine: Send + Sync {
-    /// "tract", "ort".
+    /// "native", "tract", "ort".
     fn name(&self) -> &'static str;
     /// Writes each atom's network energy (eV, without the reference energy) to `energies[row]` and its ∂E/∂G to
-    /// `gradients[row·F..(row + 1)·F]`; rows of no species are left as they are.
+    /// `gradients[row·F..(row + 1)·F]`.
     fn run(&self, batch: &Batch, energies: &mut [f64], gradients: &mut [f64]) -> Result<()>;
 }
 
@@ -32,10 +33,9 @@ pub trait Engine: Send + Sync {
 /// not handle empty tensors; the padded row's outputs are never read). Returns (rows, values).
 pub(crate) fn gather<T: Copy + Default>(batch: &Batch, s: usize, convert: fn(f64) -> T) -> (usize, Vec<T>) {
     let nf = batch.n_features;
-    let rows = &batch.rows[s];
-    let n = rows.len().max(1);
+    let n = rows_of(batch, s).count().max(1);
     let mut v = vec![T::default(); n * nf];
-    for (dst, &row) in v.chunks_exact_mut(nf).zip(rows) {
+    for (dst, row) in v.chunks_exact_mut(nf).zip(rows_of(batch, s)) {
         for (d, &x) in dst.iter_mut().zip(&batch.features[row * nf..(row + 1) * nf]) {
             *d = convert(x);
         }
@@ -53,25 +53,30 @@ pub(crate) fn scatter<T: Copy + Into<f64>>(
     energies: &mut [f64],
     gradients: &mut [f64],
 ) -> Result<()> {
-    let (nf, rows) = (batch.n_features, &batch.rows[s]);
-    if e.len() < rows.len() || g.len() < rows.len() * nf {
+    let (nf, n) = (batch.n_features, rows_of(batch, s).count());
+    if e.len() < n || g.len() < n * nf {
         return Err(engine_error(
             engine,
             format!(
                 "the graph returned {} energies and {} gradient values for {} atoms of {nf} features",
                 e.len(),
                 g.len(),
-                rows.len()
+                n
             ),
         ));
     }
-    for (r, &row) in rows.iter().enumerate() {
+    for (r, row) in rows_of(batch, s).enumerate() {
         energies[row] = e[r].into();
         for (d, &x) in gradients[row * nf..(row + 1) * nf].iter_mut().zip(&g[r * nf..(r + 1) * nf]) {
             *d = x.into();
         }
     }
     Ok(())
+}
+
+/// The rows of species `s`, in order.
+fn rows_of<'a>(batch: &'a Batch, s: usize) -> impl Iterator<Item = usize> + 'a {
+    batch.species.iter().enumerate().filter(move |(_, &sp)| sp == s).map(|(r, _)| r)
 }
 
 /// Output `k` of a tract run as values of `T`.
@@ -114,7 +119,6 @@ impl Engine for TractEngine {
     }
 
     fn run(&self, batch: &Batch, energies: &mut [f64], gradients: &mut [f64]) -> Result<()> {
-        debug_assert_eq!(batch.rows.len(), self.n_species);
         let nf = batch.n_features;
         let fail = |e| engine_error("tract", e);
         let mut inputs: TVec<TValue> = TVec::new();

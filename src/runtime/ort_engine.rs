@@ -87,7 +87,6 @@ impl Engine for OrtEngine {
     }
 
     fn run(&self, batch: &Batch, energies: &mut [f64], gradients: &mut [f64]) -> Result<()> {
-        debug_assert_eq!(batch.rows.len(), self.n_species);
         let nf = batch.n_features as i64;
         let mut inputs: Vec<ort::session::SessionInputValue> = Vec::with_capacity(self.n_species);
         for s in 0..self.n_species {

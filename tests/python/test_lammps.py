@@ -214,7 +214,7 @@ def test_nve_energy_drift_is_small(lammps_module, models):
     ("wrong argument count", ["ELEMENT Cu Cu"], "expected '* * MODEL.onnx' followed by one element"),
     ("missing model", ["MODEL /nonexistent/cu.onnx"], "cannot load model '/nonexistent/cu.onnx'"),
     ("real units", ["units real"], "requires 'units metal'"),
-    ("bad keyword", ["STYLE pilip engine torch"], "expected 'tract' or 'ort' after 'engine', got 'torch'"),
+    ("bad keyword", ["STYLE pilip engine torch"], "expected 'native', 'tract' or 'ort' after 'engine', got 'torch'"),
 ])
 def test_refusals_have_clear_messages(lammps_module, models, case, commands, message):
     units, newton, style, model, element = "metal", "on", "pilip", str(models["cu"]["f32"]), "Cu"

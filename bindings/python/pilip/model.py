@@ -79,13 +79,14 @@ def _array(x, name, shape, dtype):
 class Model:
     """A pilip model exported with `pilip export`.
 
-    `engine` is "tract" (default, built in) or "ort" (ONNX Runtime: needs `ort_library` or ORT_DYLIB_PATH and a
-    libpilip built with `--features ort`; EngineError otherwise). `threads`: threads of one compute call (the
+    `engine` is "native" (default: pilip's own kernels, checked against the graph when the model loads), "tract"
+    (built in, runs any valid graph) or "ort" (ONNX Runtime: needs `ort_library` or ORT_DYLIB_PATH and a libpilip
+    built with `--features ort`; EngineError otherwise). `threads`: threads of one compute call (the
     results are bit-identical to one thread; with ort also its intra-op threads).
     A Model may be shared between threads.
     """
 
-    def __init__(self, path, engine="tract", ort_library=None, threads=1):
+    def __init__(self, path, engine="native", ort_library=None, threads=1):
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"model path must be a str or os.PathLike, got {type(path).__name__}")
         path = os.fspath(path)

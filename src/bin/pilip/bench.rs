@@ -82,7 +82,7 @@ pub fn bench_runtime(model: &Model, frame: &Frame, repeats: usize) -> Result<Vec
     let mut lines = vec![format!("{} atoms, {repeats} calls per engine, one thread, median", frame.len())];
     let t = median_time(repeats, || model.predict_frame(frame).map(|p| drop(std::hint::black_box(p))))?;
     lines.push(line("training-time model (f64)", t));
-    let mut engines = vec![(EngineKind::Tract, "tract")];
+    let mut engines = vec![(EngineKind::Native, "native"), (EngineKind::Tract, "tract")];
     if cfg!(feature = "ort") {
         if std::env::var_os("ORT_DYLIB_PATH").is_some() {
             engines.push((EngineKind::Ort, "ort"));

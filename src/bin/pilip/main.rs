@@ -171,9 +171,9 @@ enum Cmd {
 /// How an exported model is run (as `pilip_model_load`'s options, `pair_style pilip` and `pilip.Model`).
 #[derive(clap::Args)]
 struct EngineArgs {
-    /// Network engine for an exported model: tract (built in) or ort (ONNX Runtime, needs a build with
-    /// `--features ort` and ORT_DYLIB_PATH).
-    #[arg(long, value_parser = ["tract", "ort"])]
+    /// Network engine for an exported model: native (default: pilip's own kernels), tract (built in, runs any
+    /// valid graph) or ort (ONNX Runtime, needs a build with `--features ort` and ORT_DYLIB_PATH).
+    #[arg(long, value_parser = ["native", "tract", "ort"])]
     engine: Option<String>,
     /// Threads of one evaluation (the model's own pool; results are bit-identical to one thread).
     #[arg(long)]
