@@ -575,10 +575,13 @@ impl Descriptor {
     }
 
     /// Descriptors, the network and the VJP in one pass over chunks of [`EVAL_CHUNK`] atoms: with `parallel` the
-    /// chunks — network included — are shared among the threads of the current rayon pool. `network(atoms, features, energies,
-    /// de_dg)` gets a chunk's descriptors (`[n][n_features]`) and fills its energies `[n]` and ∂E/∂G. Fills
-    /// `energies` (per centre), `de_dg` and `grads` (∂E/∂r_ij in neighbour-list order). The chunks do not depend
-    /// on the number of threads, so neither do the results.
+    /// chunks — network included — are shared among the threads of the current rayon pool.
+    /// `network(species, features, energies, de_dg)` gets a chunk's centre species and descriptors
+    /// (`[n][n_features]`) and fills its energies `[n]` and ∂E/∂G. Fills `energies` (per centre) and `grads`
+    /// (∂E/∂r_ij in neighbour-list order); `d` keeps the neighbour list and the centres' species. A chunk's
+    /// descriptors, density and per-pair values live in a [`ChunkBuffers`] of `buffers` that the next chunk
+    /// reuses (one per thread at work), so they stay in cache and the memory does not grow with the system. The
+    /// chunks do not depend on the number of threads, so neither do the results.
     #[allow(clippy::too_many_arguments)]
     pub fn evaluate_into<N>(
         &self,
@@ -587,40 +590,31 @@ impl Descriptor {
         neighbors: NeighborList,
         d: &mut Descriptors,
         energies: &mut Vec<f64>,
-        de_dg: &mut Vec<f64>,
         grads: &mut Vec<Vec3>,
-        scratch: &mut Vec<f64>,
+        buffers: &mut Vec<ChunkBuffers>,
         parallel: bool,
         network: N,
     ) -> crate::error::Result<()>
     where
         N: Fn(&[usize], &[f64], &mut [f64], &mut [f64]) -> crate::error::Result<()> + Sync,
     {
-        self.prepare(neighbors, d, species, centres);
-        let (n, nr, nf, na) = (d.n_atoms, self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
+        let n = neighbors.n_atoms();
+        d.n_atoms = n;
+        d.n_features = self.n_features();
+        d.neighbors = neighbors;
+        d.centre_species.clear();
+        d.centre_species.extend((0..n).map(|c| species[centres.map_or(c, |cs| cs[c])]));
         energies.resize(n, 0.0);
-        de_dg.resize(n * nf, 0.0);
-        grads.resize(d.pairs.len(), [0.0; 3]);
-        let per_chunk = self.backward_scratch().max(self.forward_scratch());
-        let nl = &d.neighbors;
-        let n_chunks = n.div_ceil(EVAL_CHUNK);
-        scratch.resize(n_chunks * per_chunk, 0.0);
-        let bufs = (&mut d.features, &mut d.density, &mut d.pairs, &mut d.radial, &mut d.d_radial, &mut d.species_of_neighbor);
-        let mut carver = Carver::new((nf, na, nr), bufs, scratch, per_chunk);
-        let (mut energies, mut de_dg, mut grads) = (&mut energies[..], &mut de_dg[..], &mut grads[..]);
-        // the chunks' pieces of every buffer, cut off one after the other (a one-thread call allocates nothing)
-        let chunks = tasks(nl.offsets(), EVAL_CHUNK).map(move |t| Chunk {
-            out: carver.next(&t),
-            energies: take(&mut energies, t.atoms.len()),
-            de_dg: take(&mut de_dg, t.atoms.len() * nf),
-            grads: take(&mut grads, t.pairs.len()),
-            atoms: t.atoms,
-        });
-        let centre_species = &d.centre_species;
-        let run = |c: Chunk| {
-            let Chunk { atoms, mut out, energies, de_dg, grads } = c;
-            self.dispatch_forward(nl, species, centre_species, atoms.clone(), &mut out);
-            network(&centre_species[atoms.clone()], out.features, energies, de_dg)?;
+        grads.resize(d.neighbors.n_pairs(), [0.0; 3]);
+        let (nl, centre_species) = (&d.neighbors, &d.centre_species);
+        let (mut energies, mut grads) = (&mut energies[..], &mut grads[..]);
+        // each chunk's piece of the outputs, cut off one after the other (a one-thread call allocates nothing)
+        let chunks = tasks(nl.offsets(), EVAL_CHUNK)
+            .map(move |t| (take(&mut energies, t.atoms.len()), take(&mut grads, t.pairs.len()), t));
+        let run = |(energies, grads, t): (&mut [f64], &mut [Vec3], Task), b: &mut ChunkBuffers| {
+            let (mut out, de_dg) = b.sized(self, &t);
+            self.dispatch_forward(nl, species, centre_species, t.atoms.clone(), &mut out);
+            network(&centre_species[t.atoms.clone()], out.features, energies, de_dg)?;
             let inp = AtomsIn {
                 density: out.density,
                 dg: de_dg,
@@ -628,17 +622,31 @@ impl Descriptor {
                 radial: out.radial,
                 d_radial: out.d_radial,
                 species_of_neighbor: out.species_of_neighbor,
-                centre_species: &centre_species[atoms.clone()],
+                centre_species: &centre_species[t.atoms.clone()],
             };
-            self.dispatch_backward(nl, inp, atoms, grads, out.scratch);
+            self.dispatch_backward(nl, inp, t.atoms, grads, out.scratch);
             Ok(())
         };
-        if !parallel || n_chunks == 1 {
-            let mut chunks = chunks;
-            return chunks.try_for_each(run);
+        if buffers.is_empty() {
+            buffers.push(ChunkBuffers::default());
         }
+        if !parallel || n <= EVAL_CHUNK {
+            let mut chunks = chunks;
+            return chunks.try_for_each(|c| run(c, &mut buffers[0]));
+        }
+        // threads take a chunk's buffers from the pool and put them back
         use rayon::prelude::*;
-        chunks.collect::<Vec<_>>().into_par_iter().try_for_each(run)
+        let pool = std::sync::Mutex::new(std::mem::take(buffers));
+        let result = chunks.collect::<Vec<_>>().into_par_iter().try_for_each(|c| {
+            let mut b = pool.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+            let r = run(c, &mut b);
+            if let Ok(mut p) = pool.lock() {
+                p.push(b);
+            }
+            r
+        });
+        *buffers = pool.into_inner().unwrap_or_default();
+        result
     }
 
     /// The forward pass over `atoms`, compiled for this CPU and shape (see [`dispatch!`]).
@@ -1095,13 +1103,43 @@ struct AtomsIn<'a> {
     centre_species: &'a [usize],
 }
 
-/// One chunk of [`Descriptor::evaluate_into`]: its atoms and its pieces of every buffer.
-struct Chunk<'a> {
-    atoms: std::ops::Range<usize>,
-    out: AtomsOut<'a>,
-    energies: &'a mut [f64],
-    de_dg: &'a mut [f64],
-    grads: &'a mut [Vec3],
+/// The buffers of one chunk of [`Descriptor::evaluate_into`] (descriptors and their gradient, density, per-pair
+/// values, scratch), grown to the largest chunk and reused.
+#[derive(Default)]
+pub struct ChunkBuffers {
+    features: Vec<f64>,
+    de_dg: Vec<f64>,
+    density: Vec<f64>,
+    pairs: Vec<PairCache>,
+    radial: Vec<f64>,
+    d_radial: Vec<f64>,
+    species_of_neighbor: Vec<usize>,
+    scratch: Vec<f64>,
+}
+
+impl ChunkBuffers {
+    /// The buffers sized for task `t` of `descriptor`: the forward pass's outputs and ∂E/∂G.
+    fn sized<'a>(&'a mut self, descriptor: &Descriptor, t: &Task) -> (AtomsOut<'a>, &'a mut [f64]) {
+        let (atoms, pairs) = (t.atoms.len(), t.pairs.len());
+        let (nr, nf, na) = (descriptor.spec.n_radial, descriptor.n_features(), descriptor.n_channels() * descriptor.n_monomials());
+        let per_task = descriptor.backward_scratch().max(descriptor.forward_scratch());
+        fn fit<T: Clone + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
+            if v.len() < len {
+                v.resize(len, T::default());
+            }
+            &mut v[..len]
+        }
+        let out = AtomsOut {
+            features: fit(&mut self.features, atoms * nf),
+            density: fit(&mut self.density, atoms * na),
+            pairs: fit(&mut self.pairs, pairs),
+            radial: fit(&mut self.radial, pairs * nr),
+            d_radial: fit(&mut self.d_radial, pairs * nr),
+            species_of_neighbor: fit(&mut self.species_of_neighbor, pairs),
+            scratch: fit(&mut self.scratch, per_task),
+        };
+        (out, fit(&mut self.de_dg, atoms * nf))
+    }
 }
 
 /// A work item of a multi-threaded call: a range of centre atoms and the range of their pairs.

@@ -11,7 +11,7 @@ mod native;
 #[cfg(feature = "ort")]
 pub mod ort_engine;
 
-use crate::descriptor::{Descriptor, Descriptors};
+use crate::descriptor::{ChunkBuffers, Descriptor, Descriptors};
 use crate::elements::unknown_element;
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -136,9 +136,8 @@ struct Workspace {
     pairs: Vec<Neighbor>,
     descriptors: Descriptors,
     atomic: Vec<f64>,
-    de_dg: Vec<f64>,
     pair_grads: Vec<Vec3>,
-    scratch: Vec<f64>,
+    chunks: Vec<ChunkBuffers>,
 }
 
 /// The family-specific part of an evaluation (what the Rust side computes around the engine's networks).
@@ -255,8 +254,8 @@ impl Potential {
             }
             Ok(())
         };
-        let (d, energies, de_dg, grads, scratch) = (&mut ws.descriptors, &mut ws.atomic, &mut ws.de_dg, &mut ws.pair_grads, &mut ws.scratch);
-        descriptor.evaluate_into(&ws.species, centers, nl, d, energies, de_dg, grads, scratch, parallel, network)
+        let (d, energies, grads, chunks) = (&mut ws.descriptors, &mut ws.atomic, &mut ws.pair_grads, &mut ws.chunks);
+        descriptor.evaluate_into(&ws.species, centers, nl, d, energies, grads, chunks, parallel, network)
     }
 
     /// A whole system: energy, per-atom energies, forces, virial and (fully periodic cells) stress. `cell` rows
