@@ -209,7 +209,20 @@ def test_calculator_recomputes_on_changes_and_caches_otherwise(cu, monkeypatch):
     assert len(calls) == 4
     with pytest.raises(PropertyNotImplementedError):
         atoms.get_stress()
-    assert computed_by == [cu] * 4, "one Model.compute per calculation; the refused stress makes none"
+    assert len(calls) == 5, "the refused stress was attempted once"
+    # charges and magnetic moments are not read by the model: no new calculation
+    atoms.set_initial_charges(np.linspace(-0.1, 0.1, len(atoms)))
+    atoms.set_initial_magnetic_moments(np.ones(len(atoms)))
+    atoms.get_forces()
+    assert len(calls) == 5
+    # the same positions set again (a new array, equal values) are no change either; one atom moved back is
+    atoms.positions = atoms.positions.copy()
+    atoms.get_forces()
+    assert len(calls) == 5
+    atoms.positions[0, 0] -= 0.01
+    atoms.get_forces()
+    assert len(calls) == 6
+    assert computed_by == [cu] * 5, "one Model.compute per calculation; the refused stress makes none"
 
 
 def test_bad_input_raises_clear_exceptions(cu, tmp_path):

@@ -21,6 +21,17 @@ class Calculator(_AseCalculator):
         super().__init__(**kwargs)
         self.model = model if isinstance(model, Model) else Model(model, **model_kwargs)
 
+    def check_state(self, atoms, tol=1e-15):
+        """What changed since the last calculation, of what a pilip model reads: positions, atomic numbers, cell
+        and pbc, compared exactly. (ASE's generic check also compares magnetic moments and charges, with
+        tolerances, and took a third of a molecule's `get_forces` time.)"""
+        old = self.atoms
+        if old is None:
+            return list(all_changes)
+        pairs = (("positions", old.positions, atoms.positions), ("numbers", old.numbers, atoms.numbers),
+                 ("cell", old.cell.array, atoms.cell.array), ("pbc", old.pbc, atoms.pbc))
+        return [name for name, a, b in pairs if not np.array_equal(a, b)]
+
     def calculate(self, atoms=None, properties=("energy",), system_changes=all_changes):
         super().calculate(atoms, properties, system_changes)
         atoms = self.atoms
