@@ -7,8 +7,9 @@
 # the MACE paper) when the molecule is one of the ten of rMD17.
 # Usage: scripts/bench_rmd17.sh [MOLECULE…]   (default: every *_train_01.extxyz in $PILIP_DATA/rmd17)
 # Environment: PILIP_DATA (default ../shared/data), N (training structures, default 950), MD_PS (simulated time
-# per start, default 100; 0 skips MD), SEED (default 1), CONFIG (default examples/configs/rmd17.toml; e.g.
-# examples/configs/rmd17_bispectrum.toml for the accurate family), EXTRA (more --set arguments for `pilip train`), PILIP
+# per start, default 100; 0 skips MD), SEED (default 1), CONFIG (default examples/configs/rmd17.toml), EXTRA (more
+# --set arguments for `pilip train`, e.g. EXTRA='--set model.family="bispectrum"' with OUT=bench_runs/rmd17_bispectrum
+# for the accurate family: runs already in OUT are not repeated), PILIP
 # (a pilip binary to use instead of building one).
 # Results (OUT, default bench_runs/<config name>, e.g. bench_runs/rmd17): OUT/<molecule>_n<N>_s<SEED>/ (run, model.onnx, md_*.json), OUT/results.jsonl.
 set -euo pipefail
