@@ -185,17 +185,18 @@ pub struct ModelConfig {
     pub energy_scale: f64,
     /// Floor on each descriptor component's standard deviation, relative to the largest one of the element.
     pub feature_std_floor: f64,
-    /// Start from this checkpoint (fine-tuning, e.g. a model trained on cheap labels with forces, continued on
-    /// expensive energies): its species, descriptor, networks, input statistics and energy scale are kept —
-    /// `[descriptor]`, `family` and `hidden` are taken from it — and its reference energies are refitted to
-    /// this data set. A relative path is relative to the config file.
+    /// Start from this checkpoint or exported model (`.onnx`; fine-tuning, e.g. a model trained on cheap labels
+    /// with forces, continued on expensive energies): its species, descriptor, networks, input statistics and
+    /// energy scale are kept — `[descriptor]`, `family` and `hidden` are taken from it — and its reference
+    /// energies are refitted to this data set. An exported model's input statistics are fitted to this data, with
+    /// its first layers rewritten to compute the same function. A relative path is relative to the config file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
-    /// Δ-learning from this checkpoint: `E = E_base + ΔE`, where the base model (e.g. trained on cheap labels
-    /// with forces) stays frozen and a correction network of `hidden` widths per element, with as many layers as
-    /// the base's, is trained on this data set beside it. The result is one model: exported and deployed like any
-    /// other. `[descriptor]` and `family` are taken from the base; its reference energies are refitted. A relative
-    /// path is relative to the config file.
+    /// Δ-learning from this checkpoint or exported model (`.onnx`, e.g. one made by someone else): `E = E_base +
+    /// ΔE`, where the base model (e.g. trained on cheap labels with forces) stays frozen and a correction network
+    /// of `hidden` widths per element, with as many layers as the base's, is trained on this data set beside it.
+    /// The result is one model: exported and deployed like any other. `[descriptor]` and `family` are taken from
+    /// the base; its reference energies are refitted. A relative path is relative to the config file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub base: Option<PathBuf>,
 }

@@ -511,6 +511,85 @@ fn delta_learning_trains_only_the_correction_and_resumes_exactly() {
     assert!(e.contains("model.init") && e.contains("model.base"), "{e}");
 }
 
+/// An exported model serves as `model.base` (and `model.init`) like its checkpoint: read back from its graph it
+/// predicts what the checkpoint does; as a Δ base, its input statistics are refitted to the new data with the
+/// base's hidden units rewritten to compute the same function (so with the correction zeroed the start model's
+/// forces are the base's), the base stays frozen and the correction learns.
+#[test]
+fn an_exported_model_is_a_base_and_a_start_like_its_checkpoint() {
+    let base_dir = tmpdir("onnx-base");
+    let mut base_cfg = small_config(&base_dir);
+    base_cfg.training.max_epochs = 10;
+    pilip::train::train(&base_cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let base = pilip::train::checkpoint::Checkpoint::load(&base_dir.join("checkpoints/best.ckpt")).unwrap();
+    let onnx = base_dir.join("base.onnx");
+    let frames = pilip::io::extxyz::read_file(&example_data(), &base_cfg.data.keys).unwrap();
+    pilip::export::export(&base.model, pilip::onnx::metadata::Dtype::F64, &onnx, &frames[..2]).unwrap();
+    let read = pilip::train::model_from_onnx(&onnx).unwrap();
+    let max_force_diff = |a: &pilip::model::Model, b: &pilip::model::Model, f: &Frame| {
+        let (pa, pb) = (a.predict_frame(f).unwrap(), b.predict_frame(f).unwrap());
+        max_abs_diff(pa.forces.iter().flatten().copied(), pb.forces.iter().flatten().copied())
+    };
+    for f in &frames[..5] {
+        let (e_read, e_base) = (read.predict_frame(f).unwrap().energy, base.model.predict_frame(f).unwrap().energy);
+        assert!((e_read - e_base).abs() < 1e-9 * e_base.abs(), "{e_read} vs {e_base}");
+        assert!(max_force_diff(&read, &base.model, f) < 1e-9);
+    }
+
+    // Δ from the exported base on data with an extra smooth term (as in the checkpoint test above)
+    let other = tmpdir("onnx-delta-data").join("other.extxyz");
+    let mut data = frames.clone();
+    for f in &mut data {
+        let n = f.len() as f64;
+        let centre: Vec<f64> = (0..3).map(|c| f.positions.iter().map(|p| p[c]).sum::<f64>() / n).collect();
+        let spread: f64 = f.positions.iter().map(|p| (0..3).map(|c| (p[c] - centre[c]).powi(2)).sum::<f64>()).sum::<f64>() / n;
+        let e = base.model.predict_frame(f).unwrap().energy;
+        f.energy = Some(e + 0.37 * n - 12.0 + 0.05 * spread);
+        f.forces = None;
+    }
+    pilip::io::extxyz::write_file(&other, &data, &base_cfg.data.keys).unwrap();
+    let dir = tmpdir("onnx-delta");
+    let mut cfg = small_config(&dir);
+    cfg.data.file = other;
+    cfg.model.base = Some(onnx.clone());
+    cfg.model.hidden = vec![8, 8];
+    cfg.loss.forces_weight = 0.0;
+    cfg.training.max_epochs = 20;
+    cfg.training.early_stopping_metric = pilip::config::StoppingMetric::ValEnergyRmse;
+    let splits = pilip::dataset::load(&cfg.data).unwrap();
+    let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).collect();
+    let start = pilip::train::initial_model(&cfg, &splits.train, &all).unwrap();
+    let (_, trainable) = pilip::model::Model::with_correction(read.clone(), &[8, 8], cfg.training.seed).unwrap();
+    let mut base_only = start.clone();
+    let zeroed: Vec<f64> = start.params().iter().zip(&trainable).map(|(&p, &t)| if t { 0.0 } else { p }).collect();
+    base_only.set_params(&zeroed);
+    for f in &data[..5] {
+        let d = max_force_diff(&base_only, &base.model, f);
+        assert!(d < 1e-8, "the restandardised base differs from the checkpoint by {d} eV/Å");
+    }
+    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let trained = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap();
+    let frozen_moved = start.params().iter().zip(&trained.model.params()).zip(&trainable).filter(|((a, b), &t)| !t && a != b).count();
+    assert_eq!(frozen_moved, 0, "the exported base stays frozen");
+    let rmse = |m: &pilip::model::Model| {
+        let p = pilip::metrics::predict_all(m, &splits.valid).unwrap();
+        pilip::metrics::compute(&splits.valid, &p).energy_rmse_mev_per_atom.unwrap()
+    };
+    let (before, after) = (rmse(&start), rmse(&trained.model));
+    assert!(after < 0.2 * before, "validation energy RMSE {before} → {after} meV/atom");
+    assert_eq!(trained.config.descriptor, base.config.descriptor, "descriptor from the exported base");
+
+    // fine-tuning from the exported file, anchored to its (restandardised) start
+    let ft_dir = tmpdir("onnx-init");
+    let mut ft = small_config(&ft_dir);
+    ft.model.init = Some(onnx);
+    ft.loss.anchor_weight = 1.0;
+    ft.training.max_epochs = 2;
+    pilip::train::train(&ft, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let tuned = pilip::train::checkpoint::Checkpoint::load(&ft_dir.join("checkpoints/last.ckpt")).unwrap();
+    assert_eq!(tuned.config.model.hidden, base.config.model.hidden, "hidden from the exported model");
+}
+
 fn root_data(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/data").join(name)
 }

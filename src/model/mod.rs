@@ -132,6 +132,18 @@ impl Model {
         Ok((model, trainable))
     }
 
+    /// [`PowerSpectrumModel::restandardise`] on the descriptors of `envs`: new input statistics, with the hidden
+    /// units whose first weight is not `trainable` (all of them with `None`) computing what they did before.
+    pub fn restandardise(&mut self, envs: &[Environments], std_floor: f64, trainable: Option<&[bool]>) {
+        let structures = envs.iter().map(|e| match &e.features {
+            Features::PowerSpectrum(d) => (&e.species[..], d),
+        });
+        let m = self.atomic.networked_mut();
+        let offsets: Vec<usize> = m.networks.iter().scan(0, |o, n| Some(std::mem::replace(o, *o + n.n_params()))).collect();
+        let keep = |s: usize, c: usize| trainable.is_none_or(|t| !t[offsets[s] + c]);
+        m.restandardise(structures, std_floor, keep)
+    }
+
     /// The model's family.
     pub fn family(&self) -> Family {
         match &self.atomic {

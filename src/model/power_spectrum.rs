@@ -269,6 +269,48 @@ impl PowerSpectrumModel {
         }
     }
 
+    /// A model of given networks (each `[n_features] → … → [1]`, reading the raw descriptor: identity
+    /// standardisation), e.g. the networks read out of an exported file.
+    pub fn from_networks(descriptor: DescriptorSpec, four_body: Option<Bispectrum>, networks: Vec<Mlp>) -> Result<Self> {
+        let n_species = networks.len();
+        let nf = Descriptor::with_optional_four_body(&descriptor, n_species, four_body.as_ref())?.n_features();
+        let m = PowerSpectrumModel {
+            feature_mean: vec![vec![0.0; nf]; n_species],
+            feature_std: vec![vec![1.0; nf]; n_species],
+            networks,
+            descriptor,
+            four_body,
+            desc_cache: Default::default(),
+        };
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Fits the input statistics to `structures` ([`PowerSpectrumModel::fit_feature_statistics`]) and rewrites
+    /// the first layer of each network so that the columns (hidden units) `keep(species, unit)` selects compute
+    /// the same function of the descriptor as before: ((G − μ₀)/σ₀)W + b = ((G − μ)/σ)(diag(σ/σ₀)W) + b + ((μ − μ₀)/σ₀)W.
+    /// The other columns keep their weights, now read against the new statistics.
+    pub fn restandardise<'a>(
+        &mut self,
+        structures: impl Iterator<Item = (&'a [usize], &'a Descriptors)>,
+        std_floor: f64,
+        keep: impl Fn(usize, usize) -> bool,
+    ) {
+        let (old_mean, old_std) = (self.feature_mean.clone(), self.feature_std.clone());
+        self.fit_feature_statistics(structures, std_floor);
+        for (s, net) in self.networks.iter_mut().enumerate() {
+            let (i, o) = (net.sizes[0], net.sizes[1]);
+            let (w, rest) = net.params.split_at_mut(i * o);
+            let b = &mut rest[..o];
+            for c in (0..o).filter(|&c| keep(s, c)) {
+                for r in 0..i {
+                    b[c] += w[r * o + c] * (self.feature_mean[s][r] - old_mean[s][r]) / old_std[s][r];
+                    w[r * o + c] *= self.feature_std[s][r] / old_std[s][r];
+                }
+            }
+        }
+    }
+
     /// Per-species mean and standard deviation of each descriptor component over the given structures
     /// (`(species of each atom, descriptors)`).
     ///

@@ -3,6 +3,7 @@
 //! runtime's.
 pub mod decode;
 pub mod metadata;
+pub mod networks;
 
 /// ONNX opset the graphs are written against (tract is tested with 9–18; onnxruntime reads it).
 pub const OPSET: i64 = 17;

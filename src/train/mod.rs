@@ -117,15 +117,22 @@ impl Origin {
     /// The origin the config names, with its checkpoint read (and, for Δ-learning, the correction networks put
     /// beside the base's); also that checkpoint's config.
     fn load(cfg: &Config) -> Result<(Self, Option<Config>)> {
-        let Some(path) = cfg.model.init.as_ref().or(cfg.model.base.as_ref()) else { return Ok((Origin::Fresh, None)) };
-        let ck = Checkpoint::load(path)?;
-        let origin = if cfg.model.init.is_some() {
-            Origin::FineTune(ck.model)
+        let Some(path) = origin_path(cfg) else { return Ok((Origin::Fresh, None)) };
+        let (model, config) = if is_exported(path) {
+            let model = model_from_onnx(path)?;
+            let config = config_of_exported(&model, cfg);
+            (model, config)
         } else {
-            let (model, trainable) = Model::with_correction(ck.model, &cfg.model.hidden, cfg.training.seed)?;
+            let ck = Checkpoint::load(path)?;
+            (ck.model, ck.config)
+        };
+        let origin = if cfg.model.init.is_some() {
+            Origin::FineTune(model)
+        } else {
+            let (model, trainable) = Model::with_correction(model, &cfg.model.hidden, cfg.training.seed)?;
             Origin::Delta(model, trainable)
         };
-        Ok((origin, Some(ck.config)))
+        Ok((origin, Some(config)))
     }
 
     /// Per parameter of the run's model, whether training may change it (`None`: all may).
@@ -137,6 +144,74 @@ impl Origin {
     }
 }
 
+/// The `model.init` or `model.base` file, if any.
+fn origin_path(cfg: &Config) -> Option<&PathBuf> {
+    cfg.model.init.as_ref().or(cfg.model.base.as_ref())
+}
+
+/// A `model.init` / `model.base` file ending in `.onnx` is an exported model, anything else a checkpoint.
+fn is_exported(path: &Path) -> bool {
+    path.extension().is_some_and(|e| e.eq_ignore_ascii_case("onnx"))
+}
+
+/// An exported model (`pilip export`) as a training-time model: the networks read out of its graph
+/// (`onnx::networks`), species, reference energies, descriptor and four-body compression from its metadata. The
+/// descriptor standardisation is folded into the first layers, so the model reads the raw descriptor (identity
+/// statistics) until [`start_model`] fits statistics to the training data. An f32 file gives f32-rounded
+/// weights.
+pub fn model_from_onnx(path: &Path) -> Result<Model> {
+    use crate::model::power_spectrum::PowerSpectrumModel;
+    use crate::model::AtomicModel;
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let source = path.display().to_string();
+    let (proto, meta) = crate::onnx::decode::decode(&bytes, &source)?;
+    let nets = crate::onnx::networks::read_networks(&proto, &meta)
+        .map_err(|e| Error::model(format!("{source}: its networks cannot be read back for training ({e})")))?;
+    // export writes one energy scale for every element; otherwise each goes into its last layer
+    let scale = nets.first().map_or(1.0, |n| n.scale);
+    let shared = nets.iter().all(|n| n.scale == scale);
+    let networks = nets
+        .iter()
+        .map(|n| {
+            let mut sizes = vec![n.layers[0].2];
+            sizes.extend(n.layers.iter().map(|l| l.3));
+            let last = n.layers.len() - 1;
+            let mut params = Vec::new();
+            for (k, (w, b, _, _)) in n.layers.iter().enumerate() {
+                let f = if k == last && !shared { n.scale } else { 1.0 };
+                params.extend(w.iter().chain(b).map(|x| x * f));
+            }
+            crate::nn::Mlp { sizes, params }
+        })
+        .collect();
+    let ps = PowerSpectrumModel::from_networks(meta.descriptor.clone(), meta.bispectrum.clone(), networks)
+        .map_err(|e| Error::model(format!("{source}: {e}")))?;
+    let atomic = match meta.family {
+        Family::PowerSpectrum => AtomicModel::PowerSpectrum(ps),
+        Family::Bispectrum => AtomicModel::Bispectrum(ps),
+    };
+    let model = Model { species: meta.species, reference_energies: meta.reference_energies, energy_scale: if shared { scale } else { 1.0 }, atomic };
+    model.check()?;
+    Ok(model)
+}
+
+/// What a checkpoint's config would say about the architecture of an exported `model` (descriptor, family,
+/// four-body settings, hidden widths), on top of `cfg`.
+fn config_of_exported(model: &Model, cfg: &Config) -> Config {
+    use crate::model::AtomicModel;
+    let mut c = cfg.clone();
+    let (AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m)) = &model.atomic;
+    c.descriptor = m.descriptor.clone();
+    if let Some(b) = &m.four_body {
+        c.bispectrum = crate::descriptor::four_body::Bispectrum { compression: Vec::new(), ..b.clone() };
+    }
+    c.model.family = model.family();
+    if let Some(net) = m.networks.first() {
+        c.model.hidden = net.sizes[1..net.sizes.len() - 1].to_vec();
+    }
+    c
+}
+
 /// Builds a model for the training data: species, reference energies, input statistics, energy scale (or,
 /// with `model.init` / `model.base`, the fine-tuning or Δ-learning start from that checkpoint).
 pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
@@ -145,10 +220,19 @@ pub fn initial_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Mo
 
 /// [`initial_model`] with the origin's checkpoint already loaded.
 fn start_model(cfg: &Config, origin: Origin, train: &[Frame], all: &[&Frame]) -> Result<Model> {
-    match origin {
-        Origin::Fresh => fresh_model(cfg, train, all),
-        Origin::FineTune(model) | Origin::Delta(model, _) => continued_model(model, cfg, train, all),
+    let trainable = origin.trainable();
+    let mut model = match origin {
+        Origin::Fresh => return fresh_model(cfg, train, all),
+        Origin::FineTune(model) | Origin::Delta(model, _) => continued_model(model, cfg, train, all)?,
+    };
+    // An exported model reads the raw descriptor: fit statistics to this data, with the base's (or, fine-tuning,
+    // every) hidden unit rewritten to compute what it did, so that new correction networks read standardised inputs.
+    if origin_path(cfg).is_some_and(|p| is_exported(p)) {
+        let sample: Vec<&Frame> = train.iter().take(500).collect();
+        let envs: Vec<_> = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+        model.restandardise(&envs, cfg.model.feature_std_floor, trainable.as_deref());
     }
+    Ok(model)
 }
 
 /// A new model fitted to the training data.
@@ -416,12 +500,6 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
 }
 
 fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<TrainSummary> {
-    // The anchor is the checkpoint's parameters (a fresh fine-tuning start has the same ones; a resumed run
-    // has moved away from them).
-    let anchor = match &origin {
-        Origin::FineTune(m) if cfg.loss.anchor_weight > 0.0 => Some(m.params()),
-        _ => None,
-    };
     let trainable = origin.trainable();
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let resumed = match &opts.resume {
@@ -429,6 +507,18 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         None => None,
     };
     let splits = dataset::load(&cfg.data)?;
+    // The anchor is the start's parameters (a resumed run has moved away from them): the checkpoint's, or an
+    // exported model's once fitted to this data (its first layers depend on the input statistics).
+    let anchor = match &origin {
+        Origin::FineTune(m) if cfg.loss.anchor_weight > 0.0 => Some(match origin_path(cfg).is_some_and(|p| is_exported(p)) {
+            true => {
+                let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
+                initial_model(cfg, &splits.train, &all)?.params()
+            }
+            false => m.params(),
+        }),
+        _ => None,
+    };
     write_inputs(&dir, cfg, &splits)?;
     check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
     let (mut model, mut st) = start_or_resume(cfg, &splits, resumed, origin)?;
