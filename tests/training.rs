@@ -436,6 +436,24 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
     assert!(e.contains("model.init") && e.contains("but the data also has Cu"), "{e}");
 }
 
+/// The example data with energies of another "level of theory": `base`'s own energies plus offsets and a smooth
+/// invariant term it does not have (0.05 × the radius of gyration squared), so that what a Δ correction must learn
+/// is known; no forces. Written to a file in a fresh directory `name`.
+fn other_level_of_theory(base: &pilip::model::Model, cfg: &Config, name: &str) -> PathBuf {
+    let path = tmpdir(name).join("other.extxyz");
+    let mut frames = pilip::io::extxyz::read_file(&example_data(), &cfg.data.keys).unwrap();
+    for f in &mut frames {
+        let n = f.len() as f64;
+        let centre: Vec<f64> = (0..3).map(|c| f.positions.iter().map(|p| p[c]).sum::<f64>() / n).collect();
+        let spread: f64 = f.positions.iter().map(|p| (0..3).map(|c| (p[c] - centre[c]).powi(2)).sum::<f64>()).sum::<f64>() / n;
+        let e = base.predict_frame(f).unwrap().energy;
+        f.energy = Some(e + 0.37 * n - 12.0 + 0.05 * spread);
+        f.forces = None;
+    }
+    pilip::io::extxyz::write_file(&path, &frames, &cfg.data.keys).unwrap();
+    path
+}
+
 #[test]
 fn delta_learning_trains_only_the_correction_and_resumes_exactly() {
     let base_dir = tmpdir("delta-base");
@@ -444,19 +462,7 @@ fn delta_learning_trains_only_the_correction_and_resumes_exactly() {
     pilip::train::train(&base_cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let base = pilip::train::checkpoint::Checkpoint::load(&base_dir.join("checkpoints/best.ckpt")).unwrap();
 
-    // another "level of theory": the base's own energies plus offsets and a smooth invariant term it does not have
-    // (the radius of gyration squared), so that what the correction must learn is known
-    let other = tmpdir("delta-data").join("other.extxyz");
-    let mut frames = pilip::io::extxyz::read_file(&example_data(), &base_cfg.data.keys).unwrap();
-    for f in &mut frames {
-        let n = f.len() as f64;
-        let centre: Vec<f64> = (0..3).map(|c| f.positions.iter().map(|p| p[c]).sum::<f64>() / n).collect();
-        let spread: f64 = f.positions.iter().map(|p| (0..3).map(|c| (p[c] - centre[c]).powi(2)).sum::<f64>()).sum::<f64>() / n;
-        let e = base.model.predict_frame(f).unwrap().energy;
-        f.energy = Some(e + 0.37 * n - 12.0 + 0.05 * spread);
-        f.forces = None;
-    }
-    pilip::io::extxyz::write_file(&other, &frames, &base_cfg.data.keys).unwrap();
+    let other = other_level_of_theory(&base.model, &base_cfg, "delta-data");
     let delta_config = |name: &str| {
         let dir = tmpdir(name);
         let mut cfg = small_config(&dir);
@@ -536,18 +542,8 @@ fn an_exported_model_is_a_base_and_a_start_like_its_checkpoint() {
         assert!(max_force_diff(&read, &base.model, f) < 1e-9);
     }
 
-    // Δ from the exported base on data with an extra smooth term (as in the checkpoint test above)
-    let other = tmpdir("onnx-delta-data").join("other.extxyz");
-    let mut data = frames.clone();
-    for f in &mut data {
-        let n = f.len() as f64;
-        let centre: Vec<f64> = (0..3).map(|c| f.positions.iter().map(|p| p[c]).sum::<f64>() / n).collect();
-        let spread: f64 = f.positions.iter().map(|p| (0..3).map(|c| (p[c] - centre[c]).powi(2)).sum::<f64>()).sum::<f64>() / n;
-        let e = base.model.predict_frame(f).unwrap().energy;
-        f.energy = Some(e + 0.37 * n - 12.0 + 0.05 * spread);
-        f.forces = None;
-    }
-    pilip::io::extxyz::write_file(&other, &data, &base_cfg.data.keys).unwrap();
+    // Δ from the exported base on data of another level of theory
+    let other = other_level_of_theory(&base.model, &base_cfg, "onnx-delta-data");
     let dir = tmpdir("onnx-delta");
     let mut cfg = small_config(&dir);
     cfg.data.file = other;
@@ -563,7 +559,7 @@ fn an_exported_model_is_a_base_and_a_start_like_its_checkpoint() {
     let mut base_only = start.clone();
     let zeroed: Vec<f64> = start.params().iter().zip(&trainable).map(|(&p, &t)| if t { 0.0 } else { p }).collect();
     base_only.set_params(&zeroed);
-    for f in &data[..5] {
+    for f in &frames[..5] {
         let d = max_force_diff(&base_only, &base.model, f);
         assert!(d < 1e-8, "the restandardised base differs from the checkpoint by {d} eV/Å");
     }

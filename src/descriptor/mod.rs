@@ -1119,7 +1119,7 @@ struct AtomsOut<'a> {
     radial: &'a mut [f64],
     d_radial: &'a mut [f64],
     species_of_neighbor: &'a mut [usize],
-    /// n_channels² of scratch (the invariants of one atom, when they are a matrix product).
+    /// Scratch of the forward or backward pass of one atom at a time.
     scratch: &'a mut [f64],
 }
 
@@ -1199,32 +1199,27 @@ type Buffers<'a> = (&'a mut Vec<f64>, &'a mut Vec<f64>, &'a mut Vec<PairCache>, 
 struct Carver<'a> {
     strides: (usize, usize, usize),
     per_task: usize,
-    features: &'a mut [f64],
-    density: &'a mut [f64],
-    pairs: &'a mut [PairCache],
-    radial: &'a mut [f64],
-    d_radial: &'a mut [f64],
-    species: &'a mut [usize],
-    scratch: &'a mut [f64],
+    /// What is left of every buffer.
+    rest: AtomsOut<'a>,
 }
 
 impl<'a> Carver<'a> {
     fn new(strides: (usize, usize, usize), bufs: Buffers<'a>, scratch: &'a mut [f64], per_task: usize) -> Self {
-        let (features, density, pairs, radial, d_radial, species) = bufs;
-        Carver { strides, per_task, features, density, pairs, radial, d_radial, species, scratch }
+        let (features, density, pairs, radial, d_radial, species_of_neighbor) = bufs;
+        Carver { strides, per_task, rest: AtomsOut { features, density, pairs, radial, d_radial, species_of_neighbor, scratch } }
     }
 
     /// The pieces of the next task, `t` (tasks must come in order).
     fn next(&mut self, t: &Task) -> AtomsOut<'a> {
-        let ((nf, na, nr), atoms, pairs) = (self.strides, t.atoms.len(), t.pairs.len());
+        let ((nf, na, nr), atoms, pairs, r) = (self.strides, t.atoms.len(), t.pairs.len(), &mut self.rest);
         AtomsOut {
-            features: take(&mut self.features, atoms * nf),
-            density: take(&mut self.density, atoms * na),
-            pairs: take(&mut self.pairs, pairs),
-            radial: take(&mut self.radial, pairs * nr),
-            d_radial: take(&mut self.d_radial, pairs * nr),
-            species_of_neighbor: take(&mut self.species, pairs),
-            scratch: take(&mut self.scratch, self.per_task),
+            features: take(&mut r.features, atoms * nf),
+            density: take(&mut r.density, atoms * na),
+            pairs: take(&mut r.pairs, pairs),
+            radial: take(&mut r.radial, pairs * nr),
+            d_radial: take(&mut r.d_radial, pairs * nr),
+            species_of_neighbor: take(&mut r.species_of_neighbor, pairs),
+            scratch: take(&mut r.scratch, self.per_task),
         }
     }
 }
