@@ -149,6 +149,24 @@ fn native_engine_refuses_graphs_it_does_not_reproduce() {
     }
 }
 
+/// An exported file read back as a training-time model (`model.init` / `model.base`) predicts what the model it
+/// was exported from does, for both families and a Δ model (f64 files: to rounding).
+#[test]
+fn exported_models_read_back_for_training_predict_like_the_original() {
+    let dir = tmpdir("read-back");
+    for (k, (model, frame)) in [(molecule_model(), molecule()), (bispectrum_cell_model(), triclinic_cell()), (delta_model(), triclinic_cell())].into_iter().enumerate() {
+        let path = dir.join(format!("m{k}.onnx"));
+        std::fs::write(&path, to_onnx(&model, Dtype::F64).unwrap().encode_to_vec()).unwrap();
+        let read = pilip::train::model_from_onnx(&path).unwrap();
+        assert_eq!((read.family(), &read.species), (model.family(), &model.species));
+        let (a, b) = (read.predict_frame(&frame).unwrap(), model.predict_frame(&frame).unwrap());
+        assert!((a.energy - b.energy).abs() < 1e-9 * b.energy.abs().max(1.0), "model {k}: {} vs {}", a.energy, b.energy);
+        let scale = b.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
+        let df = max_abs_diff(a.forces.iter().flatten().copied(), b.forces.iter().flatten().copied());
+        assert!(df < 1e-9 * scale, "model {k}: forces differ by {df:.2e}");
+    }
+}
+
 #[test]
 fn runtime_forces_and_virial_match_finite_differences_of_the_onnx_energy() {
     for model in [cell_model(), bispectrum_cell_model()] {
