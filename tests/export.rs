@@ -5,7 +5,7 @@ mod common;
 use common::*;
 use pilip::export::{export, probe_structures, to_onnx, Verification};
 use pilip::frame::Frame;
-use pilip::onnx::metadata::{checksum, Dtype};
+use pilip::onnx::metadata::Dtype;
 use pilip::runtime::{EngineKind, Potential, RuntimeOptions};
 use prost::Message;
 use tract_onnx::pb;
@@ -51,11 +51,7 @@ fn with_engine(engine: EngineKind) -> RuntimeOptions {
 fn native_and_tract_agree(bytes: &[u8], frame: &Frame, tol: f64) {
     let native = Potential::from_bytes(bytes, "t", &with_engine(EngineKind::Native)).unwrap();
     let tract = Potential::from_bytes(bytes, "t", &with_engine(EngineKind::Tract)).unwrap();
-    let (a, b) = (native.compute_frame(frame).unwrap(), tract.compute_frame(frame).unwrap());
-    let scale = b.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
-    assert!((a.energy - b.energy).abs() < tol * b.energy.abs().max(1.0), "energy {} vs {}", a.energy, b.energy);
-    let df = max_abs_diff(a.forces.iter().flatten().copied(), b.forces.iter().flatten().copied());
-    assert!(df < tol * scale, "forces differ by {df:.2e} (scale {scale:.2e})");
+    assert_same_prediction(&native.compute_frame(frame).unwrap(), &tract.compute_frame(frame).unwrap(), tol, "native vs tract");
 }
 
 #[test]
@@ -67,15 +63,6 @@ fn native_engine_agrees_with_tract_for_every_family_depth_and_precision() {
         // each is within 1e-5 of the f64 model (export's tolerance), so within 2e-5 of each other
         native_and_tract_agree(&to_onnx(&model, Dtype::F32).unwrap().encode_to_vec(), &frame, 2e-5);
     }
-}
-
-/// `proto` with its graph edited and the checksum recomputed.
-fn edited(mut proto: pb::ModelProto, edit: impl FnOnce(&mut pb::GraphProto)) -> Vec<u8> {
-    let graph = proto.graph.as_mut().unwrap();
-    edit(graph);
-    let sum = checksum(&graph.encode_to_vec());
-    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.checksum").unwrap().value = sum;
-    proto.encode_to_vec()
 }
 
 fn constant<'a>(g: &'a mut pb::GraphProto, name: &str) -> &'a mut pb::TensorProto {
@@ -124,11 +111,8 @@ fn native_engine_runs_files_with_the_standardisation_on_the_input() {
     });
     for engine in [EngineKind::Native, EngineKind::Tract] {
         let p = Potential::from_bytes(&old, "old.onnx", &with_engine(engine)).unwrap().compute_frame(&frame).unwrap();
-        assert!((p.energy - today.energy).abs() < 1e-9 * today.energy.abs().max(1.0), "{engine:?}: {} vs {}", p.energy, today.energy);
         // the folding reorders sums (μ W₀ is large), so the last digits move: 1e-9 relative
-        let scale = today.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
-        let df = max_abs_diff(p.forces.iter().flatten().copied(), today.forces.iter().flatten().copied());
-        assert!(df < 1e-9 * scale, "{engine:?}: forces differ by {df:.2e} (scale {scale:.1})");
+        assert_same_prediction(&p, &today, 1e-9, &format!("{engine:?} on the old file"));
     }
 }
 
@@ -160,10 +144,7 @@ fn exported_models_read_back_for_training_predict_like_the_original() {
         let read = pilip::train::model_from_onnx(&path).unwrap();
         assert_eq!((read.family(), &read.species), (model.family(), &model.species));
         let (a, b) = (read.predict_frame(&frame).unwrap(), model.predict_frame(&frame).unwrap());
-        assert!((a.energy - b.energy).abs() < 1e-9 * b.energy.abs().max(1.0), "model {k}: {} vs {}", a.energy, b.energy);
-        let scale = b.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
-        let df = max_abs_diff(a.forces.iter().flatten().copied(), b.forces.iter().flatten().copied());
-        assert!(df < 1e-9 * scale, "model {k}: forces differ by {df:.2e}");
+        assert_same_prediction(&a, &b, 1e-9, &format!("model {k} read back"));
     }
 }
 

@@ -6,7 +6,7 @@ mod common;
 use common::{cell_model, load, molecule_model};
 use pilip::export::to_onnx;
 use pilip::io::extxyz::{self, LabelKeys};
-use pilip::onnx::metadata::{checksum, Dtype};
+use pilip::onnx::metadata::Dtype;
 use pilip::runtime::{Potential, RuntimeOptions};
 use prost::Message;
 use tract_onnx::pb;
@@ -65,14 +65,7 @@ fn a_cell_that_overflows_is_refused_instead_of_hanging() {
 
 /// The graph of a valid model, edited, with the checksum recomputed (so the edit reaches the later checks).
 fn edited(edit: impl FnOnce(&mut pb::GraphProto)) -> Vec<u8> {
-    let mut proto = to_onnx(&cell_model(), Dtype::F32).unwrap();
-    let graph = proto.graph.as_mut().unwrap();
-    edit(graph);
-    let sum = checksum(&graph.encode_to_vec());
-    for p in proto.metadata_props.iter_mut().filter(|p| p.key.ends_with("checksum")) {
-        p.value = sum.clone();
-    }
-    proto.encode_to_vec()
+    common::edited(to_onnx(&cell_model(), Dtype::F32).unwrap(), edit)
 }
 
 /// [`edited`] with the edit applied to the first weight matrix.

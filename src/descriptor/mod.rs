@@ -183,7 +183,6 @@ fn register_width(nc: usize) -> usize {
 /// Powers 0..=8 of the three components of a unit vector.
 type Powers = [[f64; 9]; 3];
 
-
 /// Most angular monomials of any valid `l_max` (8): Σ_{l≤8} (l+1)(l+2)/2. Per-pair angular scratch lives on the
 /// stack with this size.
 const MAX_MONOMIALS: usize = 165;
@@ -566,19 +565,26 @@ impl Descriptor {
         }
     }
 
-    /// Sizes the buffers of `d` for `neighbors` (allocating only when they grow), takes the list and records the
-    /// species of each centre (centre c is atom `centres[c]`, or atom c).
+    /// Sizes the whole-system buffers of `d` for `neighbors` (allocating only when they grow) and takes the list
+    /// ([`Descriptor::take_list`]).
     fn prepare(&self, neighbors: NeighborList, d: &mut Descriptors, species: &[usize], centres: Option<&[usize]>) {
         let (n, np) = (neighbors.n_atoms(), neighbors.n_pairs());
         let (nr, nf, na) = (self.spec.n_radial, self.n_features(), self.n_channels() * self.n_monomials());
-        d.n_atoms = n;
-        d.n_features = nf;
         d.features.resize(n * nf, 0.0);
         d.density.resize(n * na, 0.0);
         d.pairs.resize(np, PairCache::default());
         d.radial.resize(np * nr, 0.0);
         d.d_radial.resize(np * nr, 0.0);
         d.species_of_neighbor.resize(np, 0);
+        self.take_list(neighbors, d, species, centres);
+    }
+
+    /// Puts `neighbors` into `d` with its sizes and records the species of each centre (centre c is atom
+    /// `centres[c]`, or atom c).
+    fn take_list(&self, neighbors: NeighborList, d: &mut Descriptors, species: &[usize], centres: Option<&[usize]>) {
+        let n = neighbors.n_atoms();
+        d.n_atoms = n;
+        d.n_features = self.n_features();
         d.neighbors = neighbors;
         d.centre_species.clear();
         d.centre_species.extend((0..n).map(|c| species[centres.map_or(c, |cs| cs[c])]));
@@ -608,12 +614,8 @@ impl Descriptor {
     where
         N: Fn(&[usize], &[f64], &mut [f64], &mut [f64]) -> crate::error::Result<()> + Sync,
     {
-        let n = neighbors.n_atoms();
-        d.n_atoms = n;
-        d.n_features = self.n_features();
-        d.neighbors = neighbors;
-        d.centre_species.clear();
-        d.centre_species.extend((0..n).map(|c| species[centres.map_or(c, |cs| cs[c])]));
+        self.take_list(neighbors, d, species, centres);
+        let n = d.n_atoms;
         energies.resize(n, 0.0);
         grads.resize(d.neighbors.n_pairs(), [0.0; 3]);
         let (nl, centre_species) = (&d.neighbors, &d.centre_species);
@@ -739,7 +741,7 @@ impl Descriptor {
     /// Density coefficients → invariants: the l = 0 densities, then P_l[c, c'] = Σ_{m∈l} A[c][m] A[c'][m] for
     /// c ≤ c', l ascending.
     /// Up to [`REGISTER_CHANNELS`] channels each P_l is formed column by column in registers ([`gram_columns`]);
-    /// more make it a matrix product worth blocking (`p`: scratch of [`Descriptor::forward_scratch`]).
+    /// more make it a matrix product worth blocking (`p`: scratch of [`Descriptor::contract_scratch`]).
     #[inline(always)]
     fn contract<M: MulAdd, const L: usize>(&self, a: &[f64], g: &mut [f64], p: &mut [f64]) {
         let nc = self.n_channels();

@@ -75,7 +75,7 @@ pub(crate) fn scatter<T: Copy + Into<f64>>(
 }
 
 /// The rows of species `s`, in order.
-fn rows_of<'a>(batch: &'a Batch, s: usize) -> impl Iterator<Item = usize> + 'a {
+pub(crate) fn rows_of<'a>(batch: &'a Batch, s: usize) -> impl Iterator<Item = usize> + 'a {
     batch.species.iter().enumerate().filter(move |(_, &sp)| sp == s).map(|(r, _)| r)
 }
 

@@ -8,7 +8,7 @@
 //! graph itself, run by tract on probe inputs, when the model is loaded: a graph that is not pilip's chain, or
 //! that disagrees, is refused with a message that names engine "tract", which runs any graph.
 
-use super::engine::{Batch, Engine, TractEngine};
+use super::engine::{rows_of, Batch, Engine, TractEngine};
 use crate::error::{Error, Result};
 use crate::linalg::Isa;
 use crate::onnx::metadata::{Dtype, ModelMetadata};
@@ -394,7 +394,7 @@ impl<T: Real> Engine for Native<T> {
         let mut rows = std::mem::take(&mut s.rows);
         for (species, network) in self.networks.iter().enumerate() {
             rows.clear();
-            rows.extend(batch.species.iter().enumerate().filter(|(_, &sp)| sp == species).map(|(r, _)| r));
+            rows.extend(rows_of(batch, species));
             if rows.is_empty() {
                 continue;
             }

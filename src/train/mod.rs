@@ -228,11 +228,17 @@ fn start_model(cfg: &Config, origin: Origin, train: &[Frame], all: &[&Frame]) ->
     // An exported model reads the raw descriptor: fit statistics to this data, with the base's (or, fine-tuning,
     // every) hidden unit rewritten to compute what it did, so that new correction networks read standardised inputs.
     if origin_path(cfg).is_some_and(|p| is_exported(p)) {
-        let sample: Vec<&Frame> = train.iter().take(500).collect();
-        let envs: Vec<_> = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+        let envs = sample_environments(&model, train)?;
         model.restandardise(&envs, cfg.model.feature_std_floor, trainable.as_deref());
     }
     Ok(model)
+}
+
+/// The environments of (at most) the first 500 training structures under `model`: what input statistics and the
+/// four-body compression are fitted to.
+fn sample_environments(model: &Model, train: &[Frame]) -> Result<Vec<crate::model::Environments>> {
+    let sample: Vec<&Frame> = train.iter().take(500).collect();
+    sample.par_iter().map(|f| model.frame_environments(f)).collect()
 }
 
 /// A new model fitted to the training data.
@@ -248,11 +254,10 @@ fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
     };
     let refs: Vec<&Frame> = train.iter().collect();
     model.fit_reference_energies(&refs)?;
-    let sample: Vec<&Frame> = train.iter().take(500).collect();
-    let mut envs: Vec<_> = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+    let mut envs = sample_environments(&model, train)?;
     if model.family() == Family::Bispectrum {
         model.fit_compression(&envs);
-        envs = sample.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+        envs = sample_environments(&model, train)?;
     }
     model.fit_input_statistics(&envs, cfg.model.feature_std_floor);
     model.energy_scale = if cfg.model.energy_scale > 0.0 {
@@ -507,21 +512,21 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         None => None,
     };
     let splits = dataset::load(&cfg.data)?;
-    // The anchor is the start's parameters (a resumed run has moved away from them): the checkpoint's, or an
-    // exported model's once fitted to this data (its first layers depend on the input statistics).
-    let anchor = match &origin {
-        Origin::FineTune(m) if cfg.loss.anchor_weight > 0.0 => Some(match origin_path(cfg).is_some_and(|p| is_exported(p)) {
-            true => {
-                let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
-                initial_model(cfg, &splits.train, &all)?.params()
-            }
-            false => m.params(),
-        }),
-        _ => None,
-    };
     write_inputs(&dir, cfg, &splits)?;
     check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
+    let anchored = matches!(origin, Origin::FineTune(_)) && cfg.loss.anchor_weight > 0.0;
+    let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(cfg, &splits, resumed, origin)?;
+    // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
+    // (the checkpoint's, or an exported model refitted to this data as at the start).
+    let anchor = match (anchored, resuming) {
+        (false, _) => None,
+        (true, false) => Some(model.params()),
+        (true, true) => {
+            let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
+            Some(initial_model(cfg, &splits.train, &all)?.params())
+        }
+    };
     if trainable.as_ref().is_some_and(|t| t.len() != model.n_params()) {
         return Err(Error::Config(format!(
             "model.base: the checkpoint's networks do not match the run's ({} parameters); was the base file replaced?",

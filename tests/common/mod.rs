@@ -7,7 +7,8 @@ use pilip::descriptor::DescriptorSpec;
 use pilip::export::to_onnx;
 use pilip::frame::{Frame, Mat3, Vec3};
 use pilip::model::Model;
-use pilip::onnx::metadata::Dtype;
+use pilip::onnx::metadata::{checksum, Dtype};
+use pilip::prediction::Prediction;
 use pilip::rng::Rng;
 use pilip::runtime::{Potential, RuntimeOptions};
 use prost::Message;
@@ -139,4 +140,22 @@ pub fn write_model(dir: &Path, model: &Model, dtype: Dtype) -> PathBuf {
     let path = dir.join(format!("model-{}.onnx", dtype.name()));
     std::fs::write(&path, to_onnx(model, dtype).unwrap().encode_to_vec()).unwrap();
     path
+}
+
+/// `proto` with its graph edited and the checksum recomputed (so the edit reaches the checks after it).
+pub fn edited(mut proto: tract_onnx::pb::ModelProto, edit: impl FnOnce(&mut tract_onnx::pb::GraphProto)) -> Vec<u8> {
+    let graph = proto.graph.as_mut().unwrap();
+    edit(graph);
+    let sum = checksum(&graph.encode_to_vec());
+    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.checksum").unwrap().value = sum;
+    proto.encode_to_vec()
+}
+
+/// `got` and `want` agree to `tol` relative: the energy against max(|E|, 1 eV), the forces against the largest
+/// force component (at least 1 eV/Å).
+pub fn assert_same_prediction(got: &Prediction, want: &Prediction, tol: f64, what: &str) {
+    assert!((got.energy - want.energy).abs() < tol * want.energy.abs().max(1.0), "{what}: energy {} vs {}", got.energy, want.energy);
+    let scale = want.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
+    let df = max_abs_diff(got.forces.iter().flatten().copied(), want.forces.iter().flatten().copied());
+    assert!(df < tol * scale, "{what}: forces differ by {df:.2e} (scale {scale:.2e})");
 }
