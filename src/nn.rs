@@ -183,75 +183,75 @@ impl Mlp {
         input_grads: Option<(&mut [f64], &mut [f64])>,
     ) {
         let nl = self.n_layers();
-        // Forward with tangents. hs[k] is the input of layer k, dhs[k] its tangent.
-        let mut zs: Vec<Vec<f64>> = Vec::with_capacity(nl);
-        let mut dzs: Vec<Vec<f64>> = Vec::with_capacity(nl);
-        let mut hs: Vec<Vec<f64>> = vec![x.to_vec()];
-        let mut dhs: Vec<Vec<f64>> = vec![u.map(|v| v.to_vec()).unwrap_or_default()];
         let tangent = u.is_some();
+        // Values and tangents go through each layer as one stacked matrix of m rows (values first, then the
+        // tangents when there are any), so every weight matrix is read once per pass instead of twice.
+        let m = if tangent { 2 * n } else { n };
+        // Forward. hs[k] is the stacked input of layer k, zs[k] its stacked pre-activation (the tangent rows
+        // carry no bias).
+        let mut zs: Vec<Vec<f64>> = Vec::with_capacity(nl);
+        let mut hs: Vec<Vec<f64>> = Vec::with_capacity(nl);
+        let mut x0 = Vec::with_capacity(m * self.sizes[0]);
+        x0.extend_from_slice(x);
+        if let Some(u) = u {
+            x0.extend_from_slice(u);
+        }
+        hs.push(x0);
         for k in 0..nl {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
-            let w = &self.params[wo..wo + i * o];
-            let mut z = Vec::with_capacity(n * o);
-            for _ in 0..n {
-                z.extend_from_slice(&self.params[bo..bo + o]);
+            let mut z = vec![0.0; m * o];
+            for row in z[..n * o].chunks_exact_mut(o) {
+                row.copy_from_slice(&self.params[bo..bo + o]);
             }
-            gemm(n, i, o, &hs[k], false, w, false, 1.0, &mut z);
-            let mut dz = Vec::new();
-            if tangent {
-                dz = vec![0.0; n * o];
-                gemm(n, i, o, &dhs[k], false, w, false, 0.0, &mut dz);
-            }
+            gemm(m, i, o, &hs[k], false, &self.params[wo..wo + i * o], false, 1.0, &mut z);
             if k + 1 < nl {
-                hs.push(z.iter().map(|&v| v * sigmoid(v)).collect());
-                if tangent {
-                    dhs.push(z.iter().zip(&dz).map(|(&zv, &d)| silu3(zv).1 * d).collect());
-                }
+                let (zv, dz) = z.split_at(n * o);
+                let mut h: Vec<f64> = zv.iter().map(|&v| v * sigmoid(v)).collect();
+                h.extend(zv.iter().zip(dz).map(|(&zv, &d)| silu3(zv).1 * d));
+                hs.push(h);
             }
             zs.push(z);
-            dzs.push(dz);
         }
-        // Reverse over values (zbar) and tangents (dzbar).
+        // Reverse over values (z̄, the first n rows) and tangents (dz̄, the last n) together.
         let mut zbar: Vec<f64> = a.to_vec();
-        let mut dzbar: Vec<f64> = if tangent { b.to_vec() } else { Vec::new() };
+        if tangent {
+            zbar.extend_from_slice(b);
+        }
         for k in (0..nl).rev() {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
-            // W̄ += hᵀ z̄ + dhᵀ dz̄ ; b̄ += Σ z̄
-            gemm(i, n, o, &hs[k], true, &zbar, false, 1.0, &mut grad[wo..wo + i * o]);
-            if tangent {
-                gemm(i, n, o, &dhs[k], true, &dzbar, false, 1.0, &mut grad[wo..wo + i * o]);
-            }
-            for r in 0..n {
-                for c in 0..o {
-                    grad[bo + c] += zbar[r * o + c];
+            // W̄ += hᵀ z̄ + dhᵀ dz̄ (one product over the stacked rows); b̄ += Σ z̄
+            gemm(i, m, o, &hs[k], true, &zbar, false, 1.0, &mut grad[wo..wo + i * o]);
+            for row in zbar[..n * o].chunks_exact(o) {
+                for (g, z) in grad[bo..bo + o].iter_mut().zip(row) {
+                    *g += z;
                 }
             }
             let w = &self.params[wo..wo + i * o];
             if k == 0 {
                 // x̄ = z̄₀ W₀ᵀ, ū = dz̄₀ W₀ᵀ (the inputs enter z₀ and its tangent linearly)
                 if let Some((xbar, ubar)) = input_grads {
-                    gemm(n, o, i, &zbar, false, w, true, 0.0, xbar);
+                    let mut bar = vec![0.0; m * i];
+                    gemm(m, o, i, &zbar, false, w, true, 0.0, &mut bar);
+                    xbar.copy_from_slice(&bar[..n * i]);
                     if tangent {
-                        gemm(n, o, i, &dzbar, false, w, true, 0.0, ubar);
+                        ubar.copy_from_slice(&bar[n * i..]);
                     }
                 }
                 break;
             }
-            let mut hbar = vec![0.0; n * i];
-            gemm(n, o, i, &zbar, false, w, true, 0.0, &mut hbar);
-            let z = &zs[k - 1];
+            let mut hbar = vec![0.0; m * i];
+            gemm(m, o, i, &zbar, false, w, true, 0.0, &mut hbar);
+            let z = &zs[k - 1][..n * i];
             if tangent {
-                let mut dhbar = vec![0.0; n * i];
-                gemm(n, o, i, &dzbar, false, w, true, 0.0, &mut dhbar);
-                let dz = &dzs[k - 1];
+                let (hv, dh) = hbar.split_at_mut(n * i);
+                let dz = &zs[k - 1][n * i..];
                 for q in 0..n * i {
                     let (_, d1, d2) = silu3(z[q]);
-                    hbar[q] = hbar[q] * d1 + dhbar[q] * d2 * dz[q];
-                    dhbar[q] *= d1;
+                    hv[q] = hv[q] * d1 + dh[q] * d2 * dz[q];
+                    dh[q] *= d1;
                 }
-                dzbar = dhbar;
             } else {
                 for q in 0..n * i {
                     hbar[q] *= silu3(z[q]).1;

@@ -9,7 +9,7 @@ use crate::frame::{Mat3, Vec3};
 use crate::neighbors::NeighborList;
 
 /// Energy and its derivatives for one structure.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct Prediction {
     /// Total energy, eV.
     pub energy: f64,

@@ -135,6 +135,66 @@ fn every_loss_term_has_the_right_parameter_gradient() {
     }
 }
 
+/// The networks run on a batch's atoms of each element together, cut into pieces of at most 32 atoms: the
+/// batch's gradient and predictions must be those of its structures one by one, also when a piece mixes
+/// configurations with and without a tangent.
+#[test]
+fn a_batch_is_the_sum_of_its_structures() {
+    use pilip::model::Primitive;
+    let mut frames = Vec::new();
+    for k in 0..6 {
+        let mut f = molecule(); // 8 atoms: 4 H, 2 C, 2 O each; 24 H in the batch
+        f.positions.iter_mut().enumerate().for_each(|(i, p)| p[k % 3] += 0.05 * (i as f64 - 3.0) * k as f64);
+        frames.push(f);
+    }
+    // a 2×2×2 supercell of the triclinic cell, its atoms moved a little: 32 Cu and 8 Al in one structure
+    let small = triclinic_cell();
+    let cell = small.cell.unwrap();
+    let mut big = Frame { cell: Some(cell.map(|v| v.map(|x| 2.0 * x))), ..small.clone() };
+    big.positions.clear();
+    big.numbers.clear();
+    let mut jitter = Rng::new(9);
+    for shift in (0..8).map(|k| [k & 1, (k >> 1) & 1, k >> 2].map(|b| b as f64)) {
+        for (p, &z) in small.positions.iter().zip(&small.numbers) {
+            big.positions.push([0, 1, 2].map(|a| p[a] + (0..3).map(|b| shift[b] * cell[b][a]).sum::<f64>() + 0.05 * jitter.normal()));
+            big.numbers.push(z);
+        }
+    }
+    let mut rng = Rng::new(4);
+    for (model, frames) in [
+        (random_model(vec![1, 6, 8], 4.0, &frames, 3), &frames),
+        (random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 3), &frames),
+        (random_model(vec![13, 29], 4.5, &[big.clone()], 3), &vec![big.clone(), triclinic_cell()]),
+        (random_bispectrum_model(vec![13, 29], 4.5, &[big.clone()], 3), &vec![big.clone(), triclinic_cell()]),
+    ] {
+        let envs: Vec<_> = frames.iter().map(|f| model.frame_environments(f).unwrap()).collect();
+        let disps: Vec<Vec<[f64; 3]>> = frames.iter().map(|f| (0..f.len()).map(|_| [0; 3].map(|_| rng.normal())).collect()).collect();
+        let strain = [[0.1, 0.02, 0.0], [0.02, -0.05, 0.01], [0.0, 0.01, 0.03]];
+        let primitives: Vec<Primitive> = envs
+            .iter()
+            .enumerate()
+            .map(|(k, env)| match k % 3 {
+                0 => Primitive::at(env, 0.7, Some(&disps[k]), None),
+                1 => Primitive::at(env, -1.3, None, None),
+                _ => Primitive::at(env, 0.4, Some(&disps[k]), env.volume.map(|_| &strain)),
+            })
+            .collect();
+        let mut batch = vec![0.0; model.n_params()];
+        model.accumulate_param_grad(&primitives, &mut batch);
+        let mut one_by_one = vec![0.0; model.n_params()];
+        for p in &primitives {
+            model.accumulate_param_grad(std::slice::from_ref(p), &mut one_by_one);
+        }
+        let scale = batch.iter().fold(0.0f64, |a, g| a.max(g.abs()));
+        assert!(scale > 1e-3);
+        assert!(max_abs_diff(batch.iter().copied(), one_by_one.iter().copied()) < 1e-10 * scale, "{:?}", model.family());
+        let together = model.predict_batch(&envs.iter().collect::<Vec<_>>());
+        for (env, got) in envs.iter().zip(&together) {
+            assert_same_prediction(got, &model.predict(env), 1e-10, "batch vs one");
+        }
+    }
+}
+
 #[test]
 fn score_matching_term_averages_to_half_the_squared_force_minus_kt_times_the_laplacian() {
     let mols = labelled_molecules();

@@ -18,6 +18,7 @@ use crate::family::Family;
 use crate::frame::{Frame, Mat3, Vec3};
 use crate::neighbors::NeighborList;
 use crate::prediction::{stress_from_virial, Prediction};
+pub use power_spectrum::Primitive;
 use power_spectrum::PowerSpectrumModel;
 use serde::{Deserialize, Serialize};
 
@@ -98,7 +99,19 @@ enum Features {
     PowerSpectrum(Descriptors),
 }
 
+impl<'a> Primitive<'a> {
+    /// The primitive `a·E + D_t E` at a prepared structure (see [`Model::accumulate_param_grad`]).
+    pub fn at(env: &'a Environments, a: f64, displacement: Option<&'a [Vec3]>, strain: Option<&'a Mat3>) -> Self {
+        Primitive { species: &env.species, descriptors: env.descriptors(), a, displacement, strain }
+    }
+}
+
 impl Environments {
+    fn descriptors(&self) -> &Descriptors {
+        let Features::PowerSpectrum(d) = &self.features;
+        d
+    }
+
     /// The neighbour list the descriptors were computed from.
     pub fn neighbors(&self) -> &NeighborList {
         match &self.features {
@@ -210,14 +223,22 @@ impl Model {
 
     /// Energy, atomic energies, forces, virial and (periodic) stress.
     pub fn predict(&self, env: &Environments) -> Prediction {
-        let Features::PowerSpectrum(d) = &env.features;
-        let (atomic, pair_grads) =
-            self.atomic.networked().atomic_energies_and_pair_grads(&env.species, d, &self.reference_energies, self.energy_scale);
-        let mut forces = vec![[0.0; 3]; env.species.len()];
-        let mut virial = [[0.0; 3]; 3];
-        crate::prediction::accumulate(env.neighbors(), None, &pair_grads, Some(&mut forces), &mut virial, None);
-        let stress = env.volume.map(|v| stress_from_virial(&virial, v));
-        Prediction { energy: atomic.iter().sum(), atomic_energies: atomic, forces, virial, stress }
+        self.predict_batch(&[env]).pop().unwrap_or_default()
+    }
+
+    /// [`Model::predict`] of each structure of a batch; the networks run on the batch's atoms of each element
+    /// together (faster for many small structures than one by one).
+    pub fn predict_batch(&self, envs: &[&Environments]) -> Vec<Prediction> {
+        let items: Vec<(&[usize], &Descriptors)> = envs.iter().map(|e| (&e.species[..], e.descriptors())).collect();
+        let results = self.atomic.networked().atomic_energies_and_pair_grads(&items, &self.reference_energies, self.energy_scale);
+        let prediction = |(env, (atomic, pair_grads)): (&&Environments, (Vec<f64>, Vec<Vec3>))| {
+            let mut forces = vec![[0.0; 3]; env.species.len()];
+            let mut virial = [[0.0; 3]; 3];
+            crate::prediction::accumulate(env.neighbors(), None, &pair_grads, Some(&mut forces), &mut virial, None);
+            let stress = env.volume.map(|v| stress_from_virial(&virial, v));
+            Prediction { energy: atomic.iter().sum(), atomic_energies: atomic, forces, virial, stress }
+        };
+        envs.iter().zip(results).map(prediction).collect()
     }
 
     /// [`Model::predict`] of a frame.
@@ -240,19 +261,13 @@ impl Model {
         self.atomic.networked_mut().set_params(p)
     }
 
-    /// The training primitive: accumulates into `grad` the parameter gradient of `a·E + D_t E`, where `D_t E` is
-    /// the derivative of the energy along the tangent that displaces atom k by `displacement[k]` and strains
-    /// pair vectors by `strain` (so `D_t E = −Σ_k displacement[k]·F_k + Σ_ab strain_ab ∂E/∂ε_ab`).
-    pub fn accumulate_param_grad(
-        &self,
-        env: &Environments,
-        a: f64,
-        displacement: Option<&[Vec3]>,
-        strain: Option<&Mat3>,
-        grad: &mut [f64],
-    ) {
-        let Features::PowerSpectrum(d) = &env.features;
-        self.atomic.networked().accumulate_param_grad(&env.species, d, self.energy_scale, a, displacement, strain, grad)
+    /// The training primitive: accumulates into `grad` the parameter gradient of `Σ_p a_p·E(X_p) + D_{t_p} E(X_p)`
+    /// over the given configurations, where `D_t E` is the derivative of the energy along the tangent that
+    /// displaces atom k by `displacement[k]` and strains pair vectors by `strain` (so
+    /// `D_t E = −Σ_k displacement[k]·F_k + Σ_ab strain_ab ∂E/∂ε_ab`). Every loss term reduces to it; a batch's
+    /// primitives go in one call so that the networks run on all their atoms together.
+    pub fn accumulate_param_grad(&self, primitives: &[Primitive<'_>], grad: &mut [f64]) {
+        self.atomic.networked().accumulate_param_grad(primitives, self.energy_scale, grad)
     }
 
     // ----- fitting the fixed parts before training -----

@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::frame::{Mat3, Vec3};
 use crate::nn::Mlp;
 use crate::rng::Rng;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Parameters of a power-spectrum model: what is specific to this family (species order, reference energies and
@@ -35,8 +36,59 @@ pub struct PowerSpectrumModel {
     desc_cache: std::sync::OnceLock<Descriptor>,
 }
 
-/// `(species index, its atoms, their standardised inputs [n][F])` for every species present.
-type Groups = Vec<(usize, Vec<usize>, Vec<f64>)>;
+/// The training primitive `∇θ[a·E + D_t E]` at one configuration (species and descriptors of its atoms), with
+/// the tangent t given as atom displacements and/or a strain ([`crate::model::Model::accumulate_param_grad`]).
+pub struct Primitive<'a> {
+    /// Species index of each atom.
+    pub species: &'a [usize],
+    /// The configuration's descriptors.
+    pub descriptors: &'a Descriptors,
+    /// Weight of the energy.
+    pub a: f64,
+    /// Displacement of each atom along the tangent (Å).
+    pub displacement: Option<&'a [Vec3]>,
+    /// Homogeneous strain along the tangent.
+    pub strain: Option<&'a Mat3>,
+}
+
+impl Primitive<'_> {
+    fn has_tangent(&self) -> bool {
+        self.displacement.is_some() || self.strain.is_some()
+    }
+}
+
+/// At most this many atoms go through a network in one task of a batch.
+const ROWS_PER_TASK: usize = 32;
+
+/// One network pass of a batch: atoms `(structure, atom)` of one species.
+struct RowTask {
+    species: usize,
+    rows: Vec<(usize, usize)>,
+}
+
+/// Splits a batch's atoms into network passes: per species, its atoms of all structures in order, cut into
+/// near-equal pieces of at most [`ROWS_PER_TASK`]. A structure has only a few atoms of an element, and training is
+/// bound by reading each network's first layer (features × width), so passes over many structures' atoms are
+/// what make a batch cheap; the pieces keep a batch divisible among threads. The cut depends on the batch only,
+/// so sums over tasks do not depend on the number of threads.
+fn row_tasks<'a>(species_of: impl Fn(usize) -> &'a [usize], n_items: usize, n_species: usize) -> Vec<RowTask> {
+    let mut tasks = Vec::new();
+    for s in 0..n_species {
+        let rows: Vec<(usize, usize)> =
+            (0..n_items).flat_map(|p| species_of(p).iter().enumerate().filter(|&(_, &z)| z == s).map(move |(i, _)| (p, i))).collect();
+        if rows.is_empty() {
+            continue;
+        }
+        let pieces = rows.len().div_ceil(ROWS_PER_TASK);
+        let mut start = 0;
+        for k in 0..pieces {
+            let end = rows.len() * (k + 1) / pieces;
+            tasks.push(RowTask { species: s, rows: rows[start..end].to_vec() });
+            start = end;
+        }
+    }
+    tasks
+}
 
 impl PowerSpectrumModel {
     /// Randomly initialised networks (seeded) with identity standardisation; with `four_body`, its compression
@@ -95,51 +147,50 @@ impl PowerSpectrumModel {
         self.desc_cache = std::sync::OnceLock::new();
     }
 
-    /// Atoms of each species with their standardised inputs.
-    fn grouped_inputs(&self, species: &[usize], d: &Descriptors) -> Groups {
-        let nf = d.n_features;
-        let mut out = Vec::new();
-        for s in 0..self.networks.len() {
-            let atoms: Vec<usize> = (0..species.len()).filter(|&i| species[i] == s).collect();
-            if atoms.is_empty() {
-                continue;
-            }
-            let mut x = Vec::with_capacity(atoms.len() * nf);
-            for &i in &atoms {
-                let g = &d.features[i * nf..(i + 1) * nf];
-                x.extend(g.iter().zip(&self.feature_mean[s]).zip(&self.feature_std[s]).map(|((g, m), sd)| (g - m) / sd));
-            }
-            out.push((s, atoms, x));
-        }
-        out
-    }
-
     /// Total energy (no derivatives).
     pub fn energy(&self, species: &[usize], d: &Descriptors, e0: &[f64], scale: f64) -> f64 {
-        let mut e = 0.0;
-        for (s, atoms, x) in self.grouped_inputs(species, d) {
-            let out = self.networks[s].forward(&x, atoms.len());
-            e += out.iter().map(|o| e0[s] + scale * o).sum::<f64>();
-        }
-        e
+        let tasks = row_tasks(|_| species, 1, self.networks.len());
+        let per_task = tasks.iter().map(|t| {
+            let out = self.networks[t.species].forward(&self.standardised(t, |_| d), t.rows.len());
+            out.iter().map(|o| e0[t.species] + scale * o).sum::<f64>()
+        });
+        per_task.sum()
     }
 
-    /// Atomic energies and the per-pair gradients ∂E/∂r_ij in neighbour-list order.
-    pub fn atomic_energies_and_pair_grads(&self, species: &[usize], d: &Descriptors, e0: &[f64], scale: f64) -> (Vec<f64>, Vec<Vec3>) {
-        let n = d.n_atoms;
-        let nf = d.n_features;
-        let mut atomic = vec![0.0; n];
-        let mut de_dg = vec![0.0; n * nf];
-        for (s, atoms, x) in self.grouped_inputs(species, d) {
-            let (out, dx) = self.networks[s].forward_with_input_grad(&x, atoms.len());
-            for (k, &i) in atoms.iter().enumerate() {
-                atomic[i] = e0[s] + scale * out[k];
-                for f in 0..nf {
-                    de_dg[i * nf + f] = scale * dx[k * nf + f] / self.feature_std[s][f];
+    /// Atomic energies and the per-pair gradients ∂E/∂r_ij (in neighbour-list order) of each structure of a
+    /// batch. The networks run on the batch's atoms of each element together ([`row_tasks`]).
+    pub fn atomic_energies_and_pair_grads(&self, items: &[(&[usize], &Descriptors)], e0: &[f64], scale: f64) -> Vec<(Vec<f64>, Vec<Vec3>)> {
+        let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
+        let outputs: Vec<(Vec<f64>, Vec<f64>)> = tasks
+            .par_iter()
+            .map(|t| self.networks[t.species].forward_with_input_grad(&self.standardised(t, |p| items[p].1), t.rows.len()))
+            .collect();
+        let mut atomic: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms]).collect();
+        let mut de_dg: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms * d.n_features]).collect();
+        for (t, (out, dx)) in tasks.iter().zip(&outputs) {
+            let (s, sd) = (t.species, &self.feature_std[t.species]);
+            let nf = sd.len();
+            for (k, &(p, i)) in t.rows.iter().enumerate() {
+                atomic[p][i] = e0[s] + scale * out[k];
+                for ((g, x), sd) in de_dg[p][i * nf..(i + 1) * nf].iter_mut().zip(&dx[k * nf..(k + 1) * nf]).zip(sd) {
+                    *g = scale * x / sd;
                 }
             }
         }
-        (atomic, self.descriptor().vjp(d, &de_dg))
+        let descriptor = self.descriptor();
+        atomic.into_par_iter().zip(de_dg).zip(items).map(|((a, g), (_, d))| (a, descriptor.vjp(d, &g))).collect()
+    }
+
+    /// Standardised inputs `(G − μ)/σ` of a task's rows (`[rows][F]`); `descriptors(p)` is structure p's.
+    fn standardised<'a>(&self, task: &RowTask, descriptors: impl Fn(usize) -> &'a Descriptors) -> Vec<f64> {
+        let (mean, sd) = (&self.feature_mean[task.species], &self.feature_std[task.species]);
+        let nf = mean.len();
+        let mut x = Vec::with_capacity(task.rows.len() * nf);
+        for &(p, i) in &task.rows {
+            let g = &descriptors(p).features[i * nf..(i + 1) * nf];
+            x.extend(g.iter().zip(mean).zip(sd).map(|((g, m), sd)| (g - m) / sd));
+        }
+        x
     }
 
     /// Δ-learning: puts a new, randomly initialised (seeded) correction network of `hidden` widths beside each
@@ -198,74 +249,90 @@ impl PowerSpectrumModel {
         }
     }
 
-    /// Accumulates into `grad` the parameter gradient of `a·E + D_t E` (see
-    /// [`crate::model::Model::accumulate_param_grad`]).
-    #[allow(clippy::too_many_arguments)]
-    pub fn accumulate_param_grad(
-        &self,
-        species: &[usize],
-        d: &Descriptors,
-        scale: f64,
-        a: f64,
-        displacement: Option<&[Vec3]>,
-        strain: Option<&Mat3>,
-        grad: &mut [f64],
-    ) {
-        let nf = d.n_features;
-        let tangent = displacement.is_some() || strain.is_some();
+    /// Accumulates into `grad` the parameter gradients of a batch of training primitives `a·E + D_t E` (see
+    /// [`crate::model::Model::accumulate_param_grad`]): the descriptors' tangents per configuration, then each
+    /// network once per [`row_tasks`] task on the batch's atoms of its element, then the tasks' gradients summed
+    /// in task order (the same sums whatever the number of threads).
+    pub fn accumulate_param_grad(&self, primitives: &[Primitive<'_>], scale: f64, grad: &mut [f64]) {
         let descriptor = self.descriptor();
         // a trained W needs the densities' tangents and the networks' input gradients
         let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
-        let mut density_tangent = Vec::new();
-        let dg = if tangent {
-            Some(descriptor.jvp_with_density(d, displacement, strain, trained.is_some().then_some(&mut density_tangent)))
-        } else {
-            None
-        };
+        let tangents: Vec<(Option<Vec<f64>>, Vec<f64>)> = primitives
+            .par_iter()
+            .map(|p| {
+                let mut density_tangent = Vec::new();
+                let dg = p.has_tangent().then(|| {
+                    descriptor.jvp_with_density(p.descriptors, p.displacement, p.strain, trained.is_some().then_some(&mut density_tangent))
+                });
+                (dg, density_tangent)
+            })
+            .collect();
         let mut offs = vec![0];
         for n in &self.networks {
             offs.push(offs.last().copied().unwrap_or(0) + n.n_params());
         }
-        let mut fb_scratch = vec![0.0; trained.map_or(0, |fb| fb.scratch_len())];
-        for (s, atoms, x) in self.grouped_inputs(species, d) {
-            let n = atoms.len();
-            let u = dg.as_ref().map(|dg| {
-                let mut u = Vec::with_capacity(n * nf);
-                for &i in &atoms {
-                    u.extend(dg[i * nf..(i + 1) * nf].iter().zip(&self.feature_std[s]).map(|(v, sd)| v / sd));
-                }
-                u
-            });
-            let av = vec![a * scale; n];
-            let bv = vec![if tangent { scale } else { 0.0 }; n];
-            let Some(fb) = trained else {
-                self.networks[s].param_grad(&x, u.as_deref(), &av, &bv, n, &mut grad[offs[s]..offs[s + 1]]);
-                continue;
-            };
-            let (mut xbar, mut ubar) = (vec![0.0; n * nf], vec![0.0; if tangent { n * nf } else { 0 }]);
-            let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
-            self.networks[s].param_and_input_grad(&x, u.as_deref(), &av, &bv, n, &mut nets[offs[s]..offs[s + 1]], Some((&mut xbar, &mut ubar)));
-            // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
-            // their tangents is x̄/σ and ū/σ
-            let nps = descriptor.n_power_spectrum_features();
-            let sd = &self.feature_std[s][nps..];
-            let block = fb.compression_block();
-            let na = d.density_of(0).len();
-            let (mut gb, mut gd) = (vec![0.0; sd.len()], vec![0.0; sd.len()]);
-            for (k, &i) in atoms.iter().enumerate() {
-                let unscale = |out: &mut [f64], bar: &[f64]| {
-                    for ((o, g), sd) in out.iter_mut().zip(&bar[k * nf + nps..(k + 1) * nf]).zip(sd) {
-                        *o = g / sd;
+        let block = trained.map_or(0, |fb| fb.compression_block());
+        let tasks = row_tasks(|p| primitives[p].species, primitives.len(), self.networks.len());
+        let task_grads: Vec<Vec<f64>> = tasks
+            .par_iter()
+            .map(|t| {
+                let (s, n) = (t.species, t.rows.len());
+                let net = &self.networks[s];
+                let sd = &self.feature_std[s];
+                let nf = sd.len();
+                let x = self.standardised(t, |p| primitives[p].descriptors);
+                // rows of configurations without a tangent get u = 0 and b = 0 when others in the task have one
+                let tangent = t.rows.iter().any(|&(p, _)| tangents[p].0.is_some());
+                let u = tangent.then(|| {
+                    let mut u = vec![0.0; n * nf];
+                    for (row, &(p, i)) in u.chunks_exact_mut(nf).zip(&t.rows) {
+                        if let Some(dg) = &tangents[p].0 {
+                            row.iter_mut().zip(&dg[i * nf..(i + 1) * nf]).zip(sd).for_each(|((u, v), sd)| *u = v / sd);
+                        }
                     }
+                    u
+                });
+                let av: Vec<f64> = t.rows.iter().map(|&(p, _)| primitives[p].a * scale).collect();
+                let bv: Vec<f64> = t.rows.iter().map(|&(p, _)| if tangents[p].0.is_some() { scale } else { 0.0 }).collect();
+                let mut g = vec![0.0; net.n_params() + block];
+                let (g_net, g_w) = g.split_at_mut(net.n_params());
+                let Some(fb) = trained else {
+                    net.param_grad(&x, u.as_deref(), &av, &bv, n, g_net);
+                    return g;
                 };
-                unscale(&mut gb, &xbar);
-                if tangent {
-                    unscale(&mut gd, &ubar);
+                let (mut xbar, mut ubar) = (vec![0.0; n * nf], vec![0.0; if tangent { n * nf } else { 0 }]);
+                net.param_and_input_grad(&x, u.as_deref(), &av, &bv, n, g_net, Some((&mut xbar, &mut ubar)));
+                // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
+                // their tangents is x̄/σ and ū/σ
+                let nps = descriptor.n_power_spectrum_features();
+                let sd = &sd[nps..];
+                let mut scratch = vec![0.0; fb.scratch_len()];
+                let (mut gb, mut gd) = (vec![0.0; sd.len()], vec![0.0; sd.len()]);
+                for (k, &(p, i)) in t.rows.iter().enumerate() {
+                    let unscale = |out: &mut [f64], bar: &[f64]| {
+                        for ((o, g), sd) in out.iter_mut().zip(&bar[k * nf + nps..(k + 1) * nf]).zip(sd) {
+                            *o = g / sd;
+                        }
+                    };
+                    unscale(&mut gb, &xbar);
+                    let d = primitives[p].descriptors;
+                    let a_dot = tangents[p].0.as_ref().map(|_| {
+                        unscale(&mut gd, &ubar);
+                        let na = d.density_of(0).len();
+                        &tangents[p].1[i * na..(i + 1) * na]
+                    });
+                    let gd = a_dot.is_some().then_some(&gd[..]);
+                    fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, g_w, &mut scratch);
                 }
-                let a_dot = tangent.then(|| &density_tangent[i * na..(i + 1) * na]);
-                let gd = tangent.then_some(&gd[..]);
-                fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, &mut w_grad[s * block..(s + 1) * block], &mut fb_scratch);
-            }
+                g
+            })
+            .collect();
+        let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
+        for (t, g) in tasks.iter().zip(&task_grads) {
+            let s = t.species;
+            let (g_net, g_w) = g.split_at(offs[s + 1] - offs[s]);
+            nets[offs[s]..offs[s + 1]].iter_mut().zip(g_net).for_each(|(a, b)| *a += b);
+            w_grad[s * block..s * block + g_w.len()].iter_mut().zip(g_w).for_each(|(a, b)| *a += b);
         }
     }
 

@@ -1,4 +1,4 @@
-//! Loss terms for one structure and their parameter gradient.
+//! Loss terms of one structure and the training primitives of their parameter gradient.
 //!
 //! Every term is reduced to the model's training primitive `∇θ[a·E(X) + D_t E(X)]` at up to three
 //! configurations: the reference geometry R, C = R + Δ¹ and B = R + Δ² (fresh neighbour lists for C and B).
@@ -19,7 +19,7 @@
 use crate::config::{EnergyLoss, LossConfig, PiwslVariant};
 use crate::error::Result;
 use crate::frame::{displaced, Frame, Mat3, Vec3};
-use crate::model::{Environments, Model};
+use crate::model::{Environments, Model, Primitive};
 use crate::prediction::Prediction;
 use crate::rng::Rng;
 
@@ -206,29 +206,47 @@ fn directional(forces: &[Vec3], d: &[Vec3]) -> f64 {
     -forces.iter().zip(d).map(|(f, x)| f[0] * x[0] + f[1] * x[1] + f[2] * x[2]).sum::<f64>()
 }
 
-/// Loss terms (weighted) of one structure; the parameter gradient is added into `grad`.
+/// The loss terms (weighted) of one structure and the training primitives whose parameter gradient is theirs.
+pub struct StructureLoss {
+    /// The weighted loss terms.
+    pub terms: LossTerms,
+    /// The primitive's coefficients at the structure's own configuration R.
+    at_reference: Coeffs,
+    /// Configurations besides R whose primitive enters the gradient (displaced ones of PITC/PISC, score probes).
+    others: Vec<(Environments, Coeffs)>,
+}
+
+impl StructureLoss {
+    /// The primitives of [`Model::accumulate_param_grad`], R (prepared as `env_r`) first.
+    pub fn primitives<'a>(&'a self, env_r: &'a Environments) -> impl Iterator<Item = Primitive<'a>> {
+        let at = |env, c: &'a Coeffs| Primitive::at(env, c.a, c.disp.as_deref(), c.strain.as_ref());
+        std::iter::once(at(env_r, &self.at_reference)).chain(self.others.iter().map(move |(env, c)| at(env, c)))
+    }
+}
+
+/// Loss terms of one structure at R (prepared as `env_r`, predicted as `pred_r`) and the primitives of their
+/// gradient.
 #[allow(clippy::too_many_arguments)]
-pub fn structure_loss_and_grad(
+pub fn structure_loss(
     model: &Model,
     frame: &Frame,
+    env_r: &Environments,
+    pred_r: &Prediction,
     cfg: &LossConfig,
     w: &Weights,
     norm: &Normalizers,
     rng: &mut Rng,
-    grad: Option<&mut [f64]>,
-) -> Result<LossTerms> {
+) -> Result<StructureLoss> {
     let mut terms = LossTerms::default();
-    let env_r = model.frame_environments(frame)?;
-    let pred_r = model.predict(&env_r);
     let mut cr = Coeffs::new();
-    terms.energy = energy_term(frame, &pred_r, cfg, w.energy, norm, &mut cr);
-    terms.forces = forces_term(frame, &pred_r, w.forces, norm, &mut cr);
-    terms.stress = stress_term(frame, &pred_r, env_r.volume, w.stress, norm, &mut cr);
+    terms.energy = energy_term(frame, pred_r, cfg, w.energy, norm, &mut cr);
+    terms.forces = forces_term(frame, pred_r, w.forces, norm, &mut cr);
+    terms.stress = stress_term(frame, pred_r, env_r.volume, w.stress, norm, &mut cr);
 
     let want_pitc = w.pitc > 0.0;
     let want_weak = w.weak > 0.0 && frame.energy.is_some() && frame.forces.is_some();
     let want_pisc = w.pisc > 0.0;
-    // Configurations besides R whose primitive enters the gradient (B before C, as the sums were always done).
+    // B before C, as the sums were always done
     let mut configs: Vec<(Environments, Coeffs)> = Vec::new();
     if want_pitc || want_weak || want_pisc {
         let n = frame.len();
@@ -253,10 +271,10 @@ pub fn structure_loss_and_grad(
         match own_pitc {
             Some(d) => {
                 let (env_p, mut p) = at(d)?;
-                terms.pitc = pitc_term(&pred_r, &mut p, w.pitc, norm, &mut cr);
+                terms.pitc = pitc_term(pred_r, &mut p, w.pitc, norm, &mut cr);
                 configs.push((env_p, p.coeffs));
             }
-            None if want_pitc => terms.pitc = pitc_term(&pred_r, &mut c, w.pitc, norm, &mut cr),
+            None if want_pitc => terms.pitc = pitc_term(pred_r, &mut c, w.pitc, norm, &mut cr),
             None => {}
         }
         if want_weak {
@@ -270,17 +288,11 @@ pub fn structure_loss_and_grad(
         configs.push((env_c, c.coeffs));
     }
     if w.score > 0.0 && w.kt > 0.0 {
-        let (loss, probes) = score_term(model, frame, &pred_r, cfg.epsilon, w, norm, rng, &mut cr)?;
+        let (loss, probes) = score_term(model, frame, pred_r, cfg.epsilon, w, norm, rng, &mut cr)?;
         terms.score = loss;
         configs.extend(probes);
     }
-    if let Some(grad) = grad {
-        model.accumulate_param_grad(&env_r, cr.a, cr.disp.as_deref(), cr.strain.as_ref(), grad);
-        for (env, c) in &configs {
-            model.accumulate_param_grad(env, c.a, c.disp.as_deref(), c.strain.as_ref(), grad);
-        }
-    }
-    Ok(terms)
+    Ok(StructureLoss { terms, at_reference: cr, others: configs })
 }
 
 /// The displaced configuration C = R + Δ¹ shared by PITC, weak labels and PISC.

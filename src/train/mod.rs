@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::frame::Frame;
 use crate::metrics::{self, Metrics};
-use crate::model::Model;
+use crate::model::{Environments, Model};
 use crate::rng::Rng;
 use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
@@ -327,9 +327,11 @@ fn auto_energy_scale(model: &Model, train: &[Frame]) -> f64 {
     (resid.iter().map(|r| (r - m) * (r - m)).sum::<f64>() / resid.len().max(1) as f64).sqrt().max(1e-3)
 }
 
-/// Loss terms and parameter gradient of one mini-batch. Per-structure gradients are summed in batch order,
-/// so the result does not depend on the number of threads. `seed` is `training.seed`; `step` and the structures'
-/// `ids` select the random displacements of the PIWSL terms.
+/// Loss terms and parameter gradient of one mini-batch. The structures are predicted together, their loss terms
+/// formed one by one, and the gradient's primitives of the whole batch go to the model in one call (the networks
+/// then run on the batch's atoms of each element together); every sum has a fixed order, so the result does not
+/// depend on the number of threads. `seed` is `training.seed`; `step` and the structures' `ids` select the random
+/// displacements of the PIWSL terms.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_loss_and_grad(
     model: &Model,
@@ -342,24 +344,24 @@ pub fn batch_loss_and_grad(
     with_grad: bool,
 ) -> Result<(LossTerms, Vec<f64>)> {
     let norm = Normalizers::of(frames);
-    let np = model.n_params();
-    let parts: Vec<(LossTerms, Vec<f64>)> = frames
-        .par_iter()
-        .zip(ids.par_iter())
-        .map(|(f, &id)| {
+    let envs: Vec<Environments> = frames.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
+    let preds = model.predict_batch(&envs.iter().collect::<Vec<_>>());
+    let parts: Vec<loss::StructureLoss> = (frames, ids, &envs, &preds)
+        .into_par_iter()
+        .map(|(f, &id, env, pred)| {
             let mut rng = Rng::derive(seed ^ 0x9157_1c0f, step, id as u64);
-            let mut g = if with_grad { vec![0.0; np] } else { Vec::new() };
-            let l = loss::structure_loss_and_grad(model, f, loss_cfg, w, &norm, &mut rng, with_grad.then_some(&mut g[..]))?;
-            Ok((l, g))
+            loss::structure_loss(model, f, env, pred, loss_cfg, w, &norm, &mut rng)
         })
         .collect::<Result<_>>()?;
     let mut total = LossTerms::default();
-    let mut grad = if with_grad { vec![0.0; np] } else { Vec::new() };
-    for (l, g) in parts {
-        total.add(&l);
-        for (a, b) in grad.iter_mut().zip(&g) {
-            *a += b;
-        }
+    for p in &parts {
+        total.add(&p.terms);
+    }
+    let mut grad = Vec::new();
+    if with_grad {
+        grad = vec![0.0; model.n_params()];
+        let primitives: Vec<_> = parts.iter().zip(&envs).flat_map(|(p, env)| p.primitives(env)).collect();
+        model.accumulate_param_grad(&primitives, &mut grad);
     }
     Ok((total, grad))
 }

@@ -2,6 +2,7 @@
 //! a resumed run continues bit-for-bit.
 
 use crate::config::Schedule as ScheduleKind;
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 /// Adam's moment estimates and step count.
@@ -26,30 +27,38 @@ impl Adam {
     }
 
     /// One update of `params` with gradient `grad` and learning rate `lr`; with `trainable`, the parameters
-    /// marked `false` are left exactly as they are (also by weight decay).
+    /// marked `false` are left exactly as they are (also by weight decay). Element-wise, so it is shared among
+    /// the pool's threads in fixed chunks with the same result for any number of threads.
     pub fn step(&mut self, params: &mut [f64], grad: &[f64], lr: f64, trainable: Option<&[bool]>) {
         let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         self.t += 1;
         let c1 = 1.0 - b1.powi(self.t.min(1 << 30) as i32);
         let c2 = 1.0 - b2.powi(self.t.min(1 << 30) as i32);
-        for i in 0..params.len() {
-            if trainable.is_some_and(|t| !t[i]) {
-                continue;
+        let (decoupled, wd) = (self.decoupled, self.weight_decay);
+        let update = |p: &mut f64, m: &mut f64, v: &mut f64, g: f64| {
+            let g = if decoupled { g } else { g + wd * *p };
+            *m = b1 * *m + (1.0 - b1) * g;
+            *v = b2 * *v + (1.0 - b2) * g * g;
+            let upd = (*m / c1) / ((*v / c2).sqrt() + eps);
+            if decoupled {
+                *p -= lr * wd * *p;
             }
-            let mut g = grad[i];
-            if !self.decoupled {
-                g += self.weight_decay * params[i];
+            *p -= lr * upd;
+        };
+        let chunks = params.par_chunks_mut(ELEMENTWISE_CHUNK).zip(self.m.par_chunks_mut(ELEMENTWISE_CHUNK)).zip(self.v.par_chunks_mut(ELEMENTWISE_CHUNK));
+        chunks.zip(grad.par_chunks(ELEMENTWISE_CHUNK)).enumerate().for_each(|(c, (((p, m), v), g))| {
+            let quads = p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g);
+            match trainable {
+                // the plain loop vectorises
+                None => quads.for_each(|(((p, m), v), &g)| update(p, m, v, g)),
+                Some(t) => quads.zip(&t[c * ELEMENTWISE_CHUNK..]).filter(|(_, &t)| t).for_each(|((((p, m), v), &g), _)| update(p, m, v, g)),
             }
-            self.m[i] = b1 * self.m[i] + (1.0 - b1) * g;
-            self.v[i] = b2 * self.v[i] + (1.0 - b2) * g * g;
-            let upd = (self.m[i] / c1) / ((self.v[i] / c2).sqrt() + eps);
-            if self.decoupled {
-                params[i] -= lr * self.weight_decay * params[i];
-            }
-            params[i] -= lr * upd;
-        }
+        });
     }
 }
+
+/// Parameters per task of the element-wise passes over all parameters (optimiser step, EMA).
+const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// Scales `grad` so that its Euclidean norm is at most `max_norm` (0 = no clipping); returns the original norm.
 pub fn clip_grad_norm(grad: &mut [f64], max_norm: f64) -> f64 {
@@ -117,9 +126,11 @@ impl Schedule {
 
 /// Exponential moving average of the parameters.
 pub fn ema_update(ema: &mut [f64], params: &[f64], decay: f64) {
-    for (e, p) in ema.iter_mut().zip(params) {
-        *e = decay * *e + (1.0 - decay) * p;
-    }
+    ema.par_chunks_mut(ELEMENTWISE_CHUNK).zip(params.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(e, p)| {
+        for (e, p) in e.iter_mut().zip(p) {
+            *e = decay * *e + (1.0 - decay) * p;
+        }
+    });
 }
 
 #[cfg(test)]
