@@ -2,6 +2,7 @@
 //! a resumed run continues bit-for-bit.
 
 use crate::config::Schedule as ScheduleKind;
+use crate::linalg::Isa;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -30,31 +31,78 @@ impl Adam {
     /// marked `false` are left exactly as they are (also by weight decay). Element-wise, so it is shared among
     /// the pool's threads in fixed chunks with the same result for any number of threads.
     pub fn step(&mut self, params: &mut [f64], grad: &[f64], lr: f64, trainable: Option<&[bool]>) {
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
         self.t += 1;
-        let c1 = 1.0 - b1.powi(self.t.min(1 << 30) as i32);
-        let c2 = 1.0 - b2.powi(self.t.min(1 << 30) as i32);
-        let (decoupled, wd) = (self.decoupled, self.weight_decay);
-        let update = |p: &mut f64, m: &mut f64, v: &mut f64, g: f64| {
-            let g = if decoupled { g } else { g + wd * *p };
-            *m = b1 * *m + (1.0 - b1) * g;
-            *v = b2 * *v + (1.0 - b2) * g * g;
-            let upd = (*m / c1) / ((*v / c2).sqrt() + eps);
-            if decoupled {
-                *p -= lr * wd * *p;
-            }
-            *p -= lr * upd;
+        let k = AdamStep {
+            inv_c1: 1.0 / (1.0 - B1.powi(self.t.min(1 << 30) as i32)),
+            inv_c2: 1.0 / (1.0 - B2.powi(self.t.min(1 << 30) as i32)),
+            lr,
+            wd: self.weight_decay,
         };
+        let isa = Isa::detect();
         let chunks = params.par_chunks_mut(ELEMENTWISE_CHUNK).zip(self.m.par_chunks_mut(ELEMENTWISE_CHUNK)).zip(self.v.par_chunks_mut(ELEMENTWISE_CHUNK));
         chunks.zip(grad.par_chunks(ELEMENTWISE_CHUNK)).enumerate().for_each(|(c, (((p, m), v), g))| {
-            let quads = p.iter_mut().zip(m.iter_mut()).zip(v.iter_mut()).zip(g);
-            match trainable {
-                // the plain loop vectorises
-                None => quads.for_each(|(((p, m), v), &g)| update(p, m, v, g)),
-                Some(t) => quads.zip(&t[c * ELEMENTWISE_CHUNK..]).filter(|(_, &t)| t).for_each(|((((p, m), v), &g), _)| update(p, m, v, g)),
+            let t = trainable.map(|t| &t[c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + p.len()]);
+            match (isa, self.decoupled) {
+                (Isa::Portable, false) => adam_chunk::<false>(p, m, v, g, t, &k),
+                (Isa::Portable, true) => adam_chunk::<true>(p, m, v, g, t, &k),
+                // SAFETY (both arms): `Isa::detect` found AVX2 and FMA on this CPU.
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx2Fma, false) => unsafe { adam_chunk_avx2::<false>(p, m, v, g, t, &k) },
+                #[cfg(target_arch = "x86_64")]
+                (Isa::Avx2Fma, true) => unsafe { adam_chunk_avx2::<true>(p, m, v, g, t, &k) },
             }
         });
     }
+}
+
+const B1: f64 = 0.9;
+const B2: f64 = 0.999;
+const EPS: f64 = 1e-8;
+
+/// What one Adam step needs besides the arrays: inverse bias corrections, rate, weight decay.
+struct AdamStep {
+    inv_c1: f64,
+    inv_c2: f64,
+    lr: f64,
+    wd: f64,
+}
+
+/// Adam (AdamW when `DECOUPLED`) on one chunk; parameters with `trainable[i] = false` keep their value and
+/// moments. Written with selects instead of branches so that it vectorises, and with one division per parameter
+/// (the scalar loop with three was a fifth of a training step).
+#[inline(always)]
+fn adam_chunk<const DECOUPLED: bool>(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], trainable: Option<&[bool]>, k: &AdamStep) {
+    let update = |p: f64, m: f64, v: f64, g: f64| {
+        let g = if DECOUPLED { g } else { g + k.wd * p };
+        let m = B1 * m + (1.0 - B1) * g;
+        let v = B2 * v + (1.0 - B2) * g * g;
+        let upd = (m * k.inv_c1) / ((v * k.inv_c2).sqrt() + EPS);
+        let p = if DECOUPLED { p - k.lr * k.wd * p } else { p };
+        (p - k.lr * upd, m, v)
+    };
+    match trainable {
+        None => {
+            for i in 0..p.len().min(m.len()).min(v.len()).min(g.len()) {
+                (p[i], m[i], v[i]) = update(p[i], m[i], v[i], g[i]);
+            }
+        }
+        Some(t) => {
+            for i in 0..p.len().min(m.len()).min(v.len()).min(g.len()).min(t.len()) {
+                let (pn, mn, vn) = update(p[i], m[i], v[i], g[i]);
+                (p[i], m[i], v[i]) = if t[i] { (pn, mn, vn) } else { (p[i], m[i], v[i]) };
+            }
+        }
+    }
+}
+
+/// [`adam_chunk`] compiled for AVX2 (no FMA contraction: the same results as the portable code).
+///
+/// # Safety
+/// The CPU must have AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_chunk_avx2<const DECOUPLED: bool>(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], trainable: Option<&[bool]>, k: &AdamStep) {
+    adam_chunk::<DECOUPLED>(p, m, v, g, trainable, k)
 }
 
 /// Parameters per task of the element-wise passes over all parameters (optimiser step, EMA).
