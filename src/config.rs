@@ -241,6 +241,14 @@ pub struct LossConfig {
     /// component, (eV/Å)² like `forces_weight`; a force loss without force labels (the Laplacian is estimated
     /// along a random ±`epsilon` probe).
     pub score_matching_weight: f64,
+    /// Free-energy perturbation identity of canonical samples at `data.temperature`: weight of
+    /// (ln⟨exp(−[E(R+Δ) − E(R)]/k_BT)⟩)² over each batch, Δ a random displacement (±`epsilon`) drawn independently
+    /// of R (the mean is 1 for the true surface). Dimensionless.
+    pub fep_weight: f64,
+    /// Configurational temperature of canonical samples at `data.temperature`: weight of (G − L)²/(G² + L²) over
+    /// each batch, G = ⟨|∇E|²⟩ and L = k_BT⟨∇²E⟩ per force component (equal for the true surface; the Laplacian
+    /// along a random ±`epsilon` probe). Dimensionless.
+    pub configurational_temperature_weight: f64,
     /// Weight of w·mean((θ − θ_init)²) over the network parameters θ, an L2 pull towards the `model.init`
     /// checkpoint's parameters (keeps a pretrained force field while fine-tuning on energies only).
     pub anchor_weight: f64,
@@ -263,6 +271,8 @@ impl Default for LossConfig {
             per_atom: true,
             ramp_epochs: 0,
             score_matching_weight: 0.0,
+            fep_weight: 0.0,
+            configurational_temperature_weight: 0.0,
             anchor_weight: 0.0,
         }
     }
@@ -425,6 +435,8 @@ impl Config {
             ("pisc_weight", l.pisc_weight),
             ("weak_label_weight", l.weak_label_weight),
             ("score_matching_weight", l.score_matching_weight),
+            ("fep_weight", l.fep_weight),
+            ("configurational_temperature_weight", l.configurational_temperature_weight),
             ("anchor_weight", l.anchor_weight),
         ] {
             if !(w >= 0.0 && w.is_finite()) {
@@ -434,8 +446,14 @@ impl Config {
         if let Some(t) = self.data.temperature.filter(|t| !(t.is_finite() && *t > 0.0)) {
             return bad(format!("data.temperature must be a temperature in K > 0, got {t}"));
         }
-        if l.score_matching_weight > 0.0 && self.data.temperature.is_none() {
-            return bad("loss.score_matching_weight needs data.temperature (K): the temperature the structures were sampled at".into());
+        for (name, w) in [
+            ("score_matching_weight", l.score_matching_weight),
+            ("fep_weight", l.fep_weight),
+            ("configurational_temperature_weight", l.configurational_temperature_weight),
+        ] {
+            if w > 0.0 && self.data.temperature.is_none() {
+                return bad(format!("loss.{name} needs data.temperature (K): the temperature the structures were sampled at"));
+            }
         }
         if self.model.init.is_some() && self.model.base.is_some() {
             return bad("model.init (fine-tuning) and model.base (Δ-learning) exclude each other; set one".into());

@@ -68,6 +68,14 @@ fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame],
             cfg.loss.score_matching_weight = 1.0;
             cfg.data.temperature = Some(500.0);
         }
+        "fep" => {
+            cfg.loss.fep_weight = 1.0;
+            cfg.data.temperature = Some(500.0);
+        }
+        "conf_temperature" => {
+            cfg.loss.configurational_temperature_weight = 1.0;
+            cfg.data.temperature = Some(500.0);
+        }
         _ => unreachable!(),
     }
     let w = Weights::at_epoch(&cfg.loss, cfg.data.temperature, 0);
@@ -111,13 +119,13 @@ fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame],
 #[test]
 fn every_loss_term_has_the_right_parameter_gradient() {
     let mols = labelled_molecules();
-    for term in ["energy", "forces", "pitc", "pisc", "weak", "score"] {
+    for term in ["energy", "forces", "pitc", "pisc", "weak", "score", "fep", "conf_temperature"] {
         check_term(term, &mols, vec![1, 6, 8], 4.0, 1);
     }
     check_term("pitc", &mols, vec![1, 6, 8], 4.0, 2);
     check_term_with("energy", &mols, vec![1, 6, 8], 4.0, 1, EnergyLoss::Huber);
     let cells = labelled_cells();
-    for term in ["stress", "forces", "pitc", "pisc", "score"] {
+    for term in ["stress", "forces", "pitc", "pisc", "score", "fep", "conf_temperature"] {
         check_term(term, &cells, vec![13, 29], 4.5, 1);
     }
     // the bispectrum family: the tangent goes through the four-body invariants too

@@ -40,17 +40,22 @@ pub struct LossTerms {
     pub weak: f64,
     /// Score matching at the data's temperature (can be negative).
     pub score: f64,
+    /// Free-energy perturbation identity at the data's temperature (per batch).
+    pub fep: f64,
+    /// Configurational-temperature identity at the data's temperature (per batch).
+    pub conf_temperature: f64,
     /// L2 pull towards the `model.init` parameters (added per step, not per structure).
     pub anchor: f64,
 }
 
 impl LossTerms {
     /// The terms' names, in log order (the keys of `metrics.jsonl`'s `train` object).
-    pub const NAMES: [&'static str; 8] = ["energy", "forces", "stress", "pitc", "pisc", "weak", "score", "anchor"];
+    pub const NAMES: [&'static str; 10] = ["energy", "forces", "stress", "pitc", "pisc", "weak", "score", "fep", "conf_temperature", "anchor"];
 
     /// The values in the order of [`LossTerms::NAMES`].
-    pub fn values(&self) -> [f64; 8] {
-        [self.energy, self.forces, self.stress, self.pitc, self.pisc, self.weak, self.score, self.anchor]
+    pub fn values(&self) -> [f64; 10] {
+        let t = self;
+        [t.energy, t.forces, t.stress, t.pitc, t.pisc, t.weak, t.score, t.fep, t.conf_temperature, t.anchor]
     }
 
     /// `(name, value)` in log order.
@@ -77,6 +82,8 @@ impl LossTerms {
         self.pisc += other.pisc;
         self.weak += other.weak;
         self.score += other.score;
+        self.fep += other.fep;
+        self.conf_temperature += other.conf_temperature;
         self.anchor += other.anchor;
     }
 }
@@ -139,13 +146,17 @@ pub struct Weights {
     pub weak: f64,
     /// `loss.score_matching_weight`, ramped.
     pub score: f64,
+    /// `loss.fep_weight`, ramped.
+    pub fep: f64,
+    /// `loss.configurational_temperature_weight`, ramped.
+    pub conf_temperature: f64,
     /// k_B T of the data (eV), from `data.temperature`; 0 when not given.
     pub kt: f64,
 }
 
 impl Weights {
-    /// The weights of `epoch` (0-based) for data sampled at `temperature` (K, if known): the PIWSL and score
-    /// weights rise linearly over `ramp_epochs`.
+    /// The weights of `epoch` (0-based) for data sampled at `temperature` (K, if known): the PIWSL and ensemble
+    /// (score, FEP, configurational temperature) weights rise linearly over `ramp_epochs`.
     pub fn at_epoch(cfg: &LossConfig, temperature: Option<f64>, epoch: usize) -> Self {
         let ramp = if cfg.ramp_epochs == 0 { 1.0 } else { ((epoch + 1) as f64 / cfg.ramp_epochs as f64).min(1.0) };
         Weights {
@@ -156,6 +167,8 @@ impl Weights {
             pisc: cfg.pisc_weight * ramp,
             weak: cfg.weak_label_weight * ramp,
             score: cfg.score_matching_weight * ramp,
+            fep: cfg.fep_weight * ramp,
+            conf_temperature: cfg.configurational_temperature_weight * ramp,
             kt: temperature.map_or(0.0, |t| crate::units::KB * t),
         }
     }
@@ -214,6 +227,26 @@ pub struct StructureLoss {
     at_reference: Coeffs,
     /// Configurations besides R whose primitive enters the gradient (displaced ones of PITC/PISC, score probes).
     others: Vec<(Environments, Coeffs)>,
+    /// What the structure contributes to the batch's ensemble identities ([`ensemble_identities`]).
+    ensemble: EnsembleSample,
+}
+
+/// A structure's share of the batch-level identities of the canonical ensemble.
+#[derive(Default)]
+struct EnsembleSample {
+    /// FEP: the exponent −[E(R+Δ) − E(R)]/k_BT and R+Δ.
+    fep: Option<(f64, Environments)>,
+    /// Configurational temperature: |F|²/3N, k_BT·vᵀHv/3N, F, and the probes R ± hv.
+    conf: Option<ConfSample>,
+}
+
+struct ConfSample {
+    grad_sq: f64,
+    kt_curvature: f64,
+    forces: Vec<Vec3>,
+    /// k_BT/(3N h²): the curvature estimate per unit of the second difference of energies.
+    per_energy: f64,
+    probes: [Environments; 2],
 }
 
 impl StructureLoss {
@@ -292,7 +325,24 @@ pub fn structure_loss(
         terms.score = loss;
         configs.extend(probes);
     }
-    Ok(StructureLoss { terms, at_reference: cr, others: configs })
+    let mut ensemble = EnsembleSample::default();
+    let n = frame.len();
+    if w.fep > 0.0 && w.kt > 0.0 {
+        let env = model.frame_environments(&displaced(frame, &displacement(rng, n, cfg.epsilon)))?;
+        ensemble.fep = Some((-(model.energy_of(&env) - pred_r.energy) / w.kt, env));
+    }
+    if w.conf_temperature > 0.0 && w.kt > 0.0 {
+        let (curvature, probes) = laplacian_probe(model, frame, pred_r, cfg.epsilon, rng)?;
+        let per_component = 1.0 / (3.0 * n as f64);
+        ensemble.conf = Some(ConfSample {
+            grad_sq: pred_r.forces.iter().flatten().map(|f| f * f).sum::<f64>() * per_component,
+            kt_curvature: w.kt * curvature * per_component,
+            forces: pred_r.forces.clone(),
+            per_energy: w.kt * per_component / (cfg.epsilon * cfg.epsilon),
+            probes,
+        });
+    }
+    Ok(StructureLoss { terms, at_reference: cr, others: configs, ensemble })
 }
 
 /// The displaced configuration C = R + Δ¹ shared by PITC, weak labels and PISC.
@@ -432,10 +482,7 @@ fn score_term(
 ) -> Result<(f64, Vec<(Environments, Coeffs)>)> {
     let n = frame.len();
     let k = w.score / (norm.n_structures * 3.0 * n as f64);
-    let probe: Vec<Vec3> = (0..n).map(|_| [0, 1, 2].map(|_| if rng.uniform() < 0.5 { -h } else { h })).collect();
-    let minus: Vec<Vec3> = probe.iter().map(|d| d.map(|x| -x)).collect();
-    let (env_p, env_m) = (model.frame_environments(&displaced(frame, &probe))?, model.frame_environments(&displaced(frame, &minus))?);
-    let curvature = (model.energy_of(&env_p) - 2.0 * pred_r.energy + model.energy_of(&env_m)) / (h * h);
+    let (curvature, [env_p, env_m]) = laplacian_probe(model, frame, pred_r, h, rng)?;
     let grad_sq: f64 = pred_r.forces.iter().flatten().map(|f| f * f).sum();
     // ∂/∂θ ½|F|² = F·∂F/∂θ = −∂/∂θ D_F E (F held fixed)
     let f: Vec<Vec3> = pred_r.forces.iter().map(|x| x.map(|c| k * c)).collect();
@@ -444,4 +491,67 @@ fn score_term(
     cr.a += 2.0 * c;
     let side = || Coeffs { a: -c, disp: None, strain: None };
     Ok((k * (0.5 * grad_sq - w.kt * curvature), vec![(env_p, side()), (env_m, side())]))
+}
+
+/// Hutchinson's estimate of ∇²E at R with one ±1 probe v per component and a central second difference,
+/// vᵀHv ≈ [E(R+hv) − 2E(R) + E(R−hv)]/h²; returns it and the configurations R + hv, R − hv.
+fn laplacian_probe(model: &Model, frame: &Frame, pred_r: &Prediction, h: f64, rng: &mut Rng) -> Result<(f64, [Environments; 2])> {
+    let probe: Vec<Vec3> = (0..frame.len()).map(|_| [0, 1, 2].map(|_| if rng.uniform() < 0.5 { -h } else { h })).collect();
+    let minus: Vec<Vec3> = probe.iter().map(|d| d.map(|x| -x)).collect();
+    let (env_p, env_m) = (model.frame_environments(&displaced(frame, &probe))?, model.frame_environments(&displaced(frame, &minus))?);
+    let curvature = (model.energy_of(&env_p) - 2.0 * pred_r.energy + model.energy_of(&env_m)) / (h * h);
+    Ok((curvature, [env_p, env_m]))
+}
+
+/// The identities of the canonical ensemble that hold over samples, not per structure, as losses of a batch
+/// (weights `w.fep`, `w.conf_temperature`): each structure's share was formed by [`structure_loss`]; here the
+/// batch means are taken, and the primitives' coefficients of every structure are added to `parts`.
+///
+/// - FEP (Zwanzig): for Δ drawn independently of R, ⟨exp(−[E(R+Δ) − E(R)]/k_BT)⟩ = 1 (the integral of
+///   exp(−E(R+Δ)/k_BT) over R is Z). Loss w·(ln M)² with M the batch mean; to second order in Δ it is the
+///   configurational-temperature identity below, and unlike first-order PITC it does not reward flatness.
+/// - Configurational temperature: ⟨|∇E|²⟩ = k_BT⟨∇²E⟩ (integration by parts). Loss w·(G − L)²/(G² + L²) with
+///   G = ⟨|∇E|²⟩/3N and L = k_BT⟨∇²E⟩/3N: relative, so it cannot be met by making the surface flat.
+pub fn ensemble_identities(parts: &mut [StructureLoss], w: &Weights) -> LossTerms {
+    let mut terms = LossTerms::default();
+    let fep: Vec<(usize, f64)> = parts.iter().enumerate().filter_map(|(k, p)| p.ensemble.fep.as_ref().map(|(x, _)| (k, *x))).collect();
+    if !fep.is_empty() {
+        let top = fep.iter().fold(f64::NEG_INFINITY, |a, &(_, x)| a.max(x));
+        let sum: f64 = fep.iter().map(|&(_, x)| (x - top).exp()).sum();
+        let ln_mean = top + sum.ln() - (fep.len() as f64).ln();
+        terms.fep = w.fep * ln_mean * ln_mean;
+        for &(k, x) in &fep {
+            // ∂(ln M)/∂θ = Σ_s p_s ∂x_s/∂θ, p_s the softmax of the exponents, ∂x_s = −(∂E(R+Δ) − ∂E(R))/k_BT
+            let c = 2.0 * w.fep * ln_mean * (x - top).exp() / sum / w.kt;
+            let part = &mut parts[k];
+            part.at_reference.a += c;
+            if let Some((_, env)) = part.ensemble.fep.take() {
+                part.others.push((env, Coeffs { a: -c, disp: None, strain: None }));
+            }
+        }
+    }
+    let n_conf = parts.iter().filter(|p| p.ensemble.conf.is_some()).count();
+    if n_conf > 0 {
+        let mean = |f: &dyn Fn(&ConfSample) -> f64| parts.iter().filter_map(|p| p.ensemble.conf.as_ref().map(f)).sum::<f64>() / n_conf as f64;
+        let (g, l) = (mean(&|c| c.grad_sq), mean(&|c| c.kt_curvature));
+        // w·(G − L)²/(G² + L²): zero only at G = L, scale-free, with a gradient wherever G ≠ L (also when a
+        // probe's curvature estimate L is negative)
+        let (d, q) = (g - l, g * g + l * l + f64::MIN_POSITIVE);
+        terms.conf_temperature = w.conf_temperature * d * d / q;
+        let k = w.conf_temperature / (q * q * n_conf as f64);
+        let (c_g, c_l) = (k * (2.0 * d * q - 2.0 * d * d * g), k * (-2.0 * d * q - 2.0 * d * d * l));
+        for part in parts.iter_mut() {
+            let Some(conf) = part.ensemble.conf.take() else { continue };
+            let n = conf.forces.len();
+            // ∂(|F|²/3N) = −2/(3N)·∂D_F E with F held fixed; ∂L_s = per_energy·(∂E(R+hv) − 2∂E(R) + ∂E(R−hv))
+            let f: Vec<Vec3> = conf.forces.iter().map(|x| x.map(|v| 2.0 * c_g * v / (3.0 * n as f64))).collect();
+            part.at_reference.add_disp(n, -1.0, &f);
+            let a = c_l * conf.per_energy;
+            part.at_reference.a -= 2.0 * a;
+            for env in conf.probes {
+                part.others.push((env, Coeffs { a, disp: None, strain: None }));
+            }
+        }
+    }
+    terms
 }

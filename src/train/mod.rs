@@ -346,14 +346,14 @@ pub fn batch_loss_and_grad(
     let norm = Normalizers::of(frames);
     let envs: Vec<Environments> = frames.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
     let preds = model.predict_batch(&envs.iter().collect::<Vec<_>>());
-    let parts: Vec<loss::StructureLoss> = (frames, ids, &envs, &preds)
+    let mut parts: Vec<loss::StructureLoss> = (frames, ids, &envs, &preds)
         .into_par_iter()
         .map(|(f, &id, env, pred)| {
             let mut rng = Rng::derive(seed ^ 0x9157_1c0f, step, id as u64);
             loss::structure_loss(model, f, env, pred, loss_cfg, w, &norm, &mut rng)
         })
         .collect::<Result<_>>()?;
-    let mut total = LossTerms::default();
+    let mut total = loss::ensemble_identities(&mut parts, w);
     for p in &parts {
         total.add(&p.terms);
     }
