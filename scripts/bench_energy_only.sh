@@ -9,6 +9,12 @@
 #   finetune — the base continued on the N energies (model.init, loss.anchor_weight = 1);
 #   score    — standard + score matching at TEMPERATURE (K), the temperature the structures were sampled at
 #              (rMD17: 500); skipped when TEMPERATURE is empty;
+#   fep      — standard + the free-energy-perturbation identity at TEMPERATURE (loss.fep_weight);
+#   conf     — standard + the configurational-temperature identity at TEMPERATURE
+#              (loss.configurational_temperature_weight);
+#   piwsl    — standard + PITC and PISC as the paper runs them (ε 0.05 Å, weights 24 and 0.2 next to the energy
+#              weight 20, displacements of loss.piwsl_variant = PIWSL_VARIANT);
+#   delta+T, finetune+T — Δ-learning or fine-tuning with one of the terms T above (e.g. delta+fep);
 #   ceiling  — with CEILING=1 only: the model trained on the N structures' energies AND forces (reads TRAIN's
 #              forces; the bound the energy-only rows aim for).
 # Prints one JSON line: <row>_forces_mae (meV/Å) and <row>_energy_mae (meV/atom) per row, xtb_forces_mae (GFN2-xTB
@@ -16,6 +22,7 @@
 # Works on any rMD17-style file (C, H, N, O molecules, keys `energy` and `forces`).
 # Usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]   (defaults: seed 1, 200 epochs)
 # Env:   METHOD (delta), ROWS (all: "standard base delta finetune score"), TEMPERATURE (500), DELTA_HIDDEN ([8, 8]),
+#        SCORE_WEIGHT (1e-3), FEP_WEIGHT (1e-3), CONF_WEIGHT (1e-3), PIWSL_VARIANT (paper_final),
 #        CEILING (0), BASE_SEED (SEED: the seed of the xTB base; the same base may serve several seeds of the rest),
 #        OUT (bench_runs/energy_only/<TRAIN name>)
 set -euo pipefail
@@ -30,6 +37,10 @@ METHOD=${METHOD:-delta}
 ROWS=${ROWS:-standard base delta finetune score}
 TEMPERATURE=${TEMPERATURE-500}
 DELTA_HIDDEN=${DELTA_HIDDEN:-[8, 8]}
+SCORE_WEIGHT=${SCORE_WEIGHT:-1e-3}
+FEP_WEIGHT=${FEP_WEIGHT:-1e-3}
+CONF_WEIGHT=${CONF_WEIGHT:-1e-3}
+PIWSL_VARIANT=${PIWSL_VARIANT:-paper_final}
 BASE_SEED=${BASE_SEED:-$SEED}
 [ "${CEILING:-0}" = 1 ] && ROWS="$ROWS ceiling"
 case " $ROWS " in *" $METHOD "*) ;; *) echo "METHOD=$METHOD is not one of the rows ($ROWS)" >&2; exit 2 ;; esac
@@ -57,24 +68,49 @@ train() { # run_dir, extra arguments (a later --set training.seed wins); a finis
     touch "$dir/done"
   fi
 }
-needs_base() { case " $ROWS " in *" base "*|*" delta "*|*" finetune "*) return 0 ;; esac; return 1; }
+needs_base() { case " $ROWS " in *" base "*|*" delta"*|*" finetune"*) return 0 ;; esac; return 1; }
 if needs_base; then
   train "$BASE_DIR" --set data.file="\"$(realpath "$XTB")\"" --set data.keys.forces='"forces"' \
     --set loss.forces_weight=1.0 --set training.early_stopping_metric='"val_loss"' \
     --set data.n_train=$(( TOTAL - 50 )) --set data.n_valid=50 --set training.seed=$BASE_SEED
 fi
+DELTA_TAG=delta_h$(echo "$DELTA_HIDDEN" | tr -dc '0-9,' | tr , x)
+tagged() { [ "$2" = "$3" ] && echo "$1" || echo "$1_w$2"; }   # run-dir tag; the weight only when not the default
+term() { # a physics term: sets PHYS (config overrides) and TAG (run-dir tag); false when it cannot run
+  case $1 in
+    score|fep|conf) [ -n "$TEMPERATURE" ] || return 1 ;;
+  esac
+  case $1 in
+    score) PHYS=(--set data.temperature=$TEMPERATURE --set loss.score_matching_weight=$SCORE_WEIGHT)
+      TAG=$(tagged score_T$TEMPERATURE "$SCORE_WEIGHT" 1e-3) ;;
+    fep) PHYS=(--set data.temperature=$TEMPERATURE --set loss.fep_weight=$FEP_WEIGHT)
+      TAG=$(tagged fep_T$TEMPERATURE "$FEP_WEIGHT" 1e-3) ;;
+    conf) PHYS=(--set data.temperature=$TEMPERATURE --set loss.configurational_temperature_weight=$CONF_WEIGHT)
+      TAG=$(tagged conf_T$TEMPERATURE "$CONF_WEIGHT" 1e-3) ;;
+    piwsl) PHYS=(--set loss.pitc_weight=24 --set loss.pisc_weight=0.2 --set loss.epsilon=0.05
+        --set loss.piwsl_variant="\"$PIWSL_VARIANT\"")
+      TAG=piwsl_$PIWSL_VARIANT ;;
+    *) echo "unknown term '$1' in ROWS" >&2; exit 2 ;;
+  esac
+}
 declare -A RUN
 for row in $ROWS; do
   case $row in
     standard) RUN[$row]=$OUT/standard_n${N}_s${SEED}_e$EPOCHS; train "${RUN[$row]}" "${EXPENSIVE[@]}" ;;
     base) RUN[$row]=$BASE_DIR ;;
-    delta) RUN[$row]=$OUT/delta_h$(echo "$DELTA_HIDDEN" | tr -dc '0-9,' | tr , x)_n${N}_s${SEED}_e$EPOCHS
+    delta) RUN[$row]=$OUT/${DELTA_TAG}_n${N}_s${SEED}_e$EPOCHS
       train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.base="\"$BASE_CKPT\"" --set model.hidden="$DELTA_HIDDEN" ;;
     finetune) RUN[$row]=$OUT/finetuned_n${N}_s${SEED}_e$EPOCHS
       train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.init="\"$BASE_CKPT\"" --set loss.anchor_weight=1.0 ;;
-    score) [ -n "$TEMPERATURE" ] || continue
-      RUN[$row]=$OUT/score_T${TEMPERATURE}_n${N}_s${SEED}_e$EPOCHS
-      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set data.temperature=$TEMPERATURE --set loss.score_matching_weight=1e-3 ;;
+    score|fep|conf|piwsl) term "$row" || continue
+      RUN[$row]=$OUT/${TAG}_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" "${PHYS[@]}" ;;
+    delta+*) term "${row#delta+}" || continue
+      RUN[$row]=$OUT/${DELTA_TAG}+${TAG}_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.base="\"$BASE_CKPT\"" --set model.hidden="$DELTA_HIDDEN" "${PHYS[@]}" ;;
+    finetune+*) term "${row#finetune+}" || continue
+      RUN[$row]=$OUT/finetuned+${TAG}_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.init="\"$BASE_CKPT\"" --set loss.anchor_weight=1.0 "${PHYS[@]}" ;;
     ceiling) RUN[$row]=$OUT/ceiling_forces_n${N}_s${SEED}_e$EPOCHS
       train "${RUN[$row]}" "${EXPENSIVE[@]}" --set data.keys.forces='"forces"' --set loss.forces_weight=1.0 \
         --set training.early_stopping_metric='"val_loss"' ;;
@@ -85,7 +121,7 @@ done
 EVALS=$(for row in "${!RUN[@]}"; do
   printf '%s\t%s\n' "$row" "$($P eval "${RUN[$row]}/checkpoints/best.ckpt" "$TEST" --energy-key energy --forces-key forces --json | tr -d '\n')"
 done)
-EVALS=$EVALS BASE_SEED=$BASE_SEED .venv/bin/python - "$NAME" "$N" "$SEED" "$METHOD" "$TEST" "$XTB_TEST" <<'EOF2'
+EVALS=$EVALS BASE_SEED=$BASE_SEED ROWS="$ROWS" .venv/bin/python - "$NAME" "$N" "$SEED" "$METHOD" "$TEST" "$XTB_TEST" <<'EOF2'
 import json, os, sys
 import numpy as np
 name, n, seed, method, test, xtb_test = sys.argv[1:7]
@@ -106,7 +142,7 @@ def forces(path, key):
     return np.concatenate(out)
 
 result = {"train": name, "n": int(n), "seed": int(seed), "base_seed": int(os.environ["BASE_SEED"]), "method": method}
-for row in ["standard", "base", "delta", "finetune", "score", "ceiling"]:
+for row in os.environ["ROWS"].split():
     if row in evals:
         result[f"{row}_forces_mae"] = round(evals[row]["forces_mae_mev_per_A"], 2)
         result[f"{row}_energy_mae"] = round(evals[row]["energy_mae_mev_per_atom"], 3)

@@ -217,8 +217,14 @@ impl Model {
 
     /// Energy only (no derivatives).
     pub fn energy_of(&self, env: &Environments) -> f64 {
-        let Features::PowerSpectrum(d) = &env.features;
-        self.atomic.networked().energy(&env.species, d, &self.reference_energies, self.energy_scale)
+        self.energies_batch(&[env]).pop().unwrap_or_default()
+    }
+
+    /// [`Model::energy_of`] of each structure of a batch, the networks run on the batch's atoms of each element
+    /// together.
+    pub fn energies_batch(&self, envs: &[&Environments]) -> Vec<f64> {
+        let items: Vec<(&[usize], &Descriptors)> = envs.iter().map(|e| (&e.species[..], e.descriptors())).collect();
+        self.atomic.networked().energies(&items, &self.reference_energies, self.energy_scale)
     }
 
     /// Energy, atomic energies, forces, virial and (periodic) stress.

@@ -147,14 +147,18 @@ impl PowerSpectrumModel {
         self.desc_cache = std::sync::OnceLock::new();
     }
 
-    /// Total energy (no derivatives).
-    pub fn energy(&self, species: &[usize], d: &Descriptors, e0: &[f64], scale: f64) -> f64 {
-        let tasks = row_tasks(|_| species, 1, self.networks.len());
-        let per_task = tasks.iter().map(|t| {
-            let out = self.networks[t.species].forward(&self.standardised(t, |_| d), t.rows.len());
-            out.iter().map(|o| e0[t.species] + scale * o).sum::<f64>()
-        });
-        per_task.sum()
+    /// Total energy of each structure of a batch (no derivatives).
+    pub fn energies(&self, items: &[(&[usize], &Descriptors)], e0: &[f64], scale: f64) -> Vec<f64> {
+        let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
+        let outputs: Vec<Vec<f64>> =
+            tasks.par_iter().map(|t| self.networks[t.species].forward(&self.standardised(t, |p| items[p].1), t.rows.len())).collect();
+        let mut energies = vec![0.0; items.len()];
+        for (t, out) in tasks.iter().zip(&outputs) {
+            for (&(p, _), o) in t.rows.iter().zip(out) {
+                energies[p] += e0[t.species] + scale * o;
+            }
+        }
+        energies
     }
 
     /// Atomic energies and the per-pair gradients ∂E/∂r_ij (in neighbour-list order) of each structure of a

@@ -219,6 +219,12 @@ fn directional(forces: &[Vec3], d: &[Vec3]) -> f64 {
     -forces.iter().zip(d).map(|(f, x)| f[0] * x[0] + f[1] * x[1] + f[2] * x[2]).sum::<f64>()
 }
 
+/// Whether the terms of `w` read the model's forces or stress at R; without them a batch needs only energies
+/// (energy-only training).
+pub fn needs_forces(w: &Weights) -> bool {
+    [w.forces, w.stress, w.pitc, w.score, w.conf_temperature].iter().any(|&x| x > 0.0)
+}
+
 /// The loss terms (weighted) of one structure and the training primitives whose parameter gradient is theirs.
 pub struct StructureLoss {
     /// The weighted loss terms.

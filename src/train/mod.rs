@@ -18,6 +18,7 @@ use crate::family::Family;
 use crate::frame::Frame;
 use crate::metrics::{self, Metrics};
 use crate::model::{Environments, Model};
+use crate::prediction::Prediction;
 use crate::rng::Rng;
 use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
@@ -345,7 +346,13 @@ pub fn batch_loss_and_grad(
 ) -> Result<(LossTerms, Vec<f64>)> {
     let norm = Normalizers::of(frames);
     let envs: Vec<Environments> = frames.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
-    let preds = model.predict_batch(&envs.iter().collect::<Vec<_>>());
+    let env_refs: Vec<&Environments> = envs.iter().collect();
+    let preds = if loss::needs_forces(w) {
+        model.predict_batch(&env_refs)
+    } else {
+        // energy-only losses: no input gradients, no descriptor VJP
+        model.energies_batch(&env_refs).into_iter().map(|energy| Prediction { energy, ..Default::default() }).collect()
+    };
     let mut parts: Vec<loss::StructureLoss> = (frames, ids, &envs, &preds)
         .into_par_iter()
         .map(|(f, &id, env, pred)| {
