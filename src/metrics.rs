@@ -54,9 +54,17 @@ impl Acc {
     }
 }
 
-/// Predictions for all frames (parallel over structures).
+/// Predictions for all frames, in parallel over groups of structures whose atoms go through the networks
+/// together ([`Model::predict_batch`]).
 pub fn predict_all(model: &Model, frames: &[Frame]) -> crate::error::Result<Vec<Prediction>> {
-    predict_all_with(frames, |f| model.predict_frame(f))
+    let groups: Vec<Vec<Prediction>> = frames
+        .par_chunks(8)
+        .map(|group| {
+            let envs = group.iter().map(|f| model.frame_environments(f)).collect::<crate::error::Result<Vec<_>>>()?;
+            Ok(model.predict_batch(&envs.iter().collect::<Vec<_>>()))
+        })
+        .collect::<crate::error::Result<_>>()?;
+    Ok(groups.into_iter().flatten().collect())
 }
 
 /// Predictions of any predictor (e.g. an exported model through the runtime) for all frames, in parallel.
