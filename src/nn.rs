@@ -182,21 +182,33 @@ impl Mlp {
         grad: &mut [f64],
         input_grads: Option<(&mut [f64], &mut [f64])>,
     ) {
+        match u {
+            None => self.stacked_param_and_input_grad(x, n, false, a, b, grad, input_grads),
+            Some(u) => self.stacked_param_and_input_grad(&[x, u].concat(), n, true, a, b, grad, input_grads),
+        }
+    }
+
+    /// [`Mlp::param_and_input_grad`] with the inputs given stacked: `xu` is x (`[n][in]`) followed, when
+    /// `tangent`, by u (`[n][in]`), the layout every layer works in.
+    #[allow(clippy::too_many_arguments)]
+    pub fn stacked_param_and_input_grad(
+        &self,
+        xu: &[f64],
+        n: usize,
+        tangent: bool,
+        a: &[f64],
+        b: &[f64],
+        grad: &mut [f64],
+        input_grads: Option<(&mut [f64], &mut [f64])>,
+    ) {
         let nl = self.n_layers();
-        let tangent = u.is_some();
         // Values and tangents go through each layer as one stacked matrix of m rows (values first, then the
         // tangents when there are any), so every weight matrix is read once per pass instead of twice.
         let m = if tangent { 2 * n } else { n };
-        // Forward. hs[k] is the stacked input of layer k, zs[k] its stacked pre-activation (the tangent rows
-        // carry no bias).
+        // Forward. hs[k − 1] is the stacked input of layer k ≥ 1 (layer 0 reads `xu`), zs[k] its stacked
+        // pre-activation (the tangent rows carry no bias).
         let mut zs: Vec<Vec<f64>> = Vec::with_capacity(nl);
         let mut hs: Vec<Vec<f64>> = Vec::with_capacity(nl);
-        let mut x0 = Vec::with_capacity(m * self.sizes[0]);
-        x0.extend_from_slice(x);
-        if let Some(u) = u {
-            x0.extend_from_slice(u);
-        }
-        hs.push(x0);
         for k in 0..nl {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
@@ -204,7 +216,8 @@ impl Mlp {
             for row in z[..n * o].chunks_exact_mut(o) {
                 row.copy_from_slice(&self.params[bo..bo + o]);
             }
-            gemm(m, i, o, &hs[k], false, &self.params[wo..wo + i * o], false, 1.0, &mut z);
+            let input = if k == 0 { xu } else { &hs[k - 1] };
+            gemm(m, i, o, input, false, &self.params[wo..wo + i * o], false, 1.0, &mut z);
             if k + 1 < nl {
                 let (zv, dz) = z.split_at(n * o);
                 let mut h: Vec<f64> = zv.iter().map(|&v| v * sigmoid(v)).collect();
@@ -222,7 +235,8 @@ impl Mlp {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
             // W̄ += hᵀ z̄ + dhᵀ dz̄ (one product over the stacked rows); b̄ += Σ z̄
-            gemm(i, m, o, &hs[k], true, &zbar, false, 1.0, &mut grad[wo..wo + i * o]);
+            let input = if k == 0 { xu } else { &hs[k - 1] };
+            gemm(i, m, o, input, true, &zbar, false, 1.0, &mut grad[wo..wo + i * o]);
             for row in zbar[..n * o].chunks_exact(o) {
                 for (g, z) in grad[bo..bo + o].iter_mut().zip(row) {
                     *g += z;

@@ -277,62 +277,88 @@ impl PowerSpectrumModel {
         }
         let block = trained.map_or(0, |fb| fb.compression_block());
         let tasks = row_tasks(|p| primitives[p].species, primitives.len(), self.networks.len());
-        let task_grads: Vec<Vec<f64>> = tasks
-            .par_iter()
-            .map(|t| {
-                let (s, n) = (t.species, t.rows.len());
-                let net = &self.networks[s];
-                let sd = &self.feature_std[s];
-                let nf = sd.len();
-                let x = self.standardised(t, |p| primitives[p].descriptors);
-                // rows of configurations without a tangent get u = 0 and b = 0 when others in the task have one
-                let tangent = t.rows.iter().any(|&(p, _)| tangents[p].0.is_some());
-                let u = tangent.then(|| {
-                    let mut u = vec![0.0; n * nf];
-                    for (row, &(p, i)) in u.chunks_exact_mut(nf).zip(&t.rows) {
-                        if let Some(dg) = &tangents[p].0 {
-                            row.iter_mut().zip(&dg[i * nf..(i + 1) * nf]).zip(sd).for_each(|((u, v), sd)| *u = v / sd);
-                        }
+        // One network pass per task: into `g_net` (the network's gradient) and `g_w` (its species' block of W).
+        let run = |t: &RowTask, g_net: &mut [f64], g_w: &mut [f64]| {
+            let (s, n) = (t.species, t.rows.len());
+            let net = &self.networks[s];
+            let sd = &self.feature_std[s];
+            let nf = sd.len();
+            // the stacked inputs: x = (G − μ)/σ, then, if any configuration of the task has a tangent, u = Ġ/σ
+            // (rows of configurations without one get u = 0 and b = 0)
+            let tangent = t.rows.iter().any(|&(p, _)| tangents[p].0.is_some());
+            let mut xu = self.standardised(t, |p| primitives[p].descriptors);
+            if tangent {
+                for &(p, i) in &t.rows {
+                    match &tangents[p].0 {
+                        Some(dg) => xu.extend(dg[i * nf..(i + 1) * nf].iter().zip(sd).map(|(v, sd)| v / sd)),
+                        None => xu.resize(xu.len() + nf, 0.0),
                     }
-                    u
-                });
-                let av: Vec<f64> = t.rows.iter().map(|&(p, _)| primitives[p].a * scale).collect();
-                let bv: Vec<f64> = t.rows.iter().map(|&(p, _)| if tangents[p].0.is_some() { scale } else { 0.0 }).collect();
-                let mut g = vec![0.0; net.n_params() + block];
-                let (g_net, g_w) = g.split_at_mut(net.n_params());
-                let Some(fb) = trained else {
-                    net.param_grad(&x, u.as_deref(), &av, &bv, n, g_net);
-                    return g;
-                };
-                let (mut xbar, mut ubar) = (vec![0.0; n * nf], vec![0.0; if tangent { n * nf } else { 0 }]);
-                net.param_and_input_grad(&x, u.as_deref(), &av, &bv, n, g_net, Some((&mut xbar, &mut ubar)));
-                // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
-                // their tangents is x̄/σ and ū/σ
-                let nps = descriptor.n_power_spectrum_features();
-                let sd = &sd[nps..];
-                let mut scratch = vec![0.0; fb.scratch_len()];
-                let (mut gb, mut gd) = (vec![0.0; sd.len()], vec![0.0; sd.len()]);
-                for (k, &(p, i)) in t.rows.iter().enumerate() {
-                    let unscale = |out: &mut [f64], bar: &[f64]| {
-                        for ((o, g), sd) in out.iter_mut().zip(&bar[k * nf + nps..(k + 1) * nf]).zip(sd) {
-                            *o = g / sd;
-                        }
-                    };
-                    unscale(&mut gb, &xbar);
-                    let d = primitives[p].descriptors;
-                    let a_dot = tangents[p].0.as_ref().map(|_| {
-                        unscale(&mut gd, &ubar);
-                        let na = d.density_of(0).len();
-                        &tangents[p].1[i * na..(i + 1) * na]
-                    });
-                    let gd = a_dot.is_some().then_some(&gd[..]);
-                    fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, g_w, &mut scratch);
                 }
-                g
+            }
+            let av: Vec<f64> = t.rows.iter().map(|&(p, _)| primitives[p].a * scale).collect();
+            let bv: Vec<f64> = t.rows.iter().map(|&(p, _)| if tangents[p].0.is_some() { scale } else { 0.0 }).collect();
+            let Some(fb) = trained else {
+                net.stacked_param_and_input_grad(&xu, n, tangent, &av, &bv, g_net, None);
+                return;
+            };
+            let (mut xbar, mut ubar) = (vec![0.0; n * nf], vec![0.0; if tangent { n * nf } else { 0 }]);
+            net.stacked_param_and_input_grad(&xu, n, tangent, &av, &bv, g_net, Some((&mut xbar, &mut ubar)));
+            // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
+            // their tangents is x̄/σ and ū/σ
+            let nps = descriptor.n_power_spectrum_features();
+            let sd = &sd[nps..];
+            let mut scratch = vec![0.0; fb.scratch_len()];
+            let (mut gb, mut gd) = (vec![0.0; sd.len()], vec![0.0; sd.len()]);
+            for (k, &(p, i)) in t.rows.iter().enumerate() {
+                let unscale = |out: &mut [f64], bar: &[f64]| {
+                    for ((o, g), sd) in out.iter_mut().zip(&bar[k * nf + nps..(k + 1) * nf]).zip(sd) {
+                        *o = g / sd;
+                    }
+                };
+                unscale(&mut gb, &xbar);
+                let d = primitives[p].descriptors;
+                let a_dot = tangents[p].0.as_ref().map(|_| {
+                    unscale(&mut gd, &ubar);
+                    let na = d.density_of(0).len();
+                    &tangents[p].1[i * na..(i + 1) * na]
+                });
+                let gd = a_dot.is_some().then_some(&gd[..]);
+                fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, g_w, &mut scratch);
+            }
+        };
+        // The first task of each species accumulates straight into its part of `grad`; the others into buffers of
+        // their own, added after in task order (fixed sums, no per-task buffer in the common one-task case).
+        let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
+        let mut direct: Vec<Option<(&mut [f64], &mut [f64])>> = Vec::new();
+        let (mut nets_rest, mut w_rest) = (nets, w_grad);
+        for s in 0..self.networks.len() {
+            let (g_net, rest) = std::mem::take(&mut nets_rest).split_at_mut(offs[s + 1] - offs[s]);
+            let w_all = std::mem::take(&mut w_rest);
+            let (g_w, w_tail) = w_all.split_at_mut(block.min(w_all.len()));
+            nets_rest = rest;
+            w_rest = w_tail;
+            direct.push(Some((g_net, g_w)));
+        }
+        let jobs: Vec<(&RowTask, Option<(&mut [f64], &mut [f64])>)> = tasks.iter().map(|t| (t, direct[t.species].take())).collect();
+        let buffers: Vec<Option<Vec<f64>>> = jobs
+            .into_par_iter()
+            .map(|(t, target)| match target {
+                Some((g_net, g_w)) => {
+                    run(t, g_net, g_w);
+                    None
+                }
+                None => {
+                    let np = self.networks[t.species].n_params();
+                    let mut g = vec![0.0; np + block];
+                    let (g_net, g_w) = g.split_at_mut(np);
+                    run(t, g_net, g_w);
+                    Some(g)
+                }
             })
             .collect();
         let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
-        for (t, g) in tasks.iter().zip(&task_grads) {
+        for (t, g) in tasks.iter().zip(&buffers) {
+            let Some(g) = g else { continue };
             let s = t.species;
             let (g_net, g_w) = g.split_at(offs[s + 1] - offs[s]);
             nets[offs[s]..offs[s + 1]].iter_mut().zip(g_net).for_each(|(a, b)| *a += b);
