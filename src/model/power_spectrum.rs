@@ -60,6 +60,9 @@ impl Primitive<'_> {
 /// At most this many atoms go through a network in one task of a batch.
 const ROWS_PER_TASK: usize = 32;
 
+/// A network's part of the gradient and its species' block of the compression's.
+type GradSlices<'g> = (&'g mut [f64], &'g mut [f64]);
+
 /// One network pass of a batch: atoms `(structure, atom)` of one species.
 struct RowTask {
     species: usize,
@@ -329,7 +332,7 @@ impl PowerSpectrumModel {
         // The first task of each species accumulates straight into its part of `grad`; the others into buffers of
         // their own, added after in task order (fixed sums, no per-task buffer in the common one-task case).
         let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
-        let mut direct: Vec<Option<(&mut [f64], &mut [f64])>> = Vec::new();
+        let mut direct: Vec<Option<GradSlices>> = Vec::new();
         let (mut nets_rest, mut w_rest) = (nets, w_grad);
         for s in 0..self.networks.len() {
             let (g_net, rest) = std::mem::take(&mut nets_rest).split_at_mut(offs[s + 1] - offs[s]);
@@ -339,7 +342,7 @@ impl PowerSpectrumModel {
             w_rest = w_tail;
             direct.push(Some((g_net, g_w)));
         }
-        let jobs: Vec<(&RowTask, Option<(&mut [f64], &mut [f64])>)> = tasks.iter().map(|t| (t, direct[t.species].take())).collect();
+        let jobs: Vec<(&RowTask, Option<GradSlices>)> = tasks.iter().map(|t| (t, direct[t.species].take())).collect();
         let buffers: Vec<Option<Vec<f64>>> = jobs
             .into_par_iter()
             .map(|(t, target)| match target {

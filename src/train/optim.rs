@@ -205,7 +205,8 @@ mod tests {
         let mask: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
         let k = AdamStep { inv_c1: 1.7, inv_c2: 3.1, lr: 1e-3, wd: 0.01 };
         for t in [None, Some(&mask[..])] {
-            let run = |f: &dyn Fn(&mut [f64], &mut [f64], &mut [f64], &[f64])| {
+            type Step<'a> = &'a dyn Fn(&mut [f64], &mut [f64], &mut [f64], &[f64]);
+            let run = |f: Step| {
                 let (mut p, mut m, mut v) = (start[0].clone(), start[1].clone(), v0.clone());
                 f(&mut p, &mut m, &mut v, &start[3]);
                 (p, m, v)
