@@ -6,7 +6,7 @@
 #              to the outputs): the cheap method's shape, no expensive data;
 #   delta    — Δ-learning: the base frozen, a correction network (model.base, hidden DELTA_HIDDEN) trained beside
 #              it on the N energies — one exported model;            (the method reported as method_*: METHOD)
-#   finetune — the base continued on the N energies (model.init, loss.anchor_weight = 1);
+#   finetune — the base continued on the N energies (model.init, loss.anchor_weight = 1; FROZEN_LAYERS of it kept);
 #   score    — standard + score matching at TEMPERATURE (K), the temperature the structures were sampled at
 #              (rMD17: 500); skipped when TEMPERATURE is empty;
 #   fep      — standard + the free-energy-perturbation identity at TEMPERATURE (loss.fep_weight);
@@ -23,6 +23,7 @@
 # Usage: scripts/bench_energy_only.sh TRAIN.extxyz TEST.extxyz N [SEED] [EPOCHS]   (defaults: seed 1, 200 epochs)
 # Env:   METHOD (delta), ROWS (all: "standard base delta finetune score"), TEMPERATURE (500), DELTA_HIDDEN ([8, 8]),
 #        SCORE_WEIGHT (1e-3), FEP_WEIGHT (1e-3), CONF_WEIGHT (1e-3), PIWSL_VARIANT (paper_final),
+#        FROZEN_LAYERS (0: the finetune rows keep this many first layers of each network, model.frozen_layers),
 #        CEILING (0), BASE_SEED (SEED: the seed of the xTB base; the same base may serve several seeds of the rest),
 #        OUT (bench_runs/energy_only/<TRAIN name>)
 set -euo pipefail
@@ -41,6 +42,7 @@ SCORE_WEIGHT=${SCORE_WEIGHT:-1e-3}
 FEP_WEIGHT=${FEP_WEIGHT:-1e-3}
 CONF_WEIGHT=${CONF_WEIGHT:-1e-3}
 PIWSL_VARIANT=${PIWSL_VARIANT:-paper_final}
+FROZEN_LAYERS=${FROZEN_LAYERS:-0}
 BASE_SEED=${BASE_SEED:-$SEED}
 [ "${CEILING:-0}" = 1 ] && ROWS="$ROWS ceiling"
 case " $ROWS " in *" $METHOD "*) ;; *) echo "METHOD=$METHOD is not one of the rows ($ROWS)" >&2; exit 2 ;; esac
@@ -76,6 +78,8 @@ if needs_base; then
 fi
 DELTA_TAG=delta_h$(echo "$DELTA_HIDDEN" | tr -dc '0-9,' | tr , x)
 tagged() { [ "$2" = "$3" ] && echo "$1" || echo "$1_w$2"; }   # run-dir tag; the weight only when not the default
+FINETUNE=(--set model.init="\"$BASE_CKPT\"" --set loss.anchor_weight=1.0 --set model.frozen_layers=$FROZEN_LAYERS)
+FINETUNE_TAG=$(tagged finetuned "$FROZEN_LAYERS" 0 | sed 's/_w/_frozen/')
 term() { # a physics term: sets PHYS (config overrides) and TAG (run-dir tag); false when it cannot run
   case $1 in
     score|fep|conf) [ -n "$TEMPERATURE" ] || return 1 ;;
@@ -100,8 +104,8 @@ for row in $ROWS; do
     base) RUN[$row]=$BASE_DIR ;;
     delta) RUN[$row]=$OUT/${DELTA_TAG}_n${N}_s${SEED}_e$EPOCHS
       train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.base="\"$BASE_CKPT\"" --set model.hidden="$DELTA_HIDDEN" ;;
-    finetune) RUN[$row]=$OUT/finetuned_n${N}_s${SEED}_e$EPOCHS
-      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.init="\"$BASE_CKPT\"" --set loss.anchor_weight=1.0 ;;
+    finetune) RUN[$row]=$OUT/${FINETUNE_TAG}_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" "${FINETUNE[@]}" ;;
     score|fep|conf|piwsl) term "$row" || continue
       RUN[$row]=$OUT/${TAG}_n${N}_s${SEED}_e$EPOCHS
       train "${RUN[$row]}" "${EXPENSIVE[@]}" "${PHYS[@]}" ;;
@@ -109,8 +113,8 @@ for row in $ROWS; do
       RUN[$row]=$OUT/${DELTA_TAG}+${TAG}_n${N}_s${SEED}_e$EPOCHS
       train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.base="\"$BASE_CKPT\"" --set model.hidden="$DELTA_HIDDEN" "${PHYS[@]}" ;;
     finetune+*) term "${row#finetune+}" || continue
-      RUN[$row]=$OUT/finetuned+${TAG}_n${N}_s${SEED}_e$EPOCHS
-      train "${RUN[$row]}" "${EXPENSIVE[@]}" --set model.init="\"$BASE_CKPT\"" --set loss.anchor_weight=1.0 "${PHYS[@]}" ;;
+      RUN[$row]=$OUT/${FINETUNE_TAG}+${TAG}_n${N}_s${SEED}_e$EPOCHS
+      train "${RUN[$row]}" "${EXPENSIVE[@]}" "${FINETUNE[@]}" "${PHYS[@]}" ;;
     ceiling) RUN[$row]=$OUT/ceiling_forces_n${N}_s${SEED}_e$EPOCHS
       train "${RUN[$row]}" "${EXPENSIVE[@]}" --set data.keys.forces='"forces"' --set loss.forces_weight=1.0 \
         --set training.early_stopping_metric='"val_loss"' ;;

@@ -192,6 +192,9 @@ pub struct ModelConfig {
     /// its first layers rewritten to compute the same function. A relative path is relative to the config file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub init: Option<PathBuf>,
+    /// With `init`: the first this many layers of each network (weights and biases; from 1 on, also a bispectrum
+    /// model's compression) keep the start model's values, and only the layers above them are trained.
+    pub frozen_layers: usize,
     /// Δ-learning from this checkpoint or exported model (`.onnx`, e.g. one made by someone else): `E = E_base +
     /// ΔE`, where the base model (e.g. trained on cheap labels with forces) stays frozen and a correction network
     /// of `hidden` widths per element, with as many layers as the base's, is trained on this data set beside it.
@@ -203,7 +206,15 @@ pub struct ModelConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { family: Family::PowerSpectrum, hidden: vec![32, 32], energy_scale: 0.0, feature_std_floor: 0.3, init: None, base: None }
+        ModelConfig {
+            family: Family::PowerSpectrum,
+            hidden: vec![32, 32],
+            energy_scale: 0.0,
+            feature_std_floor: 0.3,
+            init: None,
+            frozen_layers: 0,
+            base: None,
+        }
     }
 }
 
@@ -460,6 +471,9 @@ impl Config {
         }
         if l.anchor_weight > 0.0 && self.model.init.is_none() {
             return bad("loss.anchor_weight pulls towards the model.init checkpoint; set model.init too".into());
+        }
+        if self.model.frozen_layers > 0 && self.model.init.is_none() {
+            return bad("model.frozen_layers keeps layers of the model.init start; set model.init too".into());
         }
         if self.training.batch_size == 0 {
             return bad("training.batch_size must be >= 1".into());

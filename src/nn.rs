@@ -112,6 +112,11 @@ impl Mlp {
         }
         (off, off + self.sizes[k] * self.sizes[k + 1])
     }
+    /// Per parameter, whether it belongs to layer `frozen` or above (the layers below it are frozen).
+    pub fn trainable_from_layer(&self, frozen: usize) -> Vec<bool> {
+        (0..self.n_layers()).flat_map(|k| std::iter::repeat_n(k >= frozen, self.sizes[k] * self.sizes[k + 1] + self.sizes[k + 1])).collect()
+    }
+
     /// Number of weights and biases.
     pub fn n_params(&self) -> usize {
         self.params.len()

@@ -495,6 +495,27 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
     let anchored = distance(&dir);
     assert!(anchored < 0.01 * free, "anchored {anchored} vs free {free}");
 
+    // model.frozen_layers = 1: the first layer of every network stays bit for bit, the rest moves.
+    let (dir, mut cfg) = fine_tune("finetune-frozen", 0.0);
+    cfg.model.frozen_layers = 1;
+    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let tuned = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap().model;
+    let networks = |m: &pilip::model::Model| match &m.atomic {
+        pilip::model::AtomicModel::PowerSpectrum(p) | pilip::model::AtomicModel::Bispectrum(p) => p.networks.clone(),
+    };
+    let mut moved_above = 0.0;
+    for (got, want) in networks(&tuned).iter().zip(networks(&base.model)) {
+        let first = want.sizes[0] * want.sizes[1] + want.sizes[1];
+        assert!(got.params[..first] == want.params[..first], "the first layer must stay as it was");
+        moved_above += got.params[first..].iter().zip(&want.params[first..]).map(|(a, b)| (a - b).abs()).sum::<f64>();
+    }
+    assert!(moved_above > 1e-3, "the layers above are trained: {moved_above}");
+    // as many frozen layers as the networks have leaves nothing to train: refused with the depth
+    let (_, mut cfg) = fine_tune("finetune-frozen-all", 0.0);
+    cfg.model.frozen_layers = 3;
+    let e = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap_err().to_string();
+    assert!(e.contains("model.frozen_layers = 3") && e.contains("3 layers"), "{e}");
+
     // Species the checkpoint does not know are refused by name.
     let (_, mut cfg) = fine_tune("finetune-species", 0.0);
     cfg.data.file = root_data("cu_50.extxyz");

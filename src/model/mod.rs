@@ -145,6 +145,15 @@ impl Model {
         Ok((model, trainable))
     }
 
+    /// Fine-tuning with the first `frozen` layers of every network kept ([`PowerSpectrumModel::freeze_first_layers`]):
+    /// per parameter, whether training may change it.
+    pub fn freeze_first_layers(&mut self, frozen: usize) -> Result<Vec<bool>> {
+        let depth = self.atomic.networked().networks.iter().map(|n| n.sizes.len() - 1).min().unwrap_or(0);
+        self.atomic.networked_mut().freeze_first_layers(frozen).ok_or_else(|| {
+            Error::Config(format!("model.frozen_layers = {frozen}: the networks have {depth} layers, so at least the last must stay trainable"))
+        })
+    }
+
     /// [`PowerSpectrumModel::restandardise`] on the descriptors of `envs`: new input statistics, with the hidden
     /// units whose first weight is not `trainable` (all of them with `None`) computing what they did before.
     pub fn restandardise(&mut self, envs: &[Environments], std_floor: f64, trainable: Option<&[bool]>) {

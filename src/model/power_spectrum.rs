@@ -225,6 +225,19 @@ impl PowerSpectrumModel {
         Ok(trainable)
     }
 
+    /// Fine-tuning with the first `frozen` layers of every network kept (and, from 1 on, the compression: it
+    /// feeds the first layer); returns per parameter whether training may change it. `None` when a network has
+    /// no layer above them.
+    pub fn freeze_first_layers(&mut self, frozen: usize) -> Option<Vec<bool>> {
+        if self.networks.iter().any(|n| frozen >= n.sizes.len() - 1) {
+            return None;
+        }
+        if let Some(b) = self.four_body.as_mut().filter(|_| frozen > 0) {
+            b.trainable = false;
+        }
+        Some(self.networks.iter().flat_map(|n| n.trainable_from_layer(frozen)).collect())
+    }
+
     /// The trained compression of the bispectrum family, if W is trained.
     fn trained_compression(&self) -> Option<&Vec<f64>> {
         self.four_body.as_ref().filter(|b| b.trainable).map(|b| &b.compression)

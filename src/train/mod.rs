@@ -107,8 +107,9 @@ pub struct TrainSummary {
 enum Origin {
     /// A new model fitted to the training data.
     Fresh,
-    /// The `model.init` checkpoint's model, all of it trained further.
-    FineTune(Model),
+    /// The `model.init` checkpoint's model, trained further: all of it, or (`model.frozen_layers`) per parameter
+    /// as marked.
+    FineTune(Model, Option<Vec<bool>>),
     /// The `model.base` checkpoint's model with correction networks beside it, and per parameter whether it is
     /// the correction's (trained) rather than the base's (frozen).
     Delta(Model, Vec<bool>),
@@ -128,7 +129,12 @@ impl Origin {
             (ck.model, ck.config)
         };
         let origin = if cfg.model.init.is_some() {
-            Origin::FineTune(model)
+            let mut model = model;
+            let trainable = match cfg.model.frozen_layers {
+                0 => None,
+                k => Some(model.freeze_first_layers(k)?),
+            };
+            Origin::FineTune(model, trainable)
         } else {
             let (model, trainable) = Model::with_correction(model, &cfg.model.hidden, cfg.training.seed)?;
             Origin::Delta(model, trainable)
@@ -139,7 +145,7 @@ impl Origin {
     /// Per parameter of the run's model, whether training may change it (`None`: all may).
     fn trainable(&self) -> Option<Vec<bool>> {
         match self {
-            Origin::Delta(_, trainable) => Some(trainable.clone()),
+            Origin::Delta(_, trainable) | Origin::FineTune(_, Some(trainable)) => Some(trainable.clone()),
             _ => None,
         }
     }
@@ -224,7 +230,7 @@ fn start_model(cfg: &Config, origin: Origin, train: &[Frame], all: &[&Frame]) ->
     let trainable = origin.trainable();
     let mut model = match origin {
         Origin::Fresh => return fresh_model(cfg, train, all),
-        Origin::FineTune(model) | Origin::Delta(model, _) => continued_model(model, cfg, train, all)?,
+        Origin::FineTune(model, _) | Origin::Delta(model, _) => continued_model(model, cfg, train, all)?,
     };
     // An exported model reads the raw descriptor: fit statistics to this data, with the base's (or, fine-tuning,
     // every) hidden unit rewritten to compute what it did, so that new correction networks read standardised inputs.
@@ -296,7 +302,12 @@ fn with_origin_architecture(cfg: &Config, origin: &Origin, origin_config: Option
     resolved.bispectrum = from.bispectrum.clone();
     resolved.model.family = from.model.family;
     match origin {
-        Origin::FineTune(_) => resolved.model.hidden = from.model.hidden.clone(),
+        Origin::FineTune(..) => {
+            resolved.model.hidden = from.model.hidden.clone();
+            if cfg.model.frozen_layers > 0 {
+                resolved.bispectrum.trainable = false; // the compression feeds the frozen first layer
+            }
+        }
         Origin::Delta(..) => resolved.bispectrum.trainable = false,
         Origin::Fresh => {}
     }
@@ -523,7 +534,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let splits = dataset::load(&cfg.data)?;
     write_inputs(&dir, cfg, &splits)?;
     check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
-    let anchored = matches!(origin, Origin::FineTune(_)) && cfg.loss.anchor_weight > 0.0;
+    let anchored = matches!(origin, Origin::FineTune(..)) && cfg.loss.anchor_weight > 0.0;
     let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(cfg, &splits, resumed, origin)?;
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
@@ -538,7 +549,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     };
     if trainable.as_ref().is_some_and(|t| t.len() != model.n_params()) {
         return Err(Error::Config(format!(
-            "model.base: the checkpoint's networks do not match the run's ({} parameters); was the base file replaced?",
+            "model.base / model.init: the checkpoint's networks do not match the run's ({} parameters); was the file replaced?",
             model.n_params()
         )));
     }
@@ -550,7 +561,10 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         None => {
             let species: Vec<&str> = model.species.iter().map(|z| crate::elements::symbol(*z).unwrap_or("?")).collect();
             let parameters = match &trainable {
-                Some(t) => format!("{} parameters, {} trained (Δ-learning: the base is frozen)", model.n_params(), t.iter().filter(|&&x| x).count()),
+                Some(t) => {
+                    let why = if cfg.model.base.is_some() { "Δ-learning: the base is frozen" } else { "fine-tuning with model.frozen_layers" };
+                    format!("{} parameters, {} trained ({why})", model.n_params(), t.iter().filter(|&&x| x).count())
+                }
                 None => format!("{} parameters", model.n_params()),
             };
             run.log(&format!(
