@@ -515,9 +515,11 @@ fn laplacian_probe(model: &Model, frame: &Frame, pred_r: &Prediction, h: f64, rn
 ///
 /// - FEP (Zwanzig): for Δ drawn independently of R, ⟨exp(−[E(R+Δ) − E(R)]/k_BT)⟩ = 1 (the integral of
 ///   exp(−E(R+Δ)/k_BT) over R is Z). Loss w·(ln M)² with M the batch mean; to second order in Δ it is the
-///   configurational-temperature identity below, and unlike first-order PITC it does not reward flatness.
+///   configurational-temperature identity below. Unlike first-order PITC it does not penalise curvature, but a
+///   flat surface satisfies it too (measured in `docs/energy-only.md`).
 /// - Configurational temperature: ⟨|∇E|²⟩ = k_BT⟨∇²E⟩ (integration by parts). Loss w·(G − L)²/(G² + L²) with
-///   G = ⟨|∇E|²⟩/3N and L = k_BT⟨∇²E⟩/3N: relative, so it cannot be met by making the surface flat.
+///   G = ⟨|∇E|²⟩/3N and L = k_BT⟨∇²E⟩/3N: relative, so a flat surface does not meet it trivially, though a
+///   uniformly scaled-down one does.
 pub fn ensemble_identities(parts: &mut [StructureLoss], w: &Weights) -> LossTerms {
     let mut terms = LossTerms::default();
     let fep: Vec<(usize, f64)> = parts.iter().enumerate().filter_map(|(k, p)| p.ensemble.fep.as_ref().map(|(x, _)| (k, *x))).collect();
