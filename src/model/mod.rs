@@ -112,11 +112,14 @@ impl Environments {
         d
     }
 
+    /// What the per-element networks read: each atom's species and the descriptors.
+    fn network_input(&self) -> (&[usize], &Descriptors) {
+        (&self.species, self.descriptors())
+    }
+
     /// The neighbour list the descriptors were computed from.
     pub fn neighbors(&self) -> &NeighborList {
-        match &self.features {
-            Features::PowerSpectrum(d) => &d.neighbors,
-        }
+        &self.descriptors().neighbors
     }
 }
 
@@ -157,9 +160,7 @@ impl Model {
     /// [`PowerSpectrumModel::restandardise`] on the descriptors of `envs`: new input statistics, with the hidden
     /// units whose first weight is not `trainable` (all of them with `None`) computing what they did before.
     pub fn restandardise(&mut self, envs: &[Environments], std_floor: f64, trainable: Option<&[bool]>) {
-        let structures = envs.iter().map(|e| match &e.features {
-            Features::PowerSpectrum(d) => (&e.species[..], d),
-        });
+        let structures = envs.iter().map(Environments::network_input);
         let m = self.atomic.networked_mut();
         let offsets: Vec<usize> = m.networks.iter().scan(0, |o, n| Some(std::mem::replace(o, *o + n.n_params()))).collect();
         let keep = |s: usize, c: usize| trainable.is_none_or(|t| !t[offsets[s] + c]);
@@ -232,7 +233,7 @@ impl Model {
     /// [`Model::energy_of`] of each structure of a batch, the networks run on the batch's atoms of each element
     /// together.
     pub fn energies_batch(&self, envs: &[&Environments]) -> Vec<f64> {
-        let items: Vec<(&[usize], &Descriptors)> = envs.iter().map(|e| (&e.species[..], e.descriptors())).collect();
+        let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
         self.atomic.networked().energies(&items, &self.reference_energies, self.energy_scale)
     }
 
@@ -244,7 +245,7 @@ impl Model {
     /// [`Model::predict`] of each structure of a batch; the networks run on the batch's atoms of each element
     /// together (faster for many small structures than one by one).
     pub fn predict_batch(&self, envs: &[&Environments]) -> Vec<Prediction> {
-        let items: Vec<(&[usize], &Descriptors)> = envs.iter().map(|e| (&e.species[..], e.descriptors())).collect();
+        let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
         let results = self.atomic.networked().atomic_energies_and_pair_grads(&items, &self.reference_energies, self.energy_scale);
         let prediction = |(env, (atomic, pair_grads)): (&&Environments, (Vec<f64>, Vec<Vec3>))| {
             let mut forces = vec![[0.0; 3]; env.species.len()];
@@ -340,19 +341,13 @@ impl Model {
     /// Fits the family's input standardisation (descriptor mean and spread per element) on `envs`;
     /// `std_floor` is `model.feature_std_floor` of the config.
     pub fn fit_input_statistics(&mut self, envs: &[Environments], std_floor: f64) {
-        let structures = envs.iter().map(|e| match &e.features {
-            Features::PowerSpectrum(d) => (&e.species[..], d),
-        });
-        self.atomic.networked_mut().fit_feature_statistics(structures, std_floor)
+        self.atomic.networked_mut().fit_feature_statistics(envs.iter().map(Environments::network_input), std_floor)
     }
 
     /// Fits the bispectrum family's channel compression to the densities of `envs` (nothing for other
     /// families). The environments' four-body features are stale afterwards: compute them again.
     pub fn fit_compression(&mut self, envs: &[Environments]) {
-        let structures = envs.iter().map(|e| match &e.features {
-            Features::PowerSpectrum(d) => d,
-        });
-        self.atomic.networked_mut().fit_compression(structures)
+        self.atomic.networked_mut().fit_compression(envs.iter().map(Environments::descriptors))
     }
 }
 

@@ -344,15 +344,13 @@ impl PowerSpectrumModel {
         };
         // The first task of each species accumulates straight into its part of `grad`; the others into buffers of
         // their own, added after in task order (fixed sums, no per-task buffer in the common one-task case).
-        let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
-        let mut direct: Vec<Option<GradSlices>> = Vec::new();
-        let (mut nets_rest, mut w_rest) = (nets, w_grad);
+        let (mut nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
+        let mut w_blocks = w_grad.chunks_mut(block.max(1));
+        let mut direct: Vec<Option<GradSlices>> = Vec::with_capacity(self.networks.len());
         for s in 0..self.networks.len() {
-            let (g_net, rest) = std::mem::take(&mut nets_rest).split_at_mut(offs[s + 1] - offs[s]);
-            let w_all = std::mem::take(&mut w_rest);
-            let (g_w, w_tail) = w_all.split_at_mut(block.min(w_all.len()));
-            nets_rest = rest;
-            w_rest = w_tail;
+            let (g_net, rest) = std::mem::take(&mut nets).split_at_mut(offs[s + 1] - offs[s]);
+            nets = rest;
+            let g_w = if block > 0 { w_blocks.next() } else { None }.unwrap_or_default();
             direct.push(Some((g_net, g_w)));
         }
         let jobs: Vec<(&RowTask, Option<GradSlices>)> = tasks.iter().map(|t| (t, direct[t.species].take())).collect();

@@ -243,7 +243,7 @@ fn start_model(cfg: &Config, origin: Origin, train: &[Frame], all: &[&Frame]) ->
 
 /// The environments of (at most) the first 500 training structures under `model`: what input statistics and the
 /// four-body compression are fitted to.
-fn sample_environments(model: &Model, train: &[Frame]) -> Result<Vec<crate::model::Environments>> {
+fn sample_environments(model: &Model, train: &[Frame]) -> Result<Vec<Environments>> {
     let sample: Vec<&Frame> = train.iter().take(500).collect();
     sample.par_iter().map(|f| model.frame_environments(f)).collect()
 }
