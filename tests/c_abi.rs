@@ -293,12 +293,13 @@ fn bad_input_gives_status_codes_and_messages() {
     assert_eq!(s, PILIP_ERROR_MODEL);
     assert!(msg.contains("not a pilip model") && msg.contains("pilip export"), "{msg}");
     let mut proto = to_onnx(&model, Dtype::F32).unwrap();
-    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = "3".into();
+    let next = PILIP_MODEL_FORMAT_VERSION + 1;
+    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = next.to_string();
     let newer = dir.join("newer.onnx");
     std::fs::write(&newer, proto.encode_to_vec()).unwrap();
     let (s, msg) = c_load(&newer, None).err().unwrap();
     assert_eq!(s, PILIP_ERROR_MODEL);
-    assert!(msg.contains("format version 3") && msg.contains("upgrade pilip"), "{msg}");
+    assert!(msg.contains(&format!("format version {next}")) && msg.contains("upgrade pilip"), "{msg}");
     let mut proto = to_onnx(&model, Dtype::F32).unwrap();
     proto.graph.as_mut().unwrap().initializer[3].float_data[0] += 1.0;
     let edited = dir.join("edited.onnx");

@@ -17,6 +17,7 @@ fn exported_model_matches_the_training_time_model() {
         (cell_model(), triclinic_cell()),
         (bispectrum_molecule_model(), molecule()),
         (bispectrum_cell_model(), triclinic_cell()),
+        (compressed_bispectrum_cell_model(), triclinic_cell()),
         (delta_model(), triclinic_cell()),
     ];
     for (model, frame) in cases {
@@ -138,7 +139,9 @@ fn native_engine_refuses_graphs_it_does_not_reproduce() {
 #[test]
 fn exported_models_read_back_for_training_predict_like_the_original() {
     let dir = tmpdir("read-back");
-    for (k, (model, frame)) in [(molecule_model(), molecule()), (bispectrum_cell_model(), triclinic_cell()), (delta_model(), triclinic_cell())].into_iter().enumerate() {
+    let models = [molecule_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), delta_model()];
+    for (k, model) in models.into_iter().enumerate() {
+        let frame = if k == 0 { molecule() } else { triclinic_cell() };
         let path = dir.join(format!("m{k}.onnx"));
         std::fs::write(&path, to_onnx(&model, Dtype::F64).unwrap().encode_to_vec()).unwrap();
         let read = pilip::train::model_from_onnx(&path).unwrap();
@@ -150,9 +153,24 @@ fn exported_models_read_back_for_training_predict_like_the_original() {
 
 #[test]
 fn runtime_forces_and_virial_match_finite_differences_of_the_onnx_energy() {
-    for model in [cell_model(), bispectrum_cell_model()] {
+    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model()] {
         check_runtime_derivatives(&model);
     }
+}
+
+/// Each model is written with the oldest format version that describes it, so that older libraries keep
+/// reading what they can run: 1 for the power spectrum, 2 for the bispectrum family, 3 once its three-body part
+/// is compressed; a file that declares a version too old for its content is refused.
+#[test]
+fn models_are_written_with_the_oldest_format_version_that_describes_them() {
+    let version = |p: &pb::ModelProto| p.metadata_props.iter().find(|p| p.key == "pilip.format_version").unwrap().value.clone();
+    for (model, want) in [(cell_model(), "1"), (bispectrum_cell_model(), "2"), (compressed_bispectrum_cell_model(), "3")] {
+        assert_eq!(version(&to_onnx(&model, Dtype::F32).unwrap()), want);
+    }
+    let mut proto = to_onnx(&compressed_bispectrum_cell_model(), Dtype::F32).unwrap();
+    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = "2".into();
+    let err = Potential::from_bytes(&proto.encode_to_vec(), "old.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("old.onnx") && err.contains("needs version 3"), "{err}");
 }
 
 fn check_runtime_derivatives(model: &pilip::model::Model) {

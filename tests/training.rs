@@ -2,6 +2,7 @@
 mod common;
 use common::*;
 use pilip::config::{Config, EnergyLoss, PiwslVariant, Schedule};
+use pilip::descriptor::four_body::ThreeBody;
 use pilip::frame::Frame;
 use pilip::rng::Rng;
 use pilip::train::loss::{LossTerms, Weights};
@@ -134,6 +135,12 @@ fn every_loss_term_has_the_right_parameter_gradient() {
         check_term_on(&bs_mol, term, &mols, 1, EnergyLoss::Mse);
     }
     check_term_on(&random_bispectrum_model(vec![13, 29], 4.5, &cells, 17), "stress", &cells, 1, EnergyLoss::Mse);
+    // with the compressed three-body invariants, W also enters through them
+    let compressed = random_bispectrum_model_with(vec![1, 6, 8], 4.0, &mols, 17, ThreeBody::Compressed);
+    for term in ["energy", "forces"] {
+        check_term_on(&compressed, term, &mols, 1, EnergyLoss::Mse);
+    }
+    check_term_on(&random_bispectrum_model_with(vec![13, 29], 4.5, &cells, 17, ThreeBody::Compressed), "stress", &cells, 1, EnergyLoss::Mse);
     // the paper code's displacement variants (the final one gives PITC its own configuration)
     let model = random_model(vec![1, 6, 8], 4.0, &mols, 17);
     for variant in [PiwslVariant::PaperV1, PiwslVariant::PaperFinal] {
@@ -174,6 +181,7 @@ fn a_batch_is_the_sum_of_its_structures() {
         (random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 3), &frames),
         (random_model(vec![13, 29], 4.5, &[big.clone()], 3), &vec![big.clone(), triclinic_cell()]),
         (random_bispectrum_model(vec![13, 29], 4.5, &[big.clone()], 3), &vec![big.clone(), triclinic_cell()]),
+        (random_bispectrum_model_with(vec![1, 6, 8], 4.0, &frames, 3, ThreeBody::Compressed), &frames),
     ] {
         let envs: Vec<_> = frames.iter().map(|f| model.frame_environments(f).unwrap()).collect();
         let disps: Vec<Vec<[f64; 3]>> = frames.iter().map(|f| (0..f.len()).map(|_| [0; 3].map(|_| rng.normal())).collect()).collect();

@@ -14,10 +14,14 @@
 //! the contraction is symmetric in their channels and only k1 ≤ k2 (or k2 ≤ k3) is kept.
 //!
 //! W compresses the n_elements × n_radial density channels to K before the products, so the number of features
-//! grows as K³ and not as (n_elements × n_radial)³: the "chemical channel compression" of MACE/ACE. W is fitted to
-//! the training data before training (the leading principal components of the channels' rotation-invariant
-//! covariance, per centre element and order) and stored in the model; see `docs/model.md` for why it is fitted
-//! rather than learned by gradient descent.
+//! grows as K³ and not as (n_elements × n_radial)³: the "chemical channel compression" of MACE/ACE. W starts at the
+//! principal components of the channels' rotation-invariant covariance (per centre element and order), is trained
+//! with the networks by default, and is stored in the model (`docs/model.md`).
+//!
+//! With `three_body = "compressed"` the three-body invariants come from the same compressed channels as well,
+//! P_l[k1,k2] = Σ_{m∈l} M_l[k1][m] M_l[k2][m] for l = 1..=descriptor.l_max, in place of the descriptor's power
+//! spectrum over every element-resolved channel pair: the features then grow as K² + K4³ instead of
+//! (n_elements × n_radial)², and W acts as learned radial functions per element pair for both body orders.
 
 use super::Monomial;
 use crate::error::{Error, Result};
@@ -34,22 +38,63 @@ pub struct Bispectrum {
     /// Train W with the networks (after its PCA start) instead of keeping it fixed (default: ethanol test force
     /// MAE 12.4 → 11.0 meV/Å, docs/benchmarks.md).
     pub trainable: bool,
-    /// W, `[n_species][l = 1..=l_max][channels][n_density_channels]`; empty until fitted.
+    /// Where the three-body invariants come from (see [`ThreeBody`]).
+    #[serde(skip_serializing_if = "ThreeBody::is_full")]
+    pub three_body: ThreeBody,
+    /// K4 ≤ K: the first this many compressed channels enter the four-body products (0: all K). Lets the cheap
+    /// three-body part use more channels than the K4³-sized four-body part.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub four_body_channels: usize,
+    /// W, `[n_species][l = 1..=compressed_l_max][channels][n_density_channels]`; empty until fitted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub compression: Vec<f64>,
 }
 
+/// The source of the three-body invariants of a bispectrum model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ThreeBody {
+    /// The descriptor's power spectrum over every element-resolved channel pair and order 0..=l_max.
+    #[default]
+    Full,
+    /// The power spectrum of the K compressed channels, orders 1..=descriptor.l_max (the l = 0 densities stay
+    /// element-resolved).
+    Compressed,
+}
+
+impl ThreeBody {
+    fn is_full(&self) -> bool {
+        *self == ThreeBody::Full
+    }
+}
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
+}
+
 impl Default for Bispectrum {
     fn default() -> Self {
-        Bispectrum { channels: 8, l_max: 3, trainable: true, compression: Vec::new() }
+        Bispectrum { channels: 8, l_max: 3, trainable: true, three_body: ThreeBody::Full, four_body_channels: 0, compression: Vec::new() }
     }
 }
 
 impl Bispectrum {
     /// Range checks of the config values; the message names the key (`bispectrum.…`).
     pub fn validate(&self, descriptor_l_max: usize) -> std::result::Result<(), String> {
-        if !(1..=16).contains(&self.channels) {
-            return Err(format!("bispectrum.channels must be in 1..=16, got {}", self.channels));
+        if !(1..=32).contains(&self.channels) {
+            return Err(format!("bispectrum.channels must be in 1..=32, got {}", self.channels));
+        }
+        if self.four_body_channels > self.channels || self.four_body_channels > 16 {
+            return Err(format!(
+                "bispectrum.four_body_channels must be at most bispectrum.channels ({}) and 16 (0: all channels), got {}",
+                self.channels, self.four_body_channels
+            ));
+        }
+        if self.four_body_channels == 0 && self.channels > 16 {
+            return Err(format!(
+                "bispectrum.channels = {} needs bispectrum.four_body_channels ≤ 16 (the four-body features grow as its cube)",
+                self.channels
+            ));
         }
         if !(2..=4).contains(&self.l_max) || self.l_max > descriptor_l_max {
             return Err(format!(
@@ -60,19 +105,40 @@ impl Bispectrum {
         Ok(())
     }
 
+    /// The compressed channels that enter the four-body products (K4).
+    pub fn four_body_k(&self) -> usize {
+        if self.four_body_channels == 0 { self.channels } else { self.four_body_channels }
+    }
+
+    /// The highest order W compresses: the four-body `l_max`, or the descriptor's when the three-body part is
+    /// compressed too.
+    pub fn compressed_l_max(&self, descriptor_l_max: usize) -> usize {
+        match self.three_body {
+            ThreeBody::Full => self.l_max,
+            ThreeBody::Compressed => self.l_max.max(descriptor_l_max),
+        }
+    }
+
+    /// Values of W for `n_species` elements and `n_channels` density channels.
+    pub fn compression_len(&self, n_species: usize, n_channels: usize, descriptor_l_max: usize) -> usize {
+        n_species * self.compressed_l_max(descriptor_l_max) * self.channels * n_channels
+    }
+
     /// Fits the compression: for each centre element and order l, the rotation-invariant covariance
     /// C[c][c'] = Σ_atoms Σ_{m∈l} A[c][m]·A[c'][m] is scaled to unit diagonal and its leading `channels`
     /// eigenvectors (divided by the channel scales) become the rows of W. `atoms` yields (centre species, density
     /// row `[n_channels][nm]`); `order` gives the monomial range of an order.
+    /// `orders` is [`Bispectrum::compressed_l_max`].
     pub fn fit<'a>(
         &mut self,
         n_species: usize,
         n_channels: usize,
         nm: usize,
+        orders: usize,
         order: impl Fn(usize) -> std::ops::Range<usize>,
         atoms: impl Iterator<Item = (usize, &'a [f64])>,
     ) {
-        let (nc, k, nl) = (n_channels, self.channels, self.l_max);
+        let (nc, k, nl) = (n_channels, self.channels, orders);
         let mut cov = vec![0.0; n_species * nl * nc * nc];
         for (z, a) in atoms {
             for l in 1..=nl {
@@ -124,37 +190,49 @@ struct Coupling {
 /// The four-body invariants of a [`Bispectrum`], ready to evaluate (built once per descriptor).
 #[derive(Clone, Debug)]
 pub struct FourBody {
+    /// Compressed channels (rows of W per order).
     k: usize,
+    /// The first this many enter the four-body products.
+    k4: usize,
     nc: usize,
     /// Row length of the density (all monomials of the descriptor).
     nm: usize,
-    /// Monomials of orders ≤ l_max: the row length of M.
+    /// Monomials of the compressed orders: the row length of M.
     me: usize,
-    /// Monomial ranges of orders 1..=l_max.
+    /// Monomial ranges of the compressed orders 1..=[`Bispectrum::compressed_l_max`].
     orders: Vec<std::ops::Range<usize>>,
     compression: Vec<f64>,
+    /// The compressed three-body invariants come first (`three_body = "compressed"`): their number.
+    n_three_body: usize,
     couplings: Vec<Coupling>,
     n_features: usize,
     max_terms: usize,
 }
 
 impl FourBody {
-    /// The invariants of `b` (already validated: channels ≤ 16, l_max ≤ 4) for a density of `nc` channels over
-    /// `monomials` (the descriptor's, in its order); `order(l)` is the monomial range of order l. Fails when the
-    /// compression does not fit these sizes (a model file whose metadata was edited).
-    pub(super) fn new(b: &Bispectrum, n_species: usize, nc: usize, monomials: &[Monomial], order: impl Fn(usize) -> std::ops::Range<usize>) -> Result<Self> {
-        let (k, lmax) = (b.channels, b.l_max);
-        let want = n_species * lmax * k * nc;
-        if b.compression.len() != want || k == 0 || lmax == 0 || order(lmax).end > monomials.len() {
+    /// The invariants of `b` (already validated) for a density of `nc` channels over `monomials` (the
+    /// descriptor's, in its order, orders 0..=`descriptor_l_max`); `order(l)` is the monomial range of order l.
+    /// Fails when the compression does not fit these sizes (a model file whose metadata was edited).
+    pub(super) fn new(
+        b: &Bispectrum,
+        n_species: usize,
+        nc: usize,
+        monomials: &[Monomial],
+        descriptor_l_max: usize,
+        order: impl Fn(usize) -> std::ops::Range<usize>,
+    ) -> Result<Self> {
+        let (k, lmax, lw) = (b.channels, b.l_max, b.compressed_l_max(descriptor_l_max));
+        let want = b.compression_len(n_species, nc, descriptor_l_max);
+        if b.compression.len() != want || k == 0 || lmax == 0 || order(lw).end > monomials.len() {
             return Err(Error::model(format!(
-                "the bispectrum compression has {} values, expected {want} ({n_species} elements × {lmax} orders × {k} channels × {nc} density channels)",
+                "the bispectrum compression has {} values, expected {want} ({n_species} elements × {lw} orders × {k} channels × {nc} density channels)",
                 b.compression.len()
             )));
         }
         if b.compression.iter().any(|w| !w.is_finite()) {
             return Err(Error::model("the bispectrum compression contains a non-finite value"));
         }
-        let me = order(lmax).end;
+        let me = order(lw).end;
         let index = |pow: [usize; 3]| monomials[..me].iter().position(|m| m.pow == pow);
         let mut couplings = Vec::new();
         for l1 in 1..=lmax {
@@ -190,24 +268,110 @@ impl FourBody {
             }
         }
         let max_terms = couplings.iter().map(|c| c.terms.len()).max().unwrap_or(0);
+        let n_three_body = match b.three_body {
+            ThreeBody::Full => 0,
+            ThreeBody::Compressed => lw * k * (k + 1) / 2,
+        };
         let mut fb = FourBody {
             k,
+            k4: b.four_body_k(),
             nc,
             nm: monomials.len(),
             me,
-            orders: (1..=lmax).map(order).collect(),
+            orders: (1..=lw).map(order).collect(),
             compression: b.compression.clone(),
+            n_three_body,
             couplings,
             n_features: 0,
             max_terms,
         };
-        fb.n_features = fb.couplings.iter().map(|cp| fb.channel_pairs(cp).map(|(_, _, k3s)| k3s.len()).sum::<usize>()).sum();
+        fb.n_features = n_three_body
+            + fb.couplings.iter().map(|cp| fb.channel_pairs(cp).map(|(_, _, k3s)| k3s.len()).sum::<usize>()).sum::<usize>();
         Ok(fb)
     }
 
-    /// Features per atom.
+    /// Features per atom (the compressed three-body invariants, if any, then the four-body ones).
     pub fn n_features(&self) -> usize {
         self.n_features
+    }
+
+    /// Whether the three-body invariants are the compressed channels' (and the descriptor's power spectrum is
+    /// left out).
+    pub fn compresses_three_body(&self) -> bool {
+        self.n_three_body > 0
+    }
+
+    /// P_l[k1,k2] = Σ_{m∈l} M[k1][m]·M[k2][m] for the compressed orders l and k1 ≤ k2, into `out`.
+    fn three_body(&self, m: &[f64], out: &mut [f64]) {
+        if self.n_three_body == 0 {
+            return;
+        }
+        let mut f = 0;
+        for ms in &self.orders {
+            for k1 in 0..self.k {
+                let r1 = &m[k1 * self.me + ms.start..k1 * self.me + ms.end];
+                for k2 in k1..self.k {
+                    out[f] = dot(r1, &m[k2 * self.me + ms.start..k2 * self.me + ms.end]);
+                    f += 1;
+                }
+            }
+        }
+    }
+
+    /// Their change along the compressed density change `md`: Ṗ_l[k1,k2] = Σ Ṁ[k1]M[k2] + M[k1]Ṁ[k2].
+    fn three_body_jvp(&self, m: &[f64], md: &[f64], out: &mut [f64]) {
+        if self.n_three_body == 0 {
+            return;
+        }
+        let mut f = 0;
+        for ms in &self.orders {
+            let at = |k: usize| k * self.me + ms.start..k * self.me + ms.end;
+            for k1 in 0..self.k {
+                for k2 in k1..self.k {
+                    out[f] = dot(&md[at(k1)], &m[at(k2)]) + dot(&m[at(k1)], &md[at(k2)]);
+                    f += 1;
+                }
+            }
+        }
+    }
+
+    /// Adds the gradient of `Σ_f gb[f]·P_f + gd[f]·Ṗ_f` with respect to M to `gm` and, with a tangent
+    /// (`md`, `gd`, `gmd` all given), with respect to Ṁ to `gmd`.
+    fn three_body_grad(&self, m: &[f64], gb: &[f64], gm: &mut [f64], tangent: Option<(&[f64], &[f64], &mut [f64])>) {
+        if self.n_three_body == 0 {
+            return;
+        }
+        let me = self.me;
+        let mut tangent = tangent;
+        let mut f = 0;
+        for ms in &self.orders {
+            let at = |k: usize| k * me + ms.start..k * me + ms.end;
+            for k1 in 0..self.k {
+                for k2 in k1..self.k {
+                    let g = gb[f];
+                    // P = M1·M2: ∂/∂M1 = g M2, ∂/∂M2 = g M1 (2g M1 when k1 = k2, from both terms)
+                    for (x, i) in at(k1).zip(at(k2)) {
+                        gm[x] += g * m[i];
+                    }
+                    for (x, i) in at(k2).zip(at(k1)) {
+                        gm[x] += g * m[i];
+                    }
+                    if let Some((md, gd, gmd)) = tangent.as_mut() {
+                        // Ṗ = Ṁ1·M2 + M1·Ṁ2: ∂/∂M1 += gd Ṁ2, ∂/∂M2 += gd Ṁ1, ∂/∂Ṁ1 += gd M2, ∂/∂Ṁ2 += gd M1
+                        let h = gd[f];
+                        for (x, i) in at(k1).zip(at(k2)) {
+                            gm[x] += h * md[i];
+                            gmd[x] += h * m[i];
+                        }
+                        for (x, i) in at(k2).zip(at(k1)) {
+                            gm[x] += h * md[i];
+                            gmd[x] += h * m[i];
+                        }
+                    }
+                    f += 1;
+                }
+            }
+        }
     }
 
     /// Scratch values one call of [`FourBody::forward`], [`FourBody::vjp`] or [`FourBody::jvp`] needs.
@@ -255,7 +419,7 @@ impl FourBody {
 
     /// The channel pairs (k1, k2) of `cp` in feature order, each with the range of its k3.
     fn channel_pairs(&self, cp: &Coupling) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
-        let (k, sym12, sym23) = (self.k, cp.sym12, cp.sym23);
+        let (k, sym12, sym23) = (self.k4, cp.sym12, cp.sym23);
         (0..k).flat_map(move |k1| (if sym12 { k1 } else { 0 }..k).map(move |k2| (k1, k2, if sym23 { k2 } else { 0 }..k)))
     }
 
@@ -264,7 +428,7 @@ impl FourBody {
     /// that the products below are plain dot products and element-wise multiplies (they vectorise).
     fn gather(&self, m: &[f64], terms: &[([usize; 3], f64)], slot: usize, out: &mut [f64]) {
         let (me, nt) = (self.me, terms.len());
-        for (kk, row) in out.chunks_exact_mut(nt).take(self.k).enumerate() {
+        for (kk, row) in out.chunks_exact_mut(nt).take(self.k4).enumerate() {
             let mk = &m[kk * me..(kk + 1) * me];
             for (x, (ms, c)) in row.iter_mut().zip(terms) {
                 *x = if slot == 0 { c * mk[ms[0]] } else { mk[ms[slot]] };
@@ -275,7 +439,7 @@ impl FourBody {
     /// The transpose of [`FourBody::gather`]: `gm[k][m_t] += scale_t · g[k][t]`.
     fn scatter(&self, g: &[f64], terms: &[([usize; 3], f64)], slot: usize, gm: &mut [f64]) {
         let (me, nt) = (self.me, terms.len());
-        for (kk, row) in g.chunks_exact(nt).take(self.k).enumerate() {
+        for (kk, row) in g.chunks_exact(nt).take(self.k4).enumerate() {
             let gk = &mut gm[kk * me..(kk + 1) * me];
             for (x, (ms, c)) in row.iter().zip(terms) {
                 gk[ms[slot]] += if slot == 0 { c * x } else { *x };
@@ -301,7 +465,8 @@ impl FourBody {
     pub fn forward(&self, z: usize, a: &[f64], out: &mut [f64], scratch: &mut [f64]) {
         let (m, _, [g1, g2, g3, p]) = self.split_scratch(scratch);
         self.compress(z, a, m);
-        let mut f = 0;
+        self.three_body(m, &mut out[..self.n_three_body]);
+        let mut f = self.n_three_body;
         for cp in &self.couplings {
             let nt = cp.terms.len();
             for (slot, g) in [&mut *g1, &mut *g2, &mut *g3].into_iter().enumerate() {
@@ -325,7 +490,8 @@ impl FourBody {
         let (m, gm, [g1, g2, g3, gg1, gg2, gg3, p, q]) = self.split_scratch(scratch);
         self.compress(z, a, m);
         gm.fill(0.0);
-        let mut f = 0;
+        self.three_body_grad(m, g, gm, None);
+        let mut f = self.n_three_body;
         for cp in &self.couplings {
             let nt = cp.terms.len();
             for (slot, g) in [&mut *g1, &mut *g2, &mut *g3].into_iter().enumerate() {
@@ -390,7 +556,8 @@ impl FourBody {
         };
         gm.fill(0.0);
         gmd.fill(0.0);
-        let mut f = 0;
+        self.three_body_grad(m, gb, gm, tangent.then_some((&*md, gd, &mut *gmd)));
+        let mut f = self.n_three_body;
         for cp in &self.couplings {
             let (terms, nt) = (&cp.terms, cp.terms.len());
             for (slot, (g, d)) in [(&mut *g1, &mut *d1), (&mut *g2, &mut *d2), (&mut *g3, &mut *d3)].into_iter().enumerate() {
@@ -470,7 +637,8 @@ impl FourBody {
         let (m, md, [g1, g2, g3, d1, d2, d3, p, pd]) = self.split_scratch(scratch);
         self.compress(z, a, m);
         self.compress(z, da_dot, md);
-        let mut f = 0;
+        self.three_body_jvp(m, md, &mut out[..self.n_three_body]);
+        let mut f = self.n_three_body;
         for cp in &self.couplings {
             let nt = cp.terms.len();
             for (slot, (g, d)) in [(&mut *g1, &mut *d1), (&mut *g2, &mut *d2), (&mut *g3, &mut *d3)].into_iter().enumerate() {
@@ -535,8 +703,8 @@ mod tests {
                 (0..nc * nm).map(|e| (0..nc).map(|j| mix[(e / nm) * nc + j] * z[j * nm + e % nm]).sum()).collect()
             })
             .collect();
-        let mut b = Bispectrum { channels: k, l_max: 1, trainable: false, compression: Vec::new() };
-        b.fit(1, nc, nm, |_| 0..nm, atoms.iter().map(|a| (0, &a[..])));
+        let mut b = Bispectrum { channels: k, l_max: 1, trainable: false, ..Default::default() };
+        b.fit(1, nc, nm, 1, |_| 0..nm, atoms.iter().map(|a| (0, &a[..])));
         let w = &b.compression;
         let compressed = |a: &[f64], row: usize, m: usize| (0..nc).map(|c| w[row * nc + c] * a[c * nm + m]).sum::<f64>();
         let cov = |r1: usize, r2: usize| atoms.iter().map(|a| (0..nm).map(|m| compressed(a, r1, m) * compressed(a, r2, m)).sum::<f64>()).sum::<f64>();

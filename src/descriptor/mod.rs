@@ -307,14 +307,14 @@ impl Descriptor {
     /// family). Fails when `b`'s compression does not fit this descriptor.
     pub fn with_four_body(mut self, b: &Bispectrum) -> crate::error::Result<Self> {
         b.validate(self.spec.l_max).map_err(crate::error::Error::model)?;
-        self.four_body = Some(Arc::new(FourBody::new(b, self.n_species, self.n_channels(), &self.monomials, order_range)?));
+        self.four_body = Some(Arc::new(FourBody::new(b, self.n_species, self.n_channels(), &self.monomials, self.spec.l_max, order_range)?));
         Ok(self)
     }
 
     /// Fits the compression of `b` to the densities of `structures` (see [`Bispectrum::fit`]).
     pub fn fit_compression<'a>(&self, b: &mut Bispectrum, structures: impl Iterator<Item = &'a Descriptors>) {
         let atoms = structures.flat_map(|d| (0..d.n_atoms).map(move |i| (d.centre_species[i], d.density_of(i))));
-        b.fit(self.n_species, self.n_channels(), self.n_monomials(), order_range, atoms);
+        b.fit(self.n_species, self.n_channels(), self.n_monomials(), b.compressed_l_max(self.spec.l_max), order_range, atoms);
     }
 
     /// Density channels: one per (neighbour species, radial function).
@@ -336,9 +336,17 @@ impl Descriptor {
     }
 
     /// The l = 0 densities and the power spectrum: the first features of each atom (the four-body ones follow).
+    /// Without the full power spectrum (a bispectrum model whose three-body part is compressed), the l = 0
+    /// densities only.
     pub fn n_power_spectrum_features(&self) -> usize {
         let c = self.n_channels();
-        c + (self.spec.l_max + 1) * c * (c + 1) / 2
+        c + if self.full_power_spectrum() { (self.spec.l_max + 1) * c * (c + 1) / 2 } else { 0 }
+    }
+
+    /// Whether the power spectrum over every channel pair is part of the features (all but the bispectrum models
+    /// with a compressed three-body part).
+    fn full_power_spectrum(&self) -> bool {
+        self.four_body.as_ref().is_none_or(|fb| !fb.compresses_three_body())
     }
 
     /// Scratch values per work item of a forward pass: the invariants of one atom as a matrix, then the
@@ -749,6 +757,9 @@ impl Descriptor {
         for c in 0..nc {
             g[c] = a[c * nm];
         }
+        if !self.full_power_spectrum() {
+            return;
+        }
         let (l_max, g) = (self.l_of::<L>(), &mut g[nc..]);
         match register_width(nc) {
             8 => return gram_columns::<M, 8>(a, nm, nc, l_max, g, p),
@@ -859,7 +870,8 @@ impl Descriptor {
                 da[c * nm] += g[c];
             }
             let mut f = nc;
-            for l in 0..=self.l_of::<L>() {
+            let full_orders = if self.full_power_spectrum() { self.l_of::<L>() + 1 } else { 0 };
+            for l in 0..full_orders {
                 let ms = order_range(l);
                 // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it.
                 for c in 0..nc {
@@ -982,7 +994,8 @@ impl Descriptor {
             }
             // dP_l = dA_l A_lᵀ + A_l dA_lᵀ = M + Mᵀ
             let mut f = nc;
-            for l in 0..=self.spec.l_max {
+            let full_orders = if self.full_power_spectrum() { self.spec.l_max + 1 } else { 0 };
+            for l in 0..full_orders {
                 let nl = order_range(l).len();
                 gemm_view(nc, nl, nc, self.block_l(&dda, l), self.block_l_t(a, l), 0.0, &mut mm, nc);
                 for c in 0..nc {
@@ -1364,28 +1377,72 @@ mod tests {
     }
 
     /// A descriptor with four-body invariants of `channels` compressed channels up to order `l4`, with a
-    /// random compression.
-    fn with_random_four_body(d: Descriptor, channels: usize, l4: usize) -> Descriptor {
+    /// random compression; with `compressed`, the three-body invariants of those channels (orders 1..=l_max)
+    /// replace the full power spectrum, and only the first `channels − 1` enter the four-body products.
+    fn with_random_four_body(d: Descriptor, channels: usize, l4: usize, compressed: bool) -> Descriptor {
         let mut rng = crate::rng::Rng::new(7);
-        let n = 2 * l4 * channels * d.n_channels();
-        let b = Bispectrum { channels, l_max: l4, trainable: false, compression: (0..n).map(|_| rng.normal()).collect() };
+        let mut b = Bispectrum { channels, l_max: l4, trainable: false, ..Default::default() };
+        if compressed {
+            b.three_body = four_body::ThreeBody::Compressed;
+            b.four_body_channels = channels - 1;
+        }
+        let n = b.compression_len(2, d.n_channels(), d.spec.l_max);
+        b.compression = (0..n).map(|_| rng.normal()).collect();
         d.with_four_body(&b).unwrap()
     }
 
     #[test]
     fn four_body_invariants_match_finite_differences() {
-        for (nr, l, k, l4) in [(3, 3, 2, 2), (4, 3, 3, 3), (3, 4, 2, 4)] {
+        for (nr, l, k, l4, compressed) in [(3, 3, 2, 2, false), (4, 3, 3, 3, false), (3, 4, 2, 4, false), (3, 4, 3, 2, true), (4, 3, 4, 3, true)] {
             let (d, pos, sp) = setup_with(nr, l);
-            let d = with_random_four_body(d, k, l4);
+            let d = with_random_four_body(d, k, l4, compressed);
             assert!(d.n_features() > d.n_power_spectrum_features());
+            if compressed {
+                // the l = 0 densities, K(K+1)/2 three-body invariants per order 1..=l_max, the four-body ones
+                assert_eq!(d.n_power_spectrum_features(), d.n_channels());
+                assert!(d.n_features() > d.n_channels() + l * k * (k + 1) / 2);
+            }
             check_derivatives(&d, &pos, &sp);
         }
     }
 
     #[test]
+    fn compressed_three_body_invariants_are_the_gram_matrices_of_the_compressed_density() {
+        let (d, pos, sp) = setup_with(4, 3);
+        let d = with_random_four_body(d, 3, 2, true);
+        let fb = d.four_body().unwrap();
+        let base = compute(&d, &pos, &sp);
+        let (nm, nc, nf) = (d.n_monomials(), d.n_channels(), d.n_features());
+        let mut rng = crate::rng::Rng::new(7); // the compression of `with_random_four_body`
+        let w: Vec<f64> = (0..fb.compression_block() * 2).map(|_| rng.normal()).collect();
+        for i in 0..base.n_atoms {
+            let (z, a) = (base.centre_species[i], base.density_of(i));
+            let row = &base.features[i * nf..(i + 1) * nf];
+            let mut f = nc;
+            for l in 1..=3 {
+                let wl = &w[(z * 3 + l - 1) * 3 * nc..][..3 * nc];
+                let m = |k: usize, mi: usize| (0..nc).map(|c| wl[k * nc + c] * a[c * nm + mi]).sum::<f64>();
+                for k1 in 0..3 {
+                    for k2 in k1..3 {
+                        let p: f64 = order_range(l).map(|mi| m(k1, mi) * m(k2, mi)).sum();
+                        assert!((row[f] - p).abs() < 1e-10 * (1.0 + p.abs()), "atom {i}, l {l}, ({k1}, {k2}): {} vs {p}", row[f]);
+                        f += 1;
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
     fn four_body_invariants_are_invariant_and_not_trivial() {
+        for compressed in [false, true] {
+            four_body_invariance(compressed);
+        }
+    }
+
+    fn four_body_invariance(compressed: bool) {
         let (d, pos, sp) = setup_with(4, 4);
-        let d = with_random_four_body(d, 3, 4);
+        let d = with_random_four_body(d, 3, 4, compressed);
         let base = compute(&d, &pos, &sp);
         // a proper rotation and a reflection (the invariants are O(3)-invariant: every index is contracted)
         let (c, s) = (0.6f64, 0.8f64);

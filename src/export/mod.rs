@@ -21,7 +21,7 @@ fn metadata_for(model: &Model, dtype: Dtype, checksum: String) -> ModelMetadata 
         AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => (m.descriptor.clone(), m.four_body.clone()),
     };
     ModelMetadata {
-        format_version: format_version_for(model.family()),
+        format_version: format_version_for(model.family(), bispectrum.as_ref()),
         bispectrum,
         library_version: env!("CARGO_PKG_VERSION").into(),
         species: model.species.clone(),

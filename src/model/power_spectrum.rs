@@ -98,7 +98,7 @@ impl PowerSpectrumModel {
     /// starts at zero (fit it with [`PowerSpectrumModel::fit_compression`]).
     pub fn new(descriptor: DescriptorSpec, four_body: Option<Bispectrum>, n_species: usize, hidden: &[usize], seed: u64) -> Result<Self> {
         let four_body = four_body.map(|mut b| {
-            b.compression = vec![0.0; n_species * b.l_max * b.channels * n_species * descriptor.n_radial];
+            b.compression = vec![0.0; b.compression_len(n_species, n_species * descriptor.n_radial, descriptor.l_max)];
             b
         });
         let nf = Descriptor::with_optional_four_body(&descriptor, n_species, four_body.as_ref())?.n_features();

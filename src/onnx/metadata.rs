@@ -15,14 +15,17 @@ use std::collections::BTreeMap;
 /// the runtime refuses newer versions (it cannot know what changed) and reads every older one it knows. A new
 /// model family is written with a new version, so that readers from before it refuse the file (policy:
 /// `docs/c-api.md`): power-spectrum models are still written as version 1, which every pilip reads; version 2
-/// added the bispectrum family (`pilip.bispectrum`).
-pub const MODEL_FORMAT_VERSION: u32 = 2;
+/// added the bispectrum family (`pilip.bispectrum`); version 3 its compressed three-body invariants and
+/// four-body channel count (`three_body`, `four_body_channels` in `pilip.bispectrum`).
+pub const MODEL_FORMAT_VERSION: u32 = 3;
 
-/// The format version a model of `family` is written with: the oldest that can describe it.
-pub fn format_version_for(family: Family) -> u32 {
-    match family {
-        Family::PowerSpectrum => 1,
-        Family::Bispectrum => 2,
+/// The format version a model of `family` (with the four-body part `bispectrum`) is written with: the oldest
+/// that can describe it, so that files a version-2 library can run stay readable by it.
+pub fn format_version_for(family: Family, bispectrum: Option<&Bispectrum>) -> u32 {
+    match (family, bispectrum) {
+        (Family::PowerSpectrum, _) => 1,
+        (Family::Bispectrum, Some(b)) if *b != Bispectrum { three_body: Default::default(), four_body_channels: 0, ..b.clone() } => 3,
+        (Family::Bispectrum, _) => 2,
     }
 }
 /// Prefix of every pilip key in `metadata_props`.
@@ -213,6 +216,10 @@ impl ModelMetadata {
         if self.reference_energies.iter().any(|e| !e.is_finite()) {
             return Err("a reference energy is not finite".into());
         }
+        let needed = format_version_for(self.family, self.bispectrum.as_ref());
+        if self.format_version < needed {
+            return Err(format!("format version {} cannot describe this model, which needs version {needed}", self.format_version));
+        }
         self.descriptor.validate()?;
         if self.cutoff != self.descriptor.cutoff {
             return Err(format!("cutoff {} differs from the descriptor's {}", self.cutoff, self.descriptor.cutoff));
@@ -292,7 +299,15 @@ pub fn describe(m: &ModelMetadata) -> String {
         d.l_max,
         d.r_min,
         d.radial_width,
-        m.bispectrum.as_ref().map_or(String::new(), |b| format!("; four-body: {} channels, l_max {}", b.channels, b.l_max)),
+        m.bispectrum.as_ref().map_or(String::new(), |b| format!(
+            "; four-body: {} channels, l_max {}; three-body: {}",
+            b.four_body_k(),
+            b.l_max,
+            match b.three_body {
+                crate::descriptor::four_body::ThreeBody::Full => "full power spectrum".to_string(),
+                crate::descriptor::four_body::ThreeBody::Compressed => format!("{} compressed channels", b.channels),
+            }
+        )),
         m.n_features,
         m.dtype.name(),
         m.checksum

@@ -2,7 +2,7 @@
 //! descriptor statistics are fitted, so its energies and forces are O(1) and every term is exercised.
 #![allow(dead_code)]
 
-use pilip::descriptor::four_body::Bispectrum;
+use pilip::descriptor::four_body::{Bispectrum, ThreeBody};
 use pilip::descriptor::DescriptorSpec;
 use pilip::export::to_onnx;
 use pilip::frame::{Frame, Mat3, Vec3};
@@ -26,7 +26,14 @@ pub fn random_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64)
 /// [`random_model`] of the bispectrum family (3 compressed channels up to order 3), its compression fitted on
 /// `frames`.
 pub fn random_bispectrum_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
-    let four_body = Bispectrum { channels: 3, l_max: 3, trainable: true, compression: Vec::new() };
+    random_bispectrum_model_with(species, cutoff, frames, seed, ThreeBody::Full)
+}
+
+/// [`random_bispectrum_model`] with the three-body invariants of `three_body`; with `ThreeBody::Compressed`
+/// 4 compressed channels, of which 3 enter the four-body products.
+pub fn random_bispectrum_model_with(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64, three_body: ThreeBody) -> Model {
+    let (channels, four_body_channels) = if three_body == ThreeBody::Full { (3, 0) } else { (4, 3) };
+    let four_body = Bispectrum { channels, l_max: 3, trainable: true, three_body, four_body_channels, compression: Vec::new() };
     let mut m = Model::bispectrum(spec(cutoff), four_body, species, &[16, 12], seed).unwrap();
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
     m.fit_compression(&envs);
@@ -123,6 +130,10 @@ pub fn bispectrum_molecule_model() -> Model {
 }
 pub fn bispectrum_cell_model() -> Model {
     random_bispectrum_model(vec![13, 29], 3.0, &[triclinic_cell()], 5)
+}
+/// A bispectrum model whose three-body invariants are those of the compressed channels.
+pub fn compressed_bispectrum_cell_model() -> Model {
+    random_bispectrum_model_with(vec![13, 29], 3.0, &[triclinic_cell()], 5, ThreeBody::Compressed)
 }
 
 /// Largest |a − b| over paired values.
