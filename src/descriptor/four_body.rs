@@ -19,7 +19,7 @@
 //! with the networks by default, and is stored in the model (`docs/model.md`).
 //!
 //! With `three_body = "compressed"` the three-body invariants come from the same compressed channels as well,
-//! P_l[k1,k2] = Σ_{m∈l} M_l[k1][m] M_l[k2][m] for l = 1..=descriptor.l_max, in place of the descriptor's power
+//! P_l[k1,k2] = Σ_{m∈l} M_l[k1][m] M_l[k2][m] for l = 0..=descriptor.l_max, in place of the descriptor's power
 //! spectrum over every element-resolved channel pair: the features then grow as K² + K4³ instead of
 //! (n_elements × n_radial)², and W acts as learned radial functions per element pair for both body orders.
 
@@ -45,7 +45,7 @@ pub struct Bispectrum {
     /// three-body part use more channels than the K4³-sized four-body part.
     #[serde(skip_serializing_if = "is_zero")]
     pub four_body_channels: usize,
-    /// W, `[n_species][l = 1..=compressed_l_max][channels][n_density_channels]`; empty until fitted.
+    /// W, `[n_species][l ∈ compressed_orders][channels][n_density_channels]`; empty until fitted.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub compression: Vec<f64>,
 }
@@ -57,7 +57,7 @@ pub enum ThreeBody {
     /// The descriptor's power spectrum over every element-resolved channel pair and order 0..=l_max.
     #[default]
     Full,
-    /// The power spectrum of the K compressed channels, orders 1..=descriptor.l_max (the l = 0 densities stay
+    /// The power spectrum of the K compressed channels, orders 0..=descriptor.l_max (the l = 0 densities stay
     /// element-resolved).
     Compressed,
 }
@@ -110,39 +110,39 @@ impl Bispectrum {
         if self.four_body_channels == 0 { self.channels } else { self.four_body_channels }
     }
 
-    /// The highest order W compresses: the four-body `l_max`, or the descriptor's when the three-body part is
-    /// compressed too.
-    pub fn compressed_l_max(&self, descriptor_l_max: usize) -> usize {
+    /// The orders W compresses: 1..=`l_max` for the four-body products, or every order of the descriptor when
+    /// the three-body part is compressed too.
+    pub fn compressed_orders(&self, descriptor_l_max: usize) -> std::ops::RangeInclusive<usize> {
         match self.three_body {
-            ThreeBody::Full => self.l_max,
-            ThreeBody::Compressed => self.l_max.max(descriptor_l_max),
+            ThreeBody::Full => 1..=self.l_max,
+            ThreeBody::Compressed => 0..=self.l_max.max(descriptor_l_max),
         }
     }
 
     /// Values of W for `n_species` elements and `n_channels` density channels.
     pub fn compression_len(&self, n_species: usize, n_channels: usize, descriptor_l_max: usize) -> usize {
-        n_species * self.compressed_l_max(descriptor_l_max) * self.channels * n_channels
+        n_species * self.compressed_orders(descriptor_l_max).count() * self.channels * n_channels
     }
 
     /// Fits the compression: for each centre element and order l, the rotation-invariant covariance
     /// C[c][c'] = Σ_atoms Σ_{m∈l} A[c][m]·A[c'][m] is scaled to unit diagonal and its leading `channels`
     /// eigenvectors (divided by the channel scales) become the rows of W. `atoms` yields (centre species, density
     /// row `[n_channels][nm]`); `order` gives the monomial range of an order.
-    /// `orders` is [`Bispectrum::compressed_l_max`].
+    /// `orders` is [`Bispectrum::compressed_orders`].
     pub fn fit<'a>(
         &mut self,
         n_species: usize,
         n_channels: usize,
         nm: usize,
-        orders: usize,
+        orders: std::ops::RangeInclusive<usize>,
         order: impl Fn(usize) -> std::ops::Range<usize>,
         atoms: impl Iterator<Item = (usize, &'a [f64])>,
     ) {
-        let (nc, k, nl) = (n_channels, self.channels, orders);
+        let (nc, k, nl) = (n_channels, self.channels, orders.clone().count());
         let mut cov = vec![0.0; n_species * nl * nc * nc];
         for (z, a) in atoms {
-            for l in 1..=nl {
-                let c = &mut cov[((z * nl) + l - 1) * nc * nc..][..nc * nc];
+            for (li, l) in orders.clone().enumerate() {
+                let c = &mut cov[((z * nl) + li) * nc * nc..][..nc * nc];
                 for c1 in 0..nc {
                     for c2 in c1..nc {
                         let s: f64 = order(l).map(|m| a[c1 * nm + m] * a[c2 * nm + m]).sum();
@@ -199,7 +199,7 @@ pub struct FourBody {
     nm: usize,
     /// Monomials of the compressed orders: the row length of M.
     me: usize,
-    /// Monomial ranges of the compressed orders 1..=[`Bispectrum::compressed_l_max`].
+    /// Monomial ranges of the compressed orders ([`Bispectrum::compressed_orders`]).
     orders: Vec<std::ops::Range<usize>>,
     compression: Vec<f64>,
     /// The compressed three-body invariants come first (`three_body = "compressed"`): their number.
@@ -221,11 +221,12 @@ impl FourBody {
         descriptor_l_max: usize,
         order: impl Fn(usize) -> std::ops::Range<usize>,
     ) -> Result<Self> {
-        let (k, lmax, lw) = (b.channels, b.l_max, b.compressed_l_max(descriptor_l_max));
+        let (k, lmax, orders) = (b.channels, b.l_max, b.compressed_orders(descriptor_l_max));
+        let (lw, nw) = (*orders.end(), orders.clone().count());
         let want = b.compression_len(n_species, nc, descriptor_l_max);
         if b.compression.len() != want || k == 0 || lmax == 0 || order(lw).end > monomials.len() {
             return Err(Error::model(format!(
-                "the bispectrum compression has {} values, expected {want} ({n_species} elements × {lw} orders × {k} channels × {nc} density channels)",
+                "the bispectrum compression has {} values, expected {want} ({n_species} elements × {nw} orders × {k} channels × {nc} density channels)",
                 b.compression.len()
             )));
         }
@@ -270,7 +271,7 @@ impl FourBody {
         let max_terms = couplings.iter().map(|c| c.terms.len()).max().unwrap_or(0);
         let n_three_body = match b.three_body {
             ThreeBody::Full => 0,
-            ThreeBody::Compressed => lw * k * (k + 1) / 2,
+            ThreeBody::Compressed => nw * k * (k + 1) / 2,
         };
         let mut fb = FourBody {
             k,
@@ -278,7 +279,7 @@ impl FourBody {
             nc,
             nm: monomials.len(),
             me,
-            orders: (1..=lw).map(order).collect(),
+            orders: orders.map(order).collect(),
             compression: b.compression.clone(),
             n_three_body,
             couplings,
@@ -704,7 +705,7 @@ mod tests {
             })
             .collect();
         let mut b = Bispectrum { channels: k, l_max: 1, trainable: false, ..Default::default() };
-        b.fit(1, nc, nm, 1, |_| 0..nm, atoms.iter().map(|a| (0, &a[..])));
+        b.fit(1, nc, nm, 1..=1, |_| 0..nm, atoms.iter().map(|a| (0, &a[..])));
         let w = &b.compression;
         let compressed = |a: &[f64], row: usize, m: usize| (0..nc).map(|c| w[row * nc + c] * a[c * nm + m]).sum::<f64>();
         let cov = |r1: usize, r2: usize| atoms.iter().map(|a| (0..nm).map(|m| compressed(a, r1, m) * compressed(a, r2, m)).sum::<f64>()).sum::<f64>();

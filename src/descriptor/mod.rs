@@ -314,7 +314,7 @@ impl Descriptor {
     /// Fits the compression of `b` to the densities of `structures` (see [`Bispectrum::fit`]).
     pub fn fit_compression<'a>(&self, b: &mut Bispectrum, structures: impl Iterator<Item = &'a Descriptors>) {
         let atoms = structures.flat_map(|d| (0..d.n_atoms).map(move |i| (d.centre_species[i], d.density_of(i))));
-        b.fit(self.n_species, self.n_channels(), self.n_monomials(), b.compressed_l_max(self.spec.l_max), order_range, atoms);
+        b.fit(self.n_species, self.n_channels(), self.n_monomials(), b.compressed_orders(self.spec.l_max), order_range, atoms);
     }
 
     /// Density channels: one per (neighbour species, radial function).
@@ -1377,7 +1377,7 @@ mod tests {
     }
 
     /// A descriptor with four-body invariants of `channels` compressed channels up to order `l4`, with a
-    /// random compression; with `compressed`, the three-body invariants of those channels (orders 1..=l_max)
+    /// random compression; with `compressed`, the three-body invariants of those channels (orders 0..=l_max)
     /// replace the full power spectrum, and only the first `channels − 1` enter the four-body products.
     fn with_random_four_body(d: Descriptor, channels: usize, l4: usize, compressed: bool) -> Descriptor {
         let mut rng = crate::rng::Rng::new(7);
@@ -1398,9 +1398,9 @@ mod tests {
             let d = with_random_four_body(d, k, l4, compressed);
             assert!(d.n_features() > d.n_power_spectrum_features());
             if compressed {
-                // the l = 0 densities, K(K+1)/2 three-body invariants per order 1..=l_max, the four-body ones
+                // the l = 0 densities, K(K+1)/2 three-body invariants per order 0..=l_max, the four-body ones
                 assert_eq!(d.n_power_spectrum_features(), d.n_channels());
-                assert!(d.n_features() > d.n_channels() + l * k * (k + 1) / 2);
+                assert!(d.n_features() > d.n_channels() + (l + 1) * k * (k + 1) / 2);
             }
             check_derivatives(&d, &pos, &sp);
         }
@@ -1419,8 +1419,8 @@ mod tests {
             let (z, a) = (base.centre_species[i], base.density_of(i));
             let row = &base.features[i * nf..(i + 1) * nf];
             let mut f = nc;
-            for l in 1..=3 {
-                let wl = &w[(z * 3 + l - 1) * 3 * nc..][..3 * nc];
+            for l in 0..=3 {
+                let wl = &w[(z * 4 + l) * 3 * nc..][..3 * nc];
                 let m = |k: usize, mi: usize| (0..nc).map(|c| wl[k * nc + c] * a[c * nm + mi]).sum::<f64>();
                 for k1 in 0..3 {
                     for k2 in k1..3 {
