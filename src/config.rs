@@ -559,4 +559,24 @@ mod tests {
         );
         assert!(c.to_toml().contains("split = \"contiguous\"") && c.to_toml().contains("optimizer = \"adam\""));
     }
+
+    #[test]
+    fn bispectrum_channel_counts_are_checked_by_name() {
+        let dir = std::env::temp_dir().join(format!("pilip_cfg_bs_{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("c.toml");
+        std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n[model]\nfamily = \"bispectrum\"\n").unwrap();
+        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let c = load(&["bispectrum.three_body=\"compressed\"", "bispectrum.channels=20", "bispectrum.four_body_channels=6"]).unwrap();
+        assert_eq!((c.bispectrum.three_body, c.bispectrum.four_body_k()), (crate::descriptor::four_body::ThreeBody::Compressed, 6));
+        for (sets, want) in [
+            (&["bispectrum.channels=20"][..], "bispectrum.four_body_channels ≤ 16"),
+            (&["bispectrum.channels=4", "bispectrum.four_body_channels=5"][..], "bispectrum.four_body_channels must be at most"),
+            (&["bispectrum.channels=33"][..], "bispectrum.channels must be in 1..=32"),
+            (&["bispectrum.three_body=\"partial\""][..], "unknown variant `partial`"),
+        ] {
+            let e = load(sets).unwrap_err().to_string();
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+    }
 }
