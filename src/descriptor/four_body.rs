@@ -309,10 +309,10 @@ impl FourBody {
         }
         let mut f = 0;
         for ms in &self.orders {
+            let at = |k: usize| k * self.me + ms.start..k * self.me + ms.end;
             for k1 in 0..self.k {
-                let r1 = &m[k1 * self.me + ms.start..k1 * self.me + ms.end];
                 for k2 in k1..self.k {
-                    out[f] = dot(r1, &m[k2 * self.me + ms.start..k2 * self.me + ms.end]);
+                    out[f] = dot(&m[at(k1)], &m[at(k2)]);
                     f += 1;
                 }
             }
@@ -338,15 +338,13 @@ impl FourBody {
 
     /// Adds the gradient of `Σ_f gb[f]·P_f + gd[f]·Ṗ_f` with respect to M to `gm` and, with a tangent
     /// (`md`, `gd`, `gmd` all given), with respect to Ṁ to `gmd`.
-    fn three_body_grad(&self, m: &[f64], gb: &[f64], gm: &mut [f64], tangent: Option<(&[f64], &[f64], &mut [f64])>) {
+    fn three_body_grad(&self, m: &[f64], gb: &[f64], gm: &mut [f64], mut tangent: Option<(&[f64], &[f64], &mut [f64])>) {
         if self.n_three_body == 0 {
             return;
         }
-        let me = self.me;
-        let mut tangent = tangent;
         let mut f = 0;
         for ms in &self.orders {
-            let at = |k: usize| k * me + ms.start..k * me + ms.end;
+            let at = |k: usize| k * self.me + ms.start..k * self.me + ms.end;
             for k1 in 0..self.k {
                 for k2 in k1..self.k {
                     let g = gb[f];
