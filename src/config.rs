@@ -297,6 +297,10 @@ pub struct TrainingConfig {
     pub seed: u64,
     /// Upper bound on the epochs.
     pub max_epochs: usize,
+    /// At least this many optimiser steps: on a training set too small to reach them in `max_epochs`, the run's
+    /// `max_epochs` and `patience` are raised by the same factor (0 = off). Keeps one config right for 50 and
+    /// 1000 structures: epochs of 50 structures are 20× shorter.
+    pub min_steps: usize,
     /// Structures per mini-batch.
     pub batch_size: usize,
     /// "adam" or "adamw".
@@ -332,6 +336,7 @@ impl Default for TrainingConfig {
         TrainingConfig {
             seed: 1,
             max_epochs: 200,
+            min_steps: 0,
             batch_size: 8,
             optimizer: Optimizer::AdamW,
             lr: 3e-3,

@@ -354,7 +354,10 @@ fn resume_reproduces_the_uninterrupted_run() {
 fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     let (da, db) = (tmpdir(&format!("resume_a_{schedule:?}")), tmpdir(&format!("resume_b_{schedule:?}")));
     let mut ca = small_config(&da);
-    ca.training.max_epochs = 4;
+    // 100 structures in batches of 8 are 13 steps per epoch: min_steps raises max_epochs from 2 to 4, for the
+    // uninterrupted run and the resumed one alike
+    ca.training.max_epochs = 2;
+    ca.training.min_steps = 4 * 13;
     ca.training.ema_decay = 0.9;
     ca.training.schedule = schedule;
     ca.loss.pitc_weight = 0.5;
@@ -380,6 +383,10 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     let (a, b) = (metrics_without_timing(&da), metrics_without_timing(&db));
     assert_eq!(a.len(), 4);
     assert_eq!(a, b);
+    let resolved = std::fs::read_to_string(db.join("config.resolved.toml")).unwrap();
+    assert!(resolved.contains("max_epochs = 4") && resolved.contains("patience = 2000"), "{resolved}");
+    let log = std::fs::read_to_string(da.join("train.log")).unwrap();
+    assert!(log.contains("training.min_steps = 52: 100 training structures make 13 steps per epoch, so max_epochs 2 → 4"), "{log}");
 }
 
 #[test]

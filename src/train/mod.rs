@@ -509,6 +509,28 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
     Ok(())
 }
 
+/// `cfg` with `training.max_epochs` and `training.patience` raised by the factor that gives at least
+/// `training.min_steps` optimiser steps on `n_train` structures, and a line for the log when they were raised.
+fn with_min_steps(cfg: &Config, n_train: usize) -> (Config, Option<String>) {
+    let mut out = cfg.clone();
+    let t = &mut out.training;
+    let batches = batches_per_epoch(n_train, t.batch_size).max(1);
+    if t.min_steps == 0 || batches * t.max_epochs >= t.min_steps || t.max_epochs == 0 {
+        return (out, None);
+    }
+    let epochs = t.min_steps.div_ceil(batches);
+    let note = format!(
+        "training.min_steps = {}: {n_train} training structures make {batches} steps per epoch, so max_epochs {} → {epochs} and patience {} → {}",
+        t.min_steps,
+        t.max_epochs,
+        t.patience,
+        t.patience * epochs / t.max_epochs
+    );
+    t.patience = t.patience * epochs / t.max_epochs;
+    t.max_epochs = epochs;
+    (out, Some(note))
+}
+
 /// Trains a model as configured. Writes `RUN_DIR/{config.resolved.toml, train.log, metrics.jsonl,
 /// split.json, test.extxyz, test_metrics.json, checkpoints/{best,last}.ckpt}`.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
@@ -527,11 +549,13 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
 fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<TrainSummary> {
     let trainable = origin.trainable();
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
+    let splits = dataset::load(&cfg.data)?;
+    let (lengthened, length_note) = with_min_steps(cfg, splits.train.len());
+    let cfg = &lengthened;
     let resumed = match &opts.resume {
         Some(p) => Some(resume_from(cfg, p)?),
         None => None,
     };
-    let splits = dataset::load(&cfg.data)?;
     write_inputs(&dir, cfg, &splits)?;
     check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
     let anchored = matches!(origin, Origin::FineTune(..)) && cfg.loss.anchor_weight > 0.0;
@@ -578,6 +602,9 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
                 model.energy_scale,
                 rayon::current_num_threads()
             ));
+            if let Some(note) = &length_note {
+                run.log(note);
+            }
         }
         Some(p) => run.log(&format!("resumed after epoch {} from {}", st.epochs_done, p.display())),
     }
