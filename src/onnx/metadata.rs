@@ -5,7 +5,7 @@
 //! (added in f64 outside the graph so an f32 graph loses no precision on large absolute energies), units, the
 //! graph's floating-point type, the model family and a checksum of the graph.
 
-use crate::descriptor::four_body::Bispectrum;
+use crate::descriptor::four_body::{Bispectrum, ThreeBody};
 use crate::descriptor::{Descriptor, DescriptorSpec};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -24,7 +24,7 @@ pub const MODEL_FORMAT_VERSION: u32 = 3;
 pub fn format_version_for(family: Family, bispectrum: Option<&Bispectrum>) -> u32 {
     match (family, bispectrum) {
         (Family::PowerSpectrum, _) => 1,
-        (Family::Bispectrum, Some(b)) if *b != Bispectrum { three_body: Default::default(), four_body_channels: 0, ..b.clone() } => 3,
+        (Family::Bispectrum, Some(b)) if b.three_body != ThreeBody::Full || b.four_body_channels != 0 => 3,
         (Family::Bispectrum, _) => 2,
     }
 }
@@ -304,8 +304,8 @@ pub fn describe(m: &ModelMetadata) -> String {
             b.four_body_k(),
             b.l_max,
             match b.three_body {
-                crate::descriptor::four_body::ThreeBody::Full => "full power spectrum".to_string(),
-                crate::descriptor::four_body::ThreeBody::Compressed => format!("{} compressed channels", b.channels),
+                ThreeBody::Full => "full power spectrum".to_string(),
+                ThreeBody::Compressed => format!("{} compressed channels", b.channels),
             }
         )),
         m.n_features,
