@@ -302,75 +302,51 @@ impl FourBody {
         self.n_three_body > 0
     }
 
-    /// P_l[k1,k2] = Σ_{m∈l} M[k1][m]·M[k2][m] for the compressed orders l and k1 ≤ k2, into `out`.
-    fn three_body(&self, m: &[f64], out: &mut [f64]) {
+    /// Calls `f(feature, row1, row2)` for each compressed three-body invariant P_l[k1,k2] (l over the compressed
+    /// orders, k1 ≤ k2), with the ranges of M's rows k1 and k2 at order l; nothing without compressed three-body
+    /// invariants.
+    fn for_each_three_body(&self, mut f: impl FnMut(usize, std::ops::Range<usize>, std::ops::Range<usize>)) {
         if self.n_three_body == 0 {
             return;
         }
-        let mut f = 0;
+        let mut feature = 0;
         for ms in &self.orders {
             let at = |k: usize| k * self.me + ms.start..k * self.me + ms.end;
             for k1 in 0..self.k {
                 for k2 in k1..self.k {
-                    out[f] = dot(&m[at(k1)], &m[at(k2)]);
-                    f += 1;
+                    f(feature, at(k1), at(k2));
+                    feature += 1;
                 }
             }
         }
     }
 
+    /// P_l[k1,k2] = Σ_{m∈l} M[k1][m]·M[k2][m] into `out`.
+    fn three_body(&self, m: &[f64], out: &mut [f64]) {
+        self.for_each_three_body(|f, r1, r2| out[f] = dot(&m[r1], &m[r2]));
+    }
+
     /// Their change along the compressed density change `md`: Ṗ_l[k1,k2] = Σ Ṁ[k1]M[k2] + M[k1]Ṁ[k2].
     fn three_body_jvp(&self, m: &[f64], md: &[f64], out: &mut [f64]) {
-        if self.n_three_body == 0 {
-            return;
-        }
-        let mut f = 0;
-        for ms in &self.orders {
-            let at = |k: usize| k * self.me + ms.start..k * self.me + ms.end;
-            for k1 in 0..self.k {
-                for k2 in k1..self.k {
-                    out[f] = dot(&md[at(k1)], &m[at(k2)]) + dot(&m[at(k1)], &md[at(k2)]);
-                    f += 1;
-                }
-            }
-        }
+        self.for_each_three_body(|f, r1, r2| out[f] = dot(&md[r1.clone()], &m[r2.clone()]) + dot(&m[r1], &md[r2]));
     }
 
     /// Adds the gradient of `Σ_f gb[f]·P_f + gd[f]·Ṗ_f` with respect to M to `gm` and, with a tangent
     /// (`md`, `gd`, `gmd` all given), with respect to Ṁ to `gmd`.
     fn three_body_grad(&self, m: &[f64], gb: &[f64], gm: &mut [f64], mut tangent: Option<(&[f64], &[f64], &mut [f64])>) {
-        if self.n_three_body == 0 {
-            return;
-        }
-        let mut f = 0;
-        for ms in &self.orders {
-            let at = |k: usize| k * self.me + ms.start..k * self.me + ms.end;
-            for k1 in 0..self.k {
-                for k2 in k1..self.k {
-                    let g = gb[f];
-                    // P = M1·M2: ∂/∂M1 = g M2, ∂/∂M2 = g M1 (2g M1 when k1 = k2, from both terms)
-                    for (x, i) in at(k1).zip(at(k2)) {
-                        gm[x] += g * m[i];
-                    }
-                    for (x, i) in at(k2).zip(at(k1)) {
-                        gm[x] += g * m[i];
-                    }
+        self.for_each_three_body(|f, r1, r2| {
+            // P = M1·M2: ∂/∂M1 = g M2, ∂/∂M2 = g M1 (2g M1 when k1 = k2, from both terms); with a tangent
+            // Ṗ = Ṁ1·M2 + M1·Ṁ2 also ∂/∂M1 += h Ṁ2, ∂/∂M2 += h Ṁ1, ∂/∂Ṁ1 += h M2, ∂/∂Ṁ2 += h M1
+            for (a, b) in [(r1.clone(), r2.clone()), (r2, r1)] {
+                for (x, i) in a.zip(b) {
+                    gm[x] += gb[f] * m[i];
                     if let Some((md, gd, gmd)) = tangent.as_mut() {
-                        // Ṗ = Ṁ1·M2 + M1·Ṁ2: ∂/∂M1 += gd Ṁ2, ∂/∂M2 += gd Ṁ1, ∂/∂Ṁ1 += gd M2, ∂/∂Ṁ2 += gd M1
-                        let h = gd[f];
-                        for (x, i) in at(k1).zip(at(k2)) {
-                            gm[x] += h * md[i];
-                            gmd[x] += h * m[i];
-                        }
-                        for (x, i) in at(k2).zip(at(k1)) {
-                            gm[x] += h * md[i];
-                            gmd[x] += h * m[i];
-                        }
+                        gm[x] += gd[f] * md[i];
+                        gmd[x] += gd[f] * m[i];
                     }
-                    f += 1;
                 }
             }
-        }
+        });
     }
 
     /// Scratch values one call of [`FourBody::forward`], [`FourBody::vjp`] or [`FourBody::jvp`] needs.
