@@ -38,8 +38,9 @@ def test_bench_rmd17_runs_on_any_molecule_file(tmp_path):
     (tmp_path / "rmd17").mkdir()
     write(tmp_path / "rmd17" / "mymol_train_01.extxyz", frames[:80])
     write(tmp_path / "rmd17" / "mymol_test_01.extxyz", frames[200:230])
+    # a 3-epoch smoke run: without min_steps = 0 the shipped config would lengthen it to 40 000 steps
     stdout = run_script("bench_rmd17.sh", ["mymol"], tmp_path, tmp_path / "out", N="20", MD_PS="0.02",
-                        EXTRA="--set training.max_epochs=3")
+                        EXTRA="--set training.max_epochs=3 --set training.min_steps=0")
     line = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
     assert line["molecule"] == "mymol" and line["n_train"] == 20 and line["test_structures"] == 30
     assert 0 < line["forces_mae_mev_per_A"] < 5000 and line["energy_mae_mev"] > 0 and line["call_us"] > 0
