@@ -85,7 +85,7 @@ fn malformed_graphs_are_refused_by_name_before_the_engine_sees_them() {
         (edited(|g| g.node[2].input.push("x".into())), "inputs and 1 outputs, expected"),
         (edited_weight(|w| w.dims[0] = 3), "stores"),
         (edited_weight(|w| w.dims = vec![1 << 31, 1 << 31, 1 << 31]), "has dimensions"),
-        (edited_weight(|w| drop(w.float_data.pop())), "stores"),
+        (edited_weight(|w| _ = w.float_data.pop()), "stores"),
         (edited_weight(|w| w.data_type = 2), "element type 2"),
     ];
     for (bytes, message) in cases {
