@@ -536,12 +536,18 @@ fn apply_override(table: &mut toml::Table, o: &str) -> Result<()> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn overrides_and_unknown_keys() {
-        let dir = std::env::temp_dir().join(format!("pilip_cfg_{}", std::process::id()));
+    /// A config file `c.toml` with `text` in a temporary folder of its own (`tag`).
+    fn config_file(tag: &str, text: &str) -> std::path::PathBuf {
+        let dir = std::env::temp_dir().join(format!("pilip_{tag}_{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("c.toml");
-        std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n[loss]\npitc_weight = 1.0\n").unwrap();
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn overrides_and_unknown_keys() {
+        let p = config_file("cfg", "[data]\nfile = \"x.xyz\"\n[loss]\npitc_weight = 1.0\n");
         let c = Config::load(&p, &["loss.epsilon=0.02".into(), "data.keys.energy=REF_energy".into()]).unwrap();
         assert_eq!(c.loss.epsilon, 0.02);
         assert_eq!(c.loss.pitc_weight, 1.0);
@@ -550,9 +556,9 @@ mod tests {
         let e = Config::load(&p, &[]).unwrap_err().to_string();
         assert!(e.contains("unknown field `pitc_wieght`"), "{e}");
         std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n").unwrap();
-        let e = Config::load(&dir.join("c.toml"), &["training.schedule=\"linear\"".into()]).unwrap_err().to_string();
+        let e = Config::load(&p, &["training.schedule=\"linear\"".into()]).unwrap_err().to_string();
         assert!(e.contains("c.toml: training.schedule: unknown variant `linear`") && e.contains("linear") && e.contains("plateau") && e.contains("cosine"), "{e}");
-        let e = Config::load(&dir.join("c.toml"), &["data.split=\"blocks\"".into()]).unwrap_err().to_string();
+        let e = Config::load(&p, &["data.split=\"blocks\"".into()]).unwrap_err().to_string();
         assert!(e.contains("blocks") && e.contains("random") && e.contains("contiguous"), "{e}");
         // the spellings of every choice
         let sets = ["data.split=\"contiguous\"", "loss.energy_loss=\"huber\"", "training.optimizer=\"adam\"",
@@ -567,10 +573,7 @@ mod tests {
 
     #[test]
     fn bispectrum_channel_counts_are_checked_by_name() {
-        let dir = std::env::temp_dir().join(format!("pilip_cfg_bs_{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("c.toml");
-        std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n[model]\nfamily = \"bispectrum\"\n").unwrap();
+        let p = config_file("cfg_bs", "[data]\nfile = \"x.xyz\"\n[model]\nfamily = \"bispectrum\"\n");
         let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         let c = load(&["bispectrum.three_body=\"compressed\"", "bispectrum.channels=20", "bispectrum.four_body_channels=6"]).unwrap();
         assert_eq!((c.bispectrum.three_body, c.bispectrum.four_body_k()), (crate::descriptor::four_body::ThreeBody::Compressed, 6));

@@ -338,12 +338,13 @@ impl FourBody {
             // P = M1·M2: ∂/∂M1 = g M2, ∂/∂M2 = g M1 (2g M1 when k1 = k2, from both terms); with a tangent
             // Ṗ = Ṁ1·M2 + M1·Ṁ2 also ∂/∂M1 += h Ṁ2, ∂/∂M2 += h Ṁ1, ∂/∂Ṁ1 += h M2, ∂/∂Ṁ2 += h M1
             for (a, b) in [(r1.clone(), r2.clone()), (r2, r1)] {
-                for (x, i) in a.zip(b) {
-                    gm[x] += gb[f] * m[i];
-                    if let Some((md, gd, gmd)) = tangent.as_mut() {
+                match tangent.as_mut() {
+                    None => a.zip(b).for_each(|(x, i)| gm[x] += gb[f] * m[i]),
+                    Some((md, gd, gmd)) => a.zip(b).for_each(|(x, i)| {
+                        gm[x] += gb[f] * m[i];
                         gm[x] += gd[f] * md[i];
                         gmd[x] += gd[f] * m[i];
-                    }
+                    }),
                 }
             }
         });

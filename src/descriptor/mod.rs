@@ -860,6 +860,8 @@ impl Descriptor {
         let stride = if nc > REGISTER_CHANNELS { nc } else { width };
         wsym.fill(0.0); // the padding stays zero; every other entry is rewritten per atom and order
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
+        // the orders of the full power spectrum (none when the bispectrum part compresses the three-body terms)
+        let full_orders = if self.full_power_spectrum() { self.l_of::<L>() + 1 } else { 0 };
         for (k, i) in atoms.enumerate() {
             let a = &inp.density[k * na..(k + 1) * na];
             let g = &inp.dg[k * nf..(k + 1) * nf];
@@ -870,7 +872,6 @@ impl Descriptor {
                 da[c * nm] += g[c];
             }
             let mut f = nc;
-            let full_orders = if self.full_power_spectrum() { self.l_of::<L>() + 1 } else { 0 };
             for l in 0..full_orders {
                 let ms = order_range(l);
                 // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it.
@@ -950,6 +951,7 @@ impl Descriptor {
         let mut fb_scratch = vec![0.0; self.four_body.as_ref().map_or(0, |fb| fb.scratch_len())];
         let (mut y, mut dy) = (vec![0.0; nm], vec![0.0; nm]);
         let mut p = 0;
+        let full_orders = if self.full_power_spectrum() { self.spec.l_max + 1 } else { 0 };
         for i in 0..d.n_atoms {
             dda.iter_mut().for_each(|x| *x = 0.0);
             for nb in d.neighbors.of(i) {
@@ -994,7 +996,6 @@ impl Descriptor {
             }
             // dP_l = dA_l A_lᵀ + A_l dA_lᵀ = M + Mᵀ
             let mut f = nc;
-            let full_orders = if self.full_power_spectrum() { self.spec.l_max + 1 } else { 0 };
             for l in 0..full_orders {
                 let nl = order_range(l).len();
                 gemm_view(nc, nl, nc, self.block_l(&dda, l), self.block_l_t(a, l), 0.0, &mut mm, nc);

@@ -519,15 +519,12 @@ fn with_min_steps(cfg: &Config, n_train: usize) -> (Config, Option<String>) {
         return (out, None);
     }
     let epochs = t.min_steps.div_ceil(batches);
+    let patience = t.patience * epochs / t.max_epochs;
     let note = format!(
-        "training.min_steps = {}: {n_train} training structures make {batches} steps per epoch, so max_epochs {} → {epochs} and patience {} → {}",
-        t.min_steps,
-        t.max_epochs,
-        t.patience,
-        t.patience * epochs / t.max_epochs
+        "training.min_steps = {}: {n_train} training structures make {batches} steps per epoch, so max_epochs {} → {epochs} and patience {} → {patience}",
+        t.min_steps, t.max_epochs, t.patience
     );
-    t.patience = t.patience * epochs / t.max_epochs;
-    t.max_epochs = epochs;
+    (t.max_epochs, t.patience) = (epochs, patience);
     (out, Some(note))
 }
 
