@@ -22,6 +22,8 @@ pub struct Config {
     pub bispectrum: Bispectrum,
     /// `[model]`: family, network widths, scales.
     pub model: ModelConfig,
+    /// `[repulsion]`: the short-range repulsive prior.
+    pub repulsion: RepulsionConfig,
     /// `[loss]`: weights of the loss terms.
     pub loss: LossConfig,
     /// `[training]`: optimiser, schedule, stopping, threads.
@@ -355,6 +357,36 @@ impl Default for TrainingConfig {
     }
 }
 
+/// Which short-range repulsive prior a model gets (`crate::repulsion`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RepulsionKind {
+    /// The ZBL universal screened nuclear repulsion, switched off where the training data are.
+    #[default]
+    Zbl,
+    /// No prior: below the shortest sampled distances the energy is whatever the networks extrapolate.
+    None,
+}
+
+/// `[repulsion]`: the short-range repulsive prior that keeps MD from collapsing two atoms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RepulsionConfig {
+    /// "zbl" or "none".
+    pub kind: RepulsionKind,
+    /// Å: the prior is zero from this distance on; 0 = per element pair, the shortest distance of that pair in
+    /// the training structures (so the prior never touches the data).
+    pub outer: f64,
+    /// Å over which the prior is switched on below `outer` (at most down to outer / 2).
+    pub width: f64,
+}
+
+impl Default for RepulsionConfig {
+    fn default() -> Self {
+        RepulsionConfig { kind: RepulsionKind::Zbl, outer: 0.0, width: 0.4 }
+    }
+}
+
 /// `[output]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -435,6 +467,13 @@ impl Config {
         }
         if self.data.file.as_os_str().is_empty() {
             return bad("data.file is required (path to an extended XYZ file)".into());
+        }
+        let r = &self.repulsion;
+        if !(r.outer >= 0.0 && r.outer <= self.descriptor.cutoff) {
+            return bad(format!("repulsion.outer must be 0 (from the data) or a distance up to the cutoff {} Å, got {}", self.descriptor.cutoff, r.outer));
+        }
+        if !(r.width > 0.0 && r.width.is_finite()) {
+            return bad(format!("repulsion.width must be a distance > 0 Å, got {}", r.width));
         }
         if ![1, 2].contains(&self.loss.pitc_order) {
             return bad(format!("loss.pitc_order must be 1 or 2, got {}", self.loss.pitc_order));

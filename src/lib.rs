@@ -5,7 +5,7 @@
 //! the picture and `tests/architecture.rs` checks it):
 //!
 //! 0. [`error`], [`units`], [`rng`] — 1. [`frame`], [`elements`], `linalg` — 2. [`io`], [`neighbors`]
-//! 3. physics: [`descriptor`], [`nn`], [`prediction`], [`family`]
+//! 3. physics: [`descriptor`], [`nn`], [`prediction`], [`repulsion`], [`family`]
 //! 4. the trainable model: [`model`]
 //! 5. the file format: [`onnx`]
 //! 6. evaluation of exported models: [`runtime`]
@@ -37,6 +37,7 @@ pub mod neighbors;
 pub mod nn;
 pub mod onnx;
 pub mod prediction;
+pub mod repulsion;
 pub mod rng;
 pub mod runtime;
 pub mod train;

@@ -16,6 +16,7 @@ const LAYERS: &[(&str, usize)] = &[
     ("descriptor", 3),
     ("nn", 3),
     ("prediction", 3),
+    ("repulsion", 3),
     ("family", 3),
     ("model", 4),
     ("onnx", 5),

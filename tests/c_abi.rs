@@ -114,7 +114,7 @@ fn ghost_system(f: &Frame, cutoff: f64, skin: f64) -> (Vec<Vec3>, Vec<usize>, Ve
 
 #[test]
 fn both_c_entry_points_agree_on_a_periodic_system() {
-    for (name, model) in [("power_spectrum", cell_model()), ("bispectrum", bispectrum_cell_model())] {
+    for (name, model) in [("power_spectrum", cell_model()), ("bispectrum", bispectrum_cell_model()), ("repulsive", repulsive_cell_model())] {
         check_entry_points(name, &model);
     }
 }

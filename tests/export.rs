@@ -19,6 +19,7 @@ fn exported_model_matches_the_training_time_model() {
         (bispectrum_cell_model(), triclinic_cell()),
         (compressed_bispectrum_cell_model(), triclinic_cell()),
         (delta_model(), triclinic_cell()),
+        (repulsive_cell_model(), triclinic_cell()),
     ];
     for (model, frame) in cases {
         let mut frames = probe_structures(&model);
@@ -139,7 +140,7 @@ fn native_engine_refuses_graphs_it_does_not_reproduce() {
 #[test]
 fn exported_models_read_back_for_training_predict_like_the_original() {
     let dir = tmpdir("read-back");
-    let models = [molecule_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), delta_model()];
+    let models = [molecule_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), delta_model(), repulsive_cell_model()];
     for (k, model) in models.into_iter().enumerate() {
         let frame = if k == 0 { molecule() } else { triclinic_cell() };
         let path = dir.join(format!("m{k}.onnx"));
@@ -153,24 +154,67 @@ fn exported_models_read_back_for_training_predict_like_the_original() {
 
 #[test]
 fn runtime_forces_and_virial_match_finite_differences_of_the_onnx_energy() {
-    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model()] {
+    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), repulsive_cell_model()] {
         check_runtime_derivatives(&model);
     }
 }
 
 /// Each model is written with the oldest format version that describes it, so that older libraries keep
 /// reading what they can run: 1 for the power spectrum, 2 for the bispectrum family, 3 once its three-body part
-/// is compressed; a file that declares a version too old for its content is refused.
+/// is compressed, 4 with a repulsive prior; a file that declares a version too old for its content is refused.
 #[test]
 fn models_are_written_with_the_oldest_format_version_that_describes_them() {
     let version = |p: &pb::ModelProto| p.metadata_props.iter().find(|p| p.key == "pilip.format_version").unwrap().value.clone();
-    for (model, want) in [(cell_model(), "1"), (bispectrum_cell_model(), "2"), (compressed_bispectrum_cell_model(), "3")] {
+    let mut repulsive_bispectrum = bispectrum_cell_model();
+    repulsive_bispectrum.repulsion = repulsive_cell_model().repulsion;
+    let cases = [
+        (cell_model(), "1"),
+        (bispectrum_cell_model(), "2"),
+        (compressed_bispectrum_cell_model(), "3"),
+        (repulsive_cell_model(), "4"),
+        (repulsive_bispectrum, "4"),
+    ];
+    for (model, want) in cases {
         assert_eq!(version(&to_onnx(&model, Dtype::F32).unwrap()), want);
     }
-    let mut proto = to_onnx(&compressed_bispectrum_cell_model(), Dtype::F32).unwrap();
-    proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = "2".into();
-    let err = Potential::from_bytes(&proto.encode_to_vec(), "old.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
-    assert!(err.contains("old.onnx") && err.contains("needs version 3"), "{err}");
+    for (model, declared, needed) in [(compressed_bispectrum_cell_model(), "2", "3"), (repulsive_cell_model(), "3", "4")] {
+        let mut proto = to_onnx(&model, Dtype::F32).unwrap();
+        proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = declared.into();
+        let err = Potential::from_bytes(&proto.encode_to_vec(), "old.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
+        assert!(err.contains("old.onnx") && err.contains(&format!("needs version {needed}")), "{err}");
+    }
+}
+
+/// The prior is really in the exported energy: the file with it differs from the one without by the ZBL pair
+/// sum computed here from the formula, and a prior that does not fit the model's elements is refused by name.
+#[test]
+fn the_repulsive_prior_travels_in_the_file() {
+    let (with, without) = (repulsive_cell_model(), cell_model());
+    let frame = triclinic_cell();
+    let e = |m: &pilip::model::Model| load(&to_onnx(m, Dtype::F64).unwrap().encode_to_vec()).compute_frame(&frame).unwrap().energy;
+    let nl = pilip::neighbors::NeighborList::for_frame(&frame, with.cutoff()).unwrap();
+    let mut want = 0.0;
+    for i in 0..frame.len() {
+        for nb in nl.of(i) {
+            let (za, zb) = (frame.numbers[i] as f64, frame.numbers[nb.j] as f64);
+            let r = pilip::frame::norm(&nb.r);
+            let a = 0.4685 / (za.powf(0.23) + zb.powf(0.23));
+            let phi = 14.3996453 * za * zb / r
+                * [(0.18175f64, 3.1998f64), (0.50986, 0.94229), (0.28022, 0.4029), (0.02817, 0.20162)]
+                    .iter()
+                    .map(|(c, d)| c * (-d * r / a).exp())
+                    .sum::<f64>();
+            let x = ((r - 2.0) / 0.6).clamp(0.0, 1.0);
+            want += 0.5 * phi * (1.0 - x * x * x * (10.0 - 15.0 * x + 6.0 * x * x));
+        }
+    }
+    assert!(want > 1.0, "the cell reaches into the prior: {want} eV");
+    assert!((e(&with) - e(&without) - want).abs() < 1e-9 * want, "{} vs {want}", e(&with) - e(&without));
+    let mut proto = to_onnx(&with, Dtype::F64).unwrap();
+    let entry = proto.metadata_props.iter_mut().find(|p| p.key == "pilip.repulsion").unwrap();
+    entry.value = entry.value.replace("[13,29]", "[13,30]");
+    let err = Potential::from_bytes(&proto.encode_to_vec(), "m.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
+    assert!(err.contains("m.onnx") && err.contains("Al–Zn"), "{err}");
 }
 
 fn check_runtime_derivatives(model: &pilip::model::Model) {

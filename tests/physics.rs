@@ -211,3 +211,19 @@ fn benchmark_curvature_probes_measure_the_hessian() {
     let k = pilip::train::curvature::thermal_curvature(&[g], 500.0);
     assert!((k - 2.5 / kt).abs() < 1e-9 * k, "{k}");
 }
+
+/// The repulsive prior's forces and stress are −∂E/∂r and ∂E/∂ε like the learned part's, on a molecule and on a
+/// cell whose pairs reach into the switch and the full-strength region.
+#[test]
+fn forces_and_stress_with_the_repulsive_prior_match_finite_differences() {
+    let mol = molecule();
+    let mut m = random_model(vec![1, 6, 8], 4.0, &[mol.clone()], 5);
+    m.repulsion = Some(pilip::repulsion::Repulsion::fit(&m.species, &[], m.cutoff(), 1.6, 0.5).unwrap());
+    let without = random_model(vec![1, 6, 8], 4.0, &[mol.clone()], 5);
+    assert!(energy(&m, &mol) - energy(&without, &mol) > 0.5, "the molecule reaches into the prior");
+    check_molecule_forces(&m, &mol);
+    let cell = triclinic_cell();
+    let mut mp = random_model(vec![13, 29], 4.5, &[cell.clone()], 7);
+    mp.repulsion = repulsive_cell_model().repulsion;
+    check_cell_forces_and_stress(&mp, &cell);
+}

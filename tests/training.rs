@@ -719,3 +719,51 @@ fn every_example_training_config_loads_with_the_overrides_its_comments_use() {
     let e = Config::load(&eo, &["loss.score_matching_weight=1e-3".to_string()]).unwrap_err().to_string();
     assert!(e.contains("data.temperature"), "{e}");
 }
+
+/// The default prior (`[repulsion] kind = "zbl"`, switched off from each element pair's shortest training
+/// distance on) leaves training bit for bit as it is without one, and makes the energy rise steeply when an atom
+/// is pushed into its neighbour, far below anything the data sampled.
+#[test]
+fn the_default_repulsion_leaves_training_untouched_and_stops_a_collapse() {
+    let run = |kind: pilip::config::RepulsionKind, name: &str| {
+        let dir = tmpdir(name);
+        let mut cfg = small_config(&dir);
+        cfg.training.max_epochs = 3;
+        cfg.repulsion.kind = kind;
+        pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+        let model = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap().model;
+        (metrics_without_timing(&dir), model)
+    };
+    let (with_metrics, with) = run(pilip::config::RepulsionKind::Zbl, "zbl");
+    let (without_metrics, without) = run(pilip::config::RepulsionKind::None, "no-zbl");
+    assert_eq!(with_metrics, without_metrics);
+    assert_eq!(with.params(), without.params());
+    assert!(without.repulsion.is_none());
+    let rep = with.repulsion.clone().unwrap();
+    assert_eq!(rep.pairs.len(), 6, "H, C, O: six element pairs");
+    let ch = rep.pairs.iter().find(|p| p.z == [1, 6]).unwrap();
+    assert!(ch.r_outer > 0.85 && ch.r_outer < 1.1, "shortest C–H of the data: {}", ch.r_outer);
+
+    // push a hydrogen into its carbon along the bond
+    let frame = pilip::io::extxyz::read_file(&example_data(), &small_config(Path::new(".")).data.keys).unwrap().remove(0);
+    let c = frame.numbers.iter().position(|&z| z == 6).unwrap();
+    let distance = |j: usize| pilip::frame::norm(&std::array::from_fn(|a| frame.positions[j][a] - frame.positions[c][a]));
+    let h = (0..frame.len()).filter(|&j| frame.numbers[j] == 1).min_by(|&a, &b| distance(a).total_cmp(&distance(b))).unwrap();
+    let at = |r: f64| {
+        let mut f = frame.clone();
+        for a in 0..3 {
+            f.positions[h][a] = frame.positions[c][a] + (frame.positions[h][a] - frame.positions[c][a]) * r / distance(h);
+        }
+        f
+    };
+    let e_eq = with.predict_frame(&frame).unwrap().energy;
+    let mut last = f64::NEG_INFINITY;
+    for k in 0..=20 {
+        let r = ch.r_inner - k as f64 * (ch.r_inner - 0.2) / 20.0;
+        let (e_with, e_without) = (with.predict_frame(&at(r)).unwrap().energy, without.predict_frame(&at(r)).unwrap().energy);
+        assert!(e_with > e_eq && e_with > last, "r = {r:.2} Å: E − E_eq = {} eV", e_with - e_eq);
+        assert!(e_with > e_without, "the prior only adds");
+        last = e_with;
+    }
+    assert!(last - e_eq > 20.0, "C–H at 0.2 Å is {} eV above equilibrium", last - e_eq);
+}

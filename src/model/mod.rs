@@ -2,11 +2,12 @@
 //! energies, energy scale, the flat parameter vector) around the family's descriptor and per-atom model
 //! ([`AtomicModel`]), with analytic forces and virial.
 //!
-//! `E = Σ_i ( e0[Z_i] + scale · ε_{Z_i}(environment of i) )`
+//! `E = Σ_i ( e0[Z_i] + scale · ε_{Z_i}(environment of i) ) + E_repulsion`
 //!
 //! `e0` are per-element reference energies fitted by least squares before training and `scale` is a fixed energy
-//! scale (eV) that keeps the per-atom model's output O(1). Forces are `−∂E/∂r` through the exact chain rule, so
-//! they are conservative.
+//! scale (eV) that keeps the per-atom model's output O(1). `E_repulsion` is the fixed short-range prior
+//! ([`crate::repulsion`]; no parameters), zero where the training data are. Forces are `−∂E/∂r` through the
+//! exact chain rule, so they are conservative.
 
 pub mod power_spectrum;
 
@@ -18,6 +19,7 @@ use crate::family::Family;
 use crate::frame::{Frame, Mat3, Vec3};
 use crate::neighbors::NeighborList;
 use crate::prediction::{stress_from_virial, Prediction};
+use crate::repulsion::{Repulsion, RepulsionTable};
 pub use power_spectrum::Primitive;
 use power_spectrum::PowerSpectrumModel;
 use serde::{Deserialize, Serialize};
@@ -34,6 +36,9 @@ pub struct Model {
     /// The family's descriptor and per-atom model (serialised with a `"family"` tag beside the fields above).
     #[serde(flatten)]
     pub atomic: AtomicModel,
+    /// The short-range repulsive prior (none in checkpoints written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repulsion: Option<Repulsion>,
 }
 
 /// The family-specific part of a [`Model`]; one variant per [`Family`].
@@ -128,7 +133,7 @@ impl Model {
     pub fn power_spectrum(descriptor: DescriptorSpec, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
         let n = species.len();
         let atomic = AtomicModel::PowerSpectrum(PowerSpectrumModel::new(descriptor, None, n, hidden, seed)?);
-        Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic })
+        Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic, repulsion: None })
     }
 
     /// A bispectrum model (power spectrum + the four-body invariants of `four_body`) with randomly initialised
@@ -136,7 +141,7 @@ impl Model {
     pub fn bispectrum(descriptor: DescriptorSpec, four_body: Bispectrum, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
         let n = species.len();
         let atomic = AtomicModel::Bispectrum(PowerSpectrumModel::new(descriptor, Some(four_body), n, hidden, seed)?);
-        Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic })
+        Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic, repulsion: None })
     }
 
     /// Δ-learning start: `base` with a correction network of `hidden` widths beside each of its networks, so that
@@ -182,7 +187,13 @@ impl Model {
         if self.reference_energies.len() != self.species.len() || m.networks.len() != self.species.len() {
             return Err(Error::model("the model's species, reference energies and networks differ in number"));
         }
+        self.repulsion_table()?;
         Ok(())
+    }
+
+    /// The repulsive prior over the model's species, if it has one.
+    fn repulsion_table(&self) -> Result<Option<RepulsionTable>> {
+        self.repulsion.as_ref().map(|r| r.table(&self.species, self.cutoff()).map_err(Error::model)).transpose()
     }
 
     /// Cutoff radius, Å.
@@ -234,7 +245,13 @@ impl Model {
     /// together.
     pub fn energies_batch(&self, envs: &[&Environments]) -> Vec<f64> {
         let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
-        self.atomic.networked().energies(&items, &self.reference_energies, self.energy_scale)
+        let mut energies = self.atomic.networked().energies(&items, &self.reference_energies, self.energy_scale);
+        if let Some(table) = self.repulsion_table().ok().flatten() {
+            for (e, env) in energies.iter_mut().zip(envs) {
+                *e += table.energy(env.neighbors(), &env.species);
+            }
+        }
+        energies
     }
 
     /// Energy, atomic energies, forces, virial and (periodic) stress.
@@ -247,7 +264,12 @@ impl Model {
     pub fn predict_batch(&self, envs: &[&Environments]) -> Vec<Prediction> {
         let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
         let results = self.atomic.networked().atomic_energies_and_pair_grads(&items, &self.reference_energies, self.energy_scale);
-        let prediction = |(env, (atomic, pair_grads)): (&&Environments, (Vec<f64>, Vec<Vec3>))| {
+        // a model's prior is checked when it is set or read (`Model::check`)
+        let repulsion = self.repulsion_table().ok().flatten();
+        let prediction = |(env, (mut atomic, mut pair_grads)): (&&Environments, (Vec<f64>, Vec<Vec3>))| {
+            if let Some(table) = &repulsion {
+                table.add(env.neighbors(), &env.species, None, &mut atomic, &mut pair_grads);
+            }
             let mut forces = vec![[0.0; 3]; env.species.len()];
             let mut virial = [[0.0; 3]; 3];
             crate::prediction::accumulate(env.neighbors(), None, &pair_grads, Some(&mut forces), &mut virial, None);
@@ -292,29 +314,42 @@ impl Model {
     /// level of theory is fine-tuned on another, the per-element offsets change and the learned interactions
     /// stay.
     pub fn refit_reference_energies(&mut self, frames: &[&Frame]) -> Result<()> {
-        let residuals: Vec<Frame> = frames
-            .iter()
-            .filter_map(|f| f.energy.map(|e| (f, e)))
-            .map(|(f, e)| {
-                let network = self.predict_frame(f)?.energy
-                    - f.numbers.iter().filter_map(|&z| self.species_index(z)).map(|s| self.reference_energies[s]).sum::<f64>();
-                Ok(Frame { numbers: f.numbers.clone(), energy: Some(e - network), ..Default::default() })
-            })
-            .collect::<Result<_>>()?;
-        self.fit_reference_energies(&residuals.iter().collect::<Vec<_>>())
+        let mut labelled = Vec::new();
+        for f in frames {
+            if let Some(e) = f.energy {
+                let offsets: f64 = f.numbers.iter().filter_map(|&z| self.species_index(z)).map(|s| self.reference_energies[s]).sum();
+                labelled.push((f.numbers.as_slice(), e - (self.predict_frame(f)?.energy - offsets)));
+            }
+        }
+        self.fit_reference_energies_to(&labelled)
     }
 
-    /// Least-squares per-element reference energies from structures with energies (a tiny ridge term picks the
-    /// minimum-norm solution when compositions are collinear, e.g. one molecule).
+    /// Least-squares per-element reference energies from structures with energies, less the repulsive prior's
+    /// energy (a tiny ridge term picks the minimum-norm solution when compositions are collinear, e.g. one
+    /// molecule).
     pub fn fit_reference_energies(&mut self, frames: &[&Frame]) -> Result<()> {
+        let table = self.repulsion_table()?;
+        let mut labelled = Vec::new();
+        for f in frames {
+            if let Some(e) = f.energy {
+                let prior = match &table {
+                    Some(t) => t.energy(&NeighborList::for_frame(f, self.cutoff())?, &self.species_indices(&f.numbers)?),
+                    None => 0.0,
+                };
+                labelled.push((f.numbers.as_slice(), e - prior));
+            }
+        }
+        self.fit_reference_energies_to(&labelled)
+    }
+
+    /// The least-squares fit of [`Model::fit_reference_energies`] to (atomic numbers, energy) pairs.
+    fn fit_reference_energies_to(&mut self, labelled: &[(&[u32], f64)]) -> Result<()> {
         let ns = self.species.len();
         let mut ata = vec![0.0; ns * ns];
         let mut atb = vec![0.0; ns];
-        let mut count = 0;
-        for f in frames {
-            let Some(e) = f.energy else { continue };
+        for &(numbers, e) in labelled {
             let mut c = vec![0.0; ns];
-            for &z in &f.numbers {
+            for &z in numbers {
                 if let Some(s) = self.species_index(z) {
                     c[s] += 1.0;
                 }
@@ -325,9 +360,8 @@ impl Model {
                     ata[a * ns + b] += c[a] * c[b];
                 }
             }
-            count += 1;
         }
-        if count == 0 {
+        if labelled.is_empty() {
             return Err(Error::invalid("no training structure has an energy label; cannot fit reference energies"));
         }
         let tr: f64 = (0..ns).map(|a| ata[a * ns + a]).sum();

@@ -9,6 +9,7 @@ use crate::descriptor::four_body::{Bispectrum, ThreeBody};
 use crate::descriptor::{Descriptor, DescriptorSpec};
 use crate::error::{Error, Result};
 use crate::family::Family;
+use crate::repulsion::{Repulsion, RepulsionTable};
 use std::collections::BTreeMap;
 
 /// Version of the exported model format. Bumped when the graph signature or a metadata key changes meaning;
@@ -16,16 +17,23 @@ use std::collections::BTreeMap;
 /// model family is written with a new version, so that readers from before it refuse the file (policy:
 /// `docs/c-api.md`): power-spectrum models are still written as version 1, which every pilip reads; version 2
 /// added the bispectrum family (`pilip.bispectrum`); version 3 its compressed three-body invariants and
-/// four-body channel count (`three_body`, `four_body_channels` in `pilip.bispectrum`).
-pub const MODEL_FORMAT_VERSION: u32 = 3;
+/// four-body channel count (`three_body`, `four_body_channels` in `pilip.bispectrum`); version 4 the short-range
+/// repulsive prior (`pilip.repulsion`), which a reader that ignored it would silently drop from the energy.
+pub const MODEL_FORMAT_VERSION: u32 = 4;
 
-/// The format version a model of `family` (with the four-body part `bispectrum`) is written with: the oldest
-/// that can describe it, so that files a version-2 library can run stay readable by it.
-pub fn format_version_for(family: Family, bispectrum: Option<&Bispectrum>) -> u32 {
-    match (family, bispectrum) {
+/// The format version a model of `family` (with the four-body part `bispectrum`, with or without a repulsive
+/// prior) is written with: the oldest that can describe it, so that files an older library can run stay
+/// readable by it.
+pub fn format_version_for(family: Family, bispectrum: Option<&Bispectrum>, repulsion: bool) -> u32 {
+    let version = match (family, bispectrum) {
         (Family::PowerSpectrum, _) => 1,
         (Family::Bispectrum, Some(b)) if b.three_body != ThreeBody::Full || b.four_body_channels != 0 => 3,
         (Family::Bispectrum, _) => 2,
+    };
+    if repulsion {
+        version.max(4)
+    } else {
+        version
     }
 }
 /// Prefix of every pilip key in `metadata_props`.
@@ -83,6 +91,9 @@ pub struct ModelMetadata {
     /// The bispectrum family's four-body part, compression included (`pilip.bispectrum`; absent otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bispectrum: Option<Bispectrum>,
+    /// The short-range repulsive prior added to the energy (`pilip.repulsion`; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repulsion: Option<Repulsion>,
     /// Length of each atom's descriptor (the graph inputs' second dimension).
     pub n_features: usize,
     /// eV per atom, per species, added to the graph's atomic energies.
@@ -113,6 +124,9 @@ impl ModelMetadata {
         ];
         if let Some(b) = &self.bispectrum {
             props.push(("bispectrum", json(b)));
+        }
+        if let Some(r) = &self.repulsion {
+            props.push(("repulsion", json(r)));
         }
         props
             .into_iter()
@@ -171,8 +185,13 @@ impl ModelMetadata {
             Some(text) => Some(parse_json(text).map_err(|e| bad("bispectrum", &e))?),
             None => None,
         };
+        let repulsion: Option<Repulsion> = match props.get(&format!("{KEY_PREFIX}repulsion")) {
+            Some(text) => Some(parse_json(text).map_err(|e| bad("repulsion", &e))?),
+            None => None,
+        };
         let meta = ModelMetadata {
             bispectrum,
+            repulsion,
             format_version,
             library_version,
             species,
@@ -216,7 +235,7 @@ impl ModelMetadata {
         if self.reference_energies.iter().any(|e| !e.is_finite()) {
             return Err("a reference energy is not finite".into());
         }
-        let needed = format_version_for(self.family, self.bispectrum.as_ref());
+        let needed = format_version_for(self.family, self.bispectrum.as_ref(), self.repulsion.is_some());
         if self.format_version < needed {
             return Err(format!("format version {} cannot describe this model, which needs version {needed}", self.format_version));
         }
@@ -224,6 +243,7 @@ impl ModelMetadata {
         if self.cutoff != self.descriptor.cutoff {
             return Err(format!("cutoff {} differs from the descriptor's {}", self.cutoff, self.descriptor.cutoff));
         }
+        self.repulsion_table()?;
         let nf = self.descriptor().map_err(|e| e.to_string())?.n_features();
         if nf != self.n_features {
             return Err(format!("n_features is {} but the descriptor has {nf}", self.n_features));
@@ -245,6 +265,11 @@ impl ModelMetadata {
             (Family::Bispectrum, None) => Err(Error::model("a bispectrum model lacks its 'pilip.bispectrum' key")),
             _ => Descriptor::with_optional_four_body(&self.descriptor, self.species.len(), self.bispectrum.as_ref()),
         }
+    }
+
+    /// The repulsive prior over the model's species, if it has one.
+    pub fn repulsion_table(&self) -> std::result::Result<Option<RepulsionTable>, String> {
+        self.repulsion.as_ref().map(|r| r.table(&self.species, self.cutoff)).transpose()
     }
 
     /// Name of the graph input (descriptors) and outputs (atomic energies, ∂E_i/∂G_i) of species `k`.
@@ -285,6 +310,7 @@ pub fn describe(m: &ModelMetadata) -> String {
          units:              energy {}, length {}\n\
          descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}{}, {} features\n\
          network dtype:      {}\n\
+         repulsion:          {}\n\
          graph checksum:     {}",
         m.format_version,
         m.library_version,
@@ -310,6 +336,17 @@ pub fn describe(m: &ModelMetadata) -> String {
         )),
         m.n_features,
         m.dtype.name(),
+        m.repulsion.as_ref().map_or("none".to_string(), |r| {
+            let pairs: Vec<String> = r
+                .pairs
+                .iter()
+                .map(|p| {
+                    let name = |z| crate::elements::symbol(z).unwrap_or("?");
+                    format!("{}–{} {:.2}–{:.2} Å", name(p.z[0]), name(p.z[1]), p.r_inner, p.r_outer)
+                })
+                .collect();
+            format!("ZBL, switched off between {}", pairs.join(", "))
+        }),
         m.checksum
     )
 }

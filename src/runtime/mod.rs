@@ -20,6 +20,7 @@ use crate::neighbors::{Neighbor, NeighborList};
 use crate::onnx::decode::decode;
 use crate::onnx::metadata::ModelMetadata;
 use crate::prediction::{stress_from_virial, Prediction};
+use crate::repulsion::RepulsionTable;
 use engine::{Batch, Engine, TractEngine};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -121,6 +122,8 @@ pub struct Potential {
     /// What the model file says about itself.
     pub metadata: ModelMetadata,
     evaluator: Evaluator,
+    /// The short-range repulsive prior, added to what the evaluator computes.
+    repulsion: Option<RepulsionTable>,
     engine: Box<dyn Engine>,
     /// The model's own threads when `threads > 1` (never rayon's global pool, which would take every core).
     pool: Option<rayon::ThreadPool>,
@@ -173,6 +176,7 @@ impl Potential {
                 Evaluator::PowerSpectrum(metadata.descriptor().map_err(|e| Error::model(format!("{source}: {e}")))?)
             }
         };
+        let repulsion = metadata.repulsion_table().map_err(|e| Error::model(format!("{source}: {e}")))?;
         let pool = if options.threads > 1 {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(options.threads)
@@ -183,7 +187,7 @@ impl Potential {
         } else {
             None
         };
-        Ok(Potential { metadata, evaluator, engine, pool, workspaces: Mutex::new(Vec::new()) })
+        Ok(Potential { metadata, evaluator, repulsion, engine, pool, workspaces: Mutex::new(Vec::new()) })
     }
 
     /// Threads of one compute call.
@@ -226,11 +230,16 @@ impl Potential {
     }
 
     /// Fills `ws.atomic` (atomic energies of the centres of `nl`; centre c is atom `centers[c]`, or atom c) and
-    /// `ws.pair_grads` (∂E/∂r_ij in neighbour-list order); the list ends up in `ws.descriptors.neighbors`.
+    /// `ws.pair_grads` (∂E/∂r_ij in neighbour-list order), the repulsive prior included; the list ends up in
+    /// `ws.descriptors.neighbors`.
     fn evaluate(&self, ws: &mut Workspace, centers: Option<&[usize]>, nl: NeighborList, parallel: bool) -> Result<()> {
         match &self.evaluator {
-            Evaluator::PowerSpectrum(descriptor) => self.evaluate_power_spectrum(descriptor, ws, centers, nl, parallel),
+            Evaluator::PowerSpectrum(descriptor) => self.evaluate_power_spectrum(descriptor, ws, centers, nl, parallel)?,
         }
+        if let Some(table) = &self.repulsion {
+            table.add(&ws.descriptors.neighbors, &ws.species, centers, &mut ws.atomic, &mut ws.pair_grads);
+        }
+        Ok(())
     }
 
     /// Descriptors in Rust, the networks in the engine (batched per species), the chain rule back in Rust, chunk

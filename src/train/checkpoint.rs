@@ -10,8 +10,10 @@ use std::path::Path;
 
 /// The `format` field of every checkpoint.
 pub const FORMAT: &str = "pilip-checkpoint";
-/// Newest checkpoint format this pilip writes and reads (older ones are read too).
-pub const FORMAT_VERSION: u32 = 1;
+/// Newest checkpoint format this pilip writes and reads (older ones are read too). Version 2 added the model's
+/// repulsive prior (`"repulsion"`), which an older reader would silently drop; models without one are still
+/// written as version 1.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A checkpoint file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -59,7 +61,7 @@ impl Checkpoint {
     pub fn new(config: &Config, model: &Model, state: Option<TrainState>) -> Self {
         Checkpoint {
             format: FORMAT.into(),
-            format_version: FORMAT_VERSION,
+            format_version: if model.repulsion.is_some() { FORMAT_VERSION } else { 1 },
             pilip_version: env!("CARGO_PKG_VERSION").into(),
             config: config.clone(),
             model: model.clone(),

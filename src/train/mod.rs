@@ -11,7 +11,7 @@ pub mod loss;
 pub mod optim;
 
 use crate::io::write_atomically;
-use crate::config::{Config, LossConfig, Optimizer, StoppingMetric};
+use crate::config::{Config, LossConfig, Optimizer, RepulsionKind, StoppingMetric};
 use crate::dataset::{self, Splits};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -19,6 +19,7 @@ use crate::frame::Frame;
 use crate::metrics::{self, Metrics};
 use crate::model::{Environments, Model};
 use crate::prediction::Prediction;
+use crate::repulsion::Repulsion;
 use crate::rng::Rng;
 use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
@@ -197,7 +198,8 @@ pub fn model_from_onnx(path: &Path) -> Result<Model> {
         Family::PowerSpectrum => AtomicModel::PowerSpectrum(ps),
         Family::Bispectrum => AtomicModel::Bispectrum(ps),
     };
-    let model = Model { species: meta.species, reference_energies: meta.reference_energies, energy_scale: if shared { scale } else { 1.0 }, atomic };
+    let energy_scale = if shared { scale } else { 1.0 };
+    let model = Model { species: meta.species, reference_energies: meta.reference_energies, energy_scale, atomic, repulsion: meta.repulsion };
     model.check()?;
     Ok(model)
 }
@@ -260,6 +262,7 @@ fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
         }
     };
     let refs: Vec<&Frame> = train.iter().collect();
+    model.repulsion = repulsion_for(cfg, &model, &refs)?;
     model.fit_reference_energies(&refs)?;
     let mut envs = sample_environments(&model, train)?;
     if model.family() == Family::Bispectrum {
@@ -288,8 +291,20 @@ fn continued_model(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Fram
         return Err(Error::Config(format!("{key}: {path} knows {}, but the data also has {}", names(&model.species), names(&missing))));
     }
     let refs: Vec<&Frame> = train.iter().collect();
+    if model.repulsion.is_none() {
+        model.repulsion = repulsion_for(cfg, &model, &refs)?;
+    }
     model.refit_reference_energies(&refs)?;
     Ok(model)
+}
+
+/// The repulsive prior `[repulsion]` asks for, fitted to the training structures.
+fn repulsion_for(cfg: &Config, model: &Model, train: &[&Frame]) -> Result<Option<Repulsion>> {
+    let r = &cfg.repulsion;
+    match r.kind {
+        RepulsionKind::None => Ok(None),
+        RepulsionKind::Zbl => Ok(Some(Repulsion::fit(&model.species, train, model.cutoff(), r.outer, r.width)?)),
+    }
 }
 
 /// With `model.init` or `model.base` the descriptor (and, for `model.init`, the networks' widths) is the

@@ -136,6 +136,14 @@ pub fn compressed_bispectrum_cell_model() -> Model {
     random_bispectrum_model_with(vec![13, 29], 3.0, &[triclinic_cell()], 5, ThreeBody::Compressed)
 }
 
+/// [`cell_model`] with a ZBL prior that reaches into [`triclinic_cell`]: zero from 2.6 Å on, full below 2.0 Å,
+/// so the cell has pairs in both the switch and the full-strength region.
+pub fn repulsive_cell_model() -> Model {
+    let mut m = cell_model();
+    m.repulsion = Some(pilip::repulsion::Repulsion::fit(&m.species, &[], m.cutoff(), 2.6, 0.6).unwrap());
+    m
+}
+
 /// Largest |a − b| over paired values.
 pub fn max_abs_diff(a: impl IntoIterator<Item = f64>, b: impl IntoIterator<Item = f64>) -> f64 {
     a.into_iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
