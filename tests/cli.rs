@@ -71,9 +71,10 @@ fn train_eval_plot_and_check_forces() {
     // export → info → eval through the runtime gives the checkpoint's metrics
     let onnx = dir.join("model.onnx");
     let out = run_ok(pilip().arg("export").arg(&best).arg("-o").arg(&onnx));
-    assert!(out.contains("verified on 16 structures") && out.contains("f32"), "{out}");
+    assert!(out.contains("verified on 16 structures") && out.contains("+ 3 synthetic") && out.contains("f32"), "{out}");
     let info = run_ok(pilip().arg("info").arg(&onnx));
-    assert!(info.contains("species:            H C O") && info.contains("format version 1"), "{info}");
+    assert!(info.contains("species:            H C O") && info.contains("format version 4"), "{info}");
+    assert!(info.contains("repulsion:          ZBL, switched off between H–H"), "{info}");
     let info: serde_json::Value = serde_json::from_str(&run_ok(pilip().arg("info").arg(&onnx).arg("--json"))).unwrap();
     assert_eq!(info["dtype"], "f32");
     let test = run.join("test.extxyz");

@@ -129,9 +129,10 @@ pub fn export(model: &Model, dtype: Dtype, path: &Path, frames: &[Frame]) -> Res
     Ok(v)
 }
 
-/// Two synthetic structures containing every species of `model`: an open cluster and a periodic triclinic
-/// cell smaller than twice the cutoff (several images per neighbour). Export checks them besides the data, so
-/// the periodic code path is verified even for a model trained on molecules.
+/// Three synthetic structures containing every species of `model`: an open cluster, the same cluster squeezed to
+/// half its size (pairs at 0.4–1 Å, inside any repulsive prior's switch) and a periodic triclinic cell smaller
+/// than twice the cutoff (several images per neighbour). Export checks them besides the data, so the periodic
+/// code path and the short-range prior are verified even for a model trained on molecules.
 pub fn probe_structures(model: &Model) -> Vec<Frame> {
     let mut rng = crate::rng::Rng::new(2024);
     let ns = model.species.len();
@@ -150,8 +151,10 @@ pub fn probe_structures(model: &Model) -> Vec<Frame> {
     let numbers = |n: usize| (0..n).map(|i| model.species[i % ns]).collect::<Vec<u32>>();
     let box_positions = jittered_grid(2, 1.9);
     let cell = [[3.8, 0.0, 0.0], [0.6, 3.7, 0.0], [-0.4, 0.3, 3.9]];
+    let squeezed = cluster.iter().map(|x| x.map(|c| 0.5 * c)).collect();
     vec![
-        Frame { numbers: numbers(cluster.len()), positions: cluster, ..Default::default() },
+        Frame { numbers: numbers(cluster.len()), positions: cluster.clone(), ..Default::default() },
+        Frame { numbers: numbers(cluster.len()), positions: squeezed, ..Default::default() },
         Frame { numbers: numbers(box_positions.len()), positions: box_positions, cell: Some(cell), pbc: [true; 3], ..Default::default() },
     ]
 }

@@ -175,8 +175,35 @@ def thermo_table(log_text):
 
 @pytest.mark.parametrize("ranks,model", [(2, "cu"), (4, "cu"), (4, "cu_bispectrum")])
 def test_mpi_decomposition_gives_the_serial_thermo_output(models, tmp_path, ranks, model):
+    assert_mpi_matches_serial(MD_INPUT.format(plugin=PLUGIN, model=models[model]["f64"]), tmp_path, ranks)
+
+
+def switch_lattice_constant(model_path):
+    """The fcc lattice constant whose nearest neighbours sit in the middle of the model's Cu–Cu repulsion switch
+    (well below anything the training data sampled)."""
+    import pilip
+    (pair,) = pilip.Model(model_path).metadata["repulsion"]["pairs"]
+    assert pair["z"] == [29, 29] and 0 < pair["r_inner"] < pair["r_outer"]
+    return np.sqrt(2) * 0.5 * (pair["r_inner"] + pair["r_outer"])
+
+
+def test_the_repulsive_prior_is_exact_in_lammps_serially_and_across_ranks(lammps_module, models, reference, tmp_path):
+    # A compressed Cu crystal: every nearest-neighbour pair is inside the ZBL switch, so the prior's per-pair
+    # terms on local and ghost atoms, pe/atom and the virial all matter.
+    model = models["cu"]["f64"]
+    a = switch_lattice_constant(model)
+    pos, cell = fcc_cu(2, a=a, jitter=0.05, seed=5)
+    lmp = run0(lammps_module, tmp_path, pos, [1] * len(pos), cell, [63.546],
+               ["pair_style pilip", f"pair_coeff * * {model} Cu"])
+    compare(lmp, lammps_module, reference(model), pos, [29] * len(pos), cell, (True, True, True), abs(np.linalg.det(cell)))
+    assert_mpi_matches_serial(MD_INPUT.format(plugin=PLUGIN, model=model).replace("lattice fcc 3.615", f"lattice fcc {a}"),
+                              tmp_path, 4)
+
+
+def assert_mpi_matches_serial(text, tmp_path, ranks):
+    """The thermo output of LAMMPS input `text` on `ranks` MPI ranks equals the serial one."""
     infile = tmp_path / "in.md"
-    infile.write_text(MD_INPUT.format(plugin=PLUGIN, model=models[model]["f64"]))
+    infile.write_text(text)
     env = dict(os.environ, OMP_NUM_THREADS="1")
     tables = []
     for n in (1, ranks):

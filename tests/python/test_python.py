@@ -116,7 +116,10 @@ def test_model_api_matches_the_c_library(cu, hco, models, reference):
     hco_ref = reference(models["hco"]["f64"])
     assert list(hco.species) == hco_ref.species() and hco.symbols == hco_ref.symbols()
     assert sorted(hco.symbols) == ["C", "H", "O"]
-    assert cu.metadata["format_version"] == 1 and cu.metadata["dtype"] == "f64"
+    # models trained with the default [repulsion] carry their ZBL prior (format 4), one switch per element pair
+    assert cu.metadata["format_version"] == 4 and cu.metadata["dtype"] == "f64"
+    assert [p["z"] for p in cu.metadata["repulsion"]["pairs"]] == [[29, 29]]
+    assert sorted(p["z"] for p in hco.metadata["repulsion"]["pairs"]) == [[1, 1], [1, 6], [1, 8], [6, 6], [6, 8], [8, 8]]
 
 
 def test_calculator_matches_the_model_for_a_molecule_and_a_periodic_cell(cu, hco):
@@ -145,7 +148,7 @@ def test_forces_and_stress_equal_finite_differences(models, family):
     # both families run through the same C ABI and calculator: only their metadata says which they are
     suffix = "" if family == "power_spectrum" else "_bispectrum"
     cu, hco = pilip.Model(models["cu" + suffix]["f64"]), pilip.Model(models["hco" + suffix]["f64"])
-    assert cu.metadata["family"] == family and cu.metadata["format_version"] == (1 if suffix == "" else 2)
+    assert cu.metadata["family"] == family and cu.metadata["format_version"] == 4
     if family == "bispectrum":
         assert cu.metadata["bispectrum"]["channels"] == 8 and len(cu.metadata["bispectrum"]["compression"]) > 0
     from ase.calculators.fd import calculate_numerical_forces as numeric_forces, calculate_numerical_stress

@@ -304,9 +304,10 @@ fn run(cli: Cli) -> Result<()> {
             frames.truncate(16);
             let n_data = frames.len();
             frames.extend(pilip::export::probe_structures(&ck.model));
+            let n_synthetic = frames.len() - n_data;
             let v = pilip::export::export(&ck.model, dtype, &output, &frames)?;
             println!(
-                "wrote {} ({} network, {} species, cutoff {} Å); verified on {n_data} structures from {source} + 2 synthetic: \
+                "wrote {} ({} network, {} species, cutoff {} Å); verified on {n_data} structures from {source} + {n_synthetic} synthetic: \
                  max relative deviation energy {:.1e}, forces {:.1e}, virial {:.1e}",
                 output.display(),
                 dtype.name(),

@@ -1,0 +1,87 @@
+#!/usr/bin/env python3
+"""Short-range behaviour of exported pilip models: does the energy rise when two atoms are pushed together?
+
+For up to FRAMES structures of STRUCTURES (any extended-XYZ/ASE-readable file: molecules or periodic cells), every
+atom's nearest neighbour is moved towards it along their bond, all other atoms fixed, from the bond length r0 down
+to R_MIN Å in STEPS steps, and the model's energy E(r) is recorded. Per model and element pair it prints:
+  scans    how many bonds were scanned
+  holes    the fraction of scans in which E(r) falls more than 0.05 eV below E(r0) somewhere below r0 (a hole the MD
+           can fall into: two atoms that attract each other at distances no training structure had)
+  min dE   the lowest E(r) − E(r0) over all scans (eV; negative = the deepest hole)
+  dE(½r0)  the median of E(r0/2) − E(r0) (eV): how hard half a bond length is
+  dE(rmin) the median of E(R_MIN) − E(r0) (eV)
+and one JSON line per model. Compare a model with its repulsive prior against the same networks without it
+(docs/benchmarks.md) or any two models of the same data.
+
+Usage: scripts/bench_short_range.py STRUCTURES MODEL.onnx [MODEL.onnx …] [--frames 20] [--r-min 0.3] [--steps 60]
+Needs the pilip Python package (bindings/python) and ASE.
+"""
+import argparse
+import json
+from collections import defaultdict
+
+import numpy as np
+from ase.io import read
+
+import pilip
+
+
+def nearest_pairs(atoms):
+    """(i, j) with j the nearest neighbour of i (minimum image for periodic cells), each unordered pair once."""
+    d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
+    np.fill_diagonal(d, np.inf)
+    return sorted({tuple(sorted((i, int(np.argmin(d[i]))))) for i in range(len(atoms))})
+
+
+def scan(model, atoms, i, j, r_min, steps):
+    """Energies (eV) with atom j moved along its bond to i to each distance of the returned grid (Å)."""
+    pbc = bool(atoms.pbc.any())
+    vec = atoms.get_distance(i, j, mic=pbc, vector=True)
+    r0 = np.linalg.norm(vec)
+    grid = np.linspace(r0, r_min, steps)
+    cell = atoms.cell.array if pbc else None
+    energies = []
+    for r in grid:
+        pos = atoms.positions.copy()
+        pos[j] = atoms.positions[i] + vec * r / r0
+        energies.append(model.compute(pos, atoms.numbers, cell, tuple(atoms.pbc)).energy)
+    return grid, np.array(energies)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("structures")
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--frames", type=int, default=20, help="structures used, evenly spaced through the file")
+    ap.add_argument("--r-min", type=float, default=0.3, help="Å, the shortest distance scanned")
+    ap.add_argument("--steps", type=int, default=60)
+    args = ap.parse_args()
+    frames = read(args.structures, ":")
+    frames = [frames[k] for k in np.linspace(0, len(frames) - 1, min(args.frames, len(frames))).astype(int)]
+    print(f"{'model':<40} {'pair':<6} {'scans':>5} {'holes':>6} {'min dE':>9} {'dE(½r0)':>9} {'dE(rmin)':>9}")
+    for path in args.models:
+        model = pilip.Model(path)
+        stats = defaultdict(lambda: {"holes": 0, "scans": 0, "min": np.inf, "half": [], "end": []})
+        for atoms in frames:
+            for i, j in nearest_pairs(atoms):
+                grid, e = scan(model, atoms, i, j, args.r_min, args.steps)
+                de = e - e[0]
+                name = "-".join(sorted([atoms[i].symbol, atoms[j].symbol]))
+                s = stats[name]
+                s["scans"] += 1
+                s["holes"] += int(de.min() < -0.05)
+                s["min"] = min(s["min"], de.min())
+                s["half"].append(np.interp(grid[0] / 2, grid[::-1], de[::-1]))
+                s["end"].append(de[-1])
+        result = {"model": path, "structures": args.structures, "frames": len(frames), "r_min": args.r_min, "pairs": {}}
+        for name, s in sorted(stats.items()):
+            row = {"scans": s["scans"], "hole_fraction": s["holes"] / s["scans"], "min_dE_eV": float(s["min"]),
+                   "median_dE_half_r0_eV": float(np.median(s["half"])), "median_dE_r_min_eV": float(np.median(s["end"]))}
+            result["pairs"][name] = row
+            print(f"{path[-40:]:<40} {name:<6} {row['scans']:>5} {row['hole_fraction']:>6.2f} {row['min_dE_eV']:>9.2f} "
+                  f"{row['median_dE_half_r0_eV']:>9.2f} {row['median_dE_r_min_eV']:>9.2f}")
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
