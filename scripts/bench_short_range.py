@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
 """Short-range behaviour of exported pilip models: does the energy rise when two atoms are pushed together?
 
-For up to FRAMES structures of STRUCTURES (any extended-XYZ/ASE-readable file: molecules or periodic cells), every
-atom's nearest neighbour is moved towards it along their bond, all other atoms fixed, from the bond length r0 down
-to R_MIN Å in STEPS steps, and the model's energy E(r) is recorded. Per model and element pair it prints:
+For up to FRAMES structures of STRUCTURES (any extended-XYZ/ASE-readable file: molecules or periodic cells), for
+every bonded pair (closer than 1.2 × the sum of covalent radii, and every atom with its nearest neighbour) the
+second atom is moved towards the first along their bond, all other atoms fixed, from the bond length r0 down to
+R_MIN Å in STEPS steps, and the model's energy E(r) is recorded. Per model and element pair it prints:
   scans    how many bonds were scanned
   holes    the fraction of scans in which E(r) falls more than 0.05 eV below E(r0) somewhere below r0 (a hole the MD
            can fall into: two atoms that attract each other at distances no training structure had)
+  falls    the fraction of scans in which E(r), having risen, falls again by more than 0.05 eV as r shrinks: past
+           that barrier the two atoms are pulled into each other
+  max fall the largest such fall (eV)
   min dE   the lowest E(r) − E(r0) over all scans (eV; negative = the deepest hole)
   dE(½r0)  the median of E(r0/2) − E(r0) (eV): how hard half a bond length is
   dE(rmin) the median of E(R_MIN) − E(r0) (eV)
@@ -21,16 +25,21 @@ import json
 from collections import defaultdict
 
 import numpy as np
+from ase.data import covalent_radii
 from ase.io import read
 
 import pilip
 
 
-def nearest_pairs(atoms):
-    """(i, j) with j the nearest neighbour of i (minimum image for periodic cells), each unordered pair once."""
+def bonded_pairs(atoms):
+    """(i, j), i < j, closer than 1.2 × the sum of their covalent radii (minimum image for periodic cells), and each
+    atom with its nearest neighbour."""
     d = atoms.get_all_distances(mic=bool(atoms.pbc.any()))
     np.fill_diagonal(d, np.inf)
-    return sorted({tuple(sorted((i, int(np.argmin(d[i]))))) for i in range(len(atoms))})
+    radii = covalent_radii[atoms.numbers]
+    bonded = {(i, j) for i, j in zip(*np.nonzero(d < 1.2 * (radii[:, None] + radii[None, :]))) if i < j}
+    nearest = {tuple(sorted((i, int(np.argmin(d[i]))))) for i in range(len(atoms))}
+    return sorted(bonded | nearest)
 
 
 def scan(model, atoms, i, j, r_min, steps):
@@ -58,27 +67,34 @@ def main():
     args = ap.parse_args()
     frames = read(args.structures, ":")
     frames = [frames[k] for k in np.linspace(0, len(frames) - 1, min(args.frames, len(frames))).astype(int)]
-    print(f"{'model':<40} {'pair':<6} {'scans':>5} {'holes':>6} {'min dE':>9} {'dE(½r0)':>9} {'dE(rmin)':>9}")
+    print(f"{'model':<40} {'pair':<6} {'scans':>5} {'holes':>6} {'falls':>6} {'max fall':>9} {'min dE':>9} "
+          f"{'dE(½r0)':>9} {'dE(rmin)':>9}")
     for path in args.models:
         model = pilip.Model(path)
-        stats = defaultdict(lambda: {"holes": 0, "scans": 0, "min": np.inf, "half": [], "end": []})
+        stats = defaultdict(lambda: {"holes": 0, "falls": 0, "max_fall": 0.0, "scans": 0, "min": np.inf, "half": [],
+                                     "end": []})
         for atoms in frames:
-            for i, j in nearest_pairs(atoms):
+            for i, j in bonded_pairs(atoms):
                 grid, e = scan(model, atoms, i, j, args.r_min, args.steps)
                 de = e - e[0]
                 name = "-".join(sorted([atoms[i].symbol, atoms[j].symbol]))
                 s = stats[name]
                 s["scans"] += 1
                 s["holes"] += int(de.min() < -0.05)
+                fall = (np.maximum.accumulate(de) - de).max()   # how far E drops below its running maximum
+                s["falls"] += int(fall > 0.05)
+                s["max_fall"] = max(s["max_fall"], fall)
                 s["min"] = min(s["min"], de.min())
                 s["half"].append(np.interp(grid[0] / 2, grid[::-1], de[::-1]))
                 s["end"].append(de[-1])
         result = {"model": path, "structures": args.structures, "frames": len(frames), "r_min": args.r_min, "pairs": {}}
         for name, s in sorted(stats.items()):
-            row = {"scans": s["scans"], "hole_fraction": s["holes"] / s["scans"], "min_dE_eV": float(s["min"]),
+            row = {"scans": s["scans"], "hole_fraction": s["holes"] / s["scans"], "fall_fraction": s["falls"] / s["scans"],
+                   "max_fall_eV": float(s["max_fall"]), "min_dE_eV": float(s["min"]),
                    "median_dE_half_r0_eV": float(np.median(s["half"])), "median_dE_r_min_eV": float(np.median(s["end"]))}
             result["pairs"][name] = row
-            print(f"{path[-40:]:<40} {name:<6} {row['scans']:>5} {row['hole_fraction']:>6.2f} {row['min_dE_eV']:>9.2f} "
+            print(f"{path[-40:]:<40} {name:<6} {row['scans']:>5} {row['hole_fraction']:>6.2f} {row['fall_fraction']:>6.2f} "
+                  f"{row['max_fall_eV']:>9.2f} {row['min_dE_eV']:>9.2f} "
                   f"{row['median_dE_half_r0_eV']:>9.2f} {row['median_dE_r_min_eV']:>9.2f}")
         print(json.dumps(result))
 

@@ -374,16 +374,16 @@ pub enum RepulsionKind {
 pub struct RepulsionConfig {
     /// "zbl" or "none".
     pub kind: RepulsionKind,
-    /// Å: the prior is zero from this distance on; 0 = per element pair, the shortest distance of that pair in
-    /// the training structures (so the prior never touches the data).
+    /// Å: the prior is zero from this distance on; 0 = per element pair, 0.9 × the shortest distance of that
+    /// pair in the training structures (so the prior never touches the data or structures like them).
     pub outer: f64,
-    /// Å over which the prior is switched on below `outer` (at most down to outer / 2).
-    pub width: f64,
+    /// Å: full ZBL below this distance, switched off smoothly up to `outer`; 0 = 2/3 of each pair's `outer`.
+    pub inner: f64,
 }
 
 impl Default for RepulsionConfig {
     fn default() -> Self {
-        RepulsionConfig { kind: RepulsionKind::Zbl, outer: 0.0, width: 0.4 }
+        RepulsionConfig { kind: RepulsionKind::Zbl, outer: 0.0, inner: 0.0 }
     }
 }
 
@@ -472,8 +472,8 @@ impl Config {
         if !(r.outer >= 0.0 && r.outer <= self.descriptor.cutoff) {
             return bad(format!("repulsion.outer must be 0 (from the data) or a distance up to the cutoff {} Å, got {}", self.descriptor.cutoff, r.outer));
         }
-        if !(r.width > 0.0 && r.width.is_finite()) {
-            return bad(format!("repulsion.width must be a distance > 0 Å, got {}", r.width));
+        if !(r.inner >= 0.0 && r.inner.is_finite() && (r.outer == 0.0 || r.inner < r.outer)) {
+            return bad(format!("repulsion.inner must be 0 (2/3 of outer) or a distance below outer, got {}", r.inner));
         }
         if ![1, 2].contains(&self.loss.pitc_order) {
             return bad(format!("loss.pitc_order must be 1 or 2, got {}", self.loss.pitc_order));

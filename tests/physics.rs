@@ -218,7 +218,7 @@ fn benchmark_curvature_probes_measure_the_hessian() {
 fn forces_and_stress_with_the_repulsive_prior_match_finite_differences() {
     let mol = molecule();
     let mut m = random_model(vec![1, 6, 8], 4.0, &[mol.clone()], 5);
-    m.repulsion = Some(pilip::repulsion::Repulsion::fit(&m.species, &[], m.cutoff(), 1.6, 0.5).unwrap());
+    m.repulsion = Some(pilip::repulsion::Repulsion::fit(&m.species, &[], m.cutoff(), 1.6, 1.1).unwrap());
     let without = random_model(vec![1, 6, 8], 4.0, &[mol.clone()], 5);
     assert!(energy(&m, &mol) - energy(&without, &mol) > 0.5, "the molecule reaches into the prior");
     check_molecule_forces(&m, &mol);

@@ -303,7 +303,7 @@ fn repulsion_for(cfg: &Config, model: &Model, train: &[&Frame]) -> Result<Option
     let r = &cfg.repulsion;
     match r.kind {
         RepulsionKind::None => Ok(None),
-        RepulsionKind::Zbl => Ok(Some(Repulsion::fit(&model.species, train, model.cutoff(), r.outer, r.width)?)),
+        RepulsionKind::Zbl => Ok(Some(Repulsion::fit(&model.species, train, model.cutoff(), r.outer, r.inner)?)),
     }
 }
 

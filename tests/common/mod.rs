@@ -140,7 +140,7 @@ pub fn compressed_bispectrum_cell_model() -> Model {
 /// so the cell has pairs in both the switch and the full-strength region.
 pub fn repulsive_cell_model() -> Model {
     let mut m = cell_model();
-    m.repulsion = Some(pilip::repulsion::Repulsion::fit(&m.species, &[], m.cutoff(), 2.6, 0.6).unwrap());
+    m.repulsion = Some(pilip::repulsion::Repulsion::fit(&m.species, &[], m.cutoff(), 2.6, 2.0).unwrap());
     m
 }
 
