@@ -6,12 +6,12 @@ every bonded pair (closer than 1.2 × the sum of covalent radii, and every atom 
 second atom is moved towards the first along their bond, all other atoms fixed, from the bond length r0 down to
 R_MIN Å in STEPS steps, and the model's energy E(r) is recorded. Per model and element pair it prints:
   scans    how many bonds were scanned
-  holes    the fraction of scans in which E(r) falls more than 0.05 eV below E(r0) somewhere below r0 (a hole the MD
-           can fall into: two atoms that attract each other at distances no training structure had)
-  falls    the fraction of scans in which E(r), having risen, falls again by more than 0.05 eV as r shrinks: past
-           that barrier the two atoms are pulled into each other
+  holes    the fraction of scans in which E(r) somewhere below 0.8 r0 is more than 0.05 eV below the lowest E(r)
+           between 0.8 r0 and r0 (near the bond): collapsing the bond is downhill
+  falls    the fraction of scans in which E(r), below 0.8 r0, falls by more than 0.05 eV below the highest E(r) met
+           on the way in: past that barrier the two atoms are pulled into each other
   max fall the largest such fall (eV)
-  min dE   the lowest E(r) − E(r0) over all scans (eV; negative = the deepest hole)
+  min dE   the lowest E(r) − E(r0) below 0.8 r0 over all scans (eV; negative: lower than the start)
   dE(½r0)  the median of E(r0/2) − E(r0) (eV): how hard half a bond length is
   dE(rmin) the median of E(R_MIN) − E(r0) (eV)
 and one JSON line per model. Compare a model with its repulsive prior against the same networks without it
@@ -80,11 +80,12 @@ def main():
                 name = "-".join(sorted([atoms[i].symbol, atoms[j].symbol]))
                 s = stats[name]
                 s["scans"] += 1
-                s["holes"] += int(de.min() < -0.05)
-                fall = (np.maximum.accumulate(de) - de).max()   # how far E drops below its running maximum
+                deep = grid < 0.8 * grid[0]      # the bond's own well (a stretched bond relaxes inwards) is left out
+                s["holes"] += int(de[deep].min() < de[~deep].min() - 0.05)
+                fall = (np.maximum.accumulate(de) - de)[deep].max()   # how far E drops below its running maximum
                 s["falls"] += int(fall > 0.05)
                 s["max_fall"] = max(s["max_fall"], fall)
-                s["min"] = min(s["min"], de.min())
+                s["min"] = min(s["min"], de[deep].min())
                 s["half"].append(np.interp(grid[0] / 2, grid[::-1], de[::-1]))
                 s["end"].append(de[-1])
         result = {"model": path, "structures": args.structures, "frames": len(frames), "r_min": args.r_min, "pairs": {}}

@@ -626,4 +626,24 @@ mod tests {
             assert!(e.contains(want), "{sets:?}: {e}");
         }
     }
+
+    #[test]
+    fn repulsion_and_radial_scale_are_checked_by_name() {
+        let p = config_file("cfg_rep", "[data]\nfile = \"x.xyz\"\n");
+        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let c = load(&[]).unwrap();
+        assert_eq!((c.repulsion.kind, c.repulsion.outer, c.repulsion.inner, c.descriptor.radial_scale), (RepulsionKind::Zbl, 0.0, 0.0, 0.0));
+        let c = load(&["repulsion.kind=\"none\"", "repulsion.outer=1.2", "repulsion.inner=0.8", "descriptor.radial_scale=2.0"]).unwrap();
+        assert_eq!((c.repulsion.kind, c.descriptor.radial_scale), (RepulsionKind::None, 2.0));
+        for (sets, want) in [
+            (&["repulsion.outer=6.0"][..], "repulsion.outer must be 0 (from the data) or a distance up to the cutoff 5"),
+            (&["repulsion.outer=1.0", "repulsion.inner=1.0"][..], "repulsion.inner must be 0 (2/3 of outer) or a distance below outer"),
+            (&["repulsion.inner=-0.1"][..], "repulsion.inner"),
+            (&["repulsion.kind=\"lj\""][..], "unknown variant `lj`, expected `zbl` or `none`"),
+            (&["descriptor.radial_scale=-1.0"][..], "descriptor.radial_scale must be in [0, 10]"),
+        ] {
+            let e = load(sets).unwrap_err().to_string();
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+    }
 }

@@ -58,7 +58,7 @@ fn native_and_tract_agree(bytes: &[u8], frame: &Frame, tol: f64) {
 
 #[test]
 fn native_engine_agrees_with_tract_for_every_family_depth_and_precision() {
-    let deep = pilip::model::Model::power_spectrum(pilip::descriptor::DescriptorSpec { cutoff: 3.0, r_min: 0.7, n_radial: 5, l_max: 2, radial_width: 0.8 }, vec![13, 29], &[5, 17, 33], 4).unwrap();
+    let deep = pilip::model::Model::power_spectrum(pilip::descriptor::DescriptorSpec { cutoff: 3.0, r_min: 0.7, n_radial: 5, l_max: 2, radial_width: 0.8, radial_scale: 1.5 }, vec![13, 29], &[5, 17, 33], 4).unwrap();
     let cases = [(molecule_model(), molecule()), (bispectrum_cell_model(), triclinic_cell()), (delta_model(), triclinic_cell()), (deep, triclinic_cell())];
     for (model, frame) in cases {
         native_and_tract_agree(&to_onnx(&model, Dtype::F64).unwrap().encode_to_vec(), &frame, 1e-12);
@@ -154,14 +154,14 @@ fn exported_models_read_back_for_training_predict_like_the_original() {
 
 #[test]
 fn runtime_forces_and_virial_match_finite_differences_of_the_onnx_energy() {
-    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), repulsive_cell_model()] {
+    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), repulsive_cell_model(), crowded_radial_cell_model()] {
         check_runtime_derivatives(&model);
     }
 }
 
 /// Each model is written with the oldest format version that describes it, so that older libraries keep
 /// reading what they can run: 1 for the power spectrum, 2 for the bispectrum family, 3 once its three-body part
-/// is compressed, 4 with a repulsive prior; a file that declares a version too old for its content is refused.
+/// is compressed, 4 with a repulsive prior or Gaussians crowded towards short range; a file that declares a version too old for its content is refused.
 #[test]
 fn models_are_written_with_the_oldest_format_version_that_describes_them() {
     let version = |p: &pb::ModelProto| p.metadata_props.iter().find(|p| p.key == "pilip.format_version").unwrap().value.clone();
@@ -173,6 +173,7 @@ fn models_are_written_with_the_oldest_format_version_that_describes_them() {
         (compressed_bispectrum_cell_model(), "3"),
         (repulsive_cell_model(), "4"),
         (repulsive_bispectrum, "4"),
+        (crowded_radial_cell_model(), "4"),
     ];
     for (model, want) in cases {
         assert_eq!(version(&to_onnx(&model, Dtype::F32).unwrap()), want);
@@ -215,6 +216,16 @@ fn the_repulsive_prior_travels_in_the_file() {
     entry.value = entry.value.replace("[13,29]", "[13,30]");
     let err = Potential::from_bytes(&proto.encode_to_vec(), "m.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
     assert!(err.contains("m.onnx") && err.contains("Al–Zn"), "{err}");
+}
+
+/// [`cell_model`] with its Gaussians equally spaced in u(r) (`radial_scale`), not in r.
+fn crowded_radial_cell_model() -> pilip::model::Model {
+    let frame = triclinic_cell();
+    let spec = pilip::descriptor::DescriptorSpec { radial_scale: 2.0, ..spec(3.0) };
+    let mut m = pilip::model::Model::power_spectrum(spec, vec![13, 29], &[16, 12], 5).unwrap();
+    let envs = vec![m.frame_environments(&frame).unwrap()];
+    m.fit_input_statistics(&envs, 0.0);
+    m
 }
 
 fn check_runtime_derivatives(model: &pilip::model::Model) {

@@ -41,11 +41,20 @@ pub struct DescriptorSpec {
     pub l_max: usize,
     /// Gaussian width in units of the spacing between centres.
     pub radial_width: f64,
+    /// λ ≥ 0: the Gaussians are equally spaced (and equally wide) in u(r) = (r_c/λ)(1 − e^{−λ r / r_c}) instead
+    /// of r, which puts them closer together (and makes them narrower) at short range, where bonds are and
+    /// forces are largest, and further apart near the cutoff. 0: equally spaced in r (files before the key).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub radial_scale: f64,
+}
+
+fn is_zero(x: &f64) -> bool {
+    *x == 0.0
 }
 
 impl Default for DescriptorSpec {
     fn default() -> Self {
-        DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6 }
+        DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6, radial_scale: 0.0 }
     }
 }
 
@@ -67,7 +76,20 @@ impl DescriptorSpec {
         if !(self.radial_width > 0.0) {
             return Err(format!("descriptor.radial_width must be > 0, got {}", self.radial_width));
         }
+        if !(0.0..=10.0).contains(&self.radial_scale) {
+            return Err(format!("descriptor.radial_scale must be in [0, 10] (0: equally spaced Gaussians), got {}", self.radial_scale));
+        }
         Ok(())
+    }
+
+    /// The radial coordinate the Gaussians are equally spaced in, u(r), and du/dr (see `radial_scale`).
+    #[inline(always)]
+    pub fn radial_coordinate(&self, r: f64) -> (f64, f64) {
+        if self.radial_scale == 0.0 {
+            return (r, 1.0);
+        }
+        let e = (-self.radial_scale * r / self.cutoff).exp();
+        (self.cutoff / self.radial_scale * (1.0 - e), e)
     }
 }
 
@@ -100,9 +122,10 @@ pub struct Descriptor {
     /// For each monomial m < `top`: the three monomials of order l + 2 whose sum it is, with the weight ratio
     /// w_m / w_m' (`A[m] = Σ ratio·A[m']`).
     traces: Vec<[(usize, f64); 3]>,
+    /// Centres of the Gaussians in the radial coordinate u ([`DescriptorSpec::radial_coordinate`]).
     centers: Vec<f64>,
     inv_two_sigma2: f64,
-    /// Spacing of the centres, its inverse and 1 / r_c.
+    /// Spacing of the centres (in u), its inverse and 1 / r_c.
     step: f64,
     inv_step: f64,
     inv_cutoff: f64,
@@ -270,8 +293,9 @@ impl Descriptor {
             })
             .collect();
         let n = spec.n_radial;
-        let step = (spec.cutoff - spec.r_min) / (n - 1) as f64;
-        let centers = (0..n).map(|k| spec.r_min + k as f64 * step).collect();
+        let (u_min, u_max) = (spec.radial_coordinate(spec.r_min).0, spec.radial_coordinate(spec.cutoff).0);
+        let step = (u_max - u_min) / (n - 1) as f64;
+        let centers = (0..n).map(|k| u_min + k as f64 * step).collect();
         let sigma = spec.radial_width * step;
         Descriptor {
             spec: spec.clone(),
@@ -372,17 +396,18 @@ impl Descriptor {
         let x = r * inv_rc;
         let s = 1.0 - x * x;
         let (fc, dfc) = if x < 1.0 { (s * s * s, -6.0 * x * s * s * inv_rc) } else { (0.0, 0.0) };
+        let (u, du) = self.spec.radial_coordinate(r);
         let n = self.centers.len();
         let (alpha, step) = (self.inv_two_sigma2, self.step);
         // the nearest centre (x + ½ truncated: `round` is a slow call where SSE4.1 is not assumed)
-        let k0 = ((((r - self.centers[0]) * self.inv_step + 0.5).max(0.0)) as usize).min(n - 1);
-        let d0 = r - self.centers[k0];
+        let k0 = ((((u - self.centers[0]) * self.inv_step + 0.5).max(0.0)) as usize).min(n - 1);
+        let d0 = u - self.centers[k0];
         let g0 = (-alpha * d0 * d0).exp();
-        let two_alpha_fc = 2.0 * alpha * fc;
+        let two_alpha_fc_du = 2.0 * alpha * fc * du;
         let mut set = |k: usize, g: f64| {
-            let d = r - self.centers[k];
+            let d = u - self.centers[k];
             out[k] = g * fc;
-            dout[k] = g * (dfc - two_alpha_fc * d);
+            dout[k] = g * (dfc - two_alpha_fc_du * d);
         };
         set(k0, g0);
         let shrink = self.shrink;
@@ -1257,7 +1282,9 @@ mod tests {
 
     /// Two species with `n_radial` functions each (2·n_radial density channels).
     fn setup_with(n_radial: usize, l_max: usize) -> (Descriptor, Vec<Vec3>, Vec<usize>) {
-        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial, l_max, radial_width: 1.0 };
+        // equally spaced Gaussians (even n_radial) and Gaussians crowded towards short range (odd)
+        let radial_scale = if n_radial % 2 == 0 { 0.0 } else { 2.0 };
+        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial, l_max, radial_width: 1.0, radial_scale };
         let pos = vec![[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.4, 1.3, 0.5], [0.3, -0.6, 1.4], [1.5, 1.2, 1.0]];
         (Descriptor::new(&spec, 2), pos, vec![0, 1, 1, 0, 1])
     }
@@ -1290,17 +1317,32 @@ mod tests {
 
     #[test]
     fn radial_recurrence_equals_direct_gaussians() {
-        let spec = DescriptorSpec { cutoff: 6.0, r_min: 0.5, n_radial: 12, l_max: 2, radial_width: 0.4 };
-        let d = Descriptor::new(&spec, 1);
-        let (mut g, mut dg) = (vec![0.0; 12], vec![0.0; 12]);
-        for &r in &[0.3, 0.5, 1.234, 2.77, 4.0, 5.5, 5.999] {
-            d.radial(r, &mut g, &mut dg);
-            let x = r / 6.0;
-            let fc = (1.0 - x * x).powi(3);
-            for k in 0..12 {
-                let want = (-(r - d.centers[k]).powi(2) * d.inv_two_sigma2).exp() * fc;
-                assert!((g[k] - want).abs() < 1e-13 * want + 1e-16, "r {r} k {k}: {} vs {want}", g[k]);
+        for radial_scale in [0.0, 2.5] {
+            let spec = DescriptorSpec { cutoff: 6.0, r_min: 0.5, n_radial: 12, l_max: 2, radial_width: 0.4, radial_scale };
+            let d = Descriptor::new(&spec, 1);
+            let (mut g, mut dg) = (vec![0.0; 12], vec![0.0; 12]);
+            // the Gaussians by their definition: equally spaced in u from u(r_min) to u(r_c), width 0.4 spacings
+            let u = |r: f64| if radial_scale == 0.0 { r } else { 6.0 / radial_scale * (1.0 - (-radial_scale * r / 6.0).exp()) };
+            let step = (u(6.0) - u(0.5)) / 11.0;
+            let gaussians = |r: f64| -> Vec<f64> {
+                let fc = (1.0 - (r / 6.0).powi(2)).powi(3);
+                (0..12).map(|k| (-(u(r) - u(0.5) - k as f64 * step).powi(2) / (2.0 * (0.4 * step).powi(2))).exp() * fc).collect()
+            };
+            for &r in &[0.3, 0.5, 1.234, 2.77, 4.0, 5.5, 5.999] {
+                d.radial(r, &mut g, &mut dg);
+                let want = gaussians(r);
+                let h = 1e-6;
+                let (up, down) = (gaussians(r + h), gaussians(r - h));
+                for k in 0..12 {
+                    assert!((g[k] - want[k]).abs() < 1e-12 * want[k] + 1e-16, "λ {radial_scale} r {r} k {k}: {} vs {}", g[k], want[k]);
+                    let fd = (up[k] - down[k]) / (2.0 * h);
+                    assert!((dg[k] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "λ {radial_scale} r {r} k {k}: {} vs {fd}", dg[k]);
+                }
             }
+            // with λ > 0 the centres crowd towards short range: the first spacing in r is the narrowest
+            let r_of = |uk: f64| if radial_scale == 0.0 { uk } else { -6.0 / radial_scale * (1.0 - uk * radial_scale / 6.0).ln() };
+            let (first, last) = (r_of(u(0.5) + step) - 0.5, 6.0 - r_of(u(6.0) - step));
+            assert!(if radial_scale == 0.0 { (first - last).abs() < 1e-12 } else { first < 0.5 * last }, "{first} {last}");
         }
     }
 

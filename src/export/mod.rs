@@ -21,7 +21,7 @@ fn metadata_for(model: &Model, dtype: Dtype, checksum: String) -> ModelMetadata 
         AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => (m.descriptor.clone(), m.four_body.clone()),
     };
     ModelMetadata {
-        format_version: format_version_for(model.family(), bispectrum.as_ref(), model.repulsion.is_some()),
+        format_version: format_version_for(model.family(), &descriptor, bispectrum.as_ref(), model.repulsion.is_some()),
         bispectrum,
         repulsion: model.repulsion.clone(),
         library_version: env!("CARGO_PKG_VERSION").into(),

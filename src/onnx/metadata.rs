@@ -18,19 +18,20 @@ use std::collections::BTreeMap;
 /// `docs/c-api.md`): power-spectrum models are still written as version 1, which every pilip reads; version 2
 /// added the bispectrum family (`pilip.bispectrum`); version 3 its compressed three-body invariants and
 /// four-body channel count (`three_body`, `four_body_channels` in `pilip.bispectrum`); version 4 the short-range
-/// repulsive prior (`pilip.repulsion`), which a reader that ignored it would silently drop from the energy.
+/// repulsive prior (`pilip.repulsion`) and the descriptor's `radial_scale`, which a reader that ignored them
+/// would silently evaluate as a different energy.
 pub const MODEL_FORMAT_VERSION: u32 = 4;
 
-/// The format version a model of `family` (with the four-body part `bispectrum`, with or without a repulsive
-/// prior) is written with: the oldest that can describe it, so that files an older library can run stay
+/// The format version a model of `family` (with `descriptor`, the four-body part `bispectrum`, with or without a
+/// repulsive prior) is written with: the oldest that can describe it, so that files an older library can run stay
 /// readable by it.
-pub fn format_version_for(family: Family, bispectrum: Option<&Bispectrum>, repulsion: bool) -> u32 {
+pub fn format_version_for(family: Family, descriptor: &DescriptorSpec, bispectrum: Option<&Bispectrum>, repulsion: bool) -> u32 {
     let version = match (family, bispectrum) {
         (Family::PowerSpectrum, _) => 1,
         (Family::Bispectrum, Some(b)) if b.three_body != ThreeBody::Full || b.four_body_channels != 0 => 3,
         (Family::Bispectrum, _) => 2,
     };
-    if repulsion {
+    if repulsion || descriptor.radial_scale != 0.0 {
         version.max(4)
     } else {
         version
@@ -235,7 +236,7 @@ impl ModelMetadata {
         if self.reference_energies.iter().any(|e| !e.is_finite()) {
             return Err("a reference energy is not finite".into());
         }
-        let needed = format_version_for(self.family, self.bispectrum.as_ref(), self.repulsion.is_some());
+        let needed = format_version_for(self.family, &self.descriptor, self.bispectrum.as_ref(), self.repulsion.is_some());
         if self.format_version < needed {
             return Err(format!("format version {} cannot describe this model, which needs version {needed}", self.format_version));
         }
@@ -308,7 +309,7 @@ pub fn describe(m: &ModelMetadata) -> String {
          reference energies: {:?} eV\n\
          cutoff:             {} Å\n\
          units:              energy {}, length {}\n\
-         descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}{}, {} features\n\
+         descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}{}{}, {} features\n\
          network dtype:      {}\n\
          repulsion:          {}\n\
          graph checksum:     {}",
@@ -325,6 +326,7 @@ pub fn describe(m: &ModelMetadata) -> String {
         d.l_max,
         d.r_min,
         d.radial_width,
+        if d.radial_scale != 0.0 { format!(", radial_scale {}", d.radial_scale) } else { String::new() },
         m.bispectrum.as_ref().map_or(String::new(), |b| format!(
             "; four-body: {} channels, l_max {}; three-body: {}",
             b.four_body_k(),
