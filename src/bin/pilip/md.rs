@@ -149,10 +149,12 @@ fn trajectory(
         }
         let mut broken = None;
         for &(i, j, r0) in bond_list {
-            let dev = (distance(&x.positions[i], &x.positions[j]) - r0).abs();
+            let r = distance(&x.positions[i], &x.positions[j]);
+            let dev = (r - r0).abs();
             max_bond_dev = max_bond_dev.max(dev);
             if dev > o.bond_tolerance && broken.is_none() {
-                broken = Some(format!("bond {i}-{j} changed by {dev:.2} Å (from {r0:.2} Å)"));
+                let how = if r > r0 { "stretched" } else { "compressed" };
+                broken = Some(format!("bond {i}-{j} {how} from {r0:.2} to {r:.2} Å"));
             }
         }
         if bond_list.is_empty() && (!de.is_finite() || de.abs() > o.drift_threshold) {
