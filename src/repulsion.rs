@@ -198,6 +198,24 @@ impl RepulsionTable {
     /// Adds the prior to the per-centre energies `atomic` and the per-pair gradients `pair_grads` (∂E/∂r_ij in
     /// the order of `nl`). `species[j]` is atom j's species index; centre c is atom `centers[c]` (None: atom c).
     pub fn add(&self, nl: &NeighborList, species: &[usize], centers: Option<&[usize]>, atomic: &mut [f64], pair_grads: &mut [Vec3]) {
+        self.for_each_pair(nl, species, centers, |c, p, r, phi, d_phi_over_r| {
+            atomic[c] += 0.5 * phi;
+            for a in 0..3 {
+                pair_grads[p][a] += 0.5 * d_phi_over_r * r[a];
+            }
+        });
+    }
+
+    /// The prior's energy of a structure (eV) from its full neighbour list.
+    pub fn energy(&self, nl: &NeighborList, species: &[usize]) -> f64 {
+        let mut e = 0.0;
+        self.for_each_pair(nl, species, None, |_, _, _, phi, _| e += 0.5 * phi);
+        e
+    }
+
+    /// Calls `f(centre, pair index, r_ij, φ, φ'/r)` for every directed pair of `nl` within reach of the prior.
+    #[inline(always)]
+    fn for_each_pair(&self, nl: &NeighborList, species: &[usize], centers: Option<&[usize]>, mut f: impl FnMut(usize, usize, &Vec3, f64, f64)) {
         let mut p = 0;
         for c in 0..nl.n_atoms() {
             let si = species[centers.map_or(c, |cs| cs[c])];
@@ -206,22 +224,11 @@ impl RepulsionTable {
                 if r2 < self.reach2 {
                     let r = r2.sqrt();
                     let (phi, d_phi) = self.pairs[si * self.n_species + species[nb.j]].energy_and_derivative(r);
-                    atomic[c] += 0.5 * phi;
-                    for a in 0..3 {
-                        pair_grads[p][a] += 0.5 * d_phi * nb.r[a] / r;
-                    }
+                    f(c, p, &nb.r, phi, d_phi / r);
                 }
                 p += 1;
             }
         }
-    }
-
-    /// The prior's energy of a structure (eV) from its full neighbour list.
-    pub fn energy(&self, nl: &NeighborList, species: &[usize]) -> f64 {
-        let mut atomic = vec![0.0; nl.n_atoms()];
-        let mut grads = vec![[0.0; 3]; nl.n_pairs()];
-        self.add(nl, species, None, &mut atomic, &mut grads);
-        atomic.iter().sum()
     }
 }
 

@@ -196,6 +196,12 @@ impl Model {
         self.repulsion.as_ref().map(|r| r.table(&self.species, self.cutoff()).map_err(Error::model)).transpose()
     }
 
+    /// [`Model::repulsion_table`] where no error can be reported: a model's prior was checked when it was fitted
+    /// or read ([`Model::check`]).
+    fn prior(&self) -> Option<RepulsionTable> {
+        self.repulsion_table().ok().flatten()
+    }
+
     /// Cutoff radius, Å.
     pub fn cutoff(&self) -> f64 {
         self.atomic.networked().descriptor.cutoff
@@ -246,7 +252,7 @@ impl Model {
     pub fn energies_batch(&self, envs: &[&Environments]) -> Vec<f64> {
         let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
         let mut energies = self.atomic.networked().energies(&items, &self.reference_energies, self.energy_scale);
-        if let Some(table) = self.repulsion_table().ok().flatten() {
+        if let Some(table) = self.prior() {
             for (e, env) in energies.iter_mut().zip(envs) {
                 *e += table.energy(env.neighbors(), &env.species);
             }
@@ -264,8 +270,7 @@ impl Model {
     pub fn predict_batch(&self, envs: &[&Environments]) -> Vec<Prediction> {
         let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
         let results = self.atomic.networked().atomic_energies_and_pair_grads(&items, &self.reference_energies, self.energy_scale);
-        // a model's prior is checked when it is set or read (`Model::check`)
-        let repulsion = self.repulsion_table().ok().flatten();
+        let repulsion = self.prior();
         let prediction = |(env, (mut atomic, mut pair_grads)): (&&Environments, (Vec<f64>, Vec<Vec3>))| {
             if let Some(table) = &repulsion {
                 table.add(env.neighbors(), &env.species, None, &mut atomic, &mut pair_grads);
