@@ -206,6 +206,11 @@ impl RepulsionTable {
         });
     }
 
+    /// The largest `r_outer` (Å): a neighbour list with this cutoff holds every pair the prior acts on.
+    pub fn reach(&self) -> f64 {
+        self.reach2.sqrt()
+    }
+
     /// The prior's energy of a structure (eV) from its full neighbour list.
     pub fn energy(&self, nl: &NeighborList, species: &[usize]) -> f64 {
         let mut e = 0.0;

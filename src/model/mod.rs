@@ -338,7 +338,7 @@ impl Model {
         for f in frames {
             if let Some(e) = f.energy {
                 let prior = match &table {
-                    Some(t) => t.energy(&NeighborList::for_frame(f, self.cutoff())?, &self.species_indices(&f.numbers)?),
+                    Some(t) => t.energy(&NeighborList::for_frame(f, t.reach())?, &self.species_indices(&f.numbers)?),
                     None => 0.0,
                 };
                 labelled.push((f.numbers.as_slice(), e - prior));
