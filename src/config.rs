@@ -303,6 +303,11 @@ pub struct TrainingConfig {
     /// `max_epochs` and `patience` are raised by the same factor (0 = off). Keeps one config right for 50 and
     /// 1000 structures: epochs of 50 structures are 20× shorter.
     pub min_steps: usize,
+    /// Wall-time budget of the run in minutes (0 = none): after the first epochs the run measures its time per
+    /// epoch and lowers `max_epochs` to what fits (the cosine schedule's horizon follows), so one config trains
+    /// small and large molecules each as long as the budget allows. The chosen count goes to the train log and
+    /// the checkpoint; `--set training.max_epochs=N` with `max_minutes = 0` repeats the run exactly.
+    pub max_minutes: f64,
     /// Structures per mini-batch.
     pub batch_size: usize,
     /// "adam" or "adamw".
@@ -339,6 +344,7 @@ impl Default for TrainingConfig {
             seed: 1,
             max_epochs: 200,
             min_steps: 0,
+            max_minutes: 0.0,
             batch_size: 8,
             optimizer: Optimizer::AdamW,
             lr: 3e-3,
@@ -525,6 +531,9 @@ impl Config {
         if !(self.training.lr > 0.0) {
             return bad(format!("training.lr must be > 0, got {}", self.training.lr));
         }
+        if !(self.training.max_minutes.is_finite() && self.training.max_minutes >= 0.0) {
+            return bad(format!("training.max_minutes must be a number of minutes >= 0 (0 = no budget), got {}", self.training.max_minutes));
+        }
         if !(0.0..1.0).contains(&self.training.ema_decay) {
             return bad(format!("training.ema_decay must be in [0, 1), got {}", self.training.ema_decay));
         }
@@ -597,6 +606,10 @@ mod tests {
         std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n").unwrap();
         let e = Config::load(&p, &["training.schedule=\"linear\"".into()]).unwrap_err().to_string();
         assert!(e.contains("c.toml: training.schedule: unknown variant `linear`") && e.contains("linear") && e.contains("plateau") && e.contains("cosine"), "{e}");
+        for bad in ["training.max_minutes=-1", "training.max_minutes=nan"] {
+            let e = Config::load(&p, &[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains("training.max_minutes must be a number of minutes >= 0"), "{bad}: {e}");
+        }
         let e = Config::load(&p, &["data.split=\"blocks\"".into()]).unwrap_err().to_string();
         assert!(e.contains("blocks") && e.contains("random") && e.contains("contiguous"), "{e}");
         // the spellings of every choice

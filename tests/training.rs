@@ -390,6 +390,42 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
 }
 
 #[test]
+fn a_time_budget_chooses_the_epoch_count_before_training() {
+    // a budget far too small for one epoch: one epoch, chosen before training, and that run is exactly the run of
+    // max_epochs = 1 without a budget (the timed rehearsal leaves the model and optimiser state untouched)
+    let (da, db) = (tmpdir("budget_a"), tmpdir("budget_b"));
+    let mut ca = small_config(&da);
+    ca.training.max_epochs = 50;
+    ca.training.max_minutes = 1e-4;
+    ca.training.schedule = Schedule::Cosine;
+    ca.training.ema_decay = 0.9;
+    let a = pilip::train::train(&ca, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    assert!(a.finished && a.epochs_done == 1, "{} epochs", a.epochs_done);
+    let log = std::fs::read_to_string(da.join("train.log")).unwrap();
+    assert!(log.contains("training.max_minutes = 0.0001: an epoch takes") && log.contains("max_epochs 50 → 1"), "{log}");
+    assert!(std::fs::read_to_string(da.join("config.resolved.toml")).unwrap().contains("max_epochs = 1\n"));
+    assert!(!da.join("checkpoints/rehearsal.ckpt").exists());
+    let mut cb = ca.clone();
+    cb.output.run_dir = db.clone();
+    (cb.training.max_epochs, cb.training.max_minutes) = (1, 0.0);
+    pilip::train::train(&cb, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    assert_eq!(metrics_without_timing(&da), metrics_without_timing(&db));
+
+    // a generous budget never raises max_epochs; a resumed run keeps the count its start chose, even when the
+    // config's max_epochs (the cap) was raised since
+    let dc = tmpdir("budget_c");
+    let mut cc = small_config(&dc);
+    (cc.training.max_epochs, cc.training.max_minutes) = (3, 1000.0);
+    let first = pilip::train::train(&cc, &TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() }).unwrap();
+    assert_eq!((first.epochs_done, first.finished), (1, false));
+    assert!(std::fs::read_to_string(dc.join("train.log")).unwrap().contains("max_epochs 3 → 3"));
+    cc.training.max_epochs = 5;
+    let resume = Some(dc.join("checkpoints/last.ckpt"));
+    let second = pilip::train::train(&cc, &TrainOptions { quiet: true, resume, ..Default::default() }).unwrap();
+    assert_eq!((second.epochs_done, second.finished), (3, true));
+}
+
+#[test]
 fn training_is_deterministic_for_any_thread_count() {
     let mut runs = Vec::new();
     for threads in [1, 2] {

@@ -543,6 +543,66 @@ fn with_min_steps(cfg: &Config, n_train: usize) -> (Config, Option<String>) {
     (out, Some(note))
 }
 
+/// What a timed rehearsal of the training loop runs on: the run's start (left untouched) and its data.
+struct Rehearsal<'a> {
+    model: &'a Model,
+    st: &'a TrainState,
+    splits: &'a Splits,
+    cfg: &'a Config,
+    anchor: Option<&'a [f64]>,
+    trainable: Option<&'a [bool]>,
+    last: &'a Path,
+}
+
+/// Optimiser steps timed by the rehearsal (after a few untimed ones that warm the caches and allocator).
+const REHEARSAL_STEPS: usize = 24;
+
+/// Structures of a split predicted to time it (scaled to the whole split).
+const REHEARSAL_STRUCTURES: usize = 50;
+
+/// `training.max_minutes`: the number of epochs (≥ 1, ≤ `max_epochs`) that fits the budget of a run that
+/// began at `started`, with a line for the log. Times, on copies of the model and optimiser state, a few
+/// optimiser steps, the validation pass and the checkpoint of an epoch, and the final test pass; the estimate
+/// is this machine's speed now, so the count differs between machines and loads (the log line and
+/// `config.resolved.toml` record it).
+fn epochs_within_budget(r: &Rehearsal, started: std::time::Instant) -> Result<(usize, String)> {
+    let t = &r.cfg.training;
+    let bs = t.batch_size.min(r.splits.train.len()).max(1);
+    let steps_per_epoch = batches_per_epoch(r.splits.train.len(), t.batch_size);
+    let (mut model, mut st) = (r.model.clone(), r.st.clone());
+    let mut steps = |n: usize| -> Result<f64> {
+        let clock = std::time::Instant::now();
+        let frames = &r.splits.train[..(n * bs).min(r.splits.train.len())];
+        run_epoch(&mut model, &mut st, frames, r.cfg, r.anchor, r.trainable, None, r.last)?;
+        Ok(clock.elapsed().as_secs_f64() / batches_per_epoch(frames.len(), t.batch_size) as f64)
+    };
+    steps(3)?;
+    let per_step = steps(REHEARSAL_STEPS.min(steps_per_epoch))?;
+    let timed_predictions = |frames: &[Frame]| -> Result<f64> {
+        let n = frames.len().min(REHEARSAL_STRUCTURES);
+        let clock = std::time::Instant::now();
+        metrics::predict_all(&model, &frames[..n])?;
+        Ok(clock.elapsed().as_secs_f64() * frames.len() as f64 / n.max(1) as f64)
+    };
+    let (valid, test) = (timed_predictions(&r.splits.valid)?, timed_predictions(&r.splits.test)?);
+    let clock = std::time::Instant::now();
+    let scratch = r.last.with_file_name("rehearsal.ckpt");
+    Checkpoint::new(r.cfg, &model, Some(st.clone())).save(&scratch)?;
+    let _ = std::fs::remove_file(&scratch);
+    let checkpoint = clock.elapsed().as_secs_f64();
+    let per_epoch = per_step * steps_per_epoch as f64 + valid + checkpoint;
+    let left = t.max_minutes * 60.0 - started.elapsed().as_secs_f64() - test;
+    let epochs = ((left / per_epoch).floor().max(1.0) as usize).min(t.max_epochs.max(1));
+    let note = format!(
+        "training.max_minutes = {}: an epoch takes ~{per_epoch:.2} s here ({steps_per_epoch} steps of {:.1} ms, validation and checkpoint {:.2} s), so max_epochs {} → {epochs}",
+        t.max_minutes,
+        per_step * 1e3,
+        valid + checkpoint,
+        t.max_epochs
+    );
+    Ok((epochs, note))
+}
+
 /// Trains a model as configured. Writes `RUN_DIR/{config.resolved.toml, train.log, metrics.jsonl,
 /// split.json, test.extxyz, test_metrics.json, checkpoints/{best,last}.ckpt}`.
 pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
@@ -559,20 +619,19 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> Result<TrainSummary> {
 }
 
 fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<TrainSummary> {
+    let started = std::time::Instant::now();
     let trainable = origin.trainable();
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let splits = dataset::load(&cfg.data)?;
-    let (lengthened, length_note) = with_min_steps(cfg, splits.train.len());
-    let cfg = &lengthened;
+    let (mut resolved, length_note) = with_min_steps(cfg, splits.train.len());
     let resumed = match &opts.resume {
-        Some(p) => Some(resume_from(cfg, p)?),
+        Some(p) => Some(resume_from(&mut resolved, p)?),
         None => None,
     };
-    write_inputs(&dir, cfg, &splits)?;
-    check_stopping_metric(cfg.training.early_stopping_metric, &splits.valid)?;
-    let anchored = matches!(origin, Origin::FineTune(..)) && cfg.loss.anchor_weight > 0.0;
+    check_stopping_metric(resolved.training.early_stopping_metric, &splits.valid)?;
+    let anchored = matches!(origin, Origin::FineTune(..)) && resolved.loss.anchor_weight > 0.0;
     let resuming = resumed.is_some();
-    let (mut model, mut st) = start_or_resume(cfg, &splits, resumed, origin)?;
+    let (mut model, mut st) = start_or_resume(&resolved, &splits, resumed, origin)?;
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
     // (the checkpoint's, or an exported model refitted to this data as at the start).
     let anchor = match (anchored, resuming) {
@@ -589,6 +648,20 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
             model.n_params()
         )));
     }
+    // training.max_minutes: the epoch count that fits the budget, chosen before the first epoch (a resumed run
+    // keeps its checkpoint's), so that the run is an ordinary run of that many epochs
+    let budget_note = match (resuming, resolved.training.max_minutes > 0.0) {
+        (false, true) => {
+            let rehearsal = Rehearsal { model: &model, st: &st, splits: &splits, cfg: &resolved, anchor: anchor.as_deref(), trainable: trainable.as_deref(), last: &last };
+            let (epochs, note) = epochs_within_budget(&rehearsal, started)?;
+            resolved.training.max_epochs = epochs;
+            st.schedule.max_epochs = epochs;
+            Some(note)
+        }
+        _ => None,
+    };
+    let cfg = &resolved;
+    write_inputs(&dir, cfg, &splits)?;
     let sink: Option<Arc<dyn Progress>> =
         if opts.quiet { None } else { Some(opts.progress.clone().unwrap_or_else(|| Arc::new(PrintLines))) };
     let _end = EndOnDrop(sink.clone());
@@ -614,7 +687,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
                 model.energy_scale,
                 rayon::current_num_threads()
             ));
-            if let Some(note) = &length_note {
+            for note in length_note.iter().chain(&budget_note) {
                 run.log(note);
             }
         }
@@ -650,9 +723,13 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     })
 }
 
-/// The model and training state of `checkpoint`, which must have been written with the same config.
-fn resume_from(cfg: &Config, checkpoint: &Path) -> Result<(Model, TrainState)> {
+/// The model and training state of `checkpoint`, which must have been written with the same config (with a
+/// `training.max_minutes` budget, `cfg` takes the epoch count the run chose at its start).
+fn resume_from(cfg: &mut Config, checkpoint: &Path) -> Result<(Model, TrainState)> {
     let ck = Checkpoint::load(checkpoint)?;
+    if cfg.training.max_minutes > 0.0 && ck.config.training.max_minutes == cfg.training.max_minutes {
+        cfg.training.max_epochs = ck.config.training.max_epochs;
+    }
     let diff = config_diff(&ck.config, cfg);
     if !diff.is_empty() {
         return Err(Error::Config(format!(
