@@ -574,7 +574,7 @@ fn epochs_within_budget(r: &Rehearsal, started: std::time::Instant) -> Result<(u
         let clock = std::time::Instant::now();
         let frames = &r.splits.train[..(n * bs).min(r.splits.train.len())];
         run_epoch(&mut model, &mut st, frames, r.cfg, r.anchor, r.trainable, None, r.last)?;
-        Ok(clock.elapsed().as_secs_f64() / batches_per_epoch(frames.len(), t.batch_size) as f64)
+        Ok(clock.elapsed().as_secs_f64() / batches_per_epoch(frames.len(), t.batch_size).max(1) as f64)
     };
     steps(3)?;
     let per_step = steps(REHEARSAL_STEPS.min(steps_per_epoch))?;
