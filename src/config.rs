@@ -303,8 +303,8 @@ pub struct TrainingConfig {
     /// `max_epochs` and `patience` are raised by the same factor (0 = off). Keeps one config right for 50 and
     /// 1000 structures: epochs of 50 structures are 20× shorter.
     pub min_steps: usize,
-    /// Wall-time budget of the run in minutes (0 = none): after the first epochs the run measures its time per
-    /// epoch and lowers `max_epochs` to what fits (the cosine schedule's horizon follows), so one config trains
+    /// Wall-time budget of the run in minutes (0 = none): before the first epoch a timed rehearsal estimates the
+    /// time per epoch and `max_epochs` is lowered to what fits (the cosine schedule's horizon follows), so one config trains
     /// small and large molecules each as long as the budget allows. The chosen count goes to the train log and
     /// the checkpoint; `--set training.max_epochs=N` with `max_minutes = 0` repeats the run exactly.
     pub max_minutes: f64,
