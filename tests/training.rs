@@ -421,8 +421,19 @@ fn a_time_budget_chooses_the_epoch_count_before_training() {
     assert!(std::fs::read_to_string(dc.join("train.log")).unwrap().contains("max_epochs 3 → 3"));
     cc.training.max_epochs = 5;
     let resume = Some(dc.join("checkpoints/last.ckpt"));
+    let spent_first = budget_of(&dc);
     let second = pilip::train::train(&cc, &TrainOptions { quiet: true, resume, ..Default::default() }).unwrap();
     assert_eq!((second.epochs_done, second.finished), (3, true));
+    // the budget's clock goes on from the checkpoint's, and the test pass's reserve is the start's
+    let spent_second = budget_of(&dc);
+    assert!(spent_first.spent_s > 0.0 && spent_second.spent_s > spent_first.spent_s, "{spent_first:?} {spent_second:?}");
+    assert!(spent_first.reserve_s > 0.0 && spent_second.reserve_s == spent_first.reserve_s);
+}
+
+/// The budget's clock in a run's `last.ckpt`.
+fn budget_of(run: &std::path::Path) -> pilip::train::budget::BudgetState {
+    let ck = pilip::train::checkpoint::Checkpoint::load(&run.join("checkpoints/last.ckpt")).unwrap();
+    ck.state.and_then(|s| s.budget).expect("a budgeted run's checkpoint has the budget's clock")
 }
 
 #[test]

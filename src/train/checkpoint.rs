@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::train::budget::BudgetState;
 use crate::train::optim::{Adam, Schedule};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -54,6 +55,9 @@ pub struct TrainState {
     pub bad_epochs: usize,
     /// True once early stopping or max_epochs ended the run.
     pub finished: bool,
+    /// The `training.max_minutes` budget's clock (absent without a budget and in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget: Option<BudgetState>,
 }
 
 impl Checkpoint {

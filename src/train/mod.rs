@@ -2,9 +2,11 @@
 //! early stopping, atomic checkpoints, exact resume).
 //!
 //! A run is: set up the run directory ([`RunDir`]), start or resume ([`start_or_resume`]), then epochs
-//! ([`run_epoch`]) each followed by validation and checkpoints ([`validate_and_checkpoint`]), and at the end the
-//! test metrics of the best model ([`finish`]).
+//! ([`run_epoch`]) each followed by validation ([`validate`]), the budget's check ([`budget`]) and, at most
+//! every minute, the checkpoints ([`RunDir::save_checkpoints`]), and at the end the test metrics of the best
+//! model ([`finish`]).
 
+pub mod budget;
 pub mod checkpoint;
 pub mod curvature;
 pub mod loss;
@@ -21,6 +23,7 @@ use crate::model::{Environments, Model};
 use crate::prediction::Prediction;
 use crate::repulsion::Repulsion;
 use crate::rng::Rng;
+use budget::{epochs_within_budget, Budget, Rehearsal};
 use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
 use optim::{Adam, Schedule};
@@ -452,7 +455,16 @@ struct RunDir {
     metrics: std::fs::File,
     /// Where log lines go besides `train.log` (none when quiet).
     sink: Option<Arc<dyn Progress>>,
+    /// A better model than `best.ckpt` holds, not yet written.
+    pending_best: Option<Model>,
+    /// When the checkpoints were last written (`None`: not yet in this invocation).
+    saved_at: Option<std::time::Instant>,
 }
+
+/// Seconds between checkpoint writes during a run (besides after an invocation's first epoch and at its end or
+/// stop). A checkpoint of a four-element molecule's model is ~60 MB of JSON: written every epoch it cost 3–5 % of
+/// the training time; a run killed between writes resumes at most this far back.
+pub(crate) const CHECKPOINT_INTERVAL_S: f64 = 60.0;
 
 impl RunDir {
     /// Creates `run_dir/checkpoints`; refuses to start over an existing run unless resuming.
@@ -500,7 +512,23 @@ impl RunDir {
                 .map_err(|e| Error::io(p, e))
         };
         let resume = epochs_done.is_some();
-        Ok(RunDir { log: open(dir.join("train.log"), resume)?, metrics: open(mp, resume)?, dir, last, best, sink })
+        let (log, metrics) = (open(dir.join("train.log"), resume)?, open(mp, resume)?);
+        Ok(RunDir { log, metrics, dir, last, best, sink, pending_best: None, saved_at: None })
+    }
+
+    /// Writes `best.ckpt` (when a better model is waiting) and then `last.ckpt`, if `now`, after the first epoch
+    /// of an invocation, or if [`CHECKPOINT_INTERVAL_S`] have passed since the last write: the two files always
+    /// describe the same moment of the run.
+    fn save_checkpoints(&mut self, cfg: &Config, model: &Model, st: &TrainState, now: bool) -> Result<()> {
+        if !now && self.saved_at.is_some_and(|t| t.elapsed().as_secs_f64() < CHECKPOINT_INTERVAL_S) {
+            return Ok(());
+        }
+        if let Some(best) = self.pending_best.take() {
+            Checkpoint::new(cfg, &best, None).save(&self.best)?;
+        }
+        Checkpoint::new(cfg, model, Some(st.clone())).save(&self.last)?;
+        self.saved_at = Some(std::time::Instant::now());
+        Ok(())
     }
 
     /// A line to `train.log` and to the progress sink.
@@ -510,7 +538,6 @@ impl RunDir {
         }
         let _ = writeln!(self.log, "{line}");
     }
-
 }
 
 /// Writes `config.resolved.toml`, `split.json` and `test.extxyz` into the run directory.
@@ -541,66 +568,6 @@ fn with_min_steps(cfg: &Config, n_train: usize) -> (Config, Option<String>) {
     );
     (t.max_epochs, t.patience) = (epochs, patience);
     (out, Some(note))
-}
-
-/// What a timed rehearsal of the training loop runs on: the run's start (left untouched) and its data.
-struct Rehearsal<'a> {
-    model: &'a Model,
-    st: &'a TrainState,
-    splits: &'a Splits,
-    cfg: &'a Config,
-    anchor: Option<&'a [f64]>,
-    trainable: Option<&'a [bool]>,
-    last: &'a Path,
-}
-
-/// Optimiser steps timed by the rehearsal (after a few untimed ones that warm the caches and allocator).
-const REHEARSAL_STEPS: usize = 24;
-
-/// Structures of a split predicted to time it (scaled to the whole split).
-const REHEARSAL_STRUCTURES: usize = 50;
-
-/// `training.max_minutes`: the number of epochs (≥ 1, ≤ `max_epochs`) that fits the budget of a run that
-/// began at `started`, with a line for the log. Times, on copies of the model and optimiser state, a few
-/// optimiser steps, the validation pass and the checkpoint of an epoch, and the final test pass; the estimate
-/// is this machine's speed now, so the count differs between machines and loads (the log line and
-/// `config.resolved.toml` record it).
-fn epochs_within_budget(r: &Rehearsal, started: std::time::Instant) -> Result<(usize, String)> {
-    let t = &r.cfg.training;
-    let bs = t.batch_size.min(r.splits.train.len()).max(1);
-    let steps_per_epoch = batches_per_epoch(r.splits.train.len(), t.batch_size);
-    let (mut model, mut st) = (r.model.clone(), r.st.clone());
-    let mut steps = |n: usize| -> Result<f64> {
-        let clock = std::time::Instant::now();
-        let frames = &r.splits.train[..(n * bs).min(r.splits.train.len())];
-        run_epoch(&mut model, &mut st, frames, r.cfg, r.anchor, r.trainable, None, r.last)?;
-        Ok(clock.elapsed().as_secs_f64() / batches_per_epoch(frames.len(), t.batch_size).max(1) as f64)
-    };
-    steps(3)?;
-    let per_step = steps(REHEARSAL_STEPS.min(steps_per_epoch))?;
-    let timed_predictions = |frames: &[Frame]| -> Result<f64> {
-        let n = frames.len().min(REHEARSAL_STRUCTURES);
-        let clock = std::time::Instant::now();
-        metrics::predict_all(&model, &frames[..n])?;
-        Ok(clock.elapsed().as_secs_f64() * frames.len() as f64 / n.max(1) as f64)
-    };
-    let (valid, test) = (timed_predictions(&r.splits.valid)?, timed_predictions(&r.splits.test)?);
-    let clock = std::time::Instant::now();
-    let scratch = r.last.with_file_name("rehearsal.ckpt");
-    Checkpoint::new(r.cfg, &model, Some(st.clone())).save(&scratch)?;
-    let _ = std::fs::remove_file(&scratch);
-    let checkpoint = clock.elapsed().as_secs_f64();
-    let per_epoch = per_step * steps_per_epoch as f64 + valid + checkpoint;
-    let left = t.max_minutes * 60.0 - started.elapsed().as_secs_f64() - test;
-    let epochs = ((left / per_epoch).floor().max(1.0) as usize).min(t.max_epochs.max(1));
-    let note = format!(
-        "training.max_minutes = {}: an epoch takes ~{per_epoch:.2} s here ({steps_per_epoch} steps of {:.1} ms, validation and checkpoint {:.2} s), so max_epochs {} → {epochs}",
-        t.max_minutes,
-        per_step * 1e3,
-        valid + checkpoint,
-        t.max_epochs
-    );
-    Ok((epochs, note))
 }
 
 /// Trains a model as configured. Writes `RUN_DIR/{config.resolved.toml, train.log, metrics.jsonl,
@@ -649,17 +616,18 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         )));
     }
     // training.max_minutes: the epoch count that fits the budget, chosen before the first epoch (a resumed run
-    // keeps its checkpoint's), so that the run is an ordinary run of that many epochs
-    let budget_note = match (resuming, resolved.training.max_minutes > 0.0) {
+    // keeps its checkpoint's) and lowered during the run if the epochs turn out slower
+    let (budget_note, test_reserve) = match (resuming, resolved.training.max_minutes > 0.0) {
         (false, true) => {
             let rehearsal = Rehearsal { model: &model, st: &st, splits: &splits, cfg: &resolved, anchor: anchor.as_deref(), trainable: trainable.as_deref(), last: &last };
-            let (epochs, note) = epochs_within_budget(&rehearsal, started)?;
+            let (epochs, test, note) = epochs_within_budget(&rehearsal, started)?;
             resolved.training.max_epochs = epochs;
             st.schedule.max_epochs = epochs;
-            Some(note)
+            (Some(note), test)
         }
-        _ => None,
+        _ => (None, 0.0),
     };
+    let mut budget = Budget::new(&resolved, started, st.budget.as_ref(), test_reserve);
     let cfg = &resolved;
     write_inputs(&dir, cfg, &splits)?;
     let sink: Option<Arc<dyn Progress>> =
@@ -699,13 +667,36 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     }
     let mut last_valid = Metrics::default();
     let mut epochs_this_run = 0;
-    while !st.finished && st.epochs_done < cfg.training.max_epochs {
+    let mut epoch_clock = std::time::Instant::now();
+    while !st.finished && st.epochs_done < resolved.training.max_epochs {
+        let cfg = &resolved;
         let t0 = std::time::Instant::now();
         let lr_used = st.schedule.lr;
         let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, anchor.as_deref(), trainable.as_deref(), sink.as_deref(), &run.last)?;
-        last_valid = validate_and_checkpoint(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
+        last_valid = validate(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
-        if opts.stop_after.is_some_and(|n| epochs_this_run >= n) && !st.finished {
+        if let Some(b) = budget.as_mut() {
+            b.record_epoch(epoch_clock.elapsed().as_secs_f64());
+            epoch_clock = std::time::Instant::now();
+            if let Some(epochs) = b.replan(st.epochs_done, resolved.training.max_epochs) {
+                run.log(&format!(
+                    "training.max_minutes = {}: epochs take {:.2} s now, so max_epochs {} → {epochs}",
+                    resolved.training.max_minutes,
+                    b.seconds_per_epoch(),
+                    resolved.training.max_epochs
+                ));
+                resolved.training.max_epochs = epochs;
+                st.schedule.shorten(epochs, st.epochs_done);
+                st.finished |= st.epochs_done >= epochs;
+                if let Some(sink) = &sink {
+                    sink.start(st.epochs_done, epochs, batches_per_epoch(splits.train.len(), resolved.training.batch_size));
+                }
+            }
+            st.budget = Some(b.state());
+        }
+        let stopping = opts.stop_after.is_some_and(|n| epochs_this_run >= n) && !st.finished;
+        run.save_checkpoints(&resolved, &model, &st, st.finished || stopping)?;
+        if stopping {
             let line = format!("stopped after {} epochs in this run; continue with --resume {}", epochs_this_run, run.last.display());
             run.log(&line);
             break;
@@ -786,6 +777,7 @@ fn start_or_resume(
         best_epoch: 0,
         bad_epochs: 0,
         finished: false,
+        budget: None,
     };
     Ok((model, st))
 }
@@ -849,10 +841,11 @@ fn run_epoch(
     Ok(sums)
 }
 
-/// Validates (with the EMA weights if enabled), steps the schedule, updates early stopping, writes `best.ckpt`
-/// on improvement, one line to each log and `last.ckpt`. Returns the validation metrics.
+/// Validates (with the EMA weights if enabled), steps the schedule, updates early stopping, keeps an improved
+/// model for `best.ckpt` ([`RunDir::save_checkpoints`] writes it) and writes one line to each log. Returns the
+/// validation metrics.
 #[allow(clippy::too_many_arguments)]
-fn validate_and_checkpoint(
+fn validate(
     model: &Model,
     st: &mut TrainState,
     splits: &Splits,
@@ -884,7 +877,7 @@ fn validate_and_checkpoint(
         st.best_metric = mval;
         st.best_epoch = st.epochs_done;
         st.bad_epochs = 0;
-        Checkpoint::new(cfg, &eval_model, None).save(&run.best)?;
+        run.pending_best = Some(eval_model);
     } else {
         st.bad_epochs += 1;
     }
@@ -914,7 +907,6 @@ fn validate_and_checkpoint(
         t0.elapsed().as_secs_f64()
     );
     run.log(&text);
-    Checkpoint::new(cfg, model, Some(st.clone())).save(&run.last)?;
     Ok(vm)
 }
 

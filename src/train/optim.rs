@@ -157,13 +157,25 @@ impl Schedule {
         Schedule { kind, lr0, lr_min, lr: lr0, patience, factor, best: f64::INFINITY, bad_epochs: 0, max_epochs }
     }
 
+    /// The cosine rate of (0-based) epoch `epoch`.
+    fn cosine(&self, epoch: usize) -> f64 {
+        let t = (epoch as f64 / self.max_epochs.max(1) as f64).min(1.0);
+        self.lr_min + 0.5 * (self.lr0 - self.lr_min) * (1.0 + (std::f64::consts::PI * t).cos())
+    }
+
+    /// Ends the decay after `max_epochs` epochs instead, `epochs_done` of them done: the next epoch's cosine rate
+    /// is that of the shorter schedule (a step down as large as the shortening, small where a budget replans).
+    pub fn shorten(&mut self, max_epochs: usize, epochs_done: usize) {
+        self.max_epochs = max_epochs;
+        if self.kind == ScheduleKind::Cosine {
+            self.lr = self.cosine(epochs_done);
+        }
+    }
+
     /// Called after each epoch with the validation metric; sets the rate for the next epoch.
     pub fn end_epoch(&mut self, epoch: usize, metric: f64) {
         match self.kind {
-            ScheduleKind::Cosine => {
-                let t = ((epoch + 1) as f64 / self.max_epochs.max(1) as f64).min(1.0);
-                self.lr = self.lr_min + 0.5 * (self.lr0 - self.lr_min) * (1.0 + (std::f64::consts::PI * t).cos());
-            }
+            ScheduleKind::Cosine => self.lr = self.cosine(epoch + 1),
             ScheduleKind::Plateau => {
                 if metric < self.best * (1.0 - 1e-4) {
                     self.best = metric;
@@ -193,6 +205,23 @@ pub fn ema_update(ema: &mut [f64], params: &[f64], decay: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_shortened_cosine_schedule_continues_on_the_shorter_curve() {
+        let mut long = Schedule::new(ScheduleKind::Cosine, 1e-3, 1e-5, 0, 0.5, 100);
+        (0..40).for_each(|e| long.end_epoch(e, 1.0));
+        let mut short = Schedule::new(ScheduleKind::Cosine, 1e-3, 1e-5, 0, 0.5, 80);
+        (0..40).for_each(|e| short.end_epoch(e, 1.0));
+        assert!(long.lr > short.lr);
+        long.shorten(80, 40);
+        assert_eq!(long.lr, short.lr);
+        for e in 40..80 {
+            long.end_epoch(e, 1.0);
+            short.end_epoch(e, 1.0);
+            assert_eq!(long.lr, short.lr);
+        }
+        assert_eq!(long.lr, 1e-5);
+    }
 
     /// The AVX2 variant of the Adam step gives the portable code's bits, with and without a mask
     /// and weight decay (so a run is reproducible across machines).
