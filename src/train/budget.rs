@@ -85,9 +85,10 @@ pub struct BudgetState {
     pub reserve_s: f64,
 }
 
-/// Epoch durations averaged by [`Budget::replan`]: enough to smooth one slow epoch, few enough to follow a
-/// machine that slows down.
-const RECENT_EPOCHS: usize = 20;
+/// Seconds of recent epochs averaged by [`Budget::replan`]: two checkpoint intervals, so that the window holds
+/// as many checkpoint writes whenever it is looked at and smooths a few slow epochs, yet follows a machine that
+/// slows down within a couple of minutes.
+const RECENT_SECONDS: f64 = 2.0 * super::CHECKPOINT_INTERVAL_S;
 
 /// Epochs timed in this invocation before [`Budget::replan`] trusts them (the first ones warm caches).
 const MIN_TIMED_EPOCHS: usize = 5;
@@ -117,17 +118,17 @@ impl Budget {
             reserve_s: resumed.map_or(reserve_s, |b| b.reserve_s),
             spent_before: resumed.map_or(0.0, |b| b.spent_s),
             started,
-            recent: VecDeque::with_capacity(RECENT_EPOCHS),
+            recent: VecDeque::new(),
             timed: 0,
         })
     }
 
     /// Records the wall time of one epoch (training, validation and checkpoints).
     pub(super) fn record_epoch(&mut self, seconds: f64) {
-        if self.recent.len() == RECENT_EPOCHS {
+        self.recent.push_back(seconds);
+        while self.recent.iter().skip(1).sum::<f64>() >= RECENT_SECONDS {
             self.recent.pop_front();
         }
-        self.recent.push_back(seconds);
         self.timed += 1;
     }
 
@@ -183,9 +184,13 @@ mod tests {
         assert_eq!(budget(30.0, 0.0, &[2.0; 5]).replan(10, 30), Some(24));
         // the test pass's reserve comes off the time left: (30 − 10 − 0.6) / 2 = 9.7 → 9 more
         assert_eq!(budget(30.0, 10.0, &[2.0; 5]).replan(10, 30), Some(19));
-        // the recent epochs count, not the first ones: 20 epochs of 1 s after 5 of 10 s
-        let mixed: Vec<f64> = [10.0; 5].into_iter().chain([1.0; 20]).collect();
+        // the last two minutes count, not the first epochs: 120 epochs of 1 s after 5 of 10 s
+        let mixed: Vec<f64> = [10.0; 5].into_iter().chain([1.0; 120]).collect();
         assert_eq!(budget(30.0, 0.0, &mixed).replan(10, 50), Some(10 + 29));
+        // one minute of 1 s epochs after 10 s ones: the window holds 6 of 10 s and 60 of 1 s, 120 s / 66 epochs,
+        // so (60 − 0.6) · 66 / 120 = 32.7 → 32 more
+        let recent: Vec<f64> = [10.0; 10].into_iter().chain([1.0; 60]).collect();
+        assert_eq!(budget(0.0, 0.0, &recent).replan(10, 200), Some(10 + 32));
         // no time left: the run ends now
         assert_eq!(budget(59.0, 0.0, &[2.0; 5]).replan(10, 30), Some(10));
     }
