@@ -304,10 +304,11 @@ pub struct TrainingConfig {
     /// 1000 structures: epochs of 50 structures are 20× shorter.
     pub min_steps: usize,
     /// Wall-time budget of the run in minutes (0 = none): before the first epoch a timed rehearsal estimates the
-    /// time per epoch and `max_epochs` is lowered to what fits (the cosine schedule's horizon follows), and it is
-    /// lowered again during the run if the epochs turn out slower, so one config trains small and large
-    /// molecules each as long as the budget allows. The counts go to the train log and the checkpoint;
-    /// `--set training.max_epochs=N` with `max_minutes = 0` repeats a run whose count was never lowered exactly.
+    /// time per epoch and `max_epochs` is lowered to what fits (the cosine schedule's horizon follows); during
+    /// the run the count follows the measured epoch times (never above the configured `max_epochs`), so one
+    /// config trains small and large molecules each as long as the budget allows. The counts go to the train log
+    /// and the checkpoint; `--set training.max_epochs=N` with `max_minutes = 0` repeats a run whose count never
+    /// changed after the start exactly.
     pub max_minutes: f64,
     /// Structures per mini-batch.
     pub batch_size: usize,

@@ -424,10 +424,12 @@ fn a_time_budget_chooses_the_epoch_count_before_training() {
     let spent_first = budget_of(&dc);
     let second = pilip::train::train(&cc, &TrainOptions { quiet: true, resume, ..Default::default() }).unwrap();
     assert_eq!((second.epochs_done, second.finished), (3, true));
-    // the budget's clock goes on from the checkpoint's, and the test pass's reserve is the start's
+    // the budget's clock goes on from the checkpoint's; the test pass's reserve and the cap on replanning are the
+    // start's (max_epochs 3, not the 5 set since)
     let spent_second = budget_of(&dc);
     assert!(spent_first.spent_s > 0.0 && spent_second.spent_s > spent_first.spent_s, "{spent_first:?} {spent_second:?}");
     assert!(spent_first.reserve_s > 0.0 && spent_second.reserve_s == spent_first.reserve_s);
+    assert_eq!((spent_first.cap_epochs, spent_second.cap_epochs), (3, 3));
 }
 
 /// The budget's clock in a run's `last.ckpt`.

@@ -1,6 +1,7 @@
 //! `training.max_minutes`: a wall-time budget for a run. The epoch count is chosen before the first epoch from a
-//! timed rehearsal ([`epochs_within_budget`]) and lowered during the run when the epochs turn out slower than
-//! the rehearsal said ([`Budget::replan`]): the speed of a shared machine can change by 2× within a run.
+//! timed rehearsal ([`epochs_within_budget`]) and changed during the run when the epochs turn out slower or
+//! faster than the rehearsal said ([`Budget::replan`]): the speed of a shared machine can change by 2× within a
+//! run, for minutes at a time.
 
 use super::checkpoint::{Checkpoint, TrainState};
 use super::{batches_per_epoch, run_epoch, CHECKPOINT_INTERVAL_S};
@@ -36,7 +37,7 @@ const REHEARSAL_STRUCTURES: usize = 50;
 /// seconds to keep back for the final test pass, and a line for the log. Times, on copies of the model and
 /// optimiser state, a few optimiser steps, the validation pass, a checkpoint and the final test pass; the
 /// estimate is this machine's speed now, so the count differs between machines and loads (the log line and
-/// `config.resolved.toml` record it), and [`Budget::replan`] lowers it if the machine slows down.
+/// `config.resolved.toml` record it), and [`Budget::replan`] follows the speed the epochs then show.
 pub(super) fn epochs_within_budget(r: &Rehearsal, started: Instant) -> Result<(usize, f64, String)> {
     let t = &r.cfg.training;
     let bs = t.batch_size.min(r.splits.train.len()).max(1);
@@ -83,43 +84,49 @@ pub struct BudgetState {
     pub spent_s: f64,
     /// Seconds kept back for the final test pass (the rehearsal's estimate).
     pub reserve_s: f64,
+    /// The most epochs a replan may set (`training.max_epochs` before the budget lowered it; 0: never raised).
+    #[serde(default)]
+    pub cap_epochs: usize,
 }
 
 /// Seconds of recent epochs averaged by [`Budget::replan`]: two checkpoint intervals, so that the window holds
-/// as many checkpoint writes whenever it is looked at and smooths a few slow epochs, yet follows a machine that
-/// slows down within a couple of minutes.
+/// as many checkpoint writes whenever it is looked at and smooths a few slow epochs, yet follows a change of
+/// the machine's speed within a couple of minutes.
 const RECENT_SECONDS: f64 = 2.0 * super::CHECKPOINT_INTERVAL_S;
 
-/// Epochs timed in this invocation before [`Budget::replan`] trusts them (the first ones warm caches).
-const MIN_TIMED_EPOCHS: usize = 5;
+/// A plan is lowered when it would overrun the budget by more than this fraction of it, raised when it would
+/// end earlier by more than [`RAISE_SLACK`], and then set to end this fraction before the budget's end: the
+/// band between keeps a run on a steady machine at its count and a drifting one from replanning every epoch.
+const MARGIN: f64 = 0.01;
 
-/// Overrun tolerated before the plan is lowered, and the margin it is then lowered by, as fractions of the
-/// budget: the hysteresis keeps a run on a steady machine at its first count and a slowing one from lowering
-/// it epoch by epoch.
-const TOLERANCE: f64 = 0.01;
+/// See [`MARGIN`].
+const RAISE_SLACK: f64 = 0.03;
 
 /// A running budget: its clock, what a resumed checkpoint had spent, and the durations of recent epochs.
 pub(super) struct Budget {
     seconds: f64,
     reserve_s: f64,
+    cap: usize,
     spent_before: f64,
     started: Instant,
     recent: VecDeque<f64>,
-    timed: usize,
+    timed_s: f64,
 }
 
 impl Budget {
     /// The budget of `cfg` (`None` without one), counting from `started` plus what `resumed` had spent;
-    /// `reserve_s` is kept back for the final test pass.
-    pub(super) fn new(cfg: &Config, started: Instant, resumed: Option<&BudgetState>, reserve_s: f64) -> Option<Self> {
+    /// `reserve_s` is kept back for the final test pass and `cap` epochs are the most a replan may set (both
+    /// taken from `resumed` when resuming).
+    pub(super) fn new(cfg: &Config, started: Instant, resumed: Option<&BudgetState>, reserve_s: f64, cap: usize) -> Option<Self> {
         let minutes = cfg.training.max_minutes;
         (minutes > 0.0).then(|| Budget {
             seconds: minutes * 60.0,
             reserve_s: resumed.map_or(reserve_s, |b| b.reserve_s),
+            cap: resumed.map_or(cap, |b| b.cap_epochs),
             spent_before: resumed.map_or(0.0, |b| b.spent_s),
             started,
             recent: VecDeque::new(),
-            timed: 0,
+            timed_s: 0.0,
         })
     }
 
@@ -129,32 +136,35 @@ impl Budget {
         while self.recent.iter().skip(1).sum::<f64>() >= RECENT_SECONDS {
             self.recent.pop_front();
         }
-        self.timed += 1;
+        self.timed_s += seconds;
     }
 
     /// What a checkpoint keeps.
     pub(super) fn state(&self) -> BudgetState {
-        BudgetState { spent_s: self.spent_before + self.started.elapsed().as_secs_f64(), reserve_s: self.reserve_s }
+        BudgetState { spent_s: self.spent_before + self.started.elapsed().as_secs_f64(), reserve_s: self.reserve_s, cap_epochs: self.cap }
     }
 
-    /// The lowered epoch count (≥ `epochs_done`) when the recent epochs say that `planned` ones would overrun
-    /// the budget by more than [`TOLERANCE`]; `None` while the plan fits. Never raises the plan: a faster machine
-    /// finishes early rather than changing a schedule it is keeping.
+    /// A new epoch count (≥ `epochs_done`, ≤ the cap) when the recent epochs say that `planned` ones would end
+    /// more than [`MARGIN`] after the budget or more than [`RAISE_SLACK`] before it; `None` while the plan fits,
+    /// and before this invocation has timed [`RECENT_SECONDS`] of epochs (a quarter of a shorter budget).
     pub(super) fn replan(&self, epochs_done: usize, planned: usize) -> Option<usize> {
-        if self.timed < MIN_TIMED_EPOCHS || planned <= epochs_done {
+        if self.timed_s < RECENT_SECONDS.min(self.seconds / 4.0) || planned <= epochs_done {
             return None;
         }
-        let per_epoch = self.recent.iter().sum::<f64>() / self.recent.len() as f64;
+        let per_epoch = self.seconds_per_epoch();
         let left = self.seconds - self.state().spent_s - self.reserve_s;
         let needed = (planned - epochs_done) as f64 * per_epoch;
-        if needed <= left + TOLERANCE * self.seconds {
+        let over = needed > left + MARGIN * self.seconds;
+        let under = needed < left - RAISE_SLACK * self.seconds && planned < self.cap;
+        if !(over || under) {
             return None;
         }
-        let fit = ((left - TOLERANCE * self.seconds) / per_epoch).floor().max(0.0) as usize;
-        Some(epochs_done + fit.min(planned - epochs_done - 1))
+        let fit = ((left - MARGIN * self.seconds) / per_epoch).floor().max(0.0) as usize;
+        let epochs = (epochs_done + fit).min(self.cap.max(planned)).max(epochs_done);
+        (epochs != planned).then_some(epochs)
     }
 
-    /// The seconds an epoch takes now (the recent mean), for the log.
+    /// The seconds an epoch takes now (the recent mean).
     pub(super) fn seconds_per_epoch(&self) -> f64 {
         self.recent.iter().sum::<f64>() / self.recent.len().max(1) as f64
     }
@@ -164,15 +174,16 @@ impl Budget {
 mod tests {
     use super::*;
 
-    /// A one-minute budget with `spent` seconds already spent and `durations` recorded.
+    /// A one-minute budget capped at 1000 epochs with `spent` seconds already spent and `durations` recorded.
     fn budget(spent: f64, reserve: f64, durations: &[f64]) -> Budget {
         let mut b = Budget {
             seconds: 60.0,
             reserve_s: reserve,
+            cap: 1000,
             spent_before: spent,
             started: Instant::now(),
             recent: VecDeque::new(),
-            timed: 0,
+            timed_s: 0.0,
         };
         durations.iter().for_each(|&d| b.record_epoch(d));
         b
@@ -181,9 +192,11 @@ mod tests {
     #[test]
     fn a_plan_that_overruns_is_lowered_to_what_fits_with_a_margin() {
         // 30 s left, epochs of 2 s: 20 more would take 40 s; (30 − 0.6) / 2 = 14.7 → 14 more
-        assert_eq!(budget(30.0, 0.0, &[2.0; 5]).replan(10, 30), Some(24));
+        assert_eq!(budget(30.0, 0.0, &[2.0; 8]).replan(10, 30), Some(24));
         // the test pass's reserve comes off the time left: (30 − 10 − 0.6) / 2 = 9.7 → 9 more
-        assert_eq!(budget(30.0, 10.0, &[2.0; 5]).replan(10, 30), Some(19));
+        assert_eq!(budget(30.0, 10.0, &[2.0; 8]).replan(10, 30), Some(19));
+        // no time left: the run ends now
+        assert_eq!(budget(59.0, 0.0, &[2.0; 8]).replan(10, 30), Some(10));
         // the last two minutes count, not the first epochs: 120 epochs of 1 s after 5 of 10 s
         let mixed: Vec<f64> = [10.0; 5].into_iter().chain([1.0; 120]).collect();
         assert_eq!(budget(30.0, 0.0, &mixed).replan(10, 50), Some(10 + 29));
@@ -191,25 +204,33 @@ mod tests {
         // so (60 − 0.6) · 66 / 120 = 32.7 → 32 more
         let recent: Vec<f64> = [10.0; 10].into_iter().chain([1.0; 60]).collect();
         assert_eq!(budget(0.0, 0.0, &recent).replan(10, 200), Some(10 + 32));
-        // no time left: the run ends now
-        assert_eq!(budget(59.0, 0.0, &[2.0; 5]).replan(10, 30), Some(10));
     }
 
     #[test]
-    fn a_plan_that_fits_or_is_barely_over_or_is_not_yet_measured_is_kept() {
-        assert_eq!(budget(30.0, 0.0, &[1.0; 5]).replan(10, 40), None); // exactly 30 s
-        assert_eq!(budget(30.0, 0.0, &[1.01; 5]).replan(10, 40), None); // 30.3 s: within the 0.6 s tolerance
-        assert_eq!(budget(30.0, 0.0, &[2.0; 4]).replan(10, 30), None); // four epochs timed: not trusted yet
-        assert_eq!(budget(30.0, 0.0, &[2.0; 5]).replan(30, 30), None); // nothing left to plan
-        // never raised, however fast the epochs
-        assert_eq!(budget(0.0, 0.0, &[0.001; 5]).replan(10, 30), None);
+    fn a_plan_that_ends_well_before_the_budget_is_raised_up_to_the_cap() {
+        // 30 s left, epochs of 1 s, 10 planned: (30 − 0.6) / 1 → 29 more
+        assert_eq!(budget(30.0, 0.0, &[1.0; 16]).replan(10, 20), Some(39));
+        // not beyond the configured max_epochs
+        let mut capped = budget(30.0, 0.0, &[1.0; 16]);
+        capped.cap = 25;
+        assert_eq!(capped.replan(10, 20), Some(25));
+        capped.cap = 20;
+        assert_eq!(capped.replan(10, 20), None);
+    }
+
+    #[test]
+    fn a_plan_within_the_band_or_not_yet_measured_is_kept() {
+        assert_eq!(budget(30.0, 0.0, &[1.0; 16]).replan(10, 40), None); // exactly 30 s
+        assert_eq!(budget(30.0, 0.0, &[1.01; 16]).replan(10, 40), None); // 30.3 s: within the 0.6 s margin
+        assert_eq!(budget(30.0, 0.0, &[1.0; 16]).replan(10, 39), None); // 1 s early: within the 1.8 s slack
+        assert_eq!(budget(30.0, 0.0, &[2.0; 7]).replan(10, 30), None); // 14 s timed: under a quarter of the budget
+        assert_eq!(budget(30.0, 0.0, &[2.0; 8]).replan(30, 30), None); // nothing left to plan
     }
 
     #[test]
     fn the_state_adds_this_invocations_time_to_what_a_checkpoint_had_spent() {
-        let b = budget(12.5, 3.0, &[]);
-        let st = b.state();
+        let st = budget(12.5, 3.0, &[]).state();
         assert!(st.spent_s >= 12.5 && st.spent_s < 13.5, "{}", st.spent_s);
-        assert_eq!(st.reserve_s, 3.0);
+        assert_eq!((st.reserve_s, st.cap_epochs), (3.0, 1000));
     }
 }

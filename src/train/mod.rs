@@ -616,7 +616,8 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         )));
     }
     // training.max_minutes: the epoch count that fits the budget, chosen before the first epoch (a resumed run
-    // keeps its checkpoint's) and lowered during the run if the epochs turn out slower
+    // keeps its checkpoint's) and changed during the run if the epochs turn out slower or faster
+    let cap_epochs = resolved.training.max_epochs;
     let (budget_note, test_reserve) = match (resuming, resolved.training.max_minutes > 0.0) {
         (false, true) => {
             let rehearsal = Rehearsal { model: &model, st: &st, splits: &splits, cfg: &resolved, anchor: anchor.as_deref(), trainable: trainable.as_deref(), last: &last };
@@ -627,7 +628,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         }
         _ => (None, 0.0),
     };
-    let mut budget = Budget::new(&resolved, started, st.budget.as_ref(), test_reserve);
+    let mut budget = Budget::new(&resolved, started, st.budget.as_ref(), test_reserve, cap_epochs);
     let cfg = &resolved;
     write_inputs(&dir, cfg, &splits)?;
     let sink: Option<Arc<dyn Progress>> =
@@ -686,7 +687,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
                     resolved.training.max_epochs
                 ));
                 resolved.training.max_epochs = epochs;
-                st.schedule.shorten(epochs, st.epochs_done);
+                st.schedule.set_horizon(epochs, st.epochs_done);
                 st.finished |= st.epochs_done >= epochs;
                 if let Some(sink) = &sink {
                     sink.start(st.epochs_done, epochs, batches_per_epoch(splits.train.len(), resolved.training.batch_size));

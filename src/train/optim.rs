@@ -164,8 +164,8 @@ impl Schedule {
     }
 
     /// Ends the decay after `max_epochs` epochs instead, `epochs_done` of them done: the next epoch's cosine rate
-    /// is that of the shorter schedule (a step down as large as the shortening, small where a budget replans).
-    pub fn shorten(&mut self, max_epochs: usize, epochs_done: usize) {
+    /// is that of the new schedule (a step as large as the change, small where a budget replans).
+    pub fn set_horizon(&mut self, max_epochs: usize, epochs_done: usize) {
         self.max_epochs = max_epochs;
         if self.kind == ScheduleKind::Cosine {
             self.lr = self.cosine(epochs_done);
@@ -207,13 +207,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_shortened_cosine_schedule_continues_on_the_shorter_curve() {
+    fn a_cosine_schedule_given_a_new_horizon_continues_on_the_new_curve() {
         let mut long = Schedule::new(ScheduleKind::Cosine, 1e-3, 1e-5, 0, 0.5, 100);
         (0..40).for_each(|e| long.end_epoch(e, 1.0));
         let mut short = Schedule::new(ScheduleKind::Cosine, 1e-3, 1e-5, 0, 0.5, 80);
         (0..40).for_each(|e| short.end_epoch(e, 1.0));
         assert!(long.lr > short.lr);
-        long.shorten(80, 40);
+        long.set_horizon(80, 40);
         assert_eq!(long.lr, short.lr);
         for e in 40..80 {
             long.end_epoch(e, 1.0);
