@@ -111,6 +111,7 @@ pub(super) struct Budget {
     started: Instant,
     recent: VecDeque<f64>,
     timed_s: f64,
+    timed_epochs: usize,
 }
 
 impl Budget {
@@ -127,6 +128,7 @@ impl Budget {
             started,
             recent: VecDeque::new(),
             timed_s: 0.0,
+            timed_epochs: 0,
         })
     }
 
@@ -137,6 +139,7 @@ impl Budget {
             self.recent.pop_front();
         }
         self.timed_s += seconds;
+        self.timed_epochs += 1;
     }
 
     /// What a checkpoint keeps.
@@ -145,20 +148,26 @@ impl Budget {
     }
 
     /// A new epoch count (≥ `epochs_done`, ≤ the cap) when the recent epochs say that `planned` ones would end
-    /// more than [`MARGIN`] after the budget or more than [`RAISE_SLACK`] before it; `None` while the plan fits,
-    /// and before this invocation has timed [`RECENT_SECONDS`] of epochs (a quarter of a shorter budget).
+    /// more than [`MARGIN`] after the budget, or when both the recent epochs and all of this invocation's say
+    /// they would end more than [`RAISE_SLACK`] before it; `None` while the plan fits, and before this
+    /// invocation has timed [`RECENT_SECONDS`] of epochs (a quarter of a shorter budget). Lowering follows a
+    /// slowdown within the window; raising also asks the long mean, so that a window that is a few per cent
+    /// faster by chance does not undo the last lowering (a salicylic acid run went 627 ↔ 653 seven times when
+    /// both followed the window).
     pub(super) fn replan(&self, epochs_done: usize, planned: usize) -> Option<usize> {
         if self.timed_s < RECENT_SECONDS.min(self.seconds / 4.0) || planned <= epochs_done {
             return None;
         }
-        let per_epoch = self.seconds_per_epoch();
+        let recent = self.seconds_per_epoch();
+        let cautious = recent.max(self.timed_s / self.timed_epochs.max(1) as f64);
         let left = self.seconds - self.state().spent_s - self.reserve_s;
-        let needed = (planned - epochs_done) as f64 * per_epoch;
-        let over = needed > left + MARGIN * self.seconds;
-        let under = needed < left - RAISE_SLACK * self.seconds && planned < self.cap;
+        let needed = |per_epoch: f64| (planned - epochs_done) as f64 * per_epoch;
+        let over = needed(recent) > left + MARGIN * self.seconds;
+        let under = needed(cautious) < left - RAISE_SLACK * self.seconds && planned < self.cap;
         if !(over || under) {
             return None;
         }
+        let per_epoch = if over { recent } else { cautious };
         let fit = ((left - MARGIN * self.seconds) / per_epoch).floor().max(0.0) as usize;
         let epochs = (epochs_done + fit).min(self.cap.max(planned)).max(epochs_done);
         (epochs != planned).then_some(epochs)
@@ -184,6 +193,7 @@ mod tests {
             started: Instant::now(),
             recent: VecDeque::new(),
             timed_s: 0.0,
+            timed_epochs: 0,
         };
         durations.iter().for_each(|&d| b.record_epoch(d));
         b
@@ -216,6 +226,16 @@ mod tests {
         assert_eq!(capped.replan(10, 20), Some(25));
         capped.cap = 20;
         assert_eq!(capped.replan(10, 20), None);
+        // a window faster than the invocation's mean raises by the mean: 60 epochs of 2 s, then two minutes of
+        // 1 s ones (window 1 s, mean 240 s / 180 = 1.33 s): (30 − 0.6) / 1.33 = 22.05 → 22 more
+        let sped_up: Vec<f64> = [2.0; 60].into_iter().chain([1.0; 120]).collect();
+        assert_eq!(budget(30.0, 0.0, &sped_up).replan(10, 20), Some(32));
+        // and only when the mean, too, ends early: 22 more take 22 s by the window, 29.3 s by the mean (> 28.2)
+        assert_eq!(budget(30.0, 0.0, &sped_up).replan(10, 32), None);
+        // a slowdown lowers by the window alone: 60 of 1 s, then two minutes of 2 s (mean 1.33 s); 20 more would
+        // take 40 s: (30 − 0.6) / 2 = 14.7 → 14 more
+        let slowed: Vec<f64> = [1.0; 60].into_iter().chain([2.0; 60]).collect();
+        assert_eq!(budget(30.0, 0.0, &slowed).replan(10, 30), Some(24));
     }
 
     #[test]
