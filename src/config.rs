@@ -43,14 +43,16 @@ pub enum Split {
     Contiguous,
 }
 
-/// The penalty on the per-atom energy error.
+/// The penalty on an error: the per-atom energy error (`loss.energy_loss`) or a force component's
+/// (`loss.forces_loss`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum EnergyLoss {
+pub enum Penalty {
     /// Squared error.
     #[default]
     Mse,
-    /// Squared below `huber_delta`, linear above (robust to a few bad labels).
+    /// Squared below the threshold, linear above (robust to a few bad labels; for forces, closer to the mean
+    /// absolute error the benchmarks report).
     Huber,
 }
 
@@ -227,11 +229,15 @@ pub struct LossConfig {
     /// Weight of the per-atom energy error ((E − E_ref)/N)², eV².
     pub energy_weight: f64,
     /// "mse" or "huber".
-    pub energy_loss: EnergyLoss,
+    pub energy_loss: Penalty,
     /// Huber threshold in eV/atom.
     pub huber_delta: f64,
     /// Weight of the force error per component, (eV/Å)².
     pub forces_weight: f64,
+    /// "mse" or "huber" on each force component.
+    pub forces_loss: Penalty,
+    /// Huber threshold of `forces_loss` in eV/Å.
+    pub forces_huber_delta: f64,
     /// Weight of the stress error per component, (eV/Å³)².
     pub stress_weight: f64,
     /// Physics-informed Taylor consistency (PITC) weight.
@@ -271,9 +277,11 @@ impl Default for LossConfig {
     fn default() -> Self {
         LossConfig {
             energy_weight: 1.0,
-            energy_loss: EnergyLoss::Mse,
+            energy_loss: Penalty::Mse,
             huber_delta: 0.01,
             forces_weight: 1.0,
+            forces_loss: Penalty::Mse,
+            forces_huber_delta: 0.01,
             stress_weight: 0.0,
             pitc_weight: 0.0,
             pitc_order: 1,
@@ -486,6 +494,11 @@ impl Config {
         if ![1, 2].contains(&self.loss.pitc_order) {
             return bad(format!("loss.pitc_order must be 1 or 2, got {}", self.loss.pitc_order));
         }
+        for (name, delta) in [("huber_delta", self.loss.huber_delta), ("forces_huber_delta", self.loss.forces_huber_delta)] {
+            if !(delta > 0.0 && delta.is_finite()) {
+                return bad(format!("loss.{name} must be a threshold > 0 (eV/atom for the energy, eV/Å for forces), got {delta}"));
+            }
+        }
         if !(self.loss.epsilon > 0.0 && self.loss.epsilon < 0.5) {
             return bad(format!("loss.epsilon must be in (0, 0.5) Å, got {}", self.loss.epsilon));
         }
@@ -620,7 +633,7 @@ mod tests {
         let c = Config::load(&p, &sets.map(String::from)).unwrap();
         assert_eq!(
             (c.data.split, c.loss.energy_loss, c.training.optimizer, c.training.schedule, c.training.early_stopping_metric),
-            (Split::Contiguous, EnergyLoss::Huber, Optimizer::Adam, Schedule::Constant, StoppingMetric::ValForcesRmse)
+            (Split::Contiguous, Penalty::Huber, Optimizer::Adam, Schedule::Constant, StoppingMetric::ValForcesRmse)
         );
         assert!(c.to_toml().contains("split = \"contiguous\"") && c.to_toml().contains("optimizer = \"adam\""));
     }

@@ -1,7 +1,7 @@
 //! Loss gradients against finite differences in the parameters, and end-to-end training behaviour.
 mod common;
 use common::*;
-use pilip::config::{Config, EnergyLoss, PiwslVariant, Schedule};
+use pilip::config::{Config, Penalty, PiwslVariant, Schedule};
 use pilip::descriptor::four_body::ThreeBody;
 use pilip::frame::Frame;
 use pilip::rng::Rng;
@@ -37,23 +37,26 @@ fn labelled_cells() -> Vec<Frame> {
 }
 
 fn check_term(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32) {
-    check_term_with(term, frames, species, cutoff, order, EnergyLoss::Mse);
+    check_term_with(term, frames, species, cutoff, order, Penalty::Mse);
 }
 
-fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32, energy_loss: EnergyLoss) {
-    check_term_on(&random_model(species, cutoff, frames, 17), term, frames, order, energy_loss);
+/// `penalty` is the energy's and the forces' (`loss.energy_loss`, `loss.forces_loss`).
+fn check_term_with(term: &str, frames: &[Frame], species: Vec<u32>, cutoff: f64, order: u32, penalty: Penalty) {
+    check_term_on(&random_model(species, cutoff, frames, 17), term, frames, order, penalty);
 }
 
-fn check_term_on(model: &pilip::model::Model, term: &str, frames: &[Frame], order: u32, energy_loss: EnergyLoss) {
-    check_term_variant(model, term, frames, order, energy_loss, PiwslVariant::Pilip);
+fn check_term_on(model: &pilip::model::Model, term: &str, frames: &[Frame], order: u32, penalty: Penalty) {
+    check_term_variant(model, term, frames, order, penalty, PiwslVariant::Pilip);
 }
 
-fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame], order: u32, energy_loss: EnergyLoss, variant: PiwslVariant) {
+fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame], order: u32, penalty: Penalty, variant: PiwslVariant) {
     let model = model.clone();
     let mut cfg = Config::default();
     cfg.loss.piwsl_variant = variant;
-    cfg.loss.energy_loss = energy_loss;
+    cfg.loss.energy_loss = penalty;
     cfg.loss.huber_delta = 0.05;
+    cfg.loss.forces_loss = penalty;
+    cfg.loss.forces_huber_delta = 0.05;
     cfg.loss.energy_weight = 0.0;
     cfg.loss.forces_weight = 0.0;
     cfg.loss.pitc_order = order;
@@ -87,6 +90,13 @@ fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame],
     let value = loss.get(term).unwrap();
     assert!(value != 0.0, "{term}: loss is zero");
     assert_eq!(loss.total(), value, "{term}: other terms must be off");
+    if penalty == Penalty::Huber {
+        // some errors must lie beyond the threshold, or the check below would only see the squared branch
+        let mut squared = cfg.loss.clone();
+        (squared.energy_loss, squared.forces_loss) = (Penalty::Mse, Penalty::Mse);
+        let mse = batch_loss_and_grad(&model, &refs, &ids, &squared, seed, &w, 3, false).unwrap().0.total();
+        assert!(value < 0.9 * mse, "{term}: Huber {value} vs squared {mse}");
+    }
     let gnorm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
     assert!(gnorm > 0.0);
     let mut rng = Rng::new(5);
@@ -124,7 +134,8 @@ fn every_loss_term_has_the_right_parameter_gradient() {
         check_term(term, &mols, vec![1, 6, 8], 4.0, 1);
     }
     check_term("pitc", &mols, vec![1, 6, 8], 4.0, 2);
-    check_term_with("energy", &mols, vec![1, 6, 8], 4.0, 1, EnergyLoss::Huber);
+    check_term_with("energy", &mols, vec![1, 6, 8], 4.0, 1, Penalty::Huber);
+    check_term_with("forces", &mols, vec![1, 6, 8], 4.0, 1, Penalty::Huber);
     let cells = labelled_cells();
     for term in ["stress", "forces", "pitc", "pisc", "score", "fep", "conf_temperature"] {
         check_term(term, &cells, vec![13, 29], 4.5, 1);
@@ -132,20 +143,20 @@ fn every_loss_term_has_the_right_parameter_gradient() {
     // the bispectrum family: the tangent goes through the four-body invariants too
     let bs_mol = random_bispectrum_model(vec![1, 6, 8], 4.0, &mols, 17);
     for term in ["energy", "forces"] {
-        check_term_on(&bs_mol, term, &mols, 1, EnergyLoss::Mse);
+        check_term_on(&bs_mol, term, &mols, 1, Penalty::Mse);
     }
-    check_term_on(&random_bispectrum_model(vec![13, 29], 4.5, &cells, 17), "stress", &cells, 1, EnergyLoss::Mse);
+    check_term_on(&random_bispectrum_model(vec![13, 29], 4.5, &cells, 17), "stress", &cells, 1, Penalty::Mse);
     // with the compressed three-body invariants, W also enters through them
     let compressed = random_bispectrum_model_with(vec![1, 6, 8], 4.0, &mols, 17, ThreeBody::Compressed);
     for term in ["energy", "forces"] {
-        check_term_on(&compressed, term, &mols, 1, EnergyLoss::Mse);
+        check_term_on(&compressed, term, &mols, 1, Penalty::Mse);
     }
-    check_term_on(&random_bispectrum_model_with(vec![13, 29], 4.5, &cells, 17, ThreeBody::Compressed), "stress", &cells, 1, EnergyLoss::Mse);
+    check_term_on(&random_bispectrum_model_with(vec![13, 29], 4.5, &cells, 17, ThreeBody::Compressed), "stress", &cells, 1, Penalty::Mse);
     // the paper code's displacement variants (the final one gives PITC its own configuration)
     let model = random_model(vec![1, 6, 8], 4.0, &mols, 17);
     for variant in [PiwslVariant::PaperV1, PiwslVariant::PaperFinal] {
         for (term, order) in [("pitc", 1), ("pitc", 2), ("pisc", 1)] {
-            check_term_variant(&model, term, &mols, order, EnergyLoss::Mse, variant);
+            check_term_variant(&model, term, &mols, order, Penalty::Mse, variant);
         }
     }
 }

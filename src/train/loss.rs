@@ -16,7 +16,7 @@
 //! ½|∇E(R)|² − k_B T·∇²E(R) per force component, with the Laplacian from a second difference along a random
 //! ±1 probe v at R ± hv (two more configurations; see [`score_term`]).
 
-use crate::config::{EnergyLoss, LossConfig, PiwslVariant};
+use crate::config::{Penalty, LossConfig, PiwslVariant};
 use crate::error::Result;
 use crate::frame::{displaced, Frame, Mat3, Vec3};
 use crate::model::{Environments, Model, Primitive};
@@ -279,7 +279,7 @@ pub fn structure_loss(
     let mut terms = LossTerms::default();
     let mut cr = Coeffs::new();
     terms.energy = energy_term(frame, pred_r, cfg, w.energy, norm, &mut cr);
-    terms.forces = forces_term(frame, pred_r, w.forces, norm, &mut cr);
+    terms.forces = forces_term(frame, pred_r, cfg, w.forces, norm, &mut cr);
     terms.stress = stress_term(frame, pred_r, env_r.volume, w.stress, norm, &mut cr);
 
     let want_pitc = w.pitc > 0.0;
@@ -369,19 +369,21 @@ fn energy_term(frame: &Frame, pred: &Prediction, cfg: &LossConfig, weight: f64, 
     let (Some(e), true) = (frame.energy, weight > 0.0) else { return 0.0 };
     let nf = frame.len() as f64;
     let r = (pred.energy - e) / nf;
-    let (l, dl) = match cfg.energy_loss {
-        EnergyLoss::Huber => {
-            let d = cfg.huber_delta;
-            if r.abs() <= d { (r * r, 2.0 * r) } else { (2.0 * d * r.abs() - d * d, 2.0 * d * r.signum()) }
-        }
-        EnergyLoss::Mse => (r * r, 2.0 * r),
-    };
+    let (l, dl) = penalty(cfg.energy_loss, cfg.huber_delta, r);
     cr.a += weight * dl / nf / norm.n_energy;
     weight * l / norm.n_energy
 }
 
-/// Squared force-component error.
-fn forces_term(frame: &Frame, pred: &Prediction, weight: f64, norm: &Normalizers, cr: &mut Coeffs) -> f64 {
+/// A penalty on the error `r` and its derivative: r² or Huber's (r² within `delta`, 2·delta·|r| − delta² beyond).
+fn penalty(kind: Penalty, delta: f64, r: f64) -> (f64, f64) {
+    match kind {
+        Penalty::Huber if r.abs() > delta => (2.0 * delta * r.abs() - delta * delta, 2.0 * delta * r.signum()),
+        Penalty::Huber | Penalty::Mse => (r * r, 2.0 * r),
+    }
+}
+
+/// Force-component error (squared or Huber, `loss.forces_loss`).
+fn forces_term(frame: &Frame, pred: &Prediction, cfg: &LossConfig, weight: f64, norm: &Normalizers, cr: &mut Coeffs) -> f64 {
     let (Some(fref), true) = (&frame.forces, weight > 0.0) else { return 0.0 };
     let n = frame.len();
     let k = weight / norm.n_force_components;
@@ -389,9 +391,9 @@ fn forces_term(frame: &Frame, pred: &Prediction, weight: f64, norm: &Normalizers
     let mut v = vec![[0.0; 3]; n];
     for i in 0..n {
         for a in 0..3 {
-            let d = pred.forces[i][a] - fref[i][a];
-            loss += k * d * d;
-            v[i][a] = 2.0 * k * d;
+            let (l, dl) = penalty(cfg.forces_loss, cfg.forces_huber_delta, pred.forces[i][a] - fref[i][a]);
+            loss += k * l;
+            v[i][a] = k * dl;
         }
     }
     // Σ v·F = −D_v E
