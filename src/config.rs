@@ -494,9 +494,9 @@ impl Config {
         if ![1, 2].contains(&self.loss.pitc_order) {
             return bad(format!("loss.pitc_order must be 1 or 2, got {}", self.loss.pitc_order));
         }
-        for (name, delta) in [("huber_delta", self.loss.huber_delta), ("forces_huber_delta", self.loss.forces_huber_delta)] {
+        for (name, delta, unit) in [("huber_delta", self.loss.huber_delta, "eV/atom"), ("forces_huber_delta", self.loss.forces_huber_delta, "eV/Å")] {
             if !(delta > 0.0 && delta.is_finite()) {
-                return bad(format!("loss.{name} must be a threshold > 0 (eV/atom for the energy, eV/Å for forces), got {delta}"));
+                return bad(format!("loss.{name} must be a threshold > 0 in {unit}, got {delta}"));
             }
         }
         if !(self.loss.epsilon > 0.0 && self.loss.epsilon < 0.5) {
