@@ -649,6 +649,9 @@ mod tests {
             (&["bispectrum.channels=4", "bispectrum.four_body_channels=5"][..], "bispectrum.four_body_channels must be at most"),
             (&["bispectrum.channels=33"][..], "bispectrum.channels must be in 1..=32"),
             (&["bispectrum.three_body=\"partial\""][..], "unknown variant `partial`"),
+            (&["loss.forces_huber_delta=0"][..], "loss.forces_huber_delta must be a threshold > 0 in eV/Å, got 0"),
+            (&["loss.huber_delta=-1"][..], "loss.huber_delta must be a threshold > 0 in eV/atom"),
+            (&["loss.forces_loss=\"l1\""][..], "unknown variant `l1`, expected `mse` or `huber`"),
         ] {
             let e = load(sets).unwrap_err().to_string();
             assert!(e.contains(want), "{sets:?}: {e}");
