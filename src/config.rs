@@ -649,6 +649,19 @@ mod tests {
             (&["bispectrum.channels=4", "bispectrum.four_body_channels=5"][..], "bispectrum.four_body_channels must be at most"),
             (&["bispectrum.channels=33"][..], "bispectrum.channels must be in 1..=32"),
             (&["bispectrum.three_body=\"partial\""][..], "unknown variant `partial`"),
+        ] {
+            let e = load(sets).unwrap_err().to_string();
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_loss_penalties_are_checked_by_name() {
+        let p = config_file("cfg_penalty", "[data]\nfile = \"x.xyz\"\n");
+        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let c = load(&["loss.forces_loss=\"huber\"", "loss.forces_huber_delta=0.02"]).unwrap();
+        assert_eq!((c.loss.forces_loss, c.loss.forces_huber_delta, c.loss.energy_loss), (Penalty::Huber, 0.02, Penalty::Mse));
+        for (sets, want) in [
             (&["loss.forces_huber_delta=0"][..], "loss.forces_huber_delta must be a threshold > 0 in eV/Å, got 0"),
             (&["loss.huber_delta=-1"][..], "loss.huber_delta must be a threshold > 0 in eV/atom"),
             (&["loss.forces_loss=\"l1\""][..], "unknown variant `l1`, expected `mse` or `huber`"),
