@@ -16,7 +16,7 @@
 //! ½|∇E(R)|² − k_B T·∇²E(R) per force component, with the Laplacian from a second difference along a random
 //! ±1 probe v at R ± hv (two more configurations; see [`score_term`]).
 
-use crate::config::{Penalty, LossConfig, PiwslVariant};
+use crate::config::{LossConfig, Penalty, PiwslVariant};
 use crate::error::Result;
 use crate::frame::{displaced, Frame, Mat3, Vec3};
 use crate::model::{Environments, Model, Primitive};
