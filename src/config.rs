@@ -346,6 +346,20 @@ pub struct TrainingConfig {
     pub min_delta: f64,
     /// Worker threads; 0 = all cores.
     pub threads: usize,
+    /// Precision of the networks' products in the training passes: "f32" (faster) or "f64". Validation, test,
+    /// checkpoints and exports are f64 either way.
+    pub precision: Precision,
+}
+
+/// Floating-point precision of a computation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    /// Single precision.
+    #[default]
+    F32,
+    /// Double precision.
+    F64,
 }
 
 impl Default for TrainingConfig {
@@ -369,6 +383,7 @@ impl Default for TrainingConfig {
             patience: 40,
             min_delta: 0.0,
             threads: 0,
+            precision: Precision::F32,
         }
     }
 }

@@ -1,12 +1,62 @@
-//! Dense linear algebra on row-major slices (matrixmultiply's blocked dgemm underneath, a symmetric eigensolver)
-//! and the instruction set the hand-written kernels are compiled for.
+//! Dense linear algebra on row-major slices (matrixmultiply's blocked sgemm/dgemm underneath, a symmetric
+//! eigensolver) and the instruction set the hand-written kernels are compiled for.
 //!
 //! Measured: for the network's shapes (≤ 21 atoms × 1500 features × 64) matrixmultiply, packing included, beat
 //! hand-written AVX2 row-axpy and dot kernels (9 vs 6 GFLOP/s), so there is one code path.
 
+/// A floating-point type the products run in: f64 everywhere, f32 for the networks' training passes
+/// (`training.precision`).
+pub trait Real: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static {
+    /// The value rounded to this type.
+    fn of(x: f64) -> Self;
+    /// The value as f64 (exact).
+    fn f64(self) -> f64;
+    /// matrixmultiply's `sgemm` or `dgemm`.
+    ///
+    /// # Safety
+    /// As matrixmultiply's: every element the strides reach lies inside the allocations.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn raw_gemm(
+        m: usize, k: usize, n: usize, a: *const Self, rsa: isize, csa: isize, b: *const Self, rsb: isize, csb: isize,
+        beta: Self, c: *mut Self, rsc: isize,
+    );
+}
+
+impl Real for f64 {
+    fn of(x: f64) -> Self {
+        x
+    }
+    fn f64(self) -> f64 {
+        self
+    }
+    unsafe fn raw_gemm(
+        m: usize, k: usize, n: usize, a: *const Self, rsa: isize, csa: isize, b: *const Self, rsb: isize, csb: isize,
+        beta: Self, c: *mut Self, rsc: isize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { matrixmultiply::dgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1) }
+    }
+}
+
+impl Real for f32 {
+    fn of(x: f64) -> Self {
+        x as f32
+    }
+    fn f64(self) -> f64 {
+        self as f64
+    }
+    unsafe fn raw_gemm(
+        m: usize, k: usize, n: usize, a: *const Self, rsa: isize, csa: isize, b: *const Self, rsb: isize, csb: isize,
+        beta: Self, c: *mut Self, rsc: isize,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { matrixmultiply::sgemm(m, k, n, 1.0, a, rsa, csa, b, rsb, csb, beta, c, rsc, 1) }
+    }
+}
+
 /// C (m×n) = op(A)·op(B) + beta·C. `ta`: A is stored k×m; `tb`: B is stored n×k.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm(m: usize, k: usize, n: usize, a: &[f64], ta: bool, b: &[f64], tb: bool, beta: f64, c: &mut [f64]) {
+pub fn gemm<T: Real>(m: usize, k: usize, n: usize, a: &[T], ta: bool, b: &[T], tb: bool, beta: f64, c: &mut [T]) {
     let av = if ta { View { data: a, rs: 1, cs: m } } else { View { data: a, rs: k, cs: 1 } };
     let bv = if tb { View { data: b, rs: 1, cs: k } } else { View { data: b, rs: n, cs: 1 } };
     gemm_view(m, k, n, av, bv, beta, c, n);
@@ -15,15 +65,15 @@ pub fn gemm(m: usize, k: usize, n: usize, a: &[f64], ta: bool, b: &[f64], tb: bo
 /// A strided matrix: element (i, j) is `data[i·rs + j·cs]`. Lets a block of a larger matrix (e.g. the
 /// columns of one angular order) enter a product without being copied out.
 #[derive(Clone, Copy)]
-pub struct View<'a> {
-    pub data: &'a [f64],
+pub struct View<'a, T = f64> {
+    pub data: &'a [T],
     pub rs: usize,
     pub cs: usize,
 }
 
 /// C (m×n, row stride `ldc`) = A (m×k) · B (k×n) + beta·C.
 #[allow(clippy::too_many_arguments)]
-pub fn gemm_view(m: usize, k: usize, n: usize, a: View, b: View, beta: f64, c: &mut [f64], ldc: usize) {
+pub fn gemm_view<T: Real>(m: usize, k: usize, n: usize, a: View<T>, b: View<T>, beta: f64, c: &mut [T], ldc: usize) {
     if m == 0 || n == 0 {
         return;
     }
@@ -33,23 +83,21 @@ pub fn gemm_view(m: usize, k: usize, n: usize, a: View, b: View, beta: f64, c: &
         "gemm: a view reaches past its slice"
     );
     assert!(ldc >= n && c.len() > (m - 1) * ldc + n - 1, "gemm: output slice shorter than its shape");
-    // SAFETY: the assertions above guarantee every index dgemm touches is inside the slices.
+    // SAFETY: the assertions above guarantee every index the product touches is inside the slices.
     unsafe {
-        matrixmultiply::dgemm(
+        T::raw_gemm(
             m,
             k,
             n,
-            1.0,
             a.data.as_ptr(),
             a.rs as isize,
             a.cs as isize,
             b.data.as_ptr(),
             b.rs as isize,
             b.cs as isize,
-            beta,
+            T::of(beta),
             c.as_mut_ptr(),
             ldc as isize,
-            1,
         );
     }
 }

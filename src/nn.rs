@@ -5,7 +5,7 @@
 //! tangent through the network followed by a reverse pass over both the values and the tangents
 //! (reverse-over-forward), written by hand because the descriptor has no parameters and this is all we need.
 
-use crate::linalg::gemm;
+use crate::linalg::{gemm, Real};
 
 /// Network weights: layer k maps `sizes[k]` → `sizes[k+1]`; parameters are stored as W₀ (row-major
 /// `[in][out]`), b₀, W₁, b₁, …
@@ -20,6 +20,11 @@ pub struct Mlp {
 #[inline]
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
+}
+/// SiLU, z·σ(z).
+#[inline]
+fn silu(z: f64) -> f64 {
+    z * sigmoid(z)
 }
 /// SiLU and its first two derivatives.
 #[inline]
@@ -123,19 +128,20 @@ impl Mlp {
     }
 
     /// Pre-activations `z_k` of every layer for `n` inputs (`x` is `[n][in]`); the last one is the output.
-    fn forward_z(&self, x: &[f64], n: usize) -> Vec<Vec<f64>> {
-        let mut zs: Vec<Vec<f64>> = Vec::with_capacity(self.n_layers());
-        let mut h: Vec<f64> = Vec::new();
+    /// `w` is [`Mlp::params`] or a copy of them in another precision ([`Mlp::params_f32`]).
+    fn forward_z<T: Real>(&self, w: &[T], x: &[T], n: usize) -> Vec<Vec<T>> {
+        let mut zs: Vec<Vec<T>> = Vec::with_capacity(self.n_layers());
+        let mut h: Vec<T> = Vec::new();
         for k in 0..self.n_layers() {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
             let mut z = Vec::with_capacity(n * o);
             for _ in 0..n {
-                z.extend_from_slice(&self.params[bo..bo + o]);
+                z.extend_from_slice(&w[bo..bo + o]);
             }
             let input = if k == 0 { x } else { &h };
-            gemm(n, i, o, input, false, &self.params[wo..wo + i * o], false, 1.0, &mut z);
-            h = z.iter().map(|&v| v * sigmoid(v)).collect();
+            gemm(n, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
+            h = z.iter().map(|&v| T::of(silu(v.f64()))).collect();
             zs.push(z);
         }
         zs
@@ -143,28 +149,38 @@ impl Mlp {
 
     /// Outputs for `n` inputs.
     pub fn forward(&self, x: &[f64], n: usize) -> Vec<f64> {
-        self.forward_z(x, n).pop().unwrap_or_default()
+        self.forward_z(&self.params, x, n).pop().unwrap_or_default()
     }
 
     /// Outputs and their gradient with respect to the inputs (`[n][in]`).
     pub fn forward_with_input_grad(&self, x: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
-        let mut zs = self.forward_z(x, n);
+        self.forward_with_input_grad_in(&self.params, x, n)
+    }
+
+    /// [`Mlp::forward_with_input_grad`] with the weights `w` (`params` or [`Mlp::params_f32`]) in their precision.
+    pub fn forward_with_input_grad_in<T: Real>(&self, w: &[T], x: &[T], n: usize) -> (Vec<T>, Vec<T>) {
+        let mut zs = self.forward_z(w, x, n);
         let nl = self.n_layers();
         let out = zs.pop().unwrap_or_default();
-        let mut dz = vec![1.0; n];
+        let mut dz = vec![T::of(1.0); n];
         for k in (0..nl).rev() {
             let (wo, _) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
-            let mut dh = vec![0.0; n * i];
-            gemm(n, o, i, &dz, false, &self.params[wo..wo + i * o], true, 0.0, &mut dh);
+            let mut dh = vec![T::default(); n * i];
+            gemm(n, o, i, &dz, false, &w[wo..wo + i * o], true, 0.0, &mut dh);
             if k > 0 {
                 for (d, &zv) in dh.iter_mut().zip(&zs[k - 1]) {
-                    *d *= silu3(zv).1;
+                    *d = T::of(d.f64() * silu3(zv.f64()).1);
                 }
             }
             dz = dh;
         }
         (out, dz)
+    }
+
+    /// The weights and biases rounded to f32, for the networks' training passes in single precision.
+    pub fn params_f32(&self) -> Vec<f32> {
+        self.params.iter().map(|&p| p as f32).collect()
     }
 
     /// Accumulates into `grad` the parameter gradient of `Σ_k a[k]·out(x_k) + b[k]·(∇out(x_k)·u_k)`.
@@ -188,23 +204,25 @@ impl Mlp {
         input_grads: Option<(&mut [f64], &mut [f64])>,
     ) {
         match u {
-            None => self.stacked_param_and_input_grad(x, n, false, a, b, grad, input_grads),
-            Some(u) => self.stacked_param_and_input_grad(&[x, u].concat(), n, true, a, b, grad, input_grads),
+            None => self.stacked_param_and_input_grad(&self.params, x, n, false, a, b, grad, input_grads),
+            Some(u) => self.stacked_param_and_input_grad(&self.params, &[x, u].concat(), n, true, a, b, grad, input_grads),
         }
     }
 
-    /// [`Mlp::param_and_input_grad`] with the inputs given stacked: `xu` is x (`[n][in]`) followed, when
+    /// [`Mlp::param_and_input_grad`] with the weights `w` (`params` or [`Mlp::params_f32`], whose precision
+    /// every product and the gradient take) and the inputs given stacked: `xu` is x (`[n][in]`) followed, when
     /// `tangent`, by u (`[n][in]`), the layout every layer works in.
     #[allow(clippy::too_many_arguments)]
-    pub fn stacked_param_and_input_grad(
+    pub fn stacked_param_and_input_grad<T: Real>(
         &self,
-        xu: &[f64],
+        w: &[T],
+        xu: &[T],
         n: usize,
         tangent: bool,
-        a: &[f64],
-        b: &[f64],
-        grad: &mut [f64],
-        input_grads: Option<(&mut [f64], &mut [f64])>,
+        a: &[T],
+        b: &[T],
+        grad: &mut [T],
+        input_grads: Option<(&mut [T], &mut [T])>,
     ) {
         let nl = self.n_layers();
         // Values and tangents go through each layer as one stacked matrix of m rows (values first, then the
@@ -212,27 +230,27 @@ impl Mlp {
         let m = if tangent { 2 * n } else { n };
         // Forward. hs[k − 1] is the stacked input of layer k ≥ 1 (layer 0 reads `xu`), zs[k] its stacked
         // pre-activation (the tangent rows carry no bias).
-        let mut zs: Vec<Vec<f64>> = Vec::with_capacity(nl);
-        let mut hs: Vec<Vec<f64>> = Vec::with_capacity(nl);
+        let mut zs: Vec<Vec<T>> = Vec::with_capacity(nl);
+        let mut hs: Vec<Vec<T>> = Vec::with_capacity(nl);
         for k in 0..nl {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
-            let mut z = vec![0.0; m * o];
+            let mut z = vec![T::default(); m * o];
             for row in z[..n * o].chunks_exact_mut(o) {
-                row.copy_from_slice(&self.params[bo..bo + o]);
+                row.copy_from_slice(&w[bo..bo + o]);
             }
             let input = if k == 0 { xu } else { &hs[k - 1] };
-            gemm(m, i, o, input, false, &self.params[wo..wo + i * o], false, 1.0, &mut z);
+            gemm(m, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
             if k + 1 < nl {
                 let (zv, dz) = z.split_at(n * o);
-                let mut h: Vec<f64> = zv.iter().map(|&v| v * sigmoid(v)).collect();
-                h.extend(zv.iter().zip(dz).map(|(&zv, &d)| silu3(zv).1 * d));
+                let mut h: Vec<T> = zv.iter().map(|&v| T::of(silu(v.f64()))).collect();
+                h.extend(zv.iter().zip(dz).map(|(&zv, &d)| T::of(silu3(zv.f64()).1 * d.f64())));
                 hs.push(h);
             }
             zs.push(z);
         }
         // Reverse over values (z̄, the first n rows) and tangents (dz̄, the last n) together.
-        let mut zbar: Vec<f64> = a.to_vec();
+        let mut zbar: Vec<T> = a.to_vec();
         if tangent {
             zbar.extend_from_slice(b);
         }
@@ -244,15 +262,15 @@ impl Mlp {
             gemm(i, m, o, input, true, &zbar, false, 1.0, &mut grad[wo..wo + i * o]);
             for row in zbar[..n * o].chunks_exact(o) {
                 for (g, z) in grad[bo..bo + o].iter_mut().zip(row) {
-                    *g += z;
+                    *g = T::of(g.f64() + z.f64());
                 }
             }
-            let w = &self.params[wo..wo + i * o];
+            let wk = &w[wo..wo + i * o];
             if k == 0 {
                 // x̄ = z̄₀ W₀ᵀ, ū = dz̄₀ W₀ᵀ (the inputs enter z₀ and its tangent linearly)
                 if let Some((xbar, ubar)) = input_grads {
-                    let mut bar = vec![0.0; m * i];
-                    gemm(m, o, i, &zbar, false, w, true, 0.0, &mut bar);
+                    let mut bar = vec![T::default(); m * i];
+                    gemm(m, o, i, &zbar, false, wk, true, 0.0, &mut bar);
                     xbar.copy_from_slice(&bar[..n * i]);
                     if tangent {
                         ubar.copy_from_slice(&bar[n * i..]);
@@ -260,20 +278,20 @@ impl Mlp {
                 }
                 break;
             }
-            let mut hbar = vec![0.0; m * i];
-            gemm(m, o, i, &zbar, false, w, true, 0.0, &mut hbar);
+            let mut hbar = vec![T::default(); m * i];
+            gemm(m, o, i, &zbar, false, wk, true, 0.0, &mut hbar);
             let z = &zs[k - 1][..n * i];
             if tangent {
                 let (hv, dh) = hbar.split_at_mut(n * i);
                 let dz = &zs[k - 1][n * i..];
                 for q in 0..n * i {
-                    let (_, d1, d2) = silu3(z[q]);
-                    hv[q] = hv[q] * d1 + dh[q] * d2 * dz[q];
-                    dh[q] *= d1;
+                    let (_, d1, d2) = silu3(z[q].f64());
+                    hv[q] = T::of(hv[q].f64() * d1 + dh[q].f64() * d2 * dz[q].f64());
+                    dh[q] = T::of(dh[q].f64() * d1);
                 }
             } else {
                 for q in 0..n * i {
-                    hbar[q] *= silu3(z[q]).1;
+                    hbar[q] = T::of(hbar[q].f64() * silu3(z[q].f64()).1);
                 }
             }
             zbar = hbar;

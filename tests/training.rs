@@ -219,6 +219,17 @@ fn a_batch_is_the_sum_of_its_structures() {
         for (env, got) in envs.iter().zip(&together) {
             assert_same_prediction(got, &model.predict(env), 1e-10, "batch vs one");
         }
+        // training.precision = "f32": the networks' passes in single precision give the same gradient and
+        // training predictions to f32 rounding, and are not the f64 path in disguise
+        let mut single = model.clone();
+        single.set_training_precision(true);
+        let mut g32 = vec![0.0; model.n_params()];
+        single.accumulate_param_grad(&primitives, &mut g32);
+        let diff = max_abs_diff(batch.iter().copied(), g32.iter().copied());
+        assert!(diff > 0.0 && diff < 1e-4 * scale, "f32 gradient: {diff:e} against {scale:e}");
+        for (p32, p64) in single.predict_batch(&envs.iter().collect::<Vec<_>>()).iter().zip(&together) {
+            assert_same_prediction(p32, p64, 1e-5, "f32 vs f64");
+        }
     }
 }
 

@@ -299,6 +299,10 @@ impl Model {
     pub fn params(&self) -> Vec<f64> {
         self.atomic.networked().params()
     }
+    /// Runs the networks' training passes in f32 or f64 ([`PowerSpectrumModel::set_training_precision`]).
+    pub fn set_training_precision(&mut self, f32: bool) {
+        self.atomic.networked_mut().set_training_precision(f32)
+    }
     /// Sets the trainable parameters from one vector of length [`Model::n_params`].
     pub fn set_params(&mut self, p: &[f64]) {
         self.atomic.networked_mut().set_params(p)

@@ -12,6 +12,7 @@ use crate::descriptor::four_body::Bispectrum;
 use crate::descriptor::{Descriptor, DescriptorSpec, Descriptors};
 use crate::error::{Error, Result};
 use crate::frame::{Mat3, Vec3};
+use crate::linalg::Real;
 use crate::nn::Mlp;
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -34,6 +35,10 @@ pub struct PowerSpectrumModel {
     pub networks: Vec<Mlp>,
     #[serde(skip)]
     desc_cache: std::sync::OnceLock<Descriptor>,
+    /// The networks' weights rounded to f32 when the training passes run in single precision
+    /// ([`PowerSpectrumModel::set_training_precision`]); kept in step by [`PowerSpectrumModel::set_params`].
+    #[serde(skip)]
+    weights_f32: Option<Vec<Vec<f32>>>,
 }
 
 /// The training primitive `∇θ[a·E + D_t E]` at one configuration (species and descriptors of its atoms), with
@@ -62,6 +67,18 @@ const ROWS_PER_TASK: usize = 32;
 
 /// A network's part of the gradient and its species' block of the compression's.
 type GradSlices<'g> = (&'g mut [f64], &'g mut [f64]);
+
+/// Per primitive: the descriptors' tangent (none without a tangent) and, for a trained compression, the
+/// densities' tangent.
+type Tangents = (Option<Vec<f64>>, Vec<f64>);
+
+/// What every task of a batch's gradient reads.
+#[derive(Clone, Copy)]
+struct TaskInputs<'a, 'p> {
+    primitives: &'a [Primitive<'p>],
+    tangents: &'a [Tangents],
+    scale: f64,
+}
 
 /// One network pass of a batch: atoms `(structure, atom)` of one species.
 struct RowTask {
@@ -114,6 +131,7 @@ impl PowerSpectrumModel {
             descriptor,
             four_body,
             desc_cache: std::sync::OnceLock::new(),
+            weights_f32: None,
         })
     }
 
@@ -170,7 +188,16 @@ impl PowerSpectrumModel {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
         let outputs: Vec<(Vec<f64>, Vec<f64>)> = tasks
             .par_iter()
-            .map(|t| self.networks[t.species].forward_with_input_grad(&self.standardised(t, |p| items[p].1), t.rows.len()))
+            .map(|t| {
+                let (net, n) = (&self.networks[t.species], t.rows.len());
+                match &self.weights_f32 {
+                    None => net.forward_with_input_grad(&self.standardised(t, |p| items[p].1), n),
+                    Some(w) => {
+                        let (out, dx) = net.forward_with_input_grad_in(&w[t.species], &self.standardised::<f32>(t, |p| items[p].1), n);
+                        (out.iter().map(|&v| v as f64).collect(), dx.iter().map(|&v| v as f64).collect())
+                    }
+                }
+            })
             .collect();
         let mut atomic: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms]).collect();
         let mut de_dg: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms * d.n_features]).collect();
@@ -189,15 +216,22 @@ impl PowerSpectrumModel {
     }
 
     /// Standardised inputs `(G − μ)/σ` of a task's rows (`[rows][F]`); `descriptors(p)` is structure p's.
-    fn standardised<'a>(&self, task: &RowTask, descriptors: impl Fn(usize) -> &'a Descriptors) -> Vec<f64> {
+    fn standardised<'a, T: Real>(&self, task: &RowTask, descriptors: impl Fn(usize) -> &'a Descriptors) -> Vec<T> {
         let (mean, sd) = (&self.feature_mean[task.species], &self.feature_std[task.species]);
         let nf = mean.len();
         let mut x = Vec::with_capacity(task.rows.len() * nf);
         for &(p, i) in &task.rows {
             let g = &descriptors(p).features[i * nf..(i + 1) * nf];
-            x.extend(g.iter().zip(mean).zip(sd).map(|((g, m), sd)| (g - m) / sd));
+            x.extend(g.iter().zip(mean).zip(sd).map(|((g, m), sd)| T::of((g - m) / sd)));
         }
         x
+    }
+
+    /// Runs the networks' training passes (forces during training, the parameter gradient) in f32 (`true`) or
+    /// f64; predictions outside training are f64 either way. f32 halves the bytes every product streams and
+    /// doubles the arithmetic per instruction; the gradient is still summed and applied in f64.
+    pub fn set_training_precision(&mut self, f32: bool) {
+        self.weights_f32 = f32.then(|| self.networks.iter().map(Mlp::params_f32).collect());
     }
 
     /// Δ-learning: puts a new, randomly initialised (seeded) correction network of `hidden` widths beside each
@@ -262,6 +296,11 @@ impl PowerSpectrumModel {
             net.params.copy_from_slice(&p[off..off + k]);
             off += k;
         }
+        if let Some(w) = self.weights_f32.as_mut() {
+            for (w, net) in w.iter_mut().zip(&self.networks) {
+                w.iter_mut().zip(&net.params).for_each(|(w, p)| *w = *p as f32);
+            }
+        }
         if let Some(b) = self.four_body.as_mut().filter(|b| b.trainable) {
             let len = b.compression.len();
             b.compression.copy_from_slice(&p[off..off + len]);
@@ -277,7 +316,7 @@ impl PowerSpectrumModel {
         let descriptor = self.descriptor();
         // a trained W needs the densities' tangents and the networks' input gradients
         let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
-        let tangents: Vec<(Option<Vec<f64>>, Vec<f64>)> = primitives
+        let tangents: Vec<Tangents> = primitives
             .par_iter()
             .map(|p| {
                 let mut density_tangent = Vec::new();
@@ -293,90 +332,120 @@ impl PowerSpectrumModel {
         }
         let block = trained.map_or(0, |fb| fb.compression_block());
         let tasks = row_tasks(|p| primitives[p].species, primitives.len(), self.networks.len());
-        // One network pass per task: into `g_net` (the network's gradient) and `g_w` (its species' block of W).
-        let run = |t: &RowTask, g_net: &mut [f64], g_w: &mut [f64]| {
-            let (s, n) = (t.species, t.rows.len());
-            let net = &self.networks[s];
-            let sd = &self.feature_std[s];
-            let nf = sd.len();
-            // the stacked inputs: x = (G − μ)/σ, then, if any configuration of the task has a tangent, u = Ġ/σ
-            // (rows of configurations without one get u = 0 and b = 0)
-            let tangent = t.rows.iter().any(|&(p, _)| tangents[p].0.is_some());
-            let mut xu = self.standardised(t, |p| primitives[p].descriptors);
-            if tangent {
-                for &(p, i) in &t.rows {
-                    match &tangents[p].0 {
-                        Some(dg) => xu.extend(dg[i * nf..(i + 1) * nf].iter().zip(sd).map(|(v, sd)| v / sd)),
-                        None => xu.resize(xu.len() + nf, 0.0),
-                    }
-                }
+        let batch = TaskInputs { primitives, tangents: &tangents, scale };
+        let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
+        if let Some(w32) = &self.weights_f32 {
+            // f32: every task into buffers of its own, added to the f64 gradient in task order
+            let buffers: Vec<(Vec<f32>, Vec<f64>)> = tasks
+                .par_iter()
+                .map(|t| {
+                    let (mut g, mut g_w) = (vec![0.0f32; self.networks[t.species].n_params()], vec![0.0; block]);
+                    self.task_grad(t, &batch, &w32[t.species], &mut g, &mut g_w);
+                    (g, g_w)
+                })
+                .collect();
+            for (t, (g, g_w)) in tasks.iter().zip(&buffers) {
+                let s = t.species;
+                nets[offs[s]..offs[s + 1]].iter_mut().zip(g).for_each(|(a, b)| *a += *b as f64);
+                w_grad[s * block..s * block + g_w.len()].iter_mut().zip(g_w).for_each(|(a, b)| *a += b);
             }
-            let av: Vec<f64> = t.rows.iter().map(|&(p, _)| primitives[p].a * scale).collect();
-            let bv: Vec<f64> = t.rows.iter().map(|&(p, _)| if tangents[p].0.is_some() { scale } else { 0.0 }).collect();
-            let Some(fb) = trained else {
-                net.stacked_param_and_input_grad(&xu, n, tangent, &av, &bv, g_net, None);
-                return;
-            };
-            let (mut xbar, mut ubar) = (vec![0.0; n * nf], vec![0.0; if tangent { n * nf } else { 0 }]);
-            net.stacked_param_and_input_grad(&xu, n, tangent, &av, &bv, g_net, Some((&mut xbar, &mut ubar)));
-            // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
-            // their tangents is x̄/σ and ū/σ
-            let nps = descriptor.n_power_spectrum_features();
-            let sd = &sd[nps..];
-            let mut scratch = vec![0.0; fb.scratch_len()];
-            let (mut gb, mut gd) = (vec![0.0; sd.len()], vec![0.0; sd.len()]);
-            for (k, &(p, i)) in t.rows.iter().enumerate() {
-                let unscale = |out: &mut [f64], bar: &[f64]| {
-                    for ((o, g), sd) in out.iter_mut().zip(&bar[k * nf + nps..(k + 1) * nf]).zip(sd) {
-                        *o = g / sd;
-                    }
-                };
-                unscale(&mut gb, &xbar);
-                let d = primitives[p].descriptors;
-                let a_dot = tangents[p].0.as_ref().map(|_| {
-                    unscale(&mut gd, &ubar);
-                    let na = d.density_of(0).len();
-                    &tangents[p].1[i * na..(i + 1) * na]
-                });
-                let gd = a_dot.is_some().then_some(&gd[..]);
-                fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, g_w, &mut scratch);
-            }
-        };
-        // The first task of each species accumulates straight into its part of `grad`; the others into buffers of
-        // their own, added after in task order (fixed sums, no per-task buffer in the common one-task case).
-        let (mut nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
-        let mut w_blocks = w_grad.chunks_mut(block.max(1));
+            return;
+        }
+        // f64: the first task of each species accumulates straight into its part of `grad`; the others into
+        // buffers of their own, added after in task order (fixed sums, no per-task buffer in the common one-task
+        // case).
         let mut direct: Vec<Option<GradSlices>> = Vec::with_capacity(self.networks.len());
-        for s in 0..self.networks.len() {
-            let (g_net, rest) = std::mem::take(&mut nets).split_at_mut(offs[s + 1] - offs[s]);
-            nets = rest;
-            let g_w = if block > 0 { w_blocks.next() } else { None }.unwrap_or_default();
-            direct.push(Some((g_net, g_w)));
+        {
+            let mut nets = &mut nets[..];
+            let mut w_blocks = w_grad.chunks_mut(block.max(1));
+            for s in 0..self.networks.len() {
+                let (g_net, rest) = std::mem::take(&mut nets).split_at_mut(offs[s + 1] - offs[s]);
+                nets = rest;
+                let g_w = if block > 0 { w_blocks.next() } else { None }.unwrap_or_default();
+                direct.push(Some((g_net, g_w)));
+            }
         }
         let jobs: Vec<(&RowTask, Option<GradSlices>)> = tasks.iter().map(|t| (t, direct[t.species].take())).collect();
         let buffers: Vec<Option<Vec<f64>>> = jobs
             .into_par_iter()
-            .map(|(t, target)| match target {
-                Some((g_net, g_w)) => {
-                    run(t, g_net, g_w);
-                    None
-                }
-                None => {
-                    let np = self.networks[t.species].n_params();
-                    let mut g = vec![0.0; np + block];
-                    let (g_net, g_w) = g.split_at_mut(np);
-                    run(t, g_net, g_w);
-                    Some(g)
+            .map(|(t, target)| {
+                let params = &self.networks[t.species].params;
+                match target {
+                    Some((g_net, g_w)) => {
+                        self.task_grad(t, &batch, params, g_net, g_w);
+                        None
+                    }
+                    None => {
+                        let np = params.len();
+                        let mut g = vec![0.0; np + block];
+                        let (g_net, g_w) = g.split_at_mut(np);
+                        self.task_grad(t, &batch, params, g_net, g_w);
+                        Some(g)
+                    }
                 }
             })
             .collect();
-        let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
         for (t, g) in tasks.iter().zip(&buffers) {
             let Some(g) = g else { continue };
             let s = t.species;
             let (g_net, g_w) = g.split_at(offs[s + 1] - offs[s]);
             nets[offs[s]..offs[s + 1]].iter_mut().zip(g_net).for_each(|(a, b)| *a += b);
             w_grad[s * block..s * block + g_w.len()].iter_mut().zip(g_w).for_each(|(a, b)| *a += b);
+        }
+    }
+
+    /// One network pass of [`PowerSpectrumModel::accumulate_param_grad`]: task `t`'s part of the gradient into
+    /// `g_net` (its network's parameters, in the precision of the weights `w`) and `g_w` (its species' block of
+    /// the trained compression W, if any).
+    fn task_grad<T: Real>(&self, t: &RowTask, batch: &TaskInputs, w: &[T], g_net: &mut [T], g_w: &mut [f64]) {
+        let TaskInputs { primitives, tangents, scale } = *batch;
+        let descriptor = self.descriptor();
+        let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
+        let (s, n) = (t.species, t.rows.len());
+        let net = &self.networks[s];
+        let sd = &self.feature_std[s];
+        let nf = sd.len();
+        // the stacked inputs: x = (G − μ)/σ, then, if any configuration of the task has a tangent, u = Ġ/σ
+        // (rows of configurations without one get u = 0 and b = 0)
+        let tangent = t.rows.iter().any(|&(p, _)| tangents[p].0.is_some());
+        let mut xu: Vec<T> = self.standardised(t, |p| primitives[p].descriptors);
+        if tangent {
+            for &(p, i) in &t.rows {
+                match &tangents[p].0 {
+                    Some(dg) => xu.extend(dg[i * nf..(i + 1) * nf].iter().zip(sd).map(|(v, sd)| T::of(v / sd))),
+                    None => xu.resize(xu.len() + nf, T::default()),
+                }
+            }
+        }
+        let av: Vec<T> = t.rows.iter().map(|&(p, _)| T::of(primitives[p].a * scale)).collect();
+        let bv: Vec<T> = t.rows.iter().map(|&(p, _)| T::of(if tangents[p].0.is_some() { scale } else { 0.0 })).collect();
+        let Some(fb) = trained else {
+            net.stacked_param_and_input_grad(w, &xu, n, tangent, &av, &bv, g_net, None);
+            return;
+        };
+        let (mut xbar, mut ubar) = (vec![T::default(); n * nf], vec![T::default(); if tangent { n * nf } else { 0 }]);
+        net.stacked_param_and_input_grad(w, &xu, n, tangent, &av, &bv, g_net, Some((&mut xbar, &mut ubar)));
+        // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
+        // their tangents is x̄/σ and ū/σ
+        let nps = descriptor.n_power_spectrum_features();
+        let sd = &sd[nps..];
+        let mut scratch = vec![0.0; fb.scratch_len()];
+        let (mut gb, mut gd) = (vec![0.0; sd.len()], vec![0.0; sd.len()]);
+        for (k, &(p, i)) in t.rows.iter().enumerate() {
+            let unscale = |out: &mut [f64], bar: &[T]| {
+                for ((o, g), sd) in out.iter_mut().zip(&bar[k * nf + nps..(k + 1) * nf]).zip(sd) {
+                    *o = g.f64() / sd;
+                }
+            };
+            unscale(&mut gb, &xbar);
+            let d = primitives[p].descriptors;
+            let a_dot = tangents[p].0.as_ref().map(|_| {
+                unscale(&mut gd, &ubar);
+                let na = d.density_of(0).len();
+                &tangents[p].1[i * na..(i + 1) * na]
+            });
+            let gd = a_dot.is_some().then_some(&gd[..]);
+            fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, g_w, &mut scratch);
         }
     }
 
@@ -392,6 +461,7 @@ impl PowerSpectrumModel {
             descriptor,
             four_body,
             desc_cache: Default::default(),
+            weights_f32: None,
         };
         m.check()?;
         Ok(m)

@@ -13,7 +13,7 @@ pub mod loss;
 pub mod optim;
 
 use crate::io::write_atomically;
-use crate::config::{Config, LossConfig, Optimizer, RepulsionKind, StoppingMetric};
+use crate::config::{Config, LossConfig, Optimizer, Precision, RepulsionKind, StoppingMetric};
 use crate::dataset::{self, Splits};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -599,6 +599,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let anchored = matches!(origin, Origin::FineTune(..)) && resolved.loss.anchor_weight > 0.0;
     let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(&resolved, &splits, resumed, origin)?;
+    model.set_training_precision(resolved.training.precision == Precision::F32);
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
     // (the checkpoint's, or an exported model refitted to this data as at the start).
     let anchor = match (anchored, resuming) {
@@ -858,14 +859,11 @@ fn validate(
 ) -> Result<Metrics> {
     let t = &cfg.training;
     let metric = t.early_stopping_metric;
-    let eval_model = match &st.ema {
-        Some(e) => {
-            let mut m = model.clone();
-            m.set_params(e);
-            m
-        }
-        None => model.clone(),
-    };
+    let mut eval_model = model.clone();
+    eval_model.set_training_precision(false); // validation, best.ckpt and the test pass in f64
+    if let Some(e) = &st.ema {
+        eval_model.set_params(e);
+    }
     let preds = metrics::predict_all(&eval_model, &splits.valid)?;
     let vm = metrics::compute(&splits.valid, &preds);
     let val_loss = validation_loss(&cfg.loss, &vm);
@@ -913,7 +911,8 @@ fn validate(
 
 /// After the last epoch: validation and test metrics of the best model (`test_metrics.json`).
 fn finish(model: &Model, splits: &Splits, run: &mut RunDir, st: &TrainState, valid: &mut Metrics) -> Result<Option<Metrics>> {
-    let best = if run.best.exists() { Checkpoint::load(&run.best)?.model } else { model.clone() };
+    let mut best = if run.best.exists() { Checkpoint::load(&run.best)?.model } else { model.clone() };
+    best.set_training_precision(false);
     let vp = metrics::predict_all(&best, &splits.valid)?;
     *valid = metrics::compute(&splits.valid, &vp);
     if splits.test.is_empty() {
