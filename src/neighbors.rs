@@ -44,6 +44,10 @@ impl Default for NeighborList {
 }
 
 impl NeighborList {
+    /// Bytes held on the heap.
+    pub fn heap_bytes(&self) -> usize {
+        self.offsets.len() * std::mem::size_of::<usize>() + self.neighbors.len() * std::mem::size_of::<Neighbor>()
+    }
     /// Neighbours of centre `i`.
     pub fn of(&self, i: usize) -> &[Neighbor] {
         &self.neighbors[self.offsets[i]..self.offsets[i + 1]]

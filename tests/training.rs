@@ -6,7 +6,7 @@ use pilip::descriptor::four_body::ThreeBody;
 use pilip::frame::Frame;
 use pilip::rng::Rng;
 use pilip::train::loss::{LossTerms, Weights};
-use pilip::train::{batch_loss_and_grad, TrainOptions};
+use pilip::train::{batch_loss_and_grad, batch_loss_and_grad_with, TrainOptions};
 use std::path::{Path, PathBuf};
 
 /// A structure and a copy truncated to `n_small` atoms (a batch of two sizes), with random energy and force
@@ -229,6 +229,34 @@ fn a_batch_is_the_sum_of_its_structures() {
         assert!(diff > 0.0 && diff < 1e-4 * scale, "f32 gradient: {diff:e} against {scale:e}");
         for (p32, p64) in single.predict_batch(&envs.iter().collect::<Vec<_>>()).iter().zip(&together) {
             assert_same_prediction(p32, p64, 1e-5, "f32 vs f64");
+        }
+    }
+}
+
+/// Training keeps the structures' environments from one epoch to the next unless the descriptor has trained
+/// parameters: a step from kept environments is bit for bit a step from fresh ones, and a model with a trained
+/// compression keeps none (its four-body features change with every step).
+#[test]
+fn kept_environments_give_the_same_step_and_trained_descriptors_keep_none() {
+    use pilip::train::env_cache::EnvCache;
+    let frames = labelled_molecules();
+    let refs: Vec<&Frame> = frames.iter().collect();
+    let ids: Vec<usize> = (0..frames.len()).collect();
+    let mut cfg = Config::default();
+    cfg.loss.energy_weight = 1.0;
+    cfg.loss.forces_weight = 1.0;
+    let w = Weights::at_epoch(&cfg.loss, None, 0);
+    for (model, kept) in [
+        (random_model(vec![1, 6, 8], 4.0, &frames, 5), frames.len()),
+        (random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 5), 0),
+    ] {
+        let fresh = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, 1, &w, 0, true).unwrap();
+        let cache = EnvCache::new(&model, frames.len());
+        for pass in ["filling", "kept"] {
+            let got = batch_loss_and_grad_with(&model, &refs, &ids, &cfg.loss, 1, &w, 0, true, &cache).unwrap();
+            assert!(got.0.total() > 0.0 && got.0.total() == fresh.0.total(), "{pass}: loss {} vs {}", got.0.total(), fresh.0.total());
+            assert_eq!(got.1, fresh.1, "{pass}: gradient");
+            assert_eq!(cache.len(), kept, "{pass}: structures kept");
         }
     }
 }

@@ -245,6 +245,15 @@ pub struct Descriptors {
 }
 
 impl Descriptors {
+    /// Bytes held on the heap (an estimate: vectors by length), to bound caches of descriptors.
+    pub fn heap_bytes(&self) -> usize {
+        let floats = self.features.len() + self.density.len() + self.radial.len() + self.d_radial.len() + self.scratch.len();
+        floats * 8
+            + self.pairs.len() * std::mem::size_of::<PairCache>()
+            + self.neighbors.heap_bytes()
+            + (self.species_of_neighbor.len() + self.centre_species.len()) * std::mem::size_of::<usize>()
+    }
+
     /// The density coefficients of centre i, `[n_channels][n_monomials]` (all orders).
     pub fn density_of(&self, i: usize) -> &[f64] {
         let na = self.density.len() / self.n_atoms.max(1);

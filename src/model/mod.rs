@@ -112,6 +112,11 @@ impl<'a> Primitive<'a> {
 }
 
 impl Environments {
+    /// Bytes held on the heap (an estimate), to bound caches of environments.
+    pub fn heap_bytes(&self) -> usize {
+        self.species.len() * std::mem::size_of::<usize>() + self.descriptors().heap_bytes()
+    }
+
     fn descriptors(&self) -> &Descriptors {
         let Features::PowerSpectrum(d) = &self.features;
         d
@@ -298,6 +303,11 @@ impl Model {
     /// The trainable parameters as one vector.
     pub fn params(&self) -> Vec<f64> {
         self.atomic.networked().params()
+    }
+    /// Whether a structure's [`Environments`] depend on its geometry only, not on trained parameters (false for
+    /// the bispectrum family with a trained compression), so that they may be kept from one step to the next.
+    pub fn environments_are_fixed(&self) -> bool {
+        self.atomic.networked().n_params() == self.atomic.networked().networks.iter().map(|n| n.n_params()).sum::<usize>()
     }
     /// Runs the networks' training passes in f32 or f64 ([`PowerSpectrumModel::set_training_precision`]).
     pub fn set_training_precision(&mut self, f32: bool) {

@@ -25,9 +25,10 @@ pub(super) struct Rehearsal<'a> {
     pub(super) anchor: Option<&'a [f64]>,
     pub(super) trainable: Option<&'a [bool]>,
     pub(super) last: &'a Path,
+    pub(super) cache: &'a super::EnvCache,
 }
 
-/// Optimiser steps timed by the rehearsal (after a few untimed ones that warm the caches and allocator).
+/// Optimiser steps timed by the rehearsal (after as many untimed ones that warm the caches and allocator).
 const REHEARSAL_STEPS: usize = 24;
 
 /// Structures of a split predicted to time it (scaled to the whole split).
@@ -46,10 +47,12 @@ pub(super) fn epochs_within_budget(r: &Rehearsal, started: Instant) -> Result<(u
     let mut steps = |n: usize| -> Result<f64> {
         let clock = Instant::now();
         let frames = &r.splits.train[..(n * bs).min(r.splits.train.len())];
-        run_epoch(&mut model, &mut st, frames, r.cfg, r.anchor, r.trainable, None, r.last)?;
+        run_epoch(&mut model, &mut st, frames, r.cache, r.cfg, r.anchor, r.trainable, None, r.last)?;
         Ok(clock.elapsed().as_secs_f64() / batches_per_epoch(frames.len(), t.batch_size).max(1) as f64)
     };
-    steps(3)?;
+    // the same structures twice: the first pass fills the environment cache (as the first epoch will), the
+    // second is timed as the later epochs will run
+    steps(REHEARSAL_STEPS.min(steps_per_epoch))?;
     let per_step = steps(REHEARSAL_STEPS.min(steps_per_epoch))?;
     let timed_predictions = |frames: &[Frame]| -> Result<f64> {
         let n = frames.len().min(REHEARSAL_STRUCTURES);

@@ -9,6 +9,7 @@
 pub mod budget;
 pub mod checkpoint;
 pub mod curvature;
+pub mod env_cache;
 pub mod loss;
 pub mod optim;
 
@@ -24,6 +25,7 @@ use crate::prediction::Prediction;
 use crate::repulsion::Repulsion;
 use crate::rng::Rng;
 use budget::{epochs_within_budget, Budget, Rehearsal};
+use env_cache::{Env, EnvCache};
 use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
 use optim::{Adam, Schedule};
@@ -373,18 +375,34 @@ pub fn batch_loss_and_grad(
     step: u64,
     with_grad: bool,
 ) -> Result<(LossTerms, Vec<f64>)> {
+    batch_loss_and_grad_with(model, frames, ids, loss_cfg, seed, w, step, with_grad, &EnvCache::new(model, 0))
+}
+
+/// [`batch_loss_and_grad`] with the structures' environments taken from (and kept in) `cache`, indexed by `ids`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_loss_and_grad_with(
+    model: &Model,
+    frames: &[&Frame],
+    ids: &[usize],
+    loss_cfg: &LossConfig,
+    seed: u64,
+    w: &Weights,
+    step: u64,
+    with_grad: bool,
+    cache: &EnvCache,
+) -> Result<(LossTerms, Vec<f64>)> {
     let norm = Normalizers::of(frames);
-    let envs: Vec<Environments> = frames.par_iter().map(|f| model.frame_environments(f)).collect::<Result<_>>()?;
-    let env_refs: Vec<&Environments> = envs.iter().collect();
+    let envs: Vec<Env> = frames.par_iter().zip(ids).map(|(f, &id)| cache.get(model, id, f)).collect::<Result<_>>()?;
+    let env_refs: Vec<&Environments> = envs.iter().map(|e| &**e).collect();
     let preds = if loss::needs_forces(w) {
         model.predict_batch(&env_refs)
     } else {
         // energy-only losses: no input gradients, no descriptor VJP
         model.energies_batch(&env_refs).into_iter().map(|energy| Prediction { energy, ..Default::default() }).collect()
     };
-    let mut parts: Vec<loss::StructureLoss> = (frames, ids, &envs, &preds)
+    let mut parts: Vec<loss::StructureLoss> = (frames, ids, &env_refs, &preds)
         .into_par_iter()
-        .map(|(f, &id, env, pred)| {
+        .map(|(f, &id, &env, pred)| {
             let mut rng = Rng::derive(seed ^ 0x9157_1c0f, step, id as u64);
             loss::structure_loss(model, f, env, pred, loss_cfg, w, &norm, &mut rng)
         })
@@ -396,7 +414,7 @@ pub fn batch_loss_and_grad(
     let mut grad = Vec::new();
     if with_grad {
         grad = vec![0.0; model.n_params()];
-        let primitives: Vec<_> = parts.iter().zip(&envs).flat_map(|(p, env)| p.primitives(env)).collect();
+        let primitives: Vec<_> = parts.iter().zip(&env_refs).flat_map(|(p, &env)| p.primitives(env)).collect();
         model.accumulate_param_grad(&primitives, &mut grad);
     }
     Ok((total, grad))
@@ -600,6 +618,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(&resolved, &splits, resumed, origin)?;
     model.set_training_precision(resolved.training.precision == Precision::F32);
+    let env_cache = EnvCache::new(&model, splits.train.len());
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
     // (the checkpoint's, or an exported model refitted to this data as at the start).
     let anchor = match (anchored, resuming) {
@@ -621,7 +640,16 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let cap_epochs = resolved.training.max_epochs;
     let (budget_note, test_reserve) = match (resuming, resolved.training.max_minutes > 0.0) {
         (false, true) => {
-            let rehearsal = Rehearsal { model: &model, st: &st, splits: &splits, cfg: &resolved, anchor: anchor.as_deref(), trainable: trainable.as_deref(), last: &last };
+            let rehearsal = Rehearsal {
+                model: &model,
+                st: &st,
+                splits: &splits,
+                cfg: &resolved,
+                anchor: anchor.as_deref(),
+                trainable: trainable.as_deref(),
+                last: &last,
+                cache: &env_cache,
+            };
             let (epochs, test, note) = epochs_within_budget(&rehearsal, started)?;
             resolved.training.max_epochs = epochs;
             st.schedule.max_epochs = epochs;
@@ -674,7 +702,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         let cfg = &resolved;
         let t0 = std::time::Instant::now();
         let lr_used = st.schedule.lr;
-        let sums = run_epoch(&mut model, &mut st, &splits.train, cfg, anchor.as_deref(), trainable.as_deref(), sink.as_deref(), &run.last)?;
+        let sums = run_epoch(&mut model, &mut st, &splits.train, &env_cache, cfg, anchor.as_deref(), trainable.as_deref(), sink.as_deref(), &run.last)?;
         last_valid = validate(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
         if let Some(b) = budget.as_mut() {
@@ -796,6 +824,7 @@ fn run_epoch(
     model: &mut Model,
     st: &mut TrainState,
     train: &[Frame],
+    cache: &EnvCache,
     cfg: &Config,
     anchor: Option<&[f64]>,
     trainable: Option<&[bool]>,
@@ -812,7 +841,7 @@ fn run_epoch(
     let mut params = model.params();
     for (b, ids) in order.chunks(bs).enumerate() {
         let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
-        let (mut l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true)?;
+        let (mut l, mut g) = batch_loss_and_grad_with(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true, cache)?;
         if let Some(a) = anchor {
             l.anchor = loss::anchor_term(&params, a, cfg.loss.anchor_weight, &mut g);
         }
