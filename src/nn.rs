@@ -154,14 +154,18 @@ impl Mlp {
 
     /// Outputs and their gradient with respect to the inputs (`[n][in]`).
     pub fn forward_with_input_grad(&self, x: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
-        self.forward_with_input_grad_in(&self.params, x, n)
+        let (out, dx, _) = self.forward_with_input_grad_in(&self.params, x, n);
+        (out, dx)
     }
 
-    /// [`Mlp::forward_with_input_grad`] with the weights `w` (`params` or [`Mlp::params_f32`]) in their precision.
-    pub fn forward_with_input_grad_in<T: Real>(&self, w: &[T], x: &[T], n: usize) -> (Vec<T>, Vec<T>) {
+    /// [`Mlp::forward_with_input_grad`] with the weights `w` (`params` or [`Mlp::params_f32`]) in their precision;
+    /// also returns the first layer's pre-activations (`[n][sizes[1]]`), which the parameter gradient at the same
+    /// inputs can reuse ([`Mlp::stacked_param_and_input_grad`]).
+    pub fn forward_with_input_grad_in<T: Real>(&self, w: &[T], x: &[T], n: usize) -> (Vec<T>, Vec<T>, Vec<T>) {
         let mut zs = self.forward_z(w, x, n);
         let nl = self.n_layers();
         let out = zs.pop().unwrap_or_default();
+        let z0 = zs.first().unwrap_or(&out).clone();
         let mut dz = vec![T::of(1.0); n];
         for k in (0..nl).rev() {
             let (wo, _) = self.layer(k);
@@ -175,7 +179,7 @@ impl Mlp {
             }
             dz = dh;
         }
-        (out, dz)
+        (out, dz, z0)
     }
 
     /// The weights and biases rounded to f32, for the networks' training passes in single precision.
@@ -204,14 +208,16 @@ impl Mlp {
         input_grads: Option<(&mut [f64], &mut [f64])>,
     ) {
         match u {
-            None => self.stacked_param_and_input_grad(&self.params, x, n, false, a, b, grad, input_grads),
-            Some(u) => self.stacked_param_and_input_grad(&self.params, &[x, u].concat(), n, true, a, b, grad, input_grads),
+            None => self.stacked_param_and_input_grad(&self.params, x, n, false, None, a, b, grad, input_grads),
+            Some(u) => self.stacked_param_and_input_grad(&self.params, &[x, u].concat(), n, true, None, a, b, grad, input_grads),
         }
     }
 
     /// [`Mlp::param_and_input_grad`] with the weights `w` (`params` or [`Mlp::params_f32`], whose precision
     /// every product and the gradient take) and the inputs given stacked: `xu` is x (`[n][in]`) followed, when
-    /// `tangent`, by u (`[n][in]`), the layout every layer works in.
+    /// `tangent`, by u (`[n][in]`), the layout every layer works in. `z0`, the first layer's pre-activations at
+    /// x from a forward pass with the same weights ([`Mlp::forward_with_input_grad_in`]), saves recomputing them:
+    /// the widest product of the pass, one of five over the first layer's weights in a training step.
     #[allow(clippy::too_many_arguments)]
     pub fn stacked_param_and_input_grad<T: Real>(
         &self,
@@ -219,6 +225,7 @@ impl Mlp {
         xu: &[T],
         n: usize,
         tangent: bool,
+        z0: Option<&[T]>,
         a: &[T],
         b: &[T],
         grad: &mut [T],
@@ -236,11 +243,19 @@ impl Mlp {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
             let mut z = vec![T::default(); m * o];
-            for row in z[..n * o].chunks_exact_mut(o) {
-                row.copy_from_slice(&w[bo..bo + o]);
+            match z0.filter(|z0| k == 0 && z0.len() == n * o) {
+                Some(z0) => {
+                    z[..n * o].copy_from_slice(z0);
+                    gemm(m - n, i, o, &xu[n * i..], false, &w[wo..wo + i * o], false, 1.0, &mut z[n * o..]);
+                }
+                None => {
+                    for row in z[..n * o].chunks_exact_mut(o) {
+                        row.copy_from_slice(&w[bo..bo + o]);
+                    }
+                    let input = if k == 0 { xu } else { &hs[k - 1] };
+                    gemm(m, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
+                }
             }
-            let input = if k == 0 { xu } else { &hs[k - 1] };
-            gemm(m, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
             if k + 1 < nl {
                 let (zv, dz) = z.split_at(n * o);
                 let mut h: Vec<T> = zv.iter().map(|&v| T::of(silu(v.f64()))).collect();

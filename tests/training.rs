@@ -219,6 +219,16 @@ fn a_batch_is_the_sum_of_its_structures() {
         for (env, got) in envs.iter().zip(&together) {
             assert_same_prediction(got, &model.predict(env), 1e-10, "batch vs one");
         }
+        // the gradient after a prediction at the same structures reuses its first-layer products; for another
+        // list of configurations (here the same in reverse order) the kept products are ignored
+        let (_, forward) = model.predict_batch_keeping(&envs.iter().collect::<Vec<_>>());
+        let mut reused = vec![0.0; model.n_params()];
+        model.accumulate_param_grad_after(&primitives, &mut reused, &forward);
+        assert!(max_abs_diff(batch.iter().copied(), reused.iter().copied()) < 1e-12 * scale, "reused first layer");
+        let reversed: Vec<Primitive> = primitives.iter().rev().map(|p| Primitive { ..*p }).collect();
+        let mut other = vec![0.0; model.n_params()];
+        model.accumulate_param_grad_after(&reversed, &mut other, &forward);
+        assert!(max_abs_diff(batch.iter().copied(), other.iter().copied()) < 1e-10 * scale, "other configurations");
         // training.precision = "f32": the networks' passes in single precision give the same gradient and
         // training predictions to f32 rounding, and are not the f64 path in disguise
         let mut single = model.clone();
@@ -227,6 +237,10 @@ fn a_batch_is_the_sum_of_its_structures() {
         single.accumulate_param_grad(&primitives, &mut g32);
         let diff = max_abs_diff(batch.iter().copied(), g32.iter().copied());
         assert!(diff > 0.0 && diff < 1e-4 * scale, "f32 gradient: {diff:e} against {scale:e}");
+        let (_, forward32) = single.predict_batch_keeping(&envs.iter().collect::<Vec<_>>());
+        let mut reused32 = vec![0.0; model.n_params()];
+        single.accumulate_param_grad_after(&primitives, &mut reused32, &forward32);
+        assert!(max_abs_diff(g32.iter().copied(), reused32.iter().copied()) < 1e-6 * scale, "f32, reused first layer");
         for (p32, p64) in single.predict_batch(&envs.iter().collect::<Vec<_>>()).iter().zip(&together) {
             assert_same_prediction(p32, p64, 1e-5, "f32 vs f64");
         }

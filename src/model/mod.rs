@@ -21,6 +21,7 @@ use crate::neighbors::NeighborList;
 use crate::prediction::{stress_from_virial, Prediction};
 use crate::repulsion::{Repulsion, RepulsionTable};
 pub use power_spectrum::Primitive;
+pub use power_spectrum::ForwardCache;
 use power_spectrum::PowerSpectrumModel;
 use serde::{Deserialize, Serialize};
 
@@ -273,8 +274,14 @@ impl Model {
     /// [`Model::predict`] of each structure of a batch; the networks run on the batch's atoms of each element
     /// together (faster for many small structures than one by one).
     pub fn predict_batch(&self, envs: &[&Environments]) -> Vec<Prediction> {
+        self.predict_batch_keeping(envs).0
+    }
+
+    /// [`Model::predict_batch`], and what the parameter gradient at the same structures can reuse
+    /// ([`Model::accumulate_param_grad_after`]).
+    pub fn predict_batch_keeping(&self, envs: &[&Environments]) -> (Vec<Prediction>, ForwardCache) {
         let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
-        let results = self.atomic.networked().atomic_energies_and_pair_grads(&items, &self.reference_energies, self.energy_scale);
+        let (results, forward) = self.atomic.networked().atomic_energies_and_pair_grads_keeping(&items, &self.reference_energies, self.energy_scale);
         let repulsion = self.prior();
         let prediction = |(env, (mut atomic, mut pair_grads)): (&&Environments, (Vec<f64>, Vec<Vec3>))| {
             if let Some(table) = &repulsion {
@@ -286,7 +293,7 @@ impl Model {
             let stress = env.volume.map(|v| stress_from_virial(&virial, v));
             Prediction { energy: atomic.iter().sum(), atomic_energies: atomic, forces, virial, stress }
         };
-        envs.iter().zip(results).map(prediction).collect()
+        (envs.iter().zip(results).map(prediction).collect(), forward)
     }
 
     /// [`Model::predict`] of a frame.
@@ -324,7 +331,14 @@ impl Model {
     /// `D_t E = −Σ_k displacement[k]·F_k + Σ_ab strain_ab ∂E/∂ε_ab`). Every loss term reduces to it; a batch's
     /// primitives go in one call so that the networks run on all their atoms together.
     pub fn accumulate_param_grad(&self, primitives: &[Primitive<'_>], grad: &mut [f64]) {
-        self.atomic.networked().accumulate_param_grad(primitives, self.energy_scale, grad)
+        self.atomic.networked().accumulate_param_grad(primitives, self.energy_scale, grad, None)
+    }
+
+    /// [`Model::accumulate_param_grad`] after [`Model::predict_batch_keeping`] at the same structures: when the
+    /// primitives are one per predicted structure, in the same order (energy, force and stress losses), the
+    /// prediction's first-layer products are reused; otherwise `forward` is ignored. The same gradient either way.
+    pub fn accumulate_param_grad_after(&self, primitives: &[Primitive<'_>], grad: &mut [f64], forward: &ForwardCache) {
+        self.atomic.networked().accumulate_param_grad(primitives, self.energy_scale, grad, Some(forward))
     }
 
     // ----- fitting the fixed parts before training -----

@@ -78,6 +78,64 @@ struct TaskInputs<'a, 'p> {
     primitives: &'a [Primitive<'p>],
     tangents: &'a [Tangents],
     scale: f64,
+    forward: Option<&'a ForwardCache>,
+}
+
+/// What a batch's prediction leaves for the parameter gradient at the same structures: the first layer's
+/// pre-activations of each network pass ([`row_tasks`]), and the structures' descriptors they were computed from
+/// (by address), so that a gradient at other configurations does not use them.
+pub struct ForwardCache {
+    z0: FirstLayer,
+    of: Vec<usize>,
+}
+
+/// Per network pass, `[rows][width]`, in the precision of the training passes.
+enum FirstLayer {
+    F64(Vec<Vec<f64>>),
+    F32(Vec<Vec<f32>>),
+}
+
+/// The one pass's pre-activations of a [`FirstLayer`] of one pass, if f64.
+fn take_f64(f: &mut FirstLayer) -> Option<Vec<f64>> {
+    match f {
+        FirstLayer::F64(v) => v.pop(),
+        FirstLayer::F32(_) => None,
+    }
+}
+/// The one pass's pre-activations of a [`FirstLayer`] of one pass, if f32.
+fn take_f32(f: &mut FirstLayer) -> Option<Vec<f32>> {
+    match f {
+        FirstLayer::F32(v) => v.pop(),
+        FirstLayer::F64(_) => None,
+    }
+}
+
+/// The precisions a [`ForwardCache`] holds.
+trait Kept: Real {
+    fn z0(cache: &ForwardCache, task: usize) -> Option<&[Self]>;
+}
+impl Kept for f64 {
+    fn z0(cache: &ForwardCache, task: usize) -> Option<&[f64]> {
+        match &cache.z0 {
+            FirstLayer::F64(z) => z.get(task).map(|z| &z[..]),
+            FirstLayer::F32(_) => None,
+        }
+    }
+}
+impl Kept for f32 {
+    fn z0(cache: &ForwardCache, task: usize) -> Option<&[f32]> {
+        match &cache.z0 {
+            FirstLayer::F32(z) => z.get(task).map(|z| &z[..]),
+            FirstLayer::F64(_) => None,
+        }
+    }
+}
+
+impl ForwardCache {
+    /// Whether the cache belongs to exactly these configurations, in this order.
+    fn matches(&self, descriptors: impl ExactSizeIterator<Item = *const Descriptors>) -> bool {
+        self.of.len() == descriptors.len() && self.of.iter().zip(descriptors).all(|(&a, d)| a == d as usize)
+    }
 }
 
 /// One network pass of a batch: atoms `(structure, atom)` of one species.
@@ -185,23 +243,43 @@ impl PowerSpectrumModel {
     /// Atomic energies and the per-pair gradients ∂E/∂r_ij (in neighbour-list order) of each structure of a
     /// batch. The networks run on the batch's atoms of each element together ([`row_tasks`]).
     pub fn atomic_energies_and_pair_grads(&self, items: &[(&[usize], &Descriptors)], e0: &[f64], scale: f64) -> Vec<(Vec<f64>, Vec<Vec3>)> {
+        self.atomic_energies_and_pair_grads_keeping(items, e0, scale).0
+    }
+
+    /// [`PowerSpectrumModel::atomic_energies_and_pair_grads`], and what the parameter gradient at the same
+    /// structures can reuse ([`PowerSpectrumModel::accumulate_param_grad`]).
+    pub fn atomic_energies_and_pair_grads_keeping(
+        &self,
+        items: &[(&[usize], &Descriptors)],
+        e0: &[f64],
+        scale: f64,
+    ) -> (Vec<(Vec<f64>, Vec<Vec3>)>, ForwardCache) {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
-        let outputs: Vec<(Vec<f64>, Vec<f64>)> = tasks
+        type Pass = (Vec<f64>, Vec<f64>, FirstLayer);
+        let mut outputs: Vec<Pass> = tasks
             .par_iter()
             .map(|t| {
                 let (net, n) = (&self.networks[t.species], t.rows.len());
                 match &self.weights_f32 {
-                    None => net.forward_with_input_grad(&self.standardised(t, |p| items[p].1), n),
+                    None => {
+                        let (out, dx, z0) = net.forward_with_input_grad_in(&net.params, &self.standardised(t, |p| items[p].1), n);
+                        (out, dx, FirstLayer::F64(vec![z0]))
+                    }
                     Some(w) => {
-                        let (out, dx) = net.forward_with_input_grad_in(&w[t.species], &self.standardised::<f32>(t, |p| items[p].1), n);
-                        (out.iter().map(|&v| v as f64).collect(), dx.iter().map(|&v| v as f64).collect())
+                        let (out, dx, z0) = net.forward_with_input_grad_in(&w[t.species], &self.standardised::<f32>(t, |p| items[p].1), n);
+                        (out.iter().map(|&v| v as f64).collect(), dx.iter().map(|&v| v as f64).collect(), FirstLayer::F32(vec![z0]))
                     }
                 }
             })
             .collect();
+        let z0 = match self.weights_f32 {
+            None => FirstLayer::F64(outputs.iter_mut().filter_map(|o| take_f64(&mut o.2)).collect()),
+            Some(_) => FirstLayer::F32(outputs.iter_mut().filter_map(|o| take_f32(&mut o.2)).collect()),
+        };
+        let cache = ForwardCache { z0, of: items.iter().map(|(_, d)| *d as *const Descriptors as usize).collect() };
         let mut atomic: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms]).collect();
         let mut de_dg: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms * d.n_features]).collect();
-        for (t, (out, dx)) in tasks.iter().zip(&outputs) {
+        for (t, (out, dx, _)) in tasks.iter().zip(&outputs) {
             let (s, sd) = (t.species, &self.feature_std[t.species]);
             let nf = sd.len();
             for (k, &(p, i)) in t.rows.iter().enumerate() {
@@ -212,7 +290,7 @@ impl PowerSpectrumModel {
             }
         }
         let descriptor = self.descriptor();
-        atomic.into_par_iter().zip(de_dg).zip(items).map(|((a, g), (_, d))| (a, descriptor.vjp(d, &g))).collect()
+        (atomic.into_par_iter().zip(de_dg).zip(items).map(|((a, g), (_, d))| (a, descriptor.vjp(d, &g))).collect(), cache)
     }
 
     /// Standardised inputs `(G − μ)/σ` of a task's rows (`[rows][F]`); `descriptors(p)` is structure p's.
@@ -312,7 +390,10 @@ impl PowerSpectrumModel {
     /// [`crate::model::Model::accumulate_param_grad`]): the descriptors' tangents per configuration, then each
     /// network once per [`row_tasks`] task on the batch's atoms of its element, then the tasks' gradients summed
     /// in task order (the same sums whatever the number of threads).
-    pub fn accumulate_param_grad(&self, primitives: &[Primitive<'_>], scale: f64, grad: &mut [f64]) {
+    /// `forward`, the prediction's [`ForwardCache`] at the same structures (one primitive each, in the same
+    /// order), saves the first layer's forward product; it is ignored for any other list of primitives.
+    pub fn accumulate_param_grad(&self, primitives: &[Primitive<'_>], scale: f64, grad: &mut [f64], forward: Option<&ForwardCache>) {
+        let forward = forward.filter(|c| c.matches(primitives.iter().map(|p| p.descriptors as *const Descriptors)));
         let descriptor = self.descriptor();
         // a trained W needs the densities' tangents and the networks' input gradients
         let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
@@ -332,15 +413,16 @@ impl PowerSpectrumModel {
         }
         let block = trained.map_or(0, |fb| fb.compression_block());
         let tasks = row_tasks(|p| primitives[p].species, primitives.len(), self.networks.len());
-        let batch = TaskInputs { primitives, tangents: &tangents, scale };
+        let batch = TaskInputs { primitives, tangents: &tangents, scale, forward };
         let (nets, w_grad) = grad.split_at_mut(offs[self.networks.len()]);
         if let Some(w32) = &self.weights_f32 {
             // f32: every task into buffers of its own, added to the f64 gradient in task order
             let buffers: Vec<(Vec<f32>, Vec<f64>)> = tasks
                 .par_iter()
-                .map(|t| {
+                .enumerate()
+                .map(|(j, t)| {
                     let (mut g, mut g_w) = (vec![0.0f32; self.networks[t.species].n_params()], vec![0.0; block]);
-                    self.task_grad(t, &batch, &w32[t.species], &mut g, &mut g_w);
+                    self.task_grad(j, t, &batch, &w32[t.species], &mut g, &mut g_w);
                     (g, g_w)
                 })
                 .collect();
@@ -365,21 +447,21 @@ impl PowerSpectrumModel {
                 direct.push(Some((g_net, g_w)));
             }
         }
-        let jobs: Vec<(&RowTask, Option<GradSlices>)> = tasks.iter().map(|t| (t, direct[t.species].take())).collect();
+        let jobs: Vec<(usize, &RowTask, Option<GradSlices>)> = tasks.iter().enumerate().map(|(j, t)| (j, t, direct[t.species].take())).collect();
         let buffers: Vec<Option<Vec<f64>>> = jobs
             .into_par_iter()
-            .map(|(t, target)| {
+            .map(|(j, t, target)| {
                 let params = &self.networks[t.species].params;
                 match target {
                     Some((g_net, g_w)) => {
-                        self.task_grad(t, &batch, params, g_net, g_w);
+                        self.task_grad(j, t, &batch, params, g_net, g_w);
                         None
                     }
                     None => {
                         let np = params.len();
                         let mut g = vec![0.0; np + block];
                         let (g_net, g_w) = g.split_at_mut(np);
-                        self.task_grad(t, &batch, params, g_net, g_w);
+                        self.task_grad(j, t, &batch, params, g_net, g_w);
                         Some(g)
                     }
                 }
@@ -397,8 +479,9 @@ impl PowerSpectrumModel {
     /// One network pass of [`PowerSpectrumModel::accumulate_param_grad`]: task `t`'s part of the gradient into
     /// `g_net` (its network's parameters, in the precision of the weights `w`) and `g_w` (its species' block of
     /// the trained compression W, if any).
-    fn task_grad<T: Real>(&self, t: &RowTask, batch: &TaskInputs, w: &[T], g_net: &mut [T], g_w: &mut [f64]) {
-        let TaskInputs { primitives, tangents, scale } = *batch;
+    fn task_grad<T: Kept>(&self, j: usize, t: &RowTask, batch: &TaskInputs, w: &[T], g_net: &mut [T], g_w: &mut [f64]) {
+        let TaskInputs { primitives, tangents, scale, forward } = *batch;
+        let z0 = forward.and_then(|c| T::z0(c, j));
         let descriptor = self.descriptor();
         let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
         let (s, n) = (t.species, t.rows.len());
@@ -420,11 +503,11 @@ impl PowerSpectrumModel {
         let av: Vec<T> = t.rows.iter().map(|&(p, _)| T::of(primitives[p].a * scale)).collect();
         let bv: Vec<T> = t.rows.iter().map(|&(p, _)| T::of(if tangents[p].0.is_some() { scale } else { 0.0 })).collect();
         let Some(fb) = trained else {
-            net.stacked_param_and_input_grad(w, &xu, n, tangent, &av, &bv, g_net, None);
+            net.stacked_param_and_input_grad(w, &xu, n, tangent, z0, &av, &bv, g_net, None);
             return;
         };
         let (mut xbar, mut ubar) = (vec![T::default(); n * nf], vec![T::default(); if tangent { n * nf } else { 0 }]);
-        net.stacked_param_and_input_grad(w, &xu, n, tangent, &av, &bv, g_net, Some((&mut xbar, &mut ubar)));
+        net.stacked_param_and_input_grad(w, &xu, n, tangent, z0, &av, &bv, g_net, Some((&mut xbar, &mut ubar)));
         // x = (G − μ)/σ and u = Ġ/σ: the objective's gradient with respect to the four-body invariants and
         // their tangents is x̄/σ and ū/σ
         let nps = descriptor.n_power_spectrum_features();

@@ -67,6 +67,11 @@ impl EnvCache {
         }
     }
 
+    /// Bytes kept (an estimate, [`Environments::heap_bytes`]).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
     /// Structures kept.
     pub fn len(&self) -> usize {
         self.slots.iter().filter(|s| s.get().is_some()).count()

@@ -394,11 +394,12 @@ pub fn batch_loss_and_grad_with(
     let norm = Normalizers::of(frames);
     let envs: Vec<Env> = frames.par_iter().zip(ids).map(|(f, &id)| cache.get(model, id, f)).collect::<Result<_>>()?;
     let env_refs: Vec<&Environments> = envs.iter().map(|e| &**e).collect();
-    let preds = if loss::needs_forces(w) {
-        model.predict_batch(&env_refs)
+    let (preds, forward) = if loss::needs_forces(w) {
+        let (preds, forward) = model.predict_batch_keeping(&env_refs);
+        (preds, Some(forward))
     } else {
         // energy-only losses: no input gradients, no descriptor VJP
-        model.energies_batch(&env_refs).into_iter().map(|energy| Prediction { energy, ..Default::default() }).collect()
+        (model.energies_batch(&env_refs).into_iter().map(|energy| Prediction { energy, ..Default::default() }).collect(), None)
     };
     let mut parts: Vec<loss::StructureLoss> = (frames, ids, &env_refs, &preds)
         .into_par_iter()
@@ -415,7 +416,10 @@ pub fn batch_loss_and_grad_with(
     if with_grad {
         grad = vec![0.0; model.n_params()];
         let primitives: Vec<_> = parts.iter().zip(&env_refs).flat_map(|(p, &env)| p.primitives(env)).collect();
-        model.accumulate_param_grad(&primitives, &mut grad);
+        match &forward {
+            Some(f) => model.accumulate_param_grad_after(&primitives, &mut grad, f),
+            None => model.accumulate_param_grad(&primitives, &mut grad),
+        }
     }
     Ok((total, grad))
 }
@@ -705,6 +709,14 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         let sums = run_epoch(&mut model, &mut st, &splits.train, &env_cache, cfg, anchor.as_deref(), trainable.as_deref(), sink.as_deref(), &run.last)?;
         last_valid = validate(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
+        if epochs_this_run == 1 && !env_cache.is_empty() {
+            run.log(&format!(
+                "kept the environments of {} of {} training structures for the next epochs ({:.0} MB)",
+                env_cache.len(),
+                splits.train.len(),
+                env_cache.bytes() as f64 / 1e6
+            ));
+        }
         if let Some(b) = budget.as_mut() {
             b.record_epoch(epoch_clock.elapsed().as_secs_f64());
             epoch_clock = std::time::Instant::now();
