@@ -95,21 +95,6 @@ enum FirstLayer {
     F32(Vec<Vec<f32>>),
 }
 
-/// The one pass's pre-activations of a [`FirstLayer`] of one pass, if f64.
-fn take_f64(f: &mut FirstLayer) -> Option<Vec<f64>> {
-    match f {
-        FirstLayer::F64(v) => v.pop(),
-        FirstLayer::F32(_) => None,
-    }
-}
-/// The one pass's pre-activations of a [`FirstLayer`] of one pass, if f32.
-fn take_f32(f: &mut FirstLayer) -> Option<Vec<f32>> {
-    match f {
-        FirstLayer::F32(v) => v.pop(),
-        FirstLayer::F64(_) => None,
-    }
-}
-
 /// The precisions a [`ForwardCache`] holds.
 trait Kept: Real {
     fn z0(cache: &ForwardCache, task: usize) -> Option<&[Self]>;
@@ -254,43 +239,49 @@ impl PowerSpectrumModel {
         e0: &[f64],
         scale: f64,
     ) -> (Vec<(Vec<f64>, Vec<Vec3>)>, ForwardCache) {
+        let of = items.iter().map(|(_, d)| *d as *const Descriptors as usize).collect();
+        match &self.weights_f32 {
+            None => {
+                let (results, z0) = self.predict_in(items, e0, scale, |s| &self.networks[s].params[..]);
+                (results, ForwardCache { z0: FirstLayer::F64(z0), of })
+            }
+            Some(w) => {
+                let (results, z0) = self.predict_in(items, e0, scale, |s| &w[s][..]);
+                (results, ForwardCache { z0: FirstLayer::F32(z0), of })
+            }
+        }
+    }
+
+    /// The body of [`PowerSpectrumModel::atomic_energies_and_pair_grads_keeping`] with the networks' weights in
+    /// precision T (`weights(species)`); returns the first layer's pre-activations per network pass.
+    #[allow(clippy::type_complexity)]
+    fn predict_in<'w, T: Real>(
+        &self,
+        items: &[(&[usize], &Descriptors)],
+        e0: &[f64],
+        scale: f64,
+        weights: impl Fn(usize) -> &'w [T] + Sync,
+    ) -> (Vec<(Vec<f64>, Vec<Vec3>)>, Vec<Vec<T>>) {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
-        type Pass = (Vec<f64>, Vec<f64>, FirstLayer);
-        let mut outputs: Vec<Pass> = tasks
+        let outputs: Vec<(Vec<T>, Vec<T>, Vec<T>)> = tasks
             .par_iter()
-            .map(|t| {
-                let (net, n) = (&self.networks[t.species], t.rows.len());
-                match &self.weights_f32 {
-                    None => {
-                        let (out, dx, z0) = net.forward_with_input_grad_in(&net.params, &self.standardised(t, |p| items[p].1), n);
-                        (out, dx, FirstLayer::F64(vec![z0]))
-                    }
-                    Some(w) => {
-                        let (out, dx, z0) = net.forward_with_input_grad_in(&w[t.species], &self.standardised::<f32>(t, |p| items[p].1), n);
-                        (out.iter().map(|&v| v as f64).collect(), dx.iter().map(|&v| v as f64).collect(), FirstLayer::F32(vec![z0]))
-                    }
-                }
-            })
+            .map(|t| self.networks[t.species].forward_with_input_grad_in(weights(t.species), &self.standardised(t, |p| items[p].1), t.rows.len()))
             .collect();
-        let z0 = match self.weights_f32 {
-            None => FirstLayer::F64(outputs.iter_mut().filter_map(|o| take_f64(&mut o.2)).collect()),
-            Some(_) => FirstLayer::F32(outputs.iter_mut().filter_map(|o| take_f32(&mut o.2)).collect()),
-        };
-        let cache = ForwardCache { z0, of: items.iter().map(|(_, d)| *d as *const Descriptors as usize).collect() };
         let mut atomic: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms]).collect();
         let mut de_dg: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms * d.n_features]).collect();
         for (t, (out, dx, _)) in tasks.iter().zip(&outputs) {
             let (s, sd) = (t.species, &self.feature_std[t.species]);
             let nf = sd.len();
             for (k, &(p, i)) in t.rows.iter().enumerate() {
-                atomic[p][i] = e0[s] + scale * out[k];
+                atomic[p][i] = e0[s] + scale * out[k].f64();
                 for ((g, x), sd) in de_dg[p][i * nf..(i + 1) * nf].iter_mut().zip(&dx[k * nf..(k + 1) * nf]).zip(sd) {
-                    *g = scale * x / sd;
+                    *g = scale * x.f64() / sd;
                 }
             }
         }
         let descriptor = self.descriptor();
-        (atomic.into_par_iter().zip(de_dg).zip(items).map(|((a, g), (_, d))| (a, descriptor.vjp(d, &g))).collect(), cache)
+        let results = atomic.into_par_iter().zip(de_dg).zip(items).map(|((a, g), (_, d))| (a, descriptor.vjp(d, &g))).collect();
+        (results, outputs.into_iter().map(|(_, _, z0)| z0).collect())
     }
 
     /// Standardised inputs `(G − μ)/σ` of a task's rows (`[rows][F]`); `descriptors(p)` is structure p's.
