@@ -6,7 +6,7 @@ use pilip::descriptor::four_body::ThreeBody;
 use pilip::frame::Frame;
 use pilip::rng::Rng;
 use pilip::train::loss::{LossTerms, Weights};
-use pilip::train::{batch_loss_and_grad, batch_loss_and_grad_with, TrainOptions};
+use pilip::train::{batch_loss_and_grad, TrainOptions};
 use std::path::{Path, PathBuf};
 
 /// A structure and a copy truncated to `n_small` atoms (a batch of two sizes), with random energy and force
@@ -86,7 +86,7 @@ fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame],
     let refs: Vec<&Frame> = frames.iter().collect();
     let ids: Vec<usize> = (0..frames.len()).collect();
     let seed = cfg.training.seed;
-    let (loss, grad) = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, seed, &w, 3, true).unwrap();
+    let (loss, grad) = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, seed, &w, 3, true, None).unwrap();
     let value = loss.get(term).unwrap();
     assert!(value != 0.0, "{term}: loss is zero");
     assert_eq!(loss.total(), value, "{term}: other terms must be off");
@@ -94,7 +94,7 @@ fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame],
         // some errors must lie beyond the threshold, or the check below would only see the squared branch
         let mut squared = cfg.loss.clone();
         (squared.energy_loss, squared.forces_loss) = (Penalty::Mse, Penalty::Mse);
-        let mse = batch_loss_and_grad(&model, &refs, &ids, &squared, seed, &w, 3, false).unwrap().0.total();
+        let mse = batch_loss_and_grad(&model, &refs, &ids, &squared, seed, &w, 3, false, None).unwrap().0.total();
         assert!(value < 0.9 * mse, "{term}: Huber {value} vs squared {mse}");
     }
     let gnorm = grad.iter().map(|g| g * g).sum::<f64>().sqrt();
@@ -117,7 +117,7 @@ fn check_term_variant(model: &pilip::model::Model, term: &str, frames: &[Frame],
             let mut p = p0.clone();
             p[q] += delta;
             m.set_params(&p);
-            batch_loss_and_grad(&m, &refs, &ids, &cfg.loss, seed, &w, 3, false).unwrap().0.get(term).unwrap()
+            batch_loss_and_grad(&m, &refs, &ids, &cfg.loss, seed, &w, 3, false, None).unwrap().0.get(term).unwrap()
         };
         let fd = (eval(h) - eval(-h)) / (2.0 * h);
         let tol = 1e-6 * gnorm.max(1e-3) + 1e-5 * fd.abs();
@@ -264,10 +264,10 @@ fn kept_environments_give_the_same_step_and_trained_descriptors_keep_none() {
         (random_model(vec![1, 6, 8], 4.0, &frames, 5), frames.len()),
         (random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 5), 0),
     ] {
-        let fresh = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, 1, &w, 0, true).unwrap();
+        let fresh = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, 1, &w, 0, true, None).unwrap();
         let cache = EnvCache::new(&model, frames.len());
         for pass in ["filling", "kept"] {
-            let got = batch_loss_and_grad_with(&model, &refs, &ids, &cfg.loss, 1, &w, 0, true, &cache).unwrap();
+            let got = batch_loss_and_grad(&model, &refs, &ids, &cfg.loss, 1, &w, 0, true, Some(&cache)).unwrap();
             assert!(got.0.total() > 0.0 && got.0.total() == fresh.0.total(), "{pass}: loss {} vs {}", got.0.total(), fresh.0.total());
             assert_eq!(got.1, fresh.1, "{pass}: gradient");
             assert_eq!(cache.len(), kept, "{pass}: structures kept");
@@ -304,7 +304,7 @@ fn score_matching_term_averages_to_half_the_squared_force_minus_kt_times_the_lap
     let expected = (0.5 * grad_sq - kt * laplacian) / (3.0 * n as f64);
     // one random probe per step: the mean over steps converges to the expectation
     let samples: Vec<f64> = (0..3000)
-        .map(|step| batch_loss_and_grad(&model, &[frame], &[0], &cfg.loss, 1, &w, step, false).unwrap().0.score)
+        .map(|step| batch_loss_and_grad(&model, &[frame], &[0], &cfg.loss, 1, &w, step, false, None).unwrap().0.score)
         .collect();
     let mean = samples.iter().sum::<f64>() / samples.len() as f64;
     let sd = (samples.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (samples.len() - 1) as f64).sqrt();
@@ -325,7 +325,7 @@ fn pitc_residual_is_per_structure() {
     cfg.loss.pitc_weight = 1.0;
     cfg.loss.pisc_weight = 1.0;
     let w = Weights::at_epoch(&cfg.loss, cfg.data.temperature, 0);
-    let loss = |frames: &[&Frame], ids: &[usize]| batch_loss_and_grad(&model, frames, ids, &cfg.loss, cfg.training.seed, &w, 0, false).unwrap().0;
+    let loss = |frames: &[&Frame], ids: &[usize]| batch_loss_and_grad(&model, frames, ids, &cfg.loss, cfg.training.seed, &w, 0, false, None).unwrap().0;
     let both = loss(&[&mols[0], &mols[1]], &[0, 1]);
     let (a, b) = (loss(&[&mols[0]], &[0]), loss(&[&mols[1]], &[1]));
     for term in ["pitc", "pisc"] {

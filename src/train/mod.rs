@@ -364,6 +364,7 @@ fn auto_energy_scale(model: &Model, train: &[Frame]) -> f64 {
 /// then run on the batch's atoms of each element together); every sum has a fixed order, so the result does not
 /// depend on the number of threads. `seed` is `training.seed`; `step` and the structures' `ids` select the random
 /// displacements of the PIWSL terms.
+/// `cache`, if given, supplies (and keeps) the structures' environments, indexed by `ids` ([`EnvCache`]).
 #[allow(clippy::too_many_arguments)]
 pub fn batch_loss_and_grad(
     model: &Model,
@@ -374,23 +375,10 @@ pub fn batch_loss_and_grad(
     w: &Weights,
     step: u64,
     with_grad: bool,
+    cache: Option<&EnvCache>,
 ) -> Result<(LossTerms, Vec<f64>)> {
-    batch_loss_and_grad_with(model, frames, ids, loss_cfg, seed, w, step, with_grad, &EnvCache::new(model, 0))
-}
-
-/// [`batch_loss_and_grad`] with the structures' environments taken from (and kept in) `cache`, indexed by `ids`.
-#[allow(clippy::too_many_arguments)]
-pub fn batch_loss_and_grad_with(
-    model: &Model,
-    frames: &[&Frame],
-    ids: &[usize],
-    loss_cfg: &LossConfig,
-    seed: u64,
-    w: &Weights,
-    step: u64,
-    with_grad: bool,
-    cache: &EnvCache,
-) -> Result<(LossTerms, Vec<f64>)> {
+    let none = EnvCache::new(model, 0);
+    let cache = cache.unwrap_or(&none);
     let norm = Normalizers::of(frames);
     let envs: Vec<Env> = frames.par_iter().zip(ids).map(|(f, &id)| cache.get(model, id, f)).collect::<Result<_>>()?;
     let env_refs: Vec<&Environments> = envs.iter().map(|e| &**e).collect();
@@ -853,7 +841,7 @@ fn run_epoch(
     let mut params = model.params();
     for (b, ids) in order.chunks(bs).enumerate() {
         let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
-        let (mut l, mut g) = batch_loss_and_grad_with(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true, cache)?;
+        let (mut l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true, Some(cache))?;
         if let Some(a) = anchor {
             l.anchor = loss::anchor_term(&params, a, cfg.loss.anchor_weight, &mut g);
         }
