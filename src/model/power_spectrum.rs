@@ -81,6 +81,9 @@ struct TaskInputs<'a, 'p> {
     forward: Option<&'a ForwardCache>,
 }
 
+/// Per structure of a batch: the atomic energies and the per-pair gradients ∂E/∂r_ij.
+type AtomicResults = Vec<(Vec<f64>, Vec<Vec3>)>;
+
 /// What a batch's prediction leaves for the parameter gradient at the same structures: the first layer's
 /// pre-activations of each network pass ([`row_tasks`]), and the structures' descriptors they were computed from
 /// (by address), so that a gradient at other configurations does not use them.
@@ -238,7 +241,7 @@ impl PowerSpectrumModel {
         items: &[(&[usize], &Descriptors)],
         e0: &[f64],
         scale: f64,
-    ) -> (Vec<(Vec<f64>, Vec<Vec3>)>, ForwardCache) {
+    ) -> (AtomicResults, ForwardCache) {
         let of = items.iter().map(|(_, d)| *d as *const Descriptors as usize).collect();
         match &self.weights_f32 {
             None => {
@@ -254,14 +257,13 @@ impl PowerSpectrumModel {
 
     /// The body of [`PowerSpectrumModel::atomic_energies_and_pair_grads_keeping`] with the networks' weights in
     /// precision T (`weights(species)`); returns the first layer's pre-activations per network pass.
-    #[allow(clippy::type_complexity)]
     fn predict_in<'w, T: Real>(
         &self,
         items: &[(&[usize], &Descriptors)],
         e0: &[f64],
         scale: f64,
         weights: impl Fn(usize) -> &'w [T] + Sync,
-    ) -> (Vec<(Vec<f64>, Vec<Vec3>)>, Vec<Vec<T>>) {
+    ) -> (AtomicResults, Vec<Vec<T>>) {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
         let outputs: Vec<(Vec<T>, Vec<T>, Vec<T>)> = tasks
             .par_iter()

@@ -25,7 +25,7 @@ pub enum Env<'a> {
     /// Kept in the cache.
     Kept(&'a Environments),
     /// Built for this step only (the cache is full or keeps nothing).
-    Built(Environments),
+    Built(Box<Environments>),
 }
 
 impl std::ops::Deref for Env<'_> {
@@ -33,7 +33,7 @@ impl std::ops::Deref for Env<'_> {
     fn deref(&self) -> &Environments {
         match self {
             Env::Kept(e) => e,
-            Env::Built(e) => e,
+            Env::Built(e) => e.as_ref(),
         }
     }
 }
@@ -48,7 +48,7 @@ impl EnvCache {
     /// The environment of structure `id` (whose geometry is `frame`): kept from an earlier call, or built and kept
     /// while the cache has room, or built for this call only.
     pub fn get<'a>(&'a self, model: &Model, id: usize, frame: &Frame) -> Result<Env<'a>> {
-        let Some(slot) = self.slots.get(id) else { return Ok(Env::Built(model.frame_environments(frame)?)) };
+        let Some(slot) = self.slots.get(id) else { return Ok(Env::Built(Box::new(model.frame_environments(frame)?))) };
         if let Some(env) = slot.get() {
             return Ok(Env::Kept(env));
         }
@@ -56,14 +56,14 @@ impl EnvCache {
         let size = env.heap_bytes();
         if self.bytes.fetch_add(size, Ordering::Relaxed) + size > MAX_BYTES {
             self.bytes.fetch_sub(size, Ordering::Relaxed);
-            return Ok(Env::Built(env));
+            return Ok(Env::Built(Box::new(env)));
         }
         if slot.set(env).is_err() {
             self.bytes.fetch_sub(size, Ordering::Relaxed); // another thread kept this structure first
         }
         match slot.get() {
             Some(env) => Ok(Env::Kept(env)),
-            None => Ok(Env::Built(model.frame_environments(frame)?)), // not reached: the slot was just filled
+            None => Ok(Env::Built(Box::new(model.frame_environments(frame)?))), // not reached: the slot was just filled
         }
     }
 
