@@ -165,7 +165,6 @@ impl Mlp {
         let mut zs = self.forward_z(w, x, n);
         let nl = self.n_layers();
         let out = zs.pop().unwrap_or_default();
-        let z0 = zs.first().unwrap_or(&out).clone();
         let mut dz = vec![T::of(1.0); n];
         for k in (0..nl).rev() {
             let (wo, _) = self.layer(k);
@@ -179,6 +178,8 @@ impl Mlp {
             }
             dz = dh;
         }
+        // the first layer's pre-activations, or the output's for a network without hidden layers
+        let z0 = zs.into_iter().next().unwrap_or_else(|| out.clone());
         (out, dz, z0)
     }
 

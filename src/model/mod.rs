@@ -314,7 +314,7 @@ impl Model {
     /// Whether a structure's [`Environments`] depend on its geometry only, not on trained parameters (false for
     /// the bispectrum family with a trained compression), so that they may be kept from one step to the next.
     pub fn environments_are_fixed(&self) -> bool {
-        self.atomic.networked().n_params() == self.atomic.networked().networks.iter().map(|n| n.n_params()).sum::<usize>()
+        !self.atomic.networked().has_trained_descriptor()
     }
     /// Runs the networks' training passes in f32 or f64 ([`PowerSpectrumModel::set_training_precision`]).
     pub fn set_training_precision(&mut self, f32: bool) {

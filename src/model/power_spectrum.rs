@@ -348,6 +348,11 @@ impl PowerSpectrumModel {
         self.four_body.as_ref().filter(|b| b.trainable).map(|b| &b.compression)
     }
 
+    /// Whether the descriptor has trained parameters (the bispectrum family's compression W, when trained).
+    pub fn has_trained_descriptor(&self) -> bool {
+        self.trained_compression().is_some()
+    }
+
     /// Number of trainable parameters: the networks', then W's when it is trained.
     pub fn n_params(&self) -> usize {
         self.networks.iter().map(|n| n.n_params()).sum::<usize>() + self.trained_compression().map_or(0, |w| w.len())
@@ -389,7 +394,7 @@ impl PowerSpectrumModel {
         let forward = forward.filter(|c| c.matches(primitives.iter().map(|p| p.descriptors as *const Descriptors)));
         let descriptor = self.descriptor();
         // a trained W needs the densities' tangents and the networks' input gradients
-        let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
+        let trained = descriptor.four_body().filter(|_| self.has_trained_descriptor());
         let tangents: Vec<Tangents> = primitives
             .par_iter()
             .map(|p| {
@@ -476,7 +481,7 @@ impl PowerSpectrumModel {
         let TaskInputs { primitives, tangents, scale, forward } = *batch;
         let z0 = forward.and_then(|c| T::z0(c, j));
         let descriptor = self.descriptor();
-        let trained = descriptor.four_body().filter(|_| self.trained_compression().is_some());
+        let trained = descriptor.four_body().filter(|_| self.has_trained_descriptor());
         let (s, n) = (t.species, t.rows.len());
         let net = &self.networks[s];
         let sd = &self.feature_std[s];
