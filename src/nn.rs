@@ -21,18 +21,15 @@ pub struct Mlp {
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
-/// SiLU, z·σ(z).
+/// SiLU's first derivative from z and its sigmoid s (the passes keep s so that each exp is taken once).
 #[inline]
-fn silu(z: f64) -> f64 {
-    z * sigmoid(z)
+fn silu_d1(z: f64, s: f64) -> f64 {
+    s * (1.0 + z * (1.0 - s))
 }
-/// SiLU and its first two derivatives.
+/// SiLU's second derivative from z and its sigmoid s.
 #[inline]
-fn silu3(z: f64) -> (f64, f64, f64) {
-    let s = sigmoid(z);
-    let d1 = s * (1.0 + z * (1.0 - s));
-    let d2 = s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s));
-    (z * s, d1, d2)
+fn silu_d2(z: f64, s: f64) -> f64 {
+    s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
 }
 
 impl Mlp {
@@ -127,10 +124,12 @@ impl Mlp {
         self.params.len()
     }
 
-    /// Pre-activations `z_k` of every layer for `n` inputs (`x` is `[n][in]`); the last one is the output.
-    /// `w` is [`Mlp::params`] or a copy of them in another precision ([`Mlp::params_f32`]).
-    fn forward_z<T: Real>(&self, w: &[T], x: &[T], n: usize) -> Vec<Vec<T>> {
+    /// Pre-activations `z_k` of every layer for `n` inputs (`x` is `[n][in]`; the last one is the output) and the
+    /// sigmoids σ(z_k) of the hidden layers. `w` is [`Mlp::params`] or a copy of them in another precision
+    /// ([`Mlp::params_f32`]).
+    fn forward_z<T: Real>(&self, w: &[T], x: &[T], n: usize) -> (Vec<Vec<T>>, Vec<Vec<f64>>) {
         let mut zs: Vec<Vec<T>> = Vec::with_capacity(self.n_layers());
+        let mut sigmoids: Vec<Vec<f64>> = Vec::with_capacity(self.n_layers());
         let mut h: Vec<T> = Vec::new();
         for k in 0..self.n_layers() {
             let (wo, bo) = self.layer(k);
@@ -141,15 +140,19 @@ impl Mlp {
             }
             let input = if k == 0 { x } else { &h };
             gemm(n, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
-            h = z.iter().map(|&v| T::of(silu(v.f64()))).collect();
+            if k + 1 < self.n_layers() {
+                let s: Vec<f64> = z.iter().map(|&v| sigmoid(v.f64())).collect();
+                h = z.iter().zip(&s).map(|(&v, &s)| T::of(v.f64() * s)).collect();
+                sigmoids.push(s);
+            }
             zs.push(z);
         }
-        zs
+        (zs, sigmoids)
     }
 
     /// Outputs for `n` inputs.
     pub fn forward(&self, x: &[f64], n: usize) -> Vec<f64> {
-        self.forward_z(&self.params, x, n).pop().unwrap_or_default()
+        self.forward_z(&self.params, x, n).0.pop().unwrap_or_default()
     }
 
     /// Outputs and their gradient with respect to the inputs (`[n][in]`).
@@ -162,7 +165,7 @@ impl Mlp {
     /// also returns the first layer's pre-activations (`[n][sizes[1]]`), which the parameter gradient at the same
     /// inputs can reuse ([`Mlp::stacked_param_and_input_grad`]).
     pub fn forward_with_input_grad_in<T: Real>(&self, w: &[T], x: &[T], n: usize) -> (Vec<T>, Vec<T>, Vec<T>) {
-        let mut zs = self.forward_z(w, x, n);
+        let (mut zs, sigmoids) = self.forward_z(w, x, n);
         let nl = self.n_layers();
         let out = zs.pop().unwrap_or_default();
         let mut dz = vec![T::of(1.0); n];
@@ -172,8 +175,8 @@ impl Mlp {
             let mut dh = vec![T::default(); n * i];
             gemm(n, o, i, &dz, false, &w[wo..wo + i * o], true, 0.0, &mut dh);
             if k > 0 {
-                for (d, &zv) in dh.iter_mut().zip(&zs[k - 1]) {
-                    *d = T::of(d.f64() * silu3(zv.f64()).1);
+                for ((d, &zv), &s) in dh.iter_mut().zip(&zs[k - 1]).zip(&sigmoids[k - 1]) {
+                    *d = T::of(d.f64() * silu_d1(zv.f64(), s));
                 }
             }
             dz = dh;
@@ -240,6 +243,7 @@ impl Mlp {
         // pre-activation (the tangent rows carry no bias).
         let mut zs: Vec<Vec<T>> = Vec::with_capacity(nl);
         let mut hs: Vec<Vec<T>> = Vec::with_capacity(nl);
+        let mut sigmoids: Vec<Vec<f64>> = Vec::with_capacity(nl); // σ of the value rows of each hidden layer
         for k in 0..nl {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
@@ -259,9 +263,11 @@ impl Mlp {
             }
             if k + 1 < nl {
                 let (zv, dz) = z.split_at(n * o);
-                let mut h: Vec<T> = zv.iter().map(|&v| T::of(silu(v.f64()))).collect();
-                h.extend(zv.iter().zip(dz).map(|(&zv, &d)| T::of(silu3(zv.f64()).1 * d.f64())));
+                let s: Vec<f64> = zv.iter().map(|&v| sigmoid(v.f64())).collect();
+                let mut h: Vec<T> = zv.iter().zip(&s).map(|(&v, &s)| T::of(v.f64() * s)).collect();
+                h.extend(zv.iter().zip(dz).zip(&s).map(|((&zv, &d), &s)| T::of(silu_d1(zv.f64(), s) * d.f64())));
                 hs.push(h);
+                sigmoids.push(s);
             }
             zs.push(z);
         }
@@ -297,17 +303,18 @@ impl Mlp {
             let mut hbar = vec![T::default(); m * i];
             gemm(m, o, i, &zbar, false, wk, true, 0.0, &mut hbar);
             let z = &zs[k - 1][..n * i];
+            let s = &sigmoids[k - 1];
             if tangent {
                 let (hv, dh) = hbar.split_at_mut(n * i);
                 let dz = &zs[k - 1][n * i..];
                 for q in 0..n * i {
-                    let (_, d1, d2) = silu3(z[q].f64());
+                    let (d1, d2) = (silu_d1(z[q].f64(), s[q]), silu_d2(z[q].f64(), s[q]));
                     hv[q] = T::of(hv[q].f64() * d1 + dh[q].f64() * d2 * dz[q].f64());
                     dh[q] = T::of(dh[q].f64() * d1);
                 }
             } else {
                 for q in 0..n * i {
-                    hbar[q] = T::of(hbar[q].f64() * silu3(z[q].f64()).1);
+                    hbar[q] = T::of(hbar[q].f64() * silu_d1(z[q].f64(), s[q]));
                 }
             }
             zbar = hbar;

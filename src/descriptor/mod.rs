@@ -562,12 +562,13 @@ impl Descriptor {
         (sy, [gx, gy, gz])
     }
 
-    /// Y_m(û) and the directional derivatives ∇Y_m·v (v a free vector): the angular part of the JVP.
+    /// Y_m(û) and the directional derivatives ∇Y_m·v (v a free vector) of the orders l0..=l_max: the angular part
+    /// of the JVP.
     #[inline(always)]
-    fn angular_directional(&self, u: &Vec3, v: &Vec3, y: &mut [f64], dy: &mut [f64]) {
-        let (mut p, mut dp) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
-        self.powers_and_derivatives::<DYN>(u, &mut p, &mut dp);
-        self.for_each_monomial::<DYN>(0, |m, w, a, b, c| {
+    fn angular_directional<const L: usize>(&self, u: &Vec3, v: &Vec3, l0: usize, y: &mut [f64], dy: &mut [f64]) {
+        let (mut p, mut dp): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
+        self.powers_and_derivatives::<L>(u, &mut p, &mut dp);
+        self.for_each_monomial::<L>(l0, |m, w, a, b, c| {
             let (xa, yb, zc) = (p[0][a], p[1][b], p[2][c]);
             y[m] = w * xa * yb * zc;
             dy[m] = w * (dp[0][a] * yb * zc * v[0] + xa * dp[1][b] * zc * v[1] + xa * yb * dp[2][c] * v[2]);
@@ -971,23 +972,38 @@ impl Descriptor {
 
     /// [`Descriptor::jvp`], and with `density_tangent` also the change of every atom's density coefficients
     /// (`[n_atoms][n_channels][n_monomials]`, all orders): what a trained compression needs.
-    pub fn jvp_with_density(&self, d: &Descriptors, displacement: Option<&[Vec3]>, strain: Option<&Mat3>, mut density_tangent: Option<&mut Vec<f64>>) -> Vec<f64> {
+    pub fn jvp_with_density(&self, d: &Descriptors, displacement: Option<&[Vec3]>, strain: Option<&Mat3>, density_tangent: Option<&mut Vec<f64>>) -> Vec<f64> {
+        dispatch!(self, jvp_kernel, jvp_avx2, (d, displacement, strain, density_tangent))
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn jvp_avx2<const NR: usize, const L: usize>(&self, d: &Descriptors, displacement: Option<&[Vec3]>, strain: Option<&Mat3>, density_tangent: Option<&mut Vec<f64>>) -> Vec<f64> {
+        self.jvp_kernel::<Fused, NR, L>(d, displacement, strain, density_tangent)
+    }
+
+    /// The JVP, in the forward pass's manner: each pair adds the tangent of its two top orders to the density
+    /// tangent dA (the lower orders are their traces, [`Descriptor::fill_lower`]), and dP_l = dA_l A_lᵀ + A_l dA_lᵀ
+    /// is formed column by column in registers up to [`REGISTER_CHANNELS`] channels ([`gram_tangent_columns`]).
+    #[inline(always)]
+    fn jvp_kernel<M: MulAdd, const NR: usize, const L: usize>(&self, d: &Descriptors, displacement: Option<&[Vec3]>, strain: Option<&Mat3>, mut density_tangent: Option<&mut Vec<f64>>) -> Vec<f64> {
         if let Some(t) = density_tangent.as_deref_mut() {
             t.clear();
         }
+        let (nr, nm, top) = (self.nr_of::<NR>(), self.nm_of::<L>(), self.top_of::<L>());
         let nc = self.n_channels();
-        let nm = self.n_monomials();
-        let nr = self.spec.n_radial;
         let nf = d.n_features;
         let mut out = vec![0.0; d.n_atoms * nf];
         let mut dda = vec![0.0; nc * nm];
-        let mut mm = vec![0.0; nc * nc];
+        let width = register_width(nc);
+        let mut columns = vec![0.0; if nc <= REGISTER_CHANNELS { 2 * nm * width } else { nc * nc }];
         let mut fb_scratch = vec![0.0; self.four_body.as_ref().map_or(0, |fb| fb.scratch_len())];
-        let (mut y, mut dy) = (vec![0.0; nm], vec![0.0; nm]);
+        let (mut y, mut dy) = ([0.0; MAX_MONOMIALS], [0.0; MAX_MONOMIALS]);
+        let mut drad_t = [0.0; 32]; // n_radial ≤ 32 (DescriptorSpec::validate)
         let mut p = 0;
-        let full_orders = if self.full_power_spectrum() { self.spec.l_max + 1 } else { 0 };
+        let full_orders = if self.full_power_spectrum() { self.l_of::<L>() + 1 } else { 0 };
         for i in 0..d.n_atoms {
-            dda.iter_mut().for_each(|x| *x = 0.0);
+            dda.fill(0.0);
             for nb in d.neighbors.of(i) {
                 let mut t = [0.0; 3];
                 if let Some(disp) = displacement {
@@ -1005,17 +1021,15 @@ impl Descriptor {
                 let tp = [(t[0] - u[0] * tr) / r, (t[1] - u[1] * tr) / r, (t[2] - u[2] * tr) / r];
                 let s = d.species_of_neighbor[p];
                 let rad = &d.radial[p * nr..(p + 1) * nr];
-                let drad = &d.d_radial[p * nr..(p + 1) * nr];
-                self.angular_directional(&u, &tp, &mut y, &mut dy);
-                for k in 0..nr {
-                    let row = &mut dda[(s * nr + k) * nm..(s * nr + k + 1) * nm];
-                    let (rk, drk) = (rad[k], drad[k] * tr);
-                    for ((dm, ym), dym) in row.iter_mut().zip(&y).zip(&dy) {
-                        *dm += drk * ym + rk * dym;
-                    }
+                for (x, &dr) in drad_t[..nr].iter_mut().zip(&d.d_radial[p * nr..(p + 1) * nr]) {
+                    *x = dr * tr;
                 }
+                self.angular_directional::<L>(&u, &tp, self.l_of::<L>().saturating_sub(1), &mut y[..nm], &mut dy[..nm]);
+                // dA[s, k][m] += R'_k (û·t) Y_m + R_k ∇Y_m·t⊥/r for m ≥ top
+                accumulate::<M, 2>(&mut dda[s * nr * nm..(s + 1) * nr * nm], top, [(&drad_t[..nr], &y[top..nm]), (rad, &dy[top..nm])]);
                 p += 1;
             }
+            self.fill_lower::<L>(&mut dda);
             let a = &d.density[i * nc * nm..(i + 1) * nc * nm];
             if let Some(t) = density_tangent.as_deref_mut() {
                 t.extend_from_slice(&dda);
@@ -1028,15 +1042,27 @@ impl Descriptor {
                 let nps = self.n_power_spectrum_features();
                 fb.jvp(d.centre_species[i], a, &dda, &mut g[nps..], &mut fb_scratch);
             }
-            // dP_l = dA_l A_lᵀ + A_l dA_lᵀ = M + Mᵀ
-            let mut f = nc;
-            for l in 0..full_orders {
-                let nl = order_range(l).len();
-                gemm_view(nc, nl, nc, self.block_l(&dda, l), self.block_l_t(a, l), 0.0, &mut mm, nc);
-                for c in 0..nc {
-                    for c2 in c..nc {
-                        g[f] = mm[c * nc + c2] + mm[c2 * nc + c];
-                        f += 1;
+            if full_orders == 0 {
+                continue;
+            }
+            let g = &mut g[nc..];
+            match width {
+                8 => gram_tangent_columns::<M, 8>(a, &dda, nm, nc, full_orders - 1, g, &mut columns),
+                16 => gram_tangent_columns::<M, 16>(a, &dda, nm, nc, full_orders - 1, g, &mut columns),
+                24 => gram_tangent_columns::<M, 24>(a, &dda, nm, nc, full_orders - 1, g, &mut columns),
+                32 => gram_tangent_columns::<M, 32>(a, &dda, nm, nc, full_orders - 1, g, &mut columns),
+                _ => {
+                    // dP_l = M + Mᵀ with M = dA_l A_lᵀ
+                    let mut f = 0;
+                    for l in 0..full_orders {
+                        let nl = order_range(l).len();
+                        gemm_view(nc, nl, nc, self.block_l(&dda, l), self.block_l_t(a, l), 0.0, &mut columns, nc);
+                        for c in 0..nc {
+                            for c2 in c..nc {
+                                g[f] = columns[c * nc + c2] + columns[c2 * nc + c];
+                                f += 1;
+                            }
+                        }
                     }
                 }
             }
@@ -1133,6 +1159,37 @@ fn gram_columns<M: MulAdd, const W: usize>(a: &[f64], nm: usize, nc: usize, l_ma
                 }
             }
             // entry (c, c2) of the upper triangle: row c starts after the rows above it
+            for (c, &v) in acc.iter().enumerate().take(c2 + 1) {
+                g[f + c * nc - c * c.saturating_sub(1) / 2 + (c2 - c)] = v;
+            }
+        }
+        f += nc * (nc + 1) / 2;
+    }
+}
+
+/// The tangent of [`gram_columns`]: dP_l[c, c2] = Σ_{m∈l} dA[c][m] A[c2][m] + A[c][m] dA[c2][m] for c ≤ c2, l ≤
+/// `l_max`, into `g` in the same order, with the order's blocks of A and dA transposed once into `at`
+/// (`[2][m][W]`, zero-padded) so that each column's accumulator stays in registers.
+#[inline(always)]
+fn gram_tangent_columns<M: MulAdd, const W: usize>(a: &[f64], da: &[f64], nm: usize, nc: usize, l_max: usize, g: &mut [f64], at: &mut [f64]) {
+    let mut f = 0;
+    for l in 0..=l_max {
+        let ms = order_range(l);
+        let (at_a, at_da) = at[..2 * ms.len() * W].split_at_mut(ms.len() * W);
+        for ((row_a, row_da), m) in at_a.chunks_exact_mut(W).zip(at_da.chunks_exact_mut(W)).zip(ms.clone()) {
+            for c in 0..W {
+                row_a[c] = if c < nc { a[c * nm + m] } else { 0.0 };
+                row_da[c] = if c < nc { da[c * nm + m] } else { 0.0 };
+            }
+        }
+        for c2 in 0..nc {
+            let mut acc = [0.0f64; W];
+            for ((row_a, row_da), m) in at_a.chunks_exact(W).zip(at_da.chunks_exact(W)).zip(ms.clone()) {
+                let (x, dx) = (a[c2 * nm + m], da[c2 * nm + m]);
+                for t in 0..W {
+                    acc[t] = M::madd(row_da[t], x, M::madd(row_a[t], dx, acc[t]));
+                }
+            }
             for (c, &v) in acc.iter().enumerate().take(c2 + 1) {
                 g[f + c * nc - c * c.saturating_sub(1) / 2 + (c2 - c)] = v;
             }
@@ -1310,8 +1367,8 @@ mod tests {
         let nm = d.n_monomials();
         let (mut yu, mut yw) = (vec![0.0; nm], vec![0.0; nm]);
         let mut dy = vec![0.0; nm];
-        d.angular_directional(&u, &[0.0; 3], &mut yu, &mut dy);
-        d.angular_directional(&w, &[0.0; 3], &mut yw, &mut dy);
+        d.angular_directional::<DYN>(&u, &[0.0; 3], 0, &mut yu, &mut dy);
+        d.angular_directional::<DYN>(&w, &[0.0; 3], 0, &mut yw, &mut dy);
         let cos = u[0] * w[0] + u[1] * w[1] + u[2] * w[2];
         for l in 0..=3 {
             let s: f64 = order_range(l).map(|m| yu[m] * yw[m]).sum();
@@ -1357,8 +1414,8 @@ mod tests {
 
     #[test]
     fn jvp_and_vjp_match_finite_differences() {
-        // 8, 16, 22 and 34 channels: column kernels of width 8, 16 and 24, and the matrix-product path
-        for n_radial in [4, 8, 11, 17] {
+        // 8, 16, 22, 32 and 34 channels: column kernels of width 8, 16, 24 and 32, and the matrix-product path
+        for n_radial in [4, 8, 11, 16, 17] {
             jvp_and_vjp_match_finite_differences_with(n_radial, 3);
         }
         // every l_max: the per-pair orders (l_max − 1, l_max) and the traces below them
@@ -1407,7 +1464,7 @@ mod tests {
             let mut p = 0;
             for i in 0..pos.len() {
                 for _ in desc.neighbors.of(i) {
-                    d.angular_directional(&desc.pairs[p].u, &[0.0; 3], &mut y, &mut dy);
+                    d.angular_directional::<DYN>(&desc.pairs[p].u, &[0.0; 3], 0, &mut y, &mut dy);
                     let s = desc.species_of_neighbor[p];
                     for k in 0..nr {
                         for m in 0..nm {
