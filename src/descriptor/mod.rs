@@ -983,8 +983,9 @@ impl Descriptor {
     }
 
     /// The JVP, in the forward pass's manner: each pair adds the tangent of its two top orders to the density
-    /// tangent dA (the lower orders are their traces, [`Descriptor::fill_lower`]), and dP_l = dA_l A_lᵀ + A_l dA_lᵀ
-    /// is formed column by column in registers up to [`REGISTER_CHANNELS`] channels ([`gram_tangent_columns`]).
+    /// tangent dA (the lower orders are their traces, [`Descriptor::fill_lower`]), and dP_l = M + Mᵀ with
+    /// M = dA_l A_lᵀ, formed column by column in registers up to [`REGISTER_CHANNELS`] channels
+    /// ([`gram_tangent_columns`]).
     #[inline(always)]
     fn jvp_kernel<M: MulAdd, const NR: usize, const L: usize>(&self, d: &Descriptors, displacement: Option<&[Vec3]>, strain: Option<&Mat3>, mut density_tangent: Option<&mut Vec<f64>>) -> Vec<f64> {
         if let Some(t) = density_tangent.as_deref_mut() {
@@ -996,7 +997,7 @@ impl Descriptor {
         let mut out = vec![0.0; d.n_atoms * nf];
         let mut dda = vec![0.0; nc * nm];
         let width = register_width(nc);
-        let mut columns = vec![0.0; if nc <= REGISTER_CHANNELS { 2 * nm * width } else { nc * nc }];
+        let mut columns = vec![0.0; if nc <= REGISTER_CHANNELS { (nm + nc) * width } else { nc * nc }];
         let mut fb_scratch = vec![0.0; self.four_body.as_ref().map_or(0, |fb| fb.scratch_len())];
         let (mut y, mut dy) = ([0.0; MAX_MONOMIALS], [0.0; MAX_MONOMIALS]);
         let mut drad_t = [0.0; 32]; // n_radial ≤ 32 (DescriptorSpec::validate)
@@ -1167,34 +1168,36 @@ fn gram_columns<M: MulAdd, const W: usize>(a: &[f64], nm: usize, nc: usize, l_ma
     }
 }
 
-/// The tangent of [`gram_columns`]: dP_l[c, c2] = Σ_{m∈l} dA[c][m] A[c2][m] + A[c][m] dA[c2][m] for c ≤ c2, l ≤
-/// `l_max`, into `g` in the same order, with the order's blocks of A and dA transposed once into `at`
-/// (`[2][m][W]`, zero-padded) so that each column's accumulator stays in registers.
+/// The tangent of [`gram_columns`]: dP_l[c, c2] = M[c][c2] + M[c2][c] for c ≤ c2, l ≤ `l_max`, into `g` in the
+/// same order, with M = dA_l A_lᵀ formed column by column in registers from dA's order-l block transposed once
+/// (`at` holds `[m][W]`, zero-padded, then M's columns `[nc][W]`).
 #[inline(always)]
 fn gram_tangent_columns<M: MulAdd, const W: usize>(a: &[f64], da: &[f64], nm: usize, nc: usize, l_max: usize, g: &mut [f64], at: &mut [f64]) {
     let mut f = 0;
     for l in 0..=l_max {
         let ms = order_range(l);
-        let (at_a, at_da) = at[..2 * ms.len() * W].split_at_mut(ms.len() * W);
-        for ((row_a, row_da), m) in at_a.chunks_exact_mut(W).zip(at_da.chunks_exact_mut(W)).zip(ms.clone()) {
-            for c in 0..W {
-                row_a[c] = if c < nc { a[c * nm + m] } else { 0.0 };
-                row_da[c] = if c < nc { da[c * nm + m] } else { 0.0 };
+        let (at_da, cols) = at.split_at_mut(ms.len() * W);
+        for (row, m) in at_da.chunks_exact_mut(W).zip(ms.clone()) {
+            for (c, x) in row.iter_mut().enumerate() {
+                *x = if c < nc { da[c * nm + m] } else { 0.0 };
             }
         }
-        for c2 in 0..nc {
+        for (c2, col) in cols.chunks_exact_mut(W).take(nc).enumerate() {
             let mut acc = [0.0f64; W];
-            for ((row_a, row_da), m) in at_a.chunks_exact(W).zip(at_da.chunks_exact(W)).zip(ms.clone()) {
-                let (x, dx) = (a[c2 * nm + m], da[c2 * nm + m]);
+            for (row, m) in at_da.chunks_exact(W).zip(ms.clone()) {
+                let x = a[c2 * nm + m];
                 for t in 0..W {
-                    acc[t] = M::madd(row_da[t], x, M::madd(row_a[t], dx, acc[t]));
+                    acc[t] = M::madd(row[t], x, acc[t]);
                 }
             }
-            for (c, &v) in acc.iter().enumerate().take(c2 + 1) {
-                g[f + c * nc - c * c.saturating_sub(1) / 2 + (c2 - c)] = v;
+            col.copy_from_slice(&acc); // col[c] = M[c][c2]
+        }
+        for c in 0..nc {
+            for c2 in c..nc {
+                g[f] = cols[c2 * W + c] + cols[c * W + c2];
+                f += 1;
             }
         }
-        f += nc * (nc + 1) / 2;
     }
 }
 
