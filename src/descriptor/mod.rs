@@ -1000,7 +1000,7 @@ impl Descriptor {
         let mut columns = vec![0.0; if nc <= REGISTER_CHANNELS { (nm + nc) * width } else { nc * nc }];
         let mut fb_scratch = vec![0.0; self.four_body.as_ref().map_or(0, |fb| fb.scratch_len())];
         let (mut y, mut dy) = ([0.0; MAX_MONOMIALS], [0.0; MAX_MONOMIALS]);
-        let mut drad_t = [0.0; 32]; // n_radial ≤ 32 (DescriptorSpec::validate)
+        let mut drad_t = vec![0.0; nr];
         let mut p = 0;
         let full_orders = if self.full_power_spectrum() { self.l_of::<L>() + 1 } else { 0 };
         for i in 0..d.n_atoms {
@@ -1022,12 +1022,12 @@ impl Descriptor {
                 let tp = [(t[0] - u[0] * tr) / r, (t[1] - u[1] * tr) / r, (t[2] - u[2] * tr) / r];
                 let s = d.species_of_neighbor[p];
                 let rad = &d.radial[p * nr..(p + 1) * nr];
-                for (x, &dr) in drad_t[..nr].iter_mut().zip(&d.d_radial[p * nr..(p + 1) * nr]) {
+                for (x, &dr) in drad_t.iter_mut().zip(&d.d_radial[p * nr..(p + 1) * nr]) {
                     *x = dr * tr;
                 }
                 self.angular_directional::<L>(&u, &tp, self.l_of::<L>().saturating_sub(1), &mut y[..nm], &mut dy[..nm]);
                 // dA[s, k][m] += R'_k (û·t) Y_m + R_k ∇Y_m·t⊥/r for m ≥ top
-                accumulate::<M, 2>(&mut dda[s * nr * nm..(s + 1) * nr * nm], top, [(&drad_t[..nr], &y[top..nm]), (rad, &dy[top..nm])]);
+                accumulate::<M, 2>(&mut dda[s * nr * nm..(s + 1) * nr * nm], top, [(&drad_t, &y[top..nm]), (rad, &dy[top..nm])]);
                 p += 1;
             }
             self.fill_lower::<L>(&mut dda);
