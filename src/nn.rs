@@ -21,6 +21,11 @@ pub struct Mlp {
 fn sigmoid(z: f64) -> f64 {
     1.0 / (1.0 + (-z).exp())
 }
+/// SiLU of each pre-activation in `z`, with the sigmoids it took (kept for the derivatives).
+fn silu_keeping_sigmoids<T: Real>(z: &[T]) -> (Vec<T>, Vec<f64>) {
+    let s: Vec<f64> = z.iter().map(|&v| sigmoid(v.f64())).collect();
+    (z.iter().zip(&s).map(|(&v, &s)| T::of(v.f64() * s)).collect(), s)
+}
 /// SiLU's first derivative from z and its sigmoid s (the passes keep s so that each exp is taken once).
 #[inline]
 fn silu_d1(z: f64, s: f64) -> f64 {
@@ -141,8 +146,8 @@ impl Mlp {
             let input = if k == 0 { x } else { &h };
             gemm(n, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
             if k + 1 < self.n_layers() {
-                let s: Vec<f64> = z.iter().map(|&v| sigmoid(v.f64())).collect();
-                h = z.iter().zip(&s).map(|(&v, &s)| T::of(v.f64() * s)).collect();
+                let s;
+                (h, s) = silu_keeping_sigmoids(&z);
                 sigmoids.push(s);
             }
             zs.push(z);
@@ -263,8 +268,7 @@ impl Mlp {
             }
             if k + 1 < nl {
                 let (zv, dz) = z.split_at(n * o);
-                let s: Vec<f64> = zv.iter().map(|&v| sigmoid(v.f64())).collect();
-                let mut h: Vec<T> = zv.iter().zip(&s).map(|(&v, &s)| T::of(v.f64() * s)).collect();
+                let (mut h, s) = silu_keeping_sigmoids(zv);
                 h.extend(zv.iter().zip(dz).zip(&s).map(|((&zv, &d), &s)| T::of(silu_d1(zv.f64(), s) * d.f64())));
                 hs.push(h);
                 sigmoids.push(s);

@@ -1138,66 +1138,68 @@ fn accumulate<M: MulAdd, const N: usize>(rows: &mut [f64], start: usize, pairs: 
 }
 
 /// P_l[c, c'] = Σ_{m∈l} A[c][m] A[c'][m] for every order l ≤ `l_max` and c ≤ c', written to `g` order by order,
-/// row by row of the upper triangle. Column c' of P_l is accumulated in registers (one vector per four channels)
-/// from the order's block of A transposed once into `at` (`[m][W]`, zero-padded); each A[c'][m] is one broadcast.
-/// Each sum runs over m in order with the same multiply-adds as a dot product, so the values are those of one.
+/// row by row of the upper triangle, from the columns of A_l A_lᵀ ([`product_columns`]; `at` is its scratch).
 #[inline(always)]
 fn gram_columns<M: MulAdd, const W: usize>(a: &[f64], nm: usize, nc: usize, l_max: usize, g: &mut [f64], at: &mut [f64]) {
     let mut f = 0;
     for l in 0..=l_max {
-        let ms = order_range(l);
-        for (row, m) in at.chunks_exact_mut(W).zip(ms.clone()) {
-            for (c, x) in row.iter_mut().enumerate() {
-                *x = if c < nc { a[c * nm + m] } else { 0.0 };
-            }
-        }
-        for c2 in 0..nc {
-            let mut acc = [0.0f64; W];
-            for (row, m) in at.chunks_exact(W).zip(ms.clone()) {
-                let x = a[c2 * nm + m];
-                for t in 0..W {
-                    acc[t] = M::madd(row[t], x, acc[t]);
-                }
-            }
+        product_columns::<M, W>(a, a, nm, nc, order_range(l), at, |c2, acc| {
             // entry (c, c2) of the upper triangle: row c starts after the rows above it
             for (c, &v) in acc.iter().enumerate().take(c2 + 1) {
                 g[f + c * nc - c * c.saturating_sub(1) / 2 + (c2 - c)] = v;
             }
-        }
+        });
         f += nc * (nc + 1) / 2;
     }
 }
 
 /// The tangent of [`gram_columns`]: dP_l[c, c2] = M[c][c2] + M[c2][c] for c ≤ c2, l ≤ `l_max`, into `g` in the
-/// same order, with M = dA_l A_lᵀ formed column by column in registers from dA's order-l block transposed once
-/// (`at` holds `[m][W]`, zero-padded, then M's columns `[nc][W]`).
+/// same order, with M = dA_l A_lᵀ ([`product_columns`]; `at` holds dA's transposed block `[m][W]`, then M's
+/// columns `[nc][W]`).
 #[inline(always)]
 fn gram_tangent_columns<M: MulAdd, const W: usize>(a: &[f64], da: &[f64], nm: usize, nc: usize, l_max: usize, g: &mut [f64], at: &mut [f64]) {
     let mut f = 0;
     for l in 0..=l_max {
         let ms = order_range(l);
         let (at_da, cols) = at.split_at_mut(ms.len() * W);
-        for (row, m) in at_da.chunks_exact_mut(W).zip(ms.clone()) {
-            for (c, x) in row.iter_mut().enumerate() {
-                *x = if c < nc { da[c * nm + m] } else { 0.0 };
-            }
-        }
-        for (c2, col) in cols.chunks_exact_mut(W).take(nc).enumerate() {
-            let mut acc = [0.0f64; W];
-            for (row, m) in at_da.chunks_exact(W).zip(ms.clone()) {
-                let x = a[c2 * nm + m];
-                for t in 0..W {
-                    acc[t] = M::madd(row[t], x, acc[t]);
-                }
-            }
-            col.copy_from_slice(&acc); // col[c] = M[c][c2]
-        }
+        product_columns::<M, W>(da, a, nm, nc, ms, at_da, |c2, acc| cols[c2 * W..(c2 + 1) * W].copy_from_slice(acc));
         for c in 0..nc {
             for c2 in c..nc {
                 g[f] = cols[c2 * W + c] + cols[c * W + c2];
                 f += 1;
             }
         }
+    }
+}
+
+/// Column c2 of X_l A_lᵀ (entry c = Σ_{m∈ms} X[c][m] A[c2][m]; `x`, `a` are `[nc][nm]`) for every c2, passed to
+/// `column(c2, ·)`. X's block is transposed once into `at` (`[m][W]`, zero-padded); a column is accumulated in
+/// registers (one vector per four channels) and each A[c2][m] is one broadcast. Each sum runs over m in order with
+/// the same multiply-adds as a dot product, so the values are those of one.
+#[inline(always)]
+fn product_columns<M: MulAdd, const W: usize>(
+    x: &[f64],
+    a: &[f64],
+    nm: usize,
+    nc: usize,
+    ms: std::ops::Range<usize>,
+    at: &mut [f64],
+    mut column: impl FnMut(usize, &[f64; W]),
+) {
+    for (row, m) in at.chunks_exact_mut(W).zip(ms.clone()) {
+        for (c, v) in row.iter_mut().enumerate() {
+            *v = if c < nc { x[c * nm + m] } else { 0.0 };
+        }
+    }
+    for c2 in 0..nc {
+        let mut acc = [0.0f64; W];
+        for (row, m) in at.chunks_exact(W).zip(ms.clone()) {
+            let v = a[c2 * nm + m];
+            for t in 0..W {
+                acc[t] = M::madd(row[t], v, acc[t]);
+            }
+        }
+        column(c2, &acc);
     }
 }
 
