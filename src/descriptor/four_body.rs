@@ -23,7 +23,7 @@
 //! spectrum over every element-resolved channel pair: the features then grow as K² + K4³ instead of
 //! (n_elements × n_radial)², and W acts as learned radial functions per element pair for both body orders.
 
-use super::Monomial;
+use super::{Fused, Isa, MulAdd, Plain, Monomial};
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
 
@@ -181,10 +181,34 @@ impl Bispectrum {
 struct Coupling {
     /// (m1, m2, m3) monomial indices and the coefficient of M[k1][m1]·M[k2][m2]·M[k3][m3].
     terms: Vec<([usize; 3], f64)>,
-    /// l1 = l2: keep k1 ≤ k2.
-    sym12: bool,
-    /// l2 = l3: keep k2 ≤ k3.
-    sym23: bool,
+    /// The number of terms rounded up to a multiple of 4 (the row length of the factor matrices).
+    ntp: usize,
+    /// (k1, k2, first k3) of each channel pair, in feature order (k1 ≤ k2 when l1 = l2, k2 ≤ k3 when l2 = l3: the
+    /// contraction is symmetric in those channels).
+    pairs: Vec<(usize, usize, usize)>,
+    /// Per slot, the terms grouped by the monomial they read: (monomial, range in `scatter_terms`).
+    scatter_targets: [Vec<(usize, std::ops::Range<usize>)>; 3],
+    /// Per slot, (term, scale) in the order of `scatter_targets`; the scale is the term's coefficient for slot 0
+    /// and 1 otherwise.
+    scatter_terms: [Vec<(usize, f64)>; 3],
+}
+
+impl Coupling {
+    fn new(terms: Vec<([usize; 3], f64)>, pairs: Vec<(usize, usize, usize)>) -> Coupling {
+        let (mut scatter_targets, mut scatter_terms): ([Vec<_>; 3], [Vec<_>; 3]) = Default::default();
+        for slot in 0..3 {
+            let mut by_monomial: std::collections::BTreeMap<usize, Vec<(usize, f64)>> = Default::default();
+            for (t, (ms, c)) in terms.iter().enumerate() {
+                by_monomial.entry(ms[slot]).or_default().push((t, if slot == 0 { *c } else { 1.0 }));
+            }
+            for (m, list) in by_monomial {
+                let start = scatter_terms[slot].len();
+                scatter_terms[slot].extend(list);
+                scatter_targets[slot].push((m, start..scatter_terms[slot].len()));
+            }
+        }
+        Coupling { ntp: terms.len().div_ceil(4) * 4, terms, pairs, scatter_targets, scatter_terms }
+    }
 }
 
 /// The four-body invariants of a [`Bispectrum`], ready to evaluate (built once per descriptor).
@@ -206,7 +230,12 @@ pub struct FourBody {
     n_three_body: usize,
     couplings: Vec<Coupling>,
     n_features: usize,
-    max_terms: usize,
+    /// K4 rounded up to a multiple of 4, and the largest padded term count and channel-pair count of the couplings:
+    /// the sizes of the per-coupling matrices.
+    kp: usize,
+    ntp_max: usize,
+    npairs_max: usize,
+    isa: Isa,
 }
 
 impl FourBody {
@@ -264,31 +293,33 @@ impl FourBody {
                         let c = 1.0 / ms.iter().map(|&m| monomials[m].weight).product::<f64>();
                         *terms.entry(ms).or_default() += c;
                     }
-                    couplings.push(Coupling { terms: terms.into_iter().collect(), sym12: l1 == l2, sym23: l2 == l3 });
+                    let pairs = Self::channel_pairs(b.four_body_k(), l1 == l2, l2 == l3);
+                    couplings.push(Coupling::new(terms.into_iter().collect(), pairs));
                 }
             }
         }
-        let max_terms = couplings.iter().map(|c| c.terms.len()).max().unwrap_or(0);
+        let k4 = b.four_body_k();
+        let n_four_body: usize = couplings.iter().flat_map(|cp| cp.pairs.iter().map(|&(_, _, k3)| k4 - k3)).sum();
         let n_three_body = match b.three_body {
             ThreeBody::Full => 0,
             ThreeBody::Compressed => nw * k * (k + 1) / 2,
         };
-        let mut fb = FourBody {
+        Ok(FourBody {
             k,
-            k4: b.four_body_k(),
+            k4,
             nc,
             nm: monomials.len(),
             me,
             orders: orders.map(order).collect(),
             compression: b.compression.clone(),
             n_three_body,
+            kp: k4.div_ceil(4) * 4,
+            ntp_max: couplings.iter().map(|c| c.ntp).max().unwrap_or(0),
+            npairs_max: couplings.iter().map(|c| c.pairs.len()).max().unwrap_or(0),
             couplings,
-            n_features: 0,
-            max_terms,
-        };
-        fb.n_features = n_three_body
-            + fb.couplings.iter().map(|cp| fb.channel_pairs(cp).map(|(_, _, k3s)| k3s.len()).sum::<usize>()).sum::<usize>();
-        Ok(fb)
+            n_features: n_three_body + n_four_body,
+            isa: Isa::detect(),
+        })
     }
 
     /// Features per atom (the compressed three-body invariants, if any, then the four-body ones).
@@ -323,12 +354,12 @@ impl FourBody {
 
     /// P_l[k1,k2] = Σ_{m∈l} M[k1][m]·M[k2][m] into `out`.
     fn three_body(&self, m: &[f64], out: &mut [f64]) {
-        self.for_each_three_body(|f, r1, r2| out[f] = dot(&m[r1], &m[r2]));
+        self.for_each_three_body(|f, r1, r2| out[f] = dot::<Plain>(&m[r1], &m[r2]));
     }
 
     /// Their change along the compressed density change `md`: Ṗ_l[k1,k2] = Σ Ṁ[k1]M[k2] + M[k1]Ṁ[k2].
     fn three_body_jvp(&self, m: &[f64], md: &[f64], out: &mut [f64]) {
-        self.for_each_three_body(|f, r1, r2| out[f] = dot(&md[r1.clone()], &m[r2.clone()]) + dot(&m[r1], &md[r2]));
+        self.for_each_three_body(|f, r1, r2| out[f] = dot::<Plain>(&md[r1.clone()], &m[r2.clone()]) + dot::<Plain>(&m[r1], &md[r2]));
     }
 
     /// Adds the gradient of `Σ_f gb[f]·P_f + gd[f]·Ṗ_f` with respect to M to `gm` and, with a tangent
@@ -350,161 +381,235 @@ impl FourBody {
         });
     }
 
-    /// Scratch values one call of [`FourBody::forward`], [`FourBody::vjp`] or [`FourBody::jvp`] needs.
+    /// Scratch values one call of [`FourBody::forward`], [`FourBody::vjp`], [`FourBody::jvp`] or
+    /// [`FourBody::compression_grad`] needs.
     pub fn scratch_len(&self) -> usize {
-        (4 * self.me + 16 * self.max_terms) * self.k
+        let (kt, pt, pk) = (self.kp * self.ntp_max, self.npairs_max * self.ntp_max, self.npairs_max * self.kp);
+        4 * self.k * self.me + 14 * kt + 4 * pt + 3 * pk
     }
 
     /// `m[k][0..me] = Σ_c W_{z,l}[k][c]·a[c][·]` per order (orders 0 stay zero).
-    fn compress(&self, z: usize, a: &[f64], m: &mut [f64]) {
+    #[inline(always)]
+    fn compress<M: MulAdd>(&self, z: usize, a: &[f64], m: &mut [f64]) {
         let (k, nc, nm, me) = (self.k, self.nc, self.nm, self.me);
         m[..k * me].fill(0.0);
         for (li, ms) in self.orders.iter().enumerate() {
             let w = &self.compression[(z * self.orders.len() + li) * k * nc..][..k * nc];
-            for kk in 0..k {
-                let row = &mut m[kk * me + ms.start..kk * me + ms.end];
-                for c in 0..nc {
-                    let wc = w[kk * nc + c];
-                    if wc == 0.0 {
-                        continue;
-                    }
-                    for (x, &y) in row.iter_mut().zip(&a[c * nm + ms.start..c * nm + ms.end]) {
-                        *x += wc * y;
-                    }
-                }
-            }
+            gemm_acc::<M>(k, nc, ms.len(), w, nc, 1, &a[ms.start..], nm, &mut m[ms.start..], me);
         }
     }
 
     /// The transpose of [`FourBody::compress`]: `da[c][·] += Σ_k W_{z,l}[k][c]·gm[k][·]`.
-    fn compress_transpose(&self, z: usize, gm: &[f64], da: &mut [f64]) {
+    #[inline(always)]
+    fn compress_transpose<M: MulAdd>(&self, z: usize, gm: &[f64], da: &mut [f64]) {
         let (k, nc, nm, me) = (self.k, self.nc, self.nm, self.me);
         for (li, ms) in self.orders.iter().enumerate() {
             let w = &self.compression[(z * self.orders.len() + li) * k * nc..][..k * nc];
-            for kk in 0..k {
-                let grow = &gm[kk * me + ms.start..kk * me + ms.end];
-                for c in 0..nc {
-                    let wc = w[kk * nc + c];
-                    for (x, &y) in da[c * nm + ms.start..c * nm + ms.end].iter_mut().zip(grow) {
-                        *x += wc * y;
-                    }
-                }
-            }
+            gemm_acc::<M>(nc, k, ms.len(), w, 1, nc, &gm[ms.start..], me, &mut da[ms.start..], nm);
         }
     }
 
-    /// The channel pairs (k1, k2) of `cp` in feature order, each with the range of its k3.
-    fn channel_pairs(&self, cp: &Coupling) -> impl Iterator<Item = (usize, usize, std::ops::Range<usize>)> {
-        let (k, sym12, sym23) = (self.k4, cp.sym12, cp.sym23);
-        (0..k).flat_map(move |k1| (if sym12 { k1 } else { 0 }..k).map(move |k2| (k1, k2, if sym23 { k2 } else { 0 }..k)))
+    /// The channel pairs (k1, k2) of a coupling with these symmetries in feature order, each with its first k3.
+    fn channel_pairs(k: usize, sym12: bool, sym23: bool) -> Vec<(usize, usize, usize)> {
+        (0..k).flat_map(move |k1| (if sym12 { k1 } else { 0 }..k).map(move |k2| (k1, k2, if sym23 { k2 } else { 0 }))).collect()
     }
 
-    /// `out[k][t] = scale_t · m[k][m_t]` for the monomial `m_t` of `slot` (0, 1, 2) of each term t, scale_t the
-    /// term's coefficient for slot 0 and 1 otherwise: the factors of one slot as a contiguous `[K][T]` matrix, so
-    /// that the products below are plain dot products and element-wise multiplies (they vectorise).
-    fn gather(&self, m: &[f64], terms: &[([usize; 3], f64)], slot: usize, out: &mut [f64]) {
-        let (me, nt) = (self.me, terms.len());
-        for (kk, row) in out.chunks_exact_mut(nt).take(self.k4).enumerate() {
+    /// `out[k][t] = scale_t · m[k][m_t]` (row stride `ntp`) for the monomial `m_t` of `slot` (0, 1, 2) of each term
+    /// t, scale_t the term's coefficient for slot 0 and 1 otherwise: the factors of one slot as a `[Kp][ntp]`
+    /// matrix, zero beyond the K4 channels and the terms, so that the products below are small matrix products.
+    #[inline(always)]
+    fn gather(&self, m: &[f64], cp: &Coupling, slot: usize, out: &mut [f64]) {
+        let (me, ntp) = (self.me, cp.ntp);
+        out[..self.kp * ntp].fill(0.0);
+        for (kk, row) in out.chunks_exact_mut(ntp).take(self.k4).enumerate() {
             let mk = &m[kk * me..(kk + 1) * me];
-            for (x, (ms, c)) in row.iter_mut().zip(terms) {
+            for (x, (ms, c)) in row.iter_mut().zip(&cp.terms) {
                 *x = if slot == 0 { c * mk[ms[0]] } else { mk[ms[slot]] };
             }
         }
     }
 
-    /// The transpose of [`FourBody::gather`]: `gm[k][m_t] += scale_t · g[k][t]`.
-    fn scatter(&self, g: &[f64], terms: &[([usize; 3], f64)], slot: usize, gm: &mut [f64]) {
-        let (me, nt) = (self.me, terms.len());
-        for (kk, row) in g.chunks_exact(nt).take(self.k4).enumerate() {
-            let gk = &mut gm[kk * me..(kk + 1) * me];
-            for (x, (ms, c)) in row.iter().zip(terms) {
-                gk[ms[slot]] += if slot == 0 { c * x } else { *x };
+    /// The same factors transposed, `out[t][k]` (row stride Kp), for products over the terms.
+    #[inline(always)]
+    fn gather_t(&self, m: &[f64], cp: &Coupling, slot: usize, out: &mut [f64]) {
+        let (me, kp) = (self.me, self.kp);
+        out[..cp.ntp * kp].fill(0.0);
+        for kk in 0..self.k4 {
+            let mk = &m[kk * me..(kk + 1) * me];
+            for (t, (ms, _)) in cp.terms.iter().enumerate() {
+                out[t * kp + kk] = mk[ms[slot]];
             }
         }
     }
 
-    /// Splits `scratch` into two `[K][me]` matrices (M and its gradient or tangent), then N matrices of
-    /// `[K][max_terms]`.
-    fn split_scratch<'s, const N: usize>(&self, scratch: &'s mut [f64]) -> (&'s mut [f64], &'s mut [f64], [&'s mut [f64]; N]) {
-        let (m, rest) = scratch.split_at_mut(self.k * self.me);
-        let (m2, mut rest) = rest.split_at_mut(self.k * self.me);
-        let kt = self.k * self.max_terms;
-        let parts = std::array::from_fn(|_| {
-            let (head, tail) = std::mem::take(&mut rest).split_at_mut(kt);
-            rest = tail;
-            head
-        });
-        (m, m2, parts)
+    /// The transpose of [`FourBody::gather`]: `gm[k][m] += Σ_{t: m_t = m} scale_t · g[k][t]`, summed per monomial
+    /// before the one store (adding term by term made a chain of stores and loads of the same few values).
+    #[inline(always)]
+    fn scatter(&self, g: &[f64], cp: &Coupling, slot: usize, gm: &mut [f64]) {
+        let me = self.me;
+        let terms = &cp.scatter_terms[slot];
+        for (kk, row) in g.chunks_exact(cp.ntp).take(self.k4).enumerate() {
+            let gk = &mut gm[kk * me..(kk + 1) * me];
+            for (m, range) in &cp.scatter_targets[slot] {
+                gk[*m] += terms[range.clone()].iter().map(|&(t, c)| c * row[t]).sum::<f64>();
+            }
+        }
+    }
+
+    /// `p[pair][t] = g1[k1][t]·g2[k2][t]` over the coupling's channel pairs and, with the tangents `d1`, `d2`,
+    /// `pd[pair][t] = d1[k1][t]·g2[k2][t] + g1[k1][t]·d2[k2][t]`.
+    #[inline(always)]
+    fn pair_products<M: MulAdd>(cp: &Coupling, g1: &[f64], g2: &[f64], p: &mut [f64], tangent: Option<(&[f64], &[f64], &mut [f64])>) {
+        let ntp = cp.ntp;
+        for (pi, &(k1, k2, _)) in cp.pairs.iter().enumerate() {
+            let (a1, a2) = (&g1[k1 * ntp..][..ntp], &g2[k2 * ntp..][..ntp]);
+            for ((x, a), b) in p[pi * ntp..][..ntp].iter_mut().zip(a1).zip(a2) {
+                *x = a * b;
+            }
+        }
+        if let Some((d1, d2, pd)) = tangent {
+            for (pi, &(k1, k2, _)) in cp.pairs.iter().enumerate() {
+                let (a1, a2, b1, b2) = (&g1[k1 * ntp..][..ntp], &g2[k2 * ntp..][..ntp], &d1[k1 * ntp..][..ntp], &d2[k2 * ntp..][..ntp]);
+                for (t, x) in pd[pi * ntp..][..ntp].iter_mut().enumerate() {
+                    *x = M::madd(b1[t], a2[t], a1[t] * b2[t]);
+                }
+            }
+        }
+    }
+
+    /// The coupling's features `g[f..]` (k3 from each pair's first to K4) as a dense `[pairs][Kp]` matrix, zero
+    /// elsewhere; returns the next feature.
+    #[inline(always)]
+    fn spread(&self, cp: &Coupling, g: &[f64], f: usize, out: &mut [f64]) -> usize {
+        let (kp, k4) = (self.kp, self.k4);
+        let mut f = f;
+        for (pi, &(_, _, k3)) in cp.pairs.iter().enumerate() {
+            let row = &mut out[pi * kp..(pi + 1) * kp];
+            row.fill(0.0);
+            row[k3..k4].copy_from_slice(&g[f..f + k4 - k3]);
+            f += k4 - k3;
+        }
+        f
+    }
+
+    /// Reads the features back out of a `[pairs][Kp]` matrix ([`FourBody::spread`]'s inverse); returns the next
+    /// feature.
+    #[inline(always)]
+    fn collect(&self, cp: &Coupling, full: &[f64], f: usize, out: &mut [f64]) -> usize {
+        let (kp, k4) = (self.kp, self.k4);
+        let mut f = f;
+        for (pi, &(_, _, k3)) in cp.pairs.iter().enumerate() {
+            out[f..f + k4 - k3].copy_from_slice(&full[pi * kp + k3..pi * kp + k4]);
+            f += k4 - k3;
+        }
+        f
     }
 
     /// The invariants of one atom of centre species `z` with density `a` (`[nc][nm]`, all orders) into `out`.
     pub fn forward(&self, z: usize, a: &[f64], out: &mut [f64], scratch: &mut [f64]) {
-        let (m, _, [g1, g2, g3, p]) = self.split_scratch(scratch);
-        self.compress(z, a, m);
+        match self.isa {
+            Isa::Portable => self.forward_with::<Plain>(z, a, out, scratch),
+            // SAFETY: `Isa::detect` found these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { self.forward_avx2(z, a, out, scratch) },
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn forward_avx2(&self, z: usize, a: &[f64], out: &mut [f64], scratch: &mut [f64]) {
+        self.forward_with::<Fused>(z, a, out, scratch)
+    }
+
+    /// B[pair][k3] = Σ_t P[pair][t]·G3[k3][t] with P = G1[k1] ⊙ G2[k2]: one product of a `[pairs][T]` and a
+    /// `[T][Kp]` matrix per coupling.
+    #[inline(always)]
+    fn forward_with<M: MulAdd>(&self, z: usize, a: &[f64], out: &mut [f64], scratch: &mut [f64]) {
+        let (m, rest) = scratch.split_at_mut(self.k * self.me);
+        let w = self.work(rest);
+        self.compress::<M>(z, a, m);
         self.three_body(m, &mut out[..self.n_three_body]);
-        let mut f = self.n_three_body;
+        let (kp, mut f) = (self.kp, self.n_three_body);
         for cp in &self.couplings {
-            let nt = cp.terms.len();
-            for (slot, g) in [&mut *g1, &mut *g2, &mut *g3].into_iter().enumerate() {
-                self.gather(m, &cp.terms, slot, g);
-            }
-            for (k1, k2, k3s) in self.channel_pairs(cp) {
-                let p = &mut p[..nt];
-                for ((x, a), b) in p.iter_mut().zip(&g1[k1 * nt..(k1 + 1) * nt]).zip(&g2[k2 * nt..(k2 + 1) * nt]) {
-                    *x = a * b;
-                }
-                for k3 in k3s {
-                    out[f] = dot(p, &g3[k3 * nt..(k3 + 1) * nt]);
-                    f += 1;
-                }
-            }
+            let (ntp, np) = (cp.ntp, cp.pairs.len());
+            self.gather(m, cp, 0, w.g[0]);
+            self.gather(m, cp, 1, w.g[1]);
+            self.gather_t(m, cp, 2, w.g3t);
+            Self::pair_products::<M>(cp, w.g[0], w.g[1], w.p, None);
+            gemm_set::<M>(np, ntp, kp, w.p, ntp, 1, w.g3t, kp, w.b, kp);
+            f = self.collect(cp, w.b, f, out);
         }
     }
 
     /// Adds the gradient of `Σ_f g[f]·B_f` with respect to the density to `da` (`[nc][nm]`, all orders).
     pub fn vjp(&self, z: usize, a: &[f64], g: &[f64], da: &mut [f64], scratch: &mut [f64]) {
-        let (m, gm, [g1, g2, g3, gg1, gg2, gg3, p, q]) = self.split_scratch(scratch);
-        self.compress(z, a, m);
+        match self.isa {
+            Isa::Portable => self.vjp_with::<Plain>(z, a, g, da, scratch),
+            // SAFETY: `Isa::detect` found these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { self.vjp_avx2(z, a, g, da, scratch) },
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn vjp_avx2(&self, z: usize, a: &[f64], g: &[f64], da: &mut [f64], scratch: &mut [f64]) {
+        self.vjp_with::<Fused>(z, a, g, da, scratch)
+    }
+
+    #[inline(always)]
+    fn vjp_with<M: MulAdd>(&self, z: usize, a: &[f64], g: &[f64], da: &mut [f64], scratch: &mut [f64]) {
+        let (m, rest) = scratch.split_at_mut(self.k * self.me);
+        let (gm, rest) = rest.split_at_mut(self.k * self.me);
+        let mut w = self.work(rest);
+        self.compress::<M>(z, a, m);
         gm.fill(0.0);
         self.three_body_grad(m, g, gm, None);
         let mut f = self.n_three_body;
         for cp in &self.couplings {
-            let nt = cp.terms.len();
-            for (slot, g) in [&mut *g1, &mut *g2, &mut *g3].into_iter().enumerate() {
-                self.gather(m, &cp.terms, slot, g);
+            for slot in 0..3 {
+                self.gather(m, cp, slot, w.g[slot]);
             }
-            for gg in [&mut *gg1, &mut *gg2, &mut *gg3] {
-                gg[..self.k * nt].fill(0.0);
+            f = self.coupling_vjp::<M>(cp, g, f, &mut w, gm);
+        }
+        self.compress_transpose::<M>(z, gm, da);
+    }
+
+    /// Adds the gradient of `Σ g[f]·B_f` over one coupling's features (from `f`; returns the next) with respect
+    /// to M to `gm`, from the factors already gathered into `w.g`.
+    #[inline(always)]
+    fn coupling_vjp<M: MulAdd>(&self, cp: &Coupling, g: &[f64], f: usize, w: &mut Work, gm: &mut [f64]) -> usize {
+        let (kp, ntp, np) = (self.kp, cp.ntp, cp.pairs.len());
+        Self::pair_products::<M>(cp, w.g[0], w.g[1], w.p, None);
+        let f = self.spread(cp, g, f, w.gb);
+        // B = Σ_t P G3: Ḡ3 = g_Bᵀ P, and Q = g_B G3 carries the rest to slots 1 and 2 (Ḡ1 += Q ⊙ G2, Ḡ2 += Q ⊙ G1)
+        gemm_set::<M>(kp, np, ntp, w.gb, 1, kp, w.p, ntp, w.gbar[2], ntp);
+        gemm_set::<M>(np, kp, ntp, w.gb, kp, 1, w.g[2], ntp, w.q, ntp);
+        let [gb1, gb2, _] = &mut w.gbar;
+        gb1[..kp * ntp].fill(0.0);
+        gb2[..kp * ntp].fill(0.0);
+        Self::spread_to_slots::<M>(cp, w.q, [&*w.g[0], &*w.g[1]], [&mut **gb1, &mut **gb2]);
+        for slot in 0..3 {
+            self.scatter(w.gbar[slot], cp, slot, gm);
+        }
+        f
+    }
+
+    /// `out1[k1] += q[pair] ⊙ x2[k2]` and `out2[k2] += q[pair] ⊙ x1[k1]` over the channel pairs (`[x1, x2]`,
+    /// `[out1, out2]`): the gradient of P = X1[k1] ⊙ X2[k2] along Q.
+    #[inline(always)]
+    fn spread_to_slots<M: MulAdd>(cp: &Coupling, q: &[f64], x: [&[f64]; 2], out: [&mut [f64]; 2]) {
+        let ntp = cp.ntp;
+        let [o1, o2] = out;
+        for (pi, &(k1, k2, _)) in cp.pairs.iter().enumerate() {
+            let qr = &q[pi * ntp..][..ntp];
+            for (t, y) in o1[k1 * ntp..][..ntp].iter_mut().enumerate() {
+                *y = M::madd(qr[t], x[1][k2 * ntp + t], *y);
             }
-            for (k1, k2, k3s) in self.channel_pairs(cp) {
-                let (a1, a2) = (&g1[k1 * nt..(k1 + 1) * nt], &g2[k2 * nt..(k2 + 1) * nt]);
-                let (p, q) = (&mut p[..nt], &mut q[..nt]);
-                for ((x, a), b) in p.iter_mut().zip(a1).zip(a2) {
-                    *x = a * b;
-                }
-                q.fill(0.0);
-                // B = P·G3[k3]: Ḡ3[k3] += g·P and Q = Σ_k3 g·G3[k3], then Ḡ1[k1] += Q ⊙ G2[k2], Ḡ2[k2] += Q ⊙ G1[k1]
-                for k3 in k3s {
-                    let gf = g[f];
-                    f += 1;
-                    if gf == 0.0 {
-                        continue;
-                    }
-                    axpy(gf, p, &mut gg3[k3 * nt..(k3 + 1) * nt]);
-                    axpy(gf, &g3[k3 * nt..(k3 + 1) * nt], q);
-                }
-                for ((x, qt), b) in gg1[k1 * nt..(k1 + 1) * nt].iter_mut().zip(&*q).zip(a2) {
-                    *x += qt * b;
-                }
-                for ((x, qt), b) in gg2[k2 * nt..(k2 + 1) * nt].iter_mut().zip(&*q).zip(a1) {
-                    *x += qt * b;
-                }
-            }
-            for (slot, gg) in [&*gg1, &*gg2, &*gg3].into_iter().enumerate() {
-                self.scatter(gg, &cp.terms, slot, gm);
+            for (t, y) in o2[k2 * ntp..][..ntp].iter_mut().enumerate() {
+                *y = M::madd(qr[t], x[0][k1 * ntp + t], *y);
             }
         }
-        self.compress_transpose(z, gm, da);
     }
 
     /// Values of the compression per centre species (one block of `W`).
@@ -518,77 +623,75 @@ impl FourBody {
     /// trained.
     #[allow(clippy::too_many_arguments)]
     pub fn compression_grad(&self, z: usize, a: &[f64], a_dot: Option<&[f64]>, gb: &[f64], gd: Option<&[f64]>, gw: &mut [f64], scratch: &mut [f64]) {
-        let (k, nc, nm, me) = (self.k, self.nc, self.nm, self.me);
-        let (gms, rest) = scratch.split_at_mut(2 * k * me);
-        let (gm, gmd) = gms.split_at_mut(k * me);
-        let (m, md, [g1, g2, g3, d1, d2, d3, gg1, gg2, gg3, gd1, gd2, gd3, p, pd, q, r]) = self.split_scratch(rest);
-        self.compress(z, a, m);
-        let (tangent, a_dot, gd) = match (a_dot, gd) {
-            (Some(a_dot), Some(gd)) => {
-                self.compress(z, a_dot, md);
-                (true, a_dot, gd)
-            }
-            _ => (false, a, gb), // placeholders, never read
-        };
+        let tangent = a_dot.zip(gd);
+        match self.isa {
+            Isa::Portable => self.compression_grad_with::<Plain>(z, a, tangent, gb, gw, scratch),
+            // SAFETY: `Isa::detect` found these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { self.compression_grad_avx2(z, a, tangent, gb, gw, scratch) },
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn compression_grad_avx2(&self, z: usize, a: &[f64], tangent: Option<(&[f64], &[f64])>, gb: &[f64], gw: &mut [f64], scratch: &mut [f64]) {
+        self.compression_grad_with::<Fused>(z, a, tangent, gb, gw, scratch)
+    }
+
+    #[inline(always)]
+    fn compression_grad_with<M: MulAdd>(&self, z: usize, a: &[f64], tangent: Option<(&[f64], &[f64])>, gb: &[f64], gw: &mut [f64], scratch: &mut [f64]) {
+        let (k, kp, nc, nm, me) = (self.k, self.kp, self.nc, self.nm, self.me);
+        let (gm, rest) = scratch.split_at_mut(k * me);
+        let (gmd, rest) = rest.split_at_mut(k * me);
+        let (m, rest) = rest.split_at_mut(k * me);
+        let (md, rest) = rest.split_at_mut(k * me);
+        let mut w = self.work(rest);
+        self.compress::<M>(z, a, m);
+        if let Some((a_dot, _)) = tangent {
+            self.compress::<M>(z, a_dot, md);
+        }
         gm.fill(0.0);
         gmd.fill(0.0);
-        self.three_body_grad(m, gb, gm, tangent.then_some((&*md, gd, &mut *gmd)));
+        self.three_body_grad(m, gb, gm, tangent.map(|(_, gd)| (&*md, gd, &mut *gmd)));
         let mut f = self.n_three_body;
         for cp in &self.couplings {
-            let (terms, nt) = (&cp.terms, cp.terms.len());
-            for (slot, (g, d)) in [(&mut *g1, &mut *d1), (&mut *g2, &mut *d2), (&mut *g3, &mut *d3)].into_iter().enumerate() {
-                self.gather(m, terms, slot, g);
-                if tangent {
-                    self.gather(md, terms, slot, d);
-                }
+            let (ntp, np) = (cp.ntp, cp.pairs.len());
+            for slot in 0..3 {
+                self.gather(m, cp, slot, w.g[slot]);
             }
-            for gg in [&mut *gg1, &mut *gg2, &mut *gg3, &mut *gd1, &mut *gd2, &mut *gd3] {
-                gg[..k * nt].fill(0.0);
+            let Some((_, gd)) = tangent else {
+                f = self.coupling_vjp::<M>(cp, gb, f, &mut w, gm);
+                continue;
+            };
+            for slot in 0..3 {
+                self.gather(md, cp, slot, w.d[slot]);
             }
+            Self::pair_products::<M>(cp, w.g[0], w.g[1], w.p, Some((&*w.d[0], &*w.d[1], &mut *w.pd)));
+            self.spread(cp, gb, f, w.gb);
+            f = self.spread(cp, gd, f, w.gd);
             // J = Σ_f gb_f B_f + gd_f Ḃ_f with B = Σ_t G1 G2 G3 and Ḃ = Σ_t D1 G2 G3 + G1 D2 G3 + G1 G2 D3 (slots as in
-            // `gather`): per (k1, k2), P = G1 G2 and Ṗ = D1 G2 + G1 D2; ∂J/∂G3[k3] = gb P + gd Ṗ, ∂J/∂D3[k3] = gd P;
-            // Q = Σ_k3 gb G3 + gd D3 and R = Σ_k3 gd G3 carry the rest to slots 1 and 2.
-            for (k1, k2, k3s) in self.channel_pairs(cp) {
-                let r1 = k1 * nt..(k1 + 1) * nt;
-                let r2 = k2 * nt..(k2 + 1) * nt;
-                let (p, pd, q, r) = (&mut p[..nt], &mut pd[..nt], &mut q[..nt], &mut r[..nt]);
-                for t in 0..nt {
-                    p[t] = g1[r1.start + t] * g2[r2.start + t];
-                    pd[t] = if tangent { d1[r1.start + t] * g2[r2.start + t] + g1[r1.start + t] * d2[r2.start + t] } else { 0.0 };
-                }
-                q.fill(0.0);
-                r.fill(0.0);
-                for k3 in k3s {
-                    let (gbf, gdf) = (gb[f], if tangent { gd[f] } else { 0.0 });
-                    f += 1;
-                    let r3 = k3 * nt..(k3 + 1) * nt;
-                    axpy(gbf, p, &mut gg3[r3.clone()]);
-                    axpy(gbf, &g3[r3.clone()], q);
-                    if tangent {
-                        axpy(gdf, pd, &mut gg3[r3.clone()]);
-                        axpy(gdf, p, &mut gd3[r3.clone()]);
-                        axpy(gdf, &d3[r3.clone()], q);
-                        axpy(gdf, &g3[r3], r);
-                    }
-                }
-                for t in 0..nt {
-                    let (a1, a2) = (g1[r1.start + t], g2[r2.start + t]);
-                    gg1[r1.start + t] += q[t] * a2;
-                    gg2[r2.start + t] += q[t] * a1;
-                    if tangent {
-                        let (b1, b2) = (d1[r1.start + t], d2[r2.start + t]);
-                        gg1[r1.start + t] += r[t] * b2;
-                        gg2[r2.start + t] += r[t] * b1;
-                        gd1[r1.start + t] += r[t] * a2;
-                        gd2[r2.start + t] += r[t] * a1;
-                    }
-                }
+            // `gather`): with P = G1 G2 and Ṗ = D1 G2 + G1 D2 per pair, Ḡ3 = gbᵀP + gdᵀṖ and D̄3 = gdᵀP;
+            // Q = gb G3 + gd D3 and R = gd G3 carry the rest to slots 1 and 2.
+            gemm_set::<M>(kp, np, ntp, w.gb, 1, kp, w.p, ntp, w.gbar[2], ntp);
+            gemm_acc::<M>(kp, np, ntp, w.gd, 1, kp, w.pd, ntp, w.gbar[2], ntp);
+            gemm_set::<M>(kp, np, ntp, w.gd, 1, kp, w.p, ntp, w.dbar[2], ntp);
+            gemm_set::<M>(np, kp, ntp, w.gb, kp, 1, w.g[2], ntp, w.q, ntp);
+            gemm_acc::<M>(np, kp, ntp, w.gd, kp, 1, w.d[2], ntp, w.q, ntp);
+            gemm_set::<M>(np, kp, ntp, w.gd, kp, 1, w.g[2], ntp, w.r, ntp);
+            for gg in w.gbar[..2].iter_mut().chain(&mut w.dbar[..2]) {
+                gg[..kp * ntp].fill(0.0);
             }
-            for (slot, (gg, gdd)) in [(&*gg1, &*gd1), (&*gg2, &*gd2), (&*gg3, &*gd3)].into_iter().enumerate() {
-                self.scatter(gg, terms, slot, gm);
-                if tangent {
-                    self.scatter(gdd, terms, slot, gmd);
-                }
+            // P = G1 G2 along Q; Ṗ = D1 G2 + G1 D2 along R: Ḡ1 += R ⊙ D2, Ḡ2 += R ⊙ D1, D̄1 += R ⊙ G2, D̄2 += R ⊙ G1
+            {
+                let [gb1, gb2, _] = &mut w.gbar;
+                Self::spread_to_slots::<M>(cp, w.q, [&*w.g[0], &*w.g[1]], [&mut **gb1, &mut **gb2]);
+                Self::spread_to_slots::<M>(cp, w.r, [&*w.d[0], &*w.d[1]], [&mut **gb1, &mut **gb2]);
+                let [db1, db2, _] = &mut w.dbar;
+                Self::spread_to_slots::<M>(cp, w.r, [&*w.g[0], &*w.g[1]], [&mut **db1, &mut **db2]);
+            }
+            for slot in 0..3 {
+                self.scatter(w.gbar[slot], cp, slot, gm);
+                self.scatter(w.dbar[slot], cp, slot, gmd);
             }
         }
         // M = W A, Ṁ = W Ȧ: W̄[k][c] += Σ_m M̄[k][m] A[c][m] + Ṁ̄[k][m] Ȧ[c][m] per order
@@ -596,11 +699,9 @@ impl FourBody {
             let w = &mut gw[li * k * nc..(li + 1) * k * nc];
             for kk in 0..k {
                 for c in 0..nc {
-                    let ac = &a[c * nm + ms.start..c * nm + ms.end];
-                    let mut sum: f64 = gm[kk * me + ms.start..kk * me + ms.end].iter().zip(ac).map(|(g, x)| g * x).sum();
-                    if tangent {
-                        let adc = &a_dot[c * nm + ms.start..c * nm + ms.end];
-                        sum += gmd[kk * me + ms.start..kk * me + ms.end].iter().zip(adc).map(|(g, x)| g * x).sum::<f64>();
+                    let mut sum = dot::<M>(&gm[kk * me + ms.start..kk * me + ms.end], &a[c * nm + ms.start..c * nm + ms.end]);
+                    if let Some((a_dot, _)) = tangent {
+                        sum += dot::<M>(&gmd[kk * me + ms.start..kk * me + ms.end], &a_dot[c * nm + ms.start..c * nm + ms.end]);
                     }
                     w[kk * nc + c] += sum;
                 }
@@ -610,37 +711,184 @@ impl FourBody {
 
     /// The change of the invariants along a change `da_dot` of the density (`[nc][nm]`, all orders), into `out`.
     pub fn jvp(&self, z: usize, a: &[f64], da_dot: &[f64], out: &mut [f64], scratch: &mut [f64]) {
-        let (m, md, [g1, g2, g3, d1, d2, d3, p, pd]) = self.split_scratch(scratch);
-        self.compress(z, a, m);
-        self.compress(z, da_dot, md);
+        match self.isa {
+            Isa::Portable => self.jvp_with::<Plain>(z, a, da_dot, out, scratch),
+            // SAFETY: `Isa::detect` found these features on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2Fma => unsafe { self.jvp_avx2(z, a, da_dot, out, scratch) },
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn jvp_avx2(&self, z: usize, a: &[f64], da_dot: &[f64], out: &mut [f64], scratch: &mut [f64]) {
+        self.jvp_with::<Fused>(z, a, da_dot, out, scratch)
+    }
+
+    /// Ḃ = Σ_t Ṗ G3 + P D3 per coupling, Ṗ = D1 G2 + G1 D2.
+    #[inline(always)]
+    fn jvp_with<M: MulAdd>(&self, z: usize, a: &[f64], da_dot: &[f64], out: &mut [f64], scratch: &mut [f64]) {
+        let (m, rest) = scratch.split_at_mut(self.k * self.me);
+        let (md, rest) = rest.split_at_mut(self.k * self.me);
+        let w = self.work(rest);
+        self.compress::<M>(z, a, m);
+        self.compress::<M>(z, da_dot, md);
         self.three_body_jvp(m, md, &mut out[..self.n_three_body]);
-        let mut f = self.n_three_body;
+        let (kp, mut f) = (self.kp, self.n_three_body);
         for cp in &self.couplings {
-            let nt = cp.terms.len();
-            for (slot, (g, d)) in [(&mut *g1, &mut *d1), (&mut *g2, &mut *d2), (&mut *g3, &mut *d3)].into_iter().enumerate() {
-                self.gather(m, &cp.terms, slot, g);
-                self.gather(md, &cp.terms, slot, d);
+            let (ntp, np) = (cp.ntp, cp.pairs.len());
+            for slot in 0..2 {
+                self.gather(m, cp, slot, w.g[slot]);
+                self.gather(md, cp, slot, w.d[slot]);
             }
-            for (k1, k2, k3s) in self.channel_pairs(cp) {
-                let (p, pd) = (&mut p[..nt], &mut pd[..nt]);
-                let (a1, a2) = (&g1[k1 * nt..(k1 + 1) * nt], &g2[k2 * nt..(k2 + 1) * nt]);
-                let (b1, b2) = (&d1[k1 * nt..(k1 + 1) * nt], &d2[k2 * nt..(k2 + 1) * nt]);
-                for t in 0..nt {
-                    p[t] = a1[t] * a2[t];
-                    pd[t] = b1[t] * a2[t] + a1[t] * b2[t];
-                }
-                for k3 in k3s {
-                    out[f] = dot(pd, &g3[k3 * nt..(k3 + 1) * nt]) + dot(p, &d3[k3 * nt..(k3 + 1) * nt]);
-                    f += 1;
-                }
+            self.gather_t(m, cp, 2, w.g3t);
+            self.gather_t(md, cp, 2, w.d3t);
+            Self::pair_products::<M>(cp, w.g[0], w.g[1], w.p, Some((&*w.d[0], &*w.d[1], &mut *w.pd)));
+            w.b[..np * kp].fill(0.0);
+            gemm_acc::<M>(np, ntp, kp, w.pd, ntp, 1, w.g3t, kp, w.b, kp);
+            gemm_acc::<M>(np, ntp, kp, w.p, ntp, 1, w.d3t, kp, w.b, kp);
+            f = self.collect(cp, w.b, f, out);
+        }
+    }
+
+    /// Splits scratch (after the `[K][me]` matrices a call keeps in front) into the per-coupling matrices.
+    fn work<'s>(&self, scratch: &'s mut [f64]) -> Work<'s> {
+        let (kt, pt, pk) = (self.kp * self.ntp_max, self.npairs_max * self.ntp_max, self.npairs_max * self.kp);
+        let mut rest = scratch;
+        let mut take = |n: usize| {
+            let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
+            rest = tail;
+            head
+        };
+        Work {
+            g: [take(kt), take(kt), take(kt)],
+            d: [take(kt), take(kt), take(kt)],
+            gbar: [take(kt), take(kt), take(kt)],
+            dbar: [take(kt), take(kt), take(kt)],
+            g3t: take(kt),
+            d3t: take(kt),
+            p: take(pt),
+            pd: take(pt),
+            q: take(pt),
+            r: take(pt),
+            gb: take(pk),
+            gd: take(pk),
+            b: take(pk),
+        }
+    }
+}
+
+/// The per-coupling matrices of one call, each sized for the largest coupling: the factors of the three slots
+/// (`[Kp][ntp]`) and their tangents, the gradients with respect to both, the third slot transposed (`[ntp][Kp]`),
+/// the pair products P, Ṗ and the gradients Q, R carried back through them (`[pairs][ntp]`), and the features or
+/// their gradients as dense `[pairs][Kp]` matrices.
+struct Work<'s> {
+    g: [&'s mut [f64]; 3],
+    d: [&'s mut [f64]; 3],
+    gbar: [&'s mut [f64]; 3],
+    dbar: [&'s mut [f64]; 3],
+    g3t: &'s mut [f64],
+    d3t: &'s mut [f64],
+    p: &'s mut [f64],
+    pd: &'s mut [f64],
+    q: &'s mut [f64],
+    r: &'s mut [f64],
+    gb: &'s mut [f64],
+    gd: &'s mut [f64],
+    b: &'s mut [f64],
+}
+
+/// C += A·B for the small matrices of the four-body products: A is m × l with A[i][p] = `a[i·rsa + p·csa]` (a
+/// transposed operand is a choice of strides), B is l × n row-major (row stride `ldb`), C m × n row-major (row
+/// stride `ldc`). Blocks of 4 rows × 8 columns keep their accumulators in registers (two AVX2 vectors per row).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_acc<M: MulAdd>(m: usize, l: usize, n: usize, a: &[f64], rsa: usize, csa: usize, b: &[f64], ldb: usize, c: &mut [f64], ldc: usize) {
+    gemm::<M, true>(m, l, n, a, rsa, csa, b, ldb, c, ldc)
+}
+
+/// C = A·B, as [`gemm_acc`] (C's old values are not read).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_set<M: MulAdd>(m: usize, l: usize, n: usize, a: &[f64], rsa: usize, csa: usize, b: &[f64], ldb: usize, c: &mut [f64], ldc: usize) {
+    gemm::<M, false>(m, l, n, a, rsa, csa, b, ldb, c, ldc)
+}
+
+/// C = A·B, plus C's old values with `ADD`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm<M: MulAdd, const ADD: bool>(m: usize, l: usize, n: usize, a: &[f64], rsa: usize, csa: usize, b: &[f64], ldb: usize, c: &mut [f64], ldc: usize) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    if l == 0 {
+        if !ADD {
+            (0..m).for_each(|i| c[i * ldc..i * ldc + n].fill(0.0));
+        }
+        return;
+    }
+    assert!(a.len() > (m - 1) * rsa + (l - 1) * csa && b.len() >= (l - 1) * ldb + n && c.len() >= (m - 1) * ldc + n, "four-body product: operands too short");
+    let mut i = 0;
+    while i + 4 <= m {
+        gemm_rows::<M, ADD, 4>(i, l, n, a, rsa, csa, b, ldb, c, ldc);
+        i += 4;
+    }
+    while i < m {
+        gemm_rows::<M, ADD, 1>(i, l, n, a, rsa, csa, b, ldb, c, ldc);
+        i += 1;
+    }
+}
+
+/// Rows i..i+R of [`gemm`], in column blocks of 8, 4 and 1.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_rows<M: MulAdd, const ADD: bool, const R: usize>(i: usize, l: usize, n: usize, a: &[f64], rsa: usize, csa: usize, b: &[f64], ldb: usize, c: &mut [f64], ldc: usize) {
+    let mut j = 0;
+    while j + 8 <= n {
+        gemm_tile::<M, ADD, R, 8>(i, j, l, a, rsa, csa, b, ldb, c, ldc);
+        j += 8;
+    }
+    if j + 4 <= n {
+        gemm_tile::<M, ADD, R, 4>(i, j, l, a, rsa, csa, b, ldb, c, ldc);
+        j += 4;
+    }
+    while j < n {
+        gemm_tile::<M, ADD, R, 1>(i, j, l, a, rsa, csa, b, ldb, c, ldc);
+        j += 1;
+    }
+}
+
+/// One R × W block of C at (i, j): C[i..i+R][j..j+W] += Σ_p A[·][p] B[p][j..j+W].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn gemm_tile<M: MulAdd, const ADD: bool, const R: usize, const W: usize>(i: usize, j: usize, l: usize, a: &[f64], rsa: usize, csa: usize, b: &[f64], ldb: usize, c: &mut [f64], ldc: usize) {
+    // SAFETY (all accesses): `gemm_acc` checked that A reaches (m−1)·rsa + (l−1)·csa, B (l−1)·ldb + n − 1 and C
+    // (m−1)·ldc + n − 1, and i + R ≤ m, j + W ≤ n here.
+    let mut acc = [[0.0f64; W]; R];
+    for (r, row) in acc.iter_mut().enumerate().filter(|_| ADD) {
+        for (q, x) in row.iter_mut().enumerate() {
+            *x = unsafe { *c.get_unchecked((i + r) * ldc + j + q) };
+        }
+    }
+    for p in 0..l {
+        let bv: [f64; W] = std::array::from_fn(|q| unsafe { *b.get_unchecked(p * ldb + j + q) });
+        for (r, row) in acc.iter_mut().enumerate() {
+            let av = unsafe { *a.get_unchecked((i + r) * rsa + p * csa) };
+            for (x, &bq) in row.iter_mut().zip(&bv) {
+                *x = M::madd(av, bq, *x);
             }
+        }
+    }
+    for (r, row) in acc.iter().enumerate() {
+        for (q, x) in row.iter().enumerate() {
+            unsafe { *c.get_unchecked_mut((i + r) * ldc + j + q) = *x };
         }
     }
 }
 
 /// Σ_t x_t y_t, with four partial sums (so that it vectorises).
 #[inline(always)]
-fn dot(x: &[f64], y: &[f64]) -> f64 {
+fn dot<M: MulAdd>(x: &[f64], y: &[f64]) -> f64 {
     let n = x.len().min(y.len());
     let (x, y) = (&x[..n], &y[..n]);
     let mut acc = [0.0f64; 4];
@@ -648,19 +896,11 @@ fn dot(x: &[f64], y: &[f64]) -> f64 {
     let (xr, yr) = (xc.remainder(), yc.remainder());
     for (a, b) in xc.zip(yc) {
         for t in 0..4 {
-            acc[t] += a[t] * b[t];
+            acc[t] = M::madd(a[t], b[t], acc[t]);
         }
     }
     let tail: f64 = xr.iter().zip(yr).map(|(a, b)| a * b).sum();
     (acc[0] + acc[2]) + (acc[1] + acc[3]) + tail
-}
-
-/// y += a·x.
-#[inline(always)]
-fn axpy(a: f64, x: &[f64], y: &mut [f64]) {
-    for (y, x) in y.iter_mut().zip(x) {
-        *y += a * x;
-    }
 }
 
 #[cfg(test)]

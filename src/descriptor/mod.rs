@@ -1507,7 +1507,7 @@ mod tests {
 
     #[test]
     fn four_body_invariants_match_finite_differences() {
-        for (nr, l, k, l4, compressed) in [(3, 3, 2, 2, false), (4, 3, 3, 3, false), (3, 4, 2, 4, false), (3, 4, 3, 2, true), (4, 3, 4, 3, true)] {
+        for (nr, l, k, l4, compressed) in [(3, 3, 2, 2, false), (4, 3, 3, 3, false), (3, 4, 2, 4, false), (3, 4, 3, 2, true), (4, 3, 4, 3, true), (3, 3, 9, 3, false)] {
             let (d, pos, sp) = setup_with(nr, l);
             let d = with_random_four_body(d, k, l4, compressed);
             assert!(d.n_features() > d.n_power_spectrum_features());
