@@ -260,8 +260,9 @@ fn export_writes_a_verified_file_and_refuses_nothing_valid() {
     let dir = tmpdir("export");
     let model = molecule_model();
     let path = dir.join("m.onnx");
-    let v = export(&model, Dtype::F32, &path, &[molecule()]).unwrap();
-    assert_eq!(v.n_structures, 1);
+    let check = export(&model, Dtype::F32, &path, &[molecule()]).unwrap();
+    assert_eq!((check.data.n_structures, check.synthetic.n_structures), (1, 3));
+    assert!(check.data.forces_rel > 0.0 && check.data.forces_rel < Verification::tolerance(Dtype::F32), "{check:?}");
     let pot = Potential::load(&path, &RuntimeOptions::default()).unwrap();
     assert_eq!(pot.metadata.species, vec![1, 6, 8]);
     assert_eq!(pot.metadata.symbols, vec!["H", "C", "O"]);

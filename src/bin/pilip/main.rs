@@ -302,20 +302,23 @@ fn run(cli: Cli) -> Result<()> {
                 },
             };
             frames.truncate(16);
-            let n_data = frames.len();
-            frames.extend(pilip::export::probe_structures(&ck.model));
-            let n_synthetic = frames.len() - n_data;
-            let v = pilip::export::export(&ck.model, dtype, &output, &frames)?;
+            let check = pilip::export::export(&ck.model, dtype, &output, &frames)?;
+            let (d, s) = (&check.data, &check.synthetic);
             println!(
-                "wrote {} ({} network, {} species, cutoff {} Å); verified on {n_data} structures from {source} + {n_synthetic} synthetic: \
-                 max relative deviation energy {:.1e}, forces {:.1e}, virial {:.1e}",
+                "wrote {} ({} network, {} species, cutoff {} Å); max relative deviation on {} structures from {source}: \
+                 energy {:.1e}, forces {:.1e}, virial {:.1e}; on {} synthetic ones: {:.1e}, {:.1e}, {:.1e}",
                 output.display(),
                 dtype.name(),
                 ck.model.species.len(),
                 ck.model.cutoff(),
-                v.energy_rel,
-                v.forces_rel,
-                v.virial_rel
+                d.n_structures,
+                d.energy_rel,
+                d.forces_rel,
+                d.virial_rel,
+                s.n_structures,
+                s.energy_rel,
+                s.forces_rel,
+                s.virial_rel
             );
             Ok(())
         }
