@@ -71,7 +71,7 @@ fn train_eval_plot_and_check_forces() {
     // export → info → eval through the runtime gives the checkpoint's metrics
     let onnx = dir.join("model.onnx");
     let out = run_ok(pilip().arg("export").arg(&best).arg("-o").arg(&onnx));
-    assert!(out.contains("verified on 16 structures") && out.contains("+ 3 synthetic") && out.contains("f32"), "{out}");
+    assert!(out.contains("on 16 structures from") && out.contains("on 3 synthetic ones") && out.contains("f32"), "{out}");
     let info = run_ok(pilip().arg("info").arg(&onnx));
     assert!(info.contains("species:            H C O") && info.contains("format version 4"), "{info}");
     assert!(info.contains("repulsion:          ZBL, switched off between H–H"), "{info}");
