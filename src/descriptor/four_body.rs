@@ -384,8 +384,7 @@ impl FourBody {
     /// Scratch values one call of [`FourBody::forward`], [`FourBody::vjp`], [`FourBody::jvp`] or
     /// [`FourBody::compression_grad`] needs.
     pub fn scratch_len(&self) -> usize {
-        let (kt, pt, pk) = (self.kp * self.ntp_max, self.npairs_max * self.ntp_max, self.npairs_max * self.kp);
-        4 * self.k * self.me + 14 * kt + 4 * pt + 3 * pk
+        4 * self.k * self.me + self.work_len()
     }
 
     /// `m[k][0..me] = Σ_c W_{z,l}[k][c]·a[c][·]` per order (orders 0 stay zero).
@@ -744,16 +743,27 @@ impl FourBody {
             self.gather_t(m, cp, 2, w.g3t);
             self.gather_t(md, cp, 2, w.d3t);
             Self::pair_products::<M>(cp, w.g[0], w.g[1], w.p, Some((&*w.d[0], &*w.d[1], &mut *w.pd)));
-            w.b[..np * kp].fill(0.0);
-            gemm_acc::<M>(np, ntp, kp, w.pd, ntp, 1, w.g3t, kp, w.b, kp);
+            gemm_set::<M>(np, ntp, kp, w.pd, ntp, 1, w.g3t, kp, w.b, kp);
             gemm_acc::<M>(np, ntp, kp, w.p, ntp, 1, w.d3t, kp, w.b, kp);
             f = self.collect(cp, w.b, f, out);
         }
     }
 
-    /// Splits scratch (after the `[K][me]` matrices a call keeps in front) into the per-coupling matrices.
+    /// The sizes of [`Work`]'s three kinds of matrix: `[Kp][ntp]` (or transposed), `[pairs][ntp]`, `[pairs][Kp]`.
+    fn work_sizes(&self) -> (usize, usize, usize) {
+        (self.kp * self.ntp_max, self.npairs_max * self.ntp_max, self.npairs_max * self.kp)
+    }
+
+    /// The values [`FourBody::work`] takes: 14, 4 and 3 matrices of the sizes of [`FourBody::work_sizes`].
+    fn work_len(&self) -> usize {
+        let (kt, pt, pk) = self.work_sizes();
+        14 * kt + 4 * pt + 3 * pk
+    }
+
+    /// Splits scratch (after the `[K][me]` matrices a call keeps in front) into the per-coupling matrices
+    /// ([`FourBody::work_len`] values).
     fn work<'s>(&self, scratch: &'s mut [f64]) -> Work<'s> {
-        let (kt, pt, pk) = (self.kp * self.ntp_max, self.npairs_max * self.ntp_max, self.npairs_max * self.kp);
+        let (kt, pt, pk) = self.work_sizes();
         let mut rest = scratch;
         let mut take = |n: usize| {
             let (head, tail) = std::mem::take(&mut rest).split_at_mut(n);
