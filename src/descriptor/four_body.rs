@@ -186,6 +186,10 @@ struct Coupling {
     /// (k1, k2, first k3) of each channel pair, in feature order (k1 ≤ k2 when l1 = l2, k2 ≤ k3 when l2 = l3: the
     /// contraction is symmetric in those channels).
     pairs: Vec<(usize, usize, usize)>,
+    /// Per slot, the monomial each term reads, and the term's scale: its coefficient for slot 0, 1 otherwise
+    /// (contiguous, for [`FourBody::gather`]).
+    index: [Vec<usize>; 3],
+    scale: [Vec<f64>; 3],
     /// Per slot, the terms grouped by the monomial they read: (monomial, range in `scatter_terms`).
     scatter_targets: [Vec<(usize, std::ops::Range<usize>)>; 3],
     /// Per slot, (term, scale) in the order of `scatter_targets`; the scale is the term's coefficient for slot 0
@@ -207,7 +211,9 @@ impl Coupling {
                 scatter_targets[slot].push((m, start..scatter_terms[slot].len()));
             }
         }
-        Coupling { ntp: terms.len().div_ceil(4) * 4, terms, pairs, scatter_targets, scatter_terms }
+        let index = [0, 1, 2].map(|slot| terms.iter().map(|(ms, _)| ms[slot]).collect());
+        let scale = [0, 1, 2].map(|slot| terms.iter().map(|&(_, c)| if slot == 0 { c } else { 1.0 }).collect());
+        Coupling { ntp: terms.len().div_ceil(4) * 4, terms, pairs, index, scale, scatter_targets, scatter_terms }
     }
 }
 
@@ -418,25 +424,38 @@ impl FourBody {
     /// matrix, zero beyond the K4 channels and the terms, so that the products below are small matrix products.
     #[inline(always)]
     fn gather(&self, m: &[f64], cp: &Coupling, slot: usize, out: &mut [f64]) {
-        let (me, ntp) = (self.me, cp.ntp);
+        let (me, ntp, nt) = (self.me, cp.ntp, cp.terms.len());
         out[..self.kp * ntp].fill(0.0);
-        for (kk, row) in out.chunks_exact_mut(ntp).take(self.k4).enumerate() {
+        let (index, scale) = (&cp.index[slot], &cp.scale[slot]);
+        // four channels at a time share each term's index and scale
+        let mut kk = 0;
+        while kk + 4 <= self.k4 {
+            let rows: [&[f64]; 4] = std::array::from_fn(|r| &m[(kk + r) * me..(kk + r + 1) * me]);
+            let block = &mut out[kk * ntp..(kk + 4) * ntp];
+            for (t, (&i, &c)) in index.iter().zip(scale).enumerate() {
+                for (r, row) in rows.iter().enumerate() {
+                    block[r * ntp + t] = c * row[i];
+                }
+            }
+            kk += 4;
+        }
+        for kk in kk..self.k4 {
             let mk = &m[kk * me..(kk + 1) * me];
-            for (x, (ms, c)) in row.iter_mut().zip(&cp.terms) {
-                *x = if slot == 0 { c * mk[ms[0]] } else { mk[ms[slot]] };
+            for ((x, &i), &c) in out[kk * ntp..kk * ntp + nt].iter_mut().zip(index).zip(scale) {
+                *x = c * mk[i];
             }
         }
     }
 
-    /// The same factors transposed, `out[t][k]` (row stride Kp), for products over the terms.
+    /// The same factors transposed, `out[t][k]` (row stride Kp), for products over the terms (unscaled: slot 2).
     #[inline(always)]
     fn gather_t(&self, m: &[f64], cp: &Coupling, slot: usize, out: &mut [f64]) {
         let (me, kp) = (self.me, self.kp);
         out[..cp.ntp * kp].fill(0.0);
         for kk in 0..self.k4 {
             let mk = &m[kk * me..(kk + 1) * me];
-            for (t, (ms, _)) in cp.terms.iter().enumerate() {
-                out[t * kp + kk] = mk[ms[slot]];
+            for (t, &i) in cp.index[slot].iter().enumerate() {
+                out[t * kp + kk] = mk[i];
             }
         }
     }
@@ -445,11 +464,28 @@ impl FourBody {
     /// before the one store (adding term by term made a chain of stores and loads of the same few values).
     #[inline(always)]
     fn scatter(&self, g: &[f64], cp: &Coupling, slot: usize, gm: &mut [f64]) {
-        let me = self.me;
-        let terms = &cp.scatter_terms[slot];
-        for (kk, row) in g.chunks_exact(cp.ntp).take(self.k4).enumerate() {
-            let gk = &mut gm[kk * me..(kk + 1) * me];
-            for (m, range) in &cp.scatter_targets[slot] {
+        let (me, ntp) = (self.me, cp.ntp);
+        let (targets, terms) = (&cp.scatter_targets[slot], &cp.scatter_terms[slot]);
+        // four channels at a time share each term's index and scale; each channel's sums keep their order
+        let mut kk = 0;
+        while kk + 4 <= self.k4 {
+            let rows: [&[f64]; 4] = std::array::from_fn(|r| &g[(kk + r) * ntp..(kk + r + 1) * ntp]);
+            for (m, range) in targets {
+                let mut sums = [0.0; 4];
+                for &(t, c) in &terms[range.clone()] {
+                    for (sum, row) in sums.iter_mut().zip(&rows) {
+                        *sum += c * row[t];
+                    }
+                }
+                for (r, sum) in sums.iter().enumerate() {
+                    gm[(kk + r) * me + m] += sum;
+                }
+            }
+            kk += 4;
+        }
+        for kk in kk..self.k4 {
+            let (row, gk) = (&g[kk * ntp..(kk + 1) * ntp], &mut gm[kk * me..(kk + 1) * me]);
+            for (m, range) in targets {
                 gk[*m] += terms[range.clone()].iter().map(|&(t, c)| c * row[t]).sum::<f64>();
             }
         }

@@ -608,6 +608,20 @@ impl Descriptor {
         }
     }
 
+    /// Recomputes the four-body invariants of `d` (computed by a descriptor of the same shape) from its density,
+    /// with this descriptor's compression: what a trained compression's change leaves to redo, since the
+    /// neighbour list, the density and the per-pair values do not depend on it. Nothing without four-body
+    /// invariants.
+    pub fn refresh_four_body(&self, d: &mut Descriptors) {
+        let Some(fb) = &self.four_body else { return };
+        let (nf, nps) = (self.n_features(), self.n_power_spectrum_features());
+        let na = self.n_channels() * self.n_monomials();
+        d.scratch.resize(fb.scratch_len(), 0.0);
+        for ((row, a), &z) in d.features.chunks_exact_mut(nf).zip(d.density.chunks_exact(na)).zip(&d.centre_species) {
+            fb.forward(z, a, &mut row[nps..], &mut d.scratch);
+        }
+    }
+
     /// Sizes the whole-system buffers of `d` for `neighbors` (allocating only when they grow) and takes the list
     /// ([`Descriptor::take_list`]).
     fn prepare(&self, neighbors: NeighborList, d: &mut Descriptors, species: &[usize], centres: Option<&[usize]>) {

@@ -312,9 +312,19 @@ impl Model {
         self.atomic.networked().params()
     }
     /// Whether a structure's [`Environments`] depend on its geometry only, not on trained parameters (false for
-    /// the bispectrum family with a trained compression), so that they may be kept from one step to the next.
+    /// the bispectrum family with a trained compression: see [`Model::refresh_environments`]).
     pub fn environments_are_fixed(&self) -> bool {
         !self.atomic.networked().has_trained_descriptor()
+    }
+    /// Brings environments built under earlier parameters up to date with these: the four-body invariants of a
+    /// trained compression are recomputed from the kept density; nothing else depends on the parameters, so
+    /// environments may be kept from one step to the next either way.
+    pub fn refresh_environments(&self, env: &mut Environments) {
+        if self.environments_are_fixed() {
+            return;
+        }
+        let Features::PowerSpectrum(d) = &mut env.features;
+        self.atomic.networked().descriptor().refresh_four_body(d);
     }
     /// Runs the networks' training passes in f32 or f64 ([`PowerSpectrumModel::set_training_precision`]).
     pub fn set_training_precision(&mut self, f32: bool) {

@@ -1,29 +1,34 @@
 //! The training structures' environments (neighbour list and descriptors, the model's input), kept from one
-//! epoch to the next. A structure's geometry never changes during training and, unless the descriptor has
-//! trained parameters (a trained bispectrum compression), neither does its environment: rebuilding it every step
-//! was 8 % of a uracil step (the descriptor's forward pass). The cache holds at most [`MAX_BYTES`]; structures
-//! beyond that are rebuilt each time as before, so memory stays bounded on large data sets.
+//! epoch to the next. A structure's geometry never changes during training, so neither does its neighbour list,
+//! density or per-pair values; only a trained bispectrum compression's four-body invariants follow the
+//! parameters, and those are recomputed from the kept density when a structure is taken
+//! ([`Model::refresh_environments`]). Rebuilding environments every step was 8 % of a uracil step (the
+//! descriptor's forward pass) and 15 % of a Ni bispectrum step (forward pass and neighbour list). The cache holds
+//! at most [`MAX_BYTES`]; structures beyond that are rebuilt each time as before, so memory stays bounded on large
+//! data sets.
 
 use crate::error::Result;
 use crate::frame::Frame;
 use crate::model::{Environments, Model};
+use rayon::prelude::*;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock, PoisonError, TryLockError};
 
 /// The most bytes of environments kept (about 0.4 MB per 12-atom molecule with 2672 features: 950 rMD17
 /// structures take ~0.4 GB).
 pub const MAX_BYTES: usize = 3 << 30;
 
-/// Environments of the structures of one split, by index, filled on first use.
+/// Environments of the structures of one split, by index, filled on first use. Each is behind a lock because
+/// taking it may bring its four-body invariants up to date.
 pub struct EnvCache {
-    slots: Vec<OnceLock<Environments>>,
+    slots: Vec<OnceLock<Mutex<Environments>>>,
     bytes: AtomicUsize,
 }
 
-/// An environment from the cache or built for this step only.
+/// An environment from the cache (held until dropped) or built for this step only.
 pub enum Env<'a> {
     /// Kept in the cache.
-    Kept(&'a Environments),
+    Kept(MutexGuard<'a, Environments>),
     /// Built for this step only (the cache is full or keeps nothing).
     Built(Box<Environments>),
 }
@@ -39,32 +44,61 @@ impl std::ops::Deref for Env<'_> {
 }
 
 impl EnvCache {
-    /// A cache for `n` structures; empty (nothing kept) when the model's environments depend on its parameters.
-    pub fn new(model: &Model, n: usize) -> Self {
-        let n = if model.environments_are_fixed() { n } else { 0 };
+    /// A cache for `n` structures (0: nothing kept).
+    pub fn new(n: usize) -> Self {
         EnvCache { slots: (0..n).map(|_| OnceLock::new()).collect(), bytes: AtomicUsize::new(0) }
     }
 
-    /// The environment of structure `id` (whose geometry is `frame`): kept from an earlier call, or built and kept
-    /// while the cache has room, or built for this call only.
-    pub fn get<'a>(&'a self, model: &Model, id: usize, frame: &Frame) -> Result<Env<'a>> {
-        let Some(slot) = self.slots.get(id) else { return Ok(Env::Built(Box::new(model.frame_environments(frame)?))) };
-        if let Some(env) = slot.get() {
-            return Ok(Env::Kept(env));
+    /// The environments of structures `ids` (geometries `frames`) under `model`'s current parameters: kept from
+    /// an earlier call and brought up to date, or built (in parallel) and kept while the cache has room, or built
+    /// for this call only. The kept ones stay locked until the returned values are dropped; an id given twice
+    /// gets its second environment built anew.
+    pub fn take<'a>(&'a self, model: &Model, ids: &[usize], frames: &[&Frame]) -> Result<Vec<Env<'a>>> {
+        // the guards stay on this thread; the work on what they hold, and the building, runs in parallel
+        let mut kept: Vec<Option<MutexGuard<'a, Environments>>> = ids.iter().map(|&id| self.lock(id)).collect();
+        let mut built: Vec<Option<Environments>> = (0..ids.len()).map(|_| None).collect();
+        kept.iter_mut()
+            .map(|g| g.as_deref_mut())
+            .zip(built.iter_mut())
+            .zip(frames)
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .try_for_each(|((kept, built), frame)| -> Result<()> {
+                match kept {
+                    Some(env) => model.refresh_environments(env),
+                    None => *built = Some(model.frame_environments(frame)?),
+                }
+                Ok(())
+            })?;
+        let mut envs = Vec::with_capacity(ids.len());
+        for ((kept, built), (&id, frame)) in kept.into_iter().zip(built).zip(ids.iter().zip(frames)) {
+            envs.push(match (kept, built) {
+                (Some(guard), _) => Env::Kept(guard),
+                (None, Some(env)) => self.keep(id, env),
+                (None, None) => Env::Built(Box::new(model.frame_environments(frame)?)), // not reached: built above
+            });
         }
-        let env = model.frame_environments(frame)?;
+        Ok(envs)
+    }
+
+    /// The kept environment of structure `id`, locked; `None` if it is not kept (or already taken).
+    fn lock(&self, id: usize) -> Option<MutexGuard<'_, Environments>> {
+        match self.slots.get(id)?.get()?.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Keeps `env` as structure `id`'s if there is room (and it is not kept yet), and hands it out.
+    fn keep(&self, id: usize, env: Environments) -> Env<'_> {
+        let Some(slot) = self.slots.get(id).filter(|s| s.get().is_none()) else { return Env::Built(Box::new(env)) };
         let size = env.heap_bytes();
         if self.bytes.fetch_add(size, Ordering::Relaxed) + size > MAX_BYTES {
             self.bytes.fetch_sub(size, Ordering::Relaxed);
-            return Ok(Env::Built(Box::new(env)));
+            return Env::Built(Box::new(env));
         }
-        if slot.set(env).is_err() {
-            self.bytes.fetch_sub(size, Ordering::Relaxed); // another thread kept this structure first
-        }
-        match slot.get() {
-            Some(env) => Ok(Env::Kept(env)),
-            None => Ok(Env::Built(Box::new(model.frame_environments(frame)?))), // not reached: the slot was just filled
-        }
+        Env::Kept(slot.get_or_init(|| Mutex::new(env)).lock().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// Bytes kept (an estimate, [`Environments::heap_bytes`]).

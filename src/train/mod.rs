@@ -377,10 +377,10 @@ pub fn batch_loss_and_grad(
     with_grad: bool,
     cache: Option<&EnvCache>,
 ) -> Result<(LossTerms, Vec<f64>)> {
-    let none = EnvCache::new(model, 0);
+    let none = EnvCache::new(0);
     let cache = cache.unwrap_or(&none);
     let norm = Normalizers::of(frames);
-    let envs: Vec<Env> = frames.par_iter().zip(ids).map(|(f, &id)| cache.get(model, id, f)).collect::<Result<_>>()?;
+    let envs: Vec<Env> = cache.take(model, ids, frames)?;
     let env_refs: Vec<&Environments> = envs.iter().map(|e| &**e).collect();
     let (preds, forward) = if loss::needs_forces(w) {
         let (preds, forward) = model.predict_batch_keeping(&env_refs);
@@ -610,7 +610,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(&resolved, &splits, resumed, origin)?;
     model.set_training_precision(resolved.training.precision == Precision::F32);
-    let env_cache = EnvCache::new(&model, splits.train.len());
+    let env_cache = EnvCache::new(splits.train.len());
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
     // (the checkpoint's, or an exported model refitted to this data as at the start).
     let anchor = match (anchored, resuming) {
