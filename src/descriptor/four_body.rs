@@ -176,34 +176,33 @@ impl Bispectrum {
     }
 }
 
-/// One contraction pattern (l1, l2, l3): its monomial terms and channel symmetries.
+/// One contraction pattern (l1, l2, l3): its monomial terms and channel symmetries. Term t is the coefficient
+/// c_t times M[k1][m1]·M[k2][m2]·M[k3][m3], stored per slot as `index` (m1, m2, m3) and `scale` (c_t for slot 0).
 #[derive(Clone, Debug)]
 struct Coupling {
-    /// (m1, m2, m3) monomial indices and the coefficient of M[k1][m1]·M[k2][m2]·M[k3][m3].
-    terms: Vec<([usize; 3], f64)>,
     /// The number of terms rounded up to a multiple of 4 (the row length of the factor matrices).
     ntp: usize,
     /// (k1, k2, first k3) of each channel pair, in feature order (k1 ≤ k2 when l1 = l2, k2 ≤ k3 when l2 = l3: the
     /// contraction is symmetric in those channels).
     pairs: Vec<(usize, usize, usize)>,
-    /// Per slot, the monomial each term reads, and the term's scale: its coefficient for slot 0, 1 otherwise
-    /// (contiguous, for [`FourBody::gather`]).
+    /// Per slot, the monomial each term reads, and the term's scale: its coefficient for slot 0, 1 otherwise.
     index: [Vec<usize>; 3],
     scale: [Vec<f64>; 3],
     /// Per slot, the terms grouped by the monomial they read: (monomial, range in `scatter_terms`).
     scatter_targets: [Vec<(usize, std::ops::Range<usize>)>; 3],
-    /// Per slot, (term, scale) in the order of `scatter_targets`; the scale is the term's coefficient for slot 0
-    /// and 1 otherwise.
+    /// Per slot, (term, scale) in the order of `scatter_targets`.
     scatter_terms: [Vec<(usize, f64)>; 3],
 }
 
 impl Coupling {
     fn new(terms: Vec<([usize; 3], f64)>, pairs: Vec<(usize, usize, usize)>) -> Coupling {
+        let index: [Vec<usize>; 3] = [0, 1, 2].map(|slot| terms.iter().map(|(ms, _)| ms[slot]).collect());
+        let scale: [Vec<f64>; 3] = [0, 1, 2].map(|slot| terms.iter().map(|&(_, c)| if slot == 0 { c } else { 1.0 }).collect());
         let (mut scatter_targets, mut scatter_terms): ([Vec<_>; 3], [Vec<_>; 3]) = Default::default();
         for slot in 0..3 {
             let mut by_monomial: std::collections::BTreeMap<usize, Vec<(usize, f64)>> = Default::default();
-            for (t, (ms, c)) in terms.iter().enumerate() {
-                by_monomial.entry(ms[slot]).or_default().push((t, if slot == 0 { *c } else { 1.0 }));
+            for (t, (&m, &c)) in index[slot].iter().zip(&scale[slot]).enumerate() {
+                by_monomial.entry(m).or_default().push((t, c));
             }
             for (m, list) in by_monomial {
                 let start = scatter_terms[slot].len();
@@ -211,9 +210,7 @@ impl Coupling {
                 scatter_targets[slot].push((m, start..scatter_terms[slot].len()));
             }
         }
-        let index = [0, 1, 2].map(|slot| terms.iter().map(|(ms, _)| ms[slot]).collect());
-        let scale = [0, 1, 2].map(|slot| terms.iter().map(|&(_, c)| if slot == 0 { c } else { 1.0 }).collect());
-        Coupling { ntp: terms.len().div_ceil(4) * 4, terms, pairs, index, scale, scatter_targets, scatter_terms }
+        Coupling { ntp: terms.len().div_ceil(4) * 4, pairs, index, scale, scatter_targets, scatter_terms }
     }
 }
 
@@ -424,25 +421,26 @@ impl FourBody {
     /// matrix, zero beyond the K4 channels and the terms, so that the products below are small matrix products.
     #[inline(always)]
     fn gather(&self, m: &[f64], cp: &Coupling, slot: usize, out: &mut [f64]) {
-        let (me, ntp, nt) = (self.me, cp.ntp, cp.terms.len());
-        out[..self.kp * ntp].fill(0.0);
-        let (index, scale) = (&cp.index[slot], &cp.scale[slot]);
+        out[..self.kp * cp.ntp].fill(0.0);
         // four channels at a time share each term's index and scale
-        let mut kk = 0;
-        while kk + 4 <= self.k4 {
-            let rows: [&[f64]; 4] = std::array::from_fn(|r| &m[(kk + r) * me..(kk + r + 1) * me]);
-            let block = &mut out[kk * ntp..(kk + 4) * ntp];
-            for (t, (&i, &c)) in index.iter().zip(scale).enumerate() {
-                for (r, row) in rows.iter().enumerate() {
-                    block[r * ntp + t] = c * row[i];
-                }
-            }
-            kk += 4;
+        let blocked = self.k4 / 4 * 4;
+        for kk in (0..blocked).step_by(4) {
+            self.gather_rows::<4>(m, cp, slot, kk, out);
         }
-        for kk in kk..self.k4 {
-            let mk = &m[kk * me..(kk + 1) * me];
-            for ((x, &i), &c) in out[kk * ntp..kk * ntp + nt].iter_mut().zip(index).zip(scale) {
-                *x = c * mk[i];
+        for kk in blocked..self.k4 {
+            self.gather_rows::<1>(m, cp, slot, kk, out);
+        }
+    }
+
+    /// Rows kk..kk + R of [`FourBody::gather`].
+    #[inline(always)]
+    fn gather_rows<const R: usize>(&self, m: &[f64], cp: &Coupling, slot: usize, kk: usize, out: &mut [f64]) {
+        let (me, ntp) = (self.me, cp.ntp);
+        let rows: [&[f64]; R] = std::array::from_fn(|r| &m[(kk + r) * me..(kk + r + 1) * me]);
+        let block = &mut out[kk * ntp..(kk + R) * ntp];
+        for (t, (&i, &c)) in cp.index[slot].iter().zip(&cp.scale[slot]).enumerate() {
+            for (r, row) in rows.iter().enumerate() {
+                block[r * ntp + t] = c * row[i];
             }
         }
     }
@@ -464,29 +462,30 @@ impl FourBody {
     /// before the one store (adding term by term made a chain of stores and loads of the same few values).
     #[inline(always)]
     fn scatter(&self, g: &[f64], cp: &Coupling, slot: usize, gm: &mut [f64]) {
+        // four channels at a time share each term's index and scale
+        let blocked = self.k4 / 4 * 4;
+        for kk in (0..blocked).step_by(4) {
+            self.scatter_rows::<4>(g, cp, slot, kk, gm);
+        }
+        for kk in blocked..self.k4 {
+            self.scatter_rows::<1>(g, cp, slot, kk, gm);
+        }
+    }
+
+    /// Rows kk..kk + R of [`FourBody::scatter`]; each channel's sums keep the order of `scatter_terms`.
+    #[inline(always)]
+    fn scatter_rows<const R: usize>(&self, g: &[f64], cp: &Coupling, slot: usize, kk: usize, gm: &mut [f64]) {
         let (me, ntp) = (self.me, cp.ntp);
-        let (targets, terms) = (&cp.scatter_targets[slot], &cp.scatter_terms[slot]);
-        // four channels at a time share each term's index and scale; each channel's sums keep their order
-        let mut kk = 0;
-        while kk + 4 <= self.k4 {
-            let rows: [&[f64]; 4] = std::array::from_fn(|r| &g[(kk + r) * ntp..(kk + r + 1) * ntp]);
-            for (m, range) in targets {
-                let mut sums = [0.0; 4];
-                for &(t, c) in &terms[range.clone()] {
-                    for (sum, row) in sums.iter_mut().zip(&rows) {
-                        *sum += c * row[t];
-                    }
-                }
-                for (r, sum) in sums.iter().enumerate() {
-                    gm[(kk + r) * me + m] += sum;
+        let rows: [&[f64]; R] = std::array::from_fn(|r| &g[(kk + r) * ntp..(kk + r + 1) * ntp]);
+        for (m, range) in &cp.scatter_targets[slot] {
+            let mut sums = [0.0; R];
+            for &(t, c) in &cp.scatter_terms[slot][range.clone()] {
+                for (sum, row) in sums.iter_mut().zip(&rows) {
+                    *sum += c * row[t];
                 }
             }
-            kk += 4;
-        }
-        for kk in kk..self.k4 {
-            let (row, gk) = (&g[kk * ntp..(kk + 1) * ntp], &mut gm[kk * me..(kk + 1) * me]);
-            for (m, range) in targets {
-                gk[*m] += terms[range.clone()].iter().map(|&(t, c)| c * row[t]).sum::<f64>();
+            for (r, sum) in sums.iter().enumerate() {
+                gm[(kk + r) * me + m] += sum;
             }
         }
     }
