@@ -17,6 +17,7 @@
 use pilip::descriptor::four_body::Bispectrum;
 use pilip::descriptor::{Descriptor, DescriptorSpec, Descriptors};
 use pilip::io::extxyz::{read_file, write_file, LabelKeys};
+use pilip::model::power_spectrum::PowerSpectrumModel;
 use pilip::neighbors::NeighborList;
 use pilip::{Frame, Vec3};
 use rayon::prelude::*;
@@ -96,9 +97,9 @@ impl Linear {
         Ok((sp, d))
     }
 
-    /// Design rows of one structure: the energy, then −∂E/∂r for each atom and component.
-    fn rows(&self, f: &Frame) -> Res<Vec<Vec<f64>>> {
-        let (sp, d) = self.descriptors(f)?;
+    /// Design rows of one structure (its species indices and descriptors): the energy, then −∂E/∂r for each
+    /// atom and component.
+    fn rows(&self, sp: &[usize], d: &Descriptors) -> Vec<Vec<f64>> {
         let (n, p, ns) = (d.n_atoms, d.n_features, self.species.len());
         let mut out = vec![vec![0.0; self.width()]];
         for i in 0..n {
@@ -112,7 +113,7 @@ impl Linear {
             for c in 0..3 {
                 let mut displacement = vec![[0.0; 3]; n];
                 displacement[k][c] = 1.0;
-                let t = self.descriptor.jvp(&d, Some(&displacement), None);
+                let t = self.descriptor.jvp(d, Some(&displacement), None);
                 let mut r = vec![0.0; self.width()];
                 for i in 0..n {
                     let s = sp[i];
@@ -123,40 +124,23 @@ impl Linear {
                 out.push(r);
             }
         }
-        Ok(out)
+        out
     }
 
     fn predict(&self, f: &Frame) -> Res<(f64, Vec<Vec3>)> {
-        let r = self.rows(f)?;
+        let (sp, d) = self.descriptors(f)?;
+        let r = self.rows(&sp, &d);
         let dot = |row: &Vec<f64>| row.iter().zip(&self.coef).map(|(a, b)| a * b).sum::<f64>();
         Ok((dot(&r[0]), (0..f.len()).map(|k| [dot(&r[1 + 3 * k]), dot(&r[2 + 3 * k]), dot(&r[3 + 3 * k])]).collect()))
     }
 }
 
-/// Per-element scales 1/max(σ_j, 0.3·max σ) of the features, as `model.feature_std_floor = 0.3` standardises them.
-fn feature_scales(descriptor: &Descriptor, species: &[u32], frames: &[(Vec<usize>, Descriptors)]) -> Vec<f64> {
-    let (ns, p) = (species.len(), descriptor.n_features());
-    let (mut sum, mut sq, mut count) = (vec![0.0; ns * p], vec![0.0; ns * p], vec![0.0; ns]);
-    for (sp, d) in frames {
-        for i in 0..d.n_atoms {
-            count[sp[i]] += 1.0;
-            for j in 0..p {
-                let x = d.features[i * p + j];
-                sum[sp[i] * p + j] += x;
-                sq[sp[i] * p + j] += x * x;
-            }
-        }
-    }
-    let mut scale = vec![0.0; ns * p];
-    for s in 0..ns {
-        let n = f64::max(count[s], 1.0);
-        let sd: Vec<f64> = (0..p).map(|j| (sq[s * p + j] / n - (sum[s * p + j] / n).powi(2)).max(0.0).sqrt()).collect();
-        let floor = 0.3 * sd.iter().cloned().fold(0.0, f64::max);
-        for j in 0..p {
-            scale[s * p + j] = 1.0 / sd[j].max(floor).max(1e-12);
-        }
-    }
-    scale
+/// Per-element column scales 1/σ of the networks' standardisation (`PowerSpectrumModel::fit_feature_statistics`
+/// with the shipped `model.feature_std_floor = 0.3`); the means fall into the per-element constants.
+fn feature_scales(spec: &DescriptorSpec, four_body: Option<Bispectrum>, n_species: usize, frames: &[(Vec<usize>, Descriptors)]) -> Res<Vec<f64>> {
+    let mut statistics = PowerSpectrumModel::new(spec.clone(), four_body, n_species, &[], 0)?;
+    statistics.fit_feature_statistics(frames.iter().map(|(sp, d)| (sp.as_slice(), d)), 0.3);
+    Ok(statistics.feature_std.iter().flatten().map(|sd| 1.0 / sd).collect())
 }
 
 /// Solves G x = b for symmetric positive definite G (lower triangle used; overwritten by its Cholesky factor).
@@ -201,26 +185,28 @@ fn main() -> Res<()> {
     let spec = DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: o.n_radial, l_max: 4, radial_width: 0.6, radial_scale: 1.0 };
     spec.validate()?;
     let mut lin = Linear { descriptor: Descriptor::new(&spec, species.len()), species, scale: Vec::new(), coef: Vec::new() };
+    let mut four_body = None;
     if o.four_body > 0 {
         let ds = train.par_iter().map(|f| lin.descriptors(f)).collect::<Res<Vec<_>>>()?;
         let mut b = Bispectrum { channels: o.four_body, l_max: 3, ..Default::default() };
         lin.descriptor.fit_compression(&mut b, ds.iter().map(|(_, d)| d));
         lin.descriptor = lin.descriptor.clone().with_four_body(&b)?;
+        four_body = Some(b);
     }
     let clock = std::time::Instant::now();
     let ds = train.par_iter().map(|f| lin.descriptors(f)).collect::<Res<Vec<_>>>()?;
-    lin.scale = feature_scales(&lin.descriptor, &lin.species, &ds);
-    drop(ds);
+    lin.scale = feature_scales(&spec, four_body, lin.species.len(), &ds)?;
     let w = lin.width();
     eprintln!("{} features per atom, {} elements: {w} coefficients", lin.descriptor.n_features(), lin.species.len());
     // normal equations Aᵀ A and Aᵀ y, 16 structures' rows at a time; energy rows per atom, weighted by √energy_weight
     let (mut g, mut rhs) = (vec![0.0; w * w], vec![0.0; w]);
-    for block in train.chunks(16) {
+    for (block, block_ds) in train.chunks(16).zip(ds.chunks(16)) {
         let parts = block
             .par_iter()
-            .map(|f| -> Res<(Vec<Vec<f64>>, Vec<f64>)> {
+            .zip(block_ds)
+            .map(|(f, (sp, d))| -> Res<(Vec<Vec<f64>>, Vec<f64>)> {
                 let (e, forces) = labels(f, &o.train)?;
-                let mut rows = lin.rows(f)?;
+                let mut rows = lin.rows(sp, d);
                 let ew = o.energy_weight.sqrt() / f.len() as f64;
                 rows[0].iter_mut().for_each(|v| *v *= ew);
                 let y = std::iter::once(e * ew).chain(forces.iter().flatten().copied()).collect();
@@ -244,38 +230,36 @@ fn main() -> Res<()> {
     lin.coef = rhs;
     cholesky_solve(&mut g, &mut lin.coef, w)?;
     eprintln!("fitted in {:.1} s", clock.elapsed().as_secs_f64());
-    let errors = |frames: &[&Frame], path: &str| -> Res<(f64, f64)> {
-        let per = frames
-            .par_iter()
-            .map(|f| -> Res<(f64, f64, usize)> {
-                let (e, forces) = labels(f, path)?;
-                let (pe, pf) = lin.predict(f)?;
-                let fe = forces.iter().flatten().zip(pf.iter().flatten()).map(|(a, b)| (a - b).abs()).sum::<f64>();
-                Ok(((pe - e).abs(), fe, 3 * f.len()))
-            })
-            .collect::<Res<Vec<_>>>()?;
-        let n_components = per.iter().map(|p| p.2).sum::<usize>().max(1);
-        Ok((1e3 * per.iter().map(|p| p.0).sum::<f64>() / per.len().max(1) as f64, 1e3 * per.iter().map(|p| p.1).sum::<f64>() / n_components as f64))
-    };
+    // each structure is predicted once, for its errors and (with --residuals) its residual labels
+    let predict_all = |frames: &[&Frame]| frames.par_iter().map(|f| lin.predict(f)).collect::<Res<Vec<_>>>();
     let test_refs: Vec<&Frame> = test.iter().collect();
-    for (name, frames, path) in [("train", &train, &o.train), ("test", &test_refs, &o.test)] {
-        let (e, f) = errors(frames, path)?;
+    let (train_predicted, test_predicted) = (predict_all(&train)?, predict_all(&test_refs)?);
+    for (name, frames, predicted, path) in [("train", &train, &train_predicted, &o.train), ("test", &test_refs, &test_predicted, &o.test)] {
+        let (mut energy, mut force, mut n_components) = (0.0, 0.0, 0);
+        for (f, (pe, pf)) in frames.iter().zip(predicted) {
+            let (e, forces) = labels(f, path)?;
+            energy += (pe - e).abs();
+            force += forces.iter().flatten().zip(pf.iter().flatten()).map(|(a, b)| (a - b).abs()).sum::<f64>();
+            n_components += 3 * f.len();
+        }
+        let (e, f) = (1e3 * energy / frames.len().max(1) as f64, 1e3 * force / n_components.max(1) as f64);
         println!("{name}: energy MAE {e:.2} meV, force MAE {f:.2} meV/Å (ridge {}, energy weight {}, n_radial {}, four-body {})", o.ridge, o.energy_weight, o.n_radial, o.four_body);
     }
     if let Some(dir) = &o.residuals {
-        let residual = |f: &Frame| -> Res<Frame> {
-            let (pe, pf) = lin.predict(f)?;
+        let residual = |f: &Frame, (pe, pf): &(f64, Vec<Vec3>)| -> Frame {
             let mut r = f.clone();
             r.energy = f.energy.map(|e| e - pe);
-            r.forces = f.forces.as_ref().map(|fs| fs.iter().zip(&pf).map(|(a, b)| [a[0] - b[0], a[1] - b[1], a[2] - b[2]]).collect());
-            Ok(r)
+            r.forces = f.forces.as_ref().map(|fs| fs.iter().zip(pf).map(|(a, b)| [a[0] - b[0], a[1] - b[1], a[2] - b[2]]).collect());
+            r
         };
-        let fitted: Vec<Frame> = train_ids.iter().chain(&valid_ids).map(|&i| residual(&all[i])).collect::<Res<_>>()?;
-        let tested: Vec<Frame> = test.par_iter().map(residual).collect::<Res<_>>()?;
+        let valid: Vec<&Frame> = valid_ids.iter().map(|&i| &all[i]).collect();
+        let valid_predicted = predict_all(&valid)?;
+        let fitted: Vec<Frame> = train.iter().chain(&valid).zip(train_predicted.iter().chain(&valid_predicted)).map(|(f, p)| residual(f, p)).collect();
+        let tested: Vec<Frame> = test.iter().zip(&test_predicted).map(|(f, p)| residual(f, p)).collect();
         std::fs::create_dir_all(dir).map_err(|e| format!("{dir}: {e}"))?;
         write_file(format!("{dir}/train.extxyz").as_ref(), &fitted, &keys)?;
         write_file(format!("{dir}/test.extxyz").as_ref(), &tested, &keys)?;
-        println!("wrote {dir}/train.extxyz ({} train then {} validation structures) and {dir}/test.extxyz", train_ids.len(), valid_ids.len());
+        println!("wrote {dir}/train.extxyz ({} train then {} validation structures) and {dir}/test.extxyz", train.len(), valid.len());
     }
     Ok(())
 }
