@@ -189,6 +189,9 @@ pub struct ModelConfig {
     pub energy_scale: f64,
     /// Floor on each descriptor component's standard deviation, relative to the largest one of the element.
     pub feature_std_floor: f64,
+    /// Descriptor components whose spread over an element's training atoms is below this fraction of the
+    /// element's largest spread are left out of its network (0: keep all; ignored with a trained compression).
+    pub drop_features_below: f64,
     /// Start from this checkpoint or exported model (`.onnx`; fine-tuning, e.g. a model trained on cheap labels
     /// with forces, continued on expensive energies): its species, descriptor, networks, input statistics and
     /// energy scale are kept — `[descriptor]`, `family` and `hidden` are taken from it — and its reference
@@ -215,6 +218,7 @@ impl Default for ModelConfig {
             hidden: vec![32, 32],
             energy_scale: 0.0,
             feature_std_floor: 0.3,
+            drop_features_below: 3e-4,
             init: None,
             frozen_layers: 0,
             base: None,
@@ -572,6 +576,9 @@ impl Config {
         }
         if !(0.0..=1.0).contains(&self.model.feature_std_floor) {
             return bad(format!("model.feature_std_floor must be in [0, 1], got {}", self.model.feature_std_floor));
+        }
+        if !(0.0..1.0).contains(&self.model.drop_features_below) {
+            return bad(format!("model.drop_features_below must be in [0, 1), got {}", self.model.drop_features_below));
         }
         if !(0.0..=1.0).contains(&self.data.train_forces_fraction) {
             return bad("data.train_forces_fraction must be in [0, 1]".into());

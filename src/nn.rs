@@ -104,6 +104,32 @@ impl Mlp {
         Some((merged, is_other))
     }
 
+    /// The network reading only the inputs `rows` (indices into the current inputs, increasing): the first
+    /// layer keeps those rows of W₀, everything else is unchanged.
+    pub fn with_input_rows(&self, rows: impl Iterator<Item = usize>) -> Mlp {
+        let o = self.sizes[1];
+        let mut params: Vec<f64> = rows.flat_map(|r| self.params[r * o..(r + 1) * o].iter().copied()).collect();
+        let kept = params.len() / o;
+        params.extend_from_slice(&self.params[self.n_inputs() * o..]);
+        let mut sizes = self.sizes.clone();
+        sizes[0] = kept;
+        Mlp { sizes, params }
+    }
+
+    /// The inverse of [`Mlp::with_input_rows`]: the network reading `n_inputs` inputs of which its current ones
+    /// are those at `at` (increasing, each below `n_inputs`); the other rows of W₀ are zero.
+    pub fn with_inputs_at(&self, at: &[u32], n_inputs: usize) -> Mlp {
+        let o = self.sizes[1];
+        let mut params = vec![0.0; n_inputs * o];
+        for (r, &f) in at.iter().enumerate() {
+            params[f as usize * o..(f as usize + 1) * o].copy_from_slice(&self.params[r * o..(r + 1) * o]);
+        }
+        params.extend_from_slice(&self.params[self.n_inputs() * o..]);
+        let mut sizes = self.sizes.clone();
+        sizes[0] = n_inputs;
+        Mlp { sizes, params }
+    }
+
     /// Input width.
     pub fn n_inputs(&self) -> usize {
         self.sizes[0]

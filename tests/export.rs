@@ -14,6 +14,7 @@ use tract_onnx::pb;
 fn exported_model_matches_the_training_time_model() {
     let cases = [
         (molecule_model(), molecule()),
+        (dropped_inputs_molecule_model(), molecule()),
         (cell_model(), triclinic_cell()),
         (bispectrum_molecule_model(), molecule()),
         (bispectrum_cell_model(), triclinic_cell()),
@@ -224,7 +225,7 @@ fn crowded_radial_cell_model() -> pilip::model::Model {
     let spec = pilip::descriptor::DescriptorSpec { radial_scale: 2.0, ..spec(3.0) };
     let mut m = pilip::model::Model::power_spectrum(spec, vec![13, 29], &[16, 12], 5).unwrap();
     let envs = vec![m.frame_environments(&frame).unwrap()];
-    m.fit_input_statistics(&envs, 0.0);
+    m.fit_input_statistics(&envs, 0.0, 0.0);
     m
 }
 

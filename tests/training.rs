@@ -283,6 +283,61 @@ fn kept_environments_give_the_same_step_also_after_the_compression_changed() {
 }
 
 #[test]
+fn a_network_without_its_flat_inputs_is_the_full_network_with_zero_rows_for_them() {
+    use pilip::model::AtomicModel;
+    use pilip::nn::Mlp;
+    let frames = labelled_molecules();
+    let refs: Vec<&Frame> = frames.iter().collect();
+    let ids: Vec<usize> = (0..frames.len()).collect();
+    let mut cfg = Config::default();
+    cfg.loss.energy_weight = 1.0;
+    cfg.loss.forces_weight = 1.0;
+    let w = Weights::at_epoch(&cfg.loss, None, 0);
+    let mut cut = dropped_inputs_model(vec![1, 6, 8], 4.0, &frames, 9);
+    // the same model reading every component, with zero first-layer rows for the dropped ones
+    let mut full = cut.clone();
+    let (AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m)) = &mut full.atomic;
+    m.networks = (0..m.networks.len()).map(|s| m.full_input_network(s).into_owned()).collect();
+    let inputs = std::mem::take(&mut m.inputs);
+    let n_features = m.feature_mean[0].len();
+    let kept: usize = inputs.iter().map(Vec::len).sum();
+    assert!(inputs.len() == 3 && kept > n_features && kept < 3 * n_features * 9 / 10, "{kept} of 3 × {n_features} kept");
+    for f in &frames {
+        let (a, b) = (cut.predict_frame(f).unwrap(), full.predict_frame(f).unwrap());
+        assert!((a.energy - b.energy).abs() < 1e-12 * b.energy.abs().max(1.0), "{} vs {}", a.energy, b.energy);
+        let forces_diff = a.forces.iter().flatten().zip(b.forces.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+        assert!(forces_diff < 1e-12, "forces differ by {forces_diff}");
+    }
+    // the training step: the full model's loss, and its gradient without the dropped rows
+    for (f32, tol) in [(false, 1e-11), (true, 1e-5)] {
+        cut.set_training_precision(f32);
+        full.set_training_precision(f32);
+        let (loss_cut, grad_cut) = batch_loss_and_grad(&cut, &refs, &ids, &cfg.loss, 1, &w, 0, true, None).unwrap();
+        let (loss_full, grad_full) = batch_loss_and_grad(&full, &refs, &ids, &cfg.loss, 1, &w, 0, true, None).unwrap();
+        assert!((loss_cut.total() - loss_full.total()).abs() < tol * loss_full.total(), "f32 {f32}: loss");
+        let AtomicModel::PowerSpectrum(m) = &full.atomic else { unreachable!() };
+        let mut want = Vec::new();
+        let mut offset = 0;
+        for (net, ids) in m.networks.iter().zip(&inputs) {
+            let g = Mlp { sizes: net.sizes.clone(), params: grad_full[offset..offset + net.n_params()].to_vec() };
+            want.extend(g.with_input_rows(ids.iter().map(|&f| f as usize)).params);
+            offset += net.n_params();
+        }
+        let scale = want.iter().fold(0.0f64, |a, g| a.max(g.abs()));
+        assert_eq!(grad_cut.len(), want.len());
+        for (k, (a, b)) in grad_cut.iter().zip(&want).enumerate() {
+            assert!((a - b).abs() < tol * scale, "f32 {f32}: gradient {k}: {a} vs {b}");
+        }
+    }
+    // a trained compression changes the four-body components, so its model keeps them all
+    let mut b = random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 9);
+    let envs: Vec<_> = frames.iter().map(|f| b.frame_environments(f).unwrap()).collect();
+    b.fit_input_statistics(&envs, 0.3, 0.05);
+    let AtomicModel::Bispectrum(m) = &b.atomic else { unreachable!() };
+    assert!(m.inputs.is_empty());
+}
+
+#[test]
 fn score_matching_term_averages_to_half_the_squared_force_minus_kt_times_the_laplacian() {
     let mols = labelled_molecules();
     let frame = &mols[0];

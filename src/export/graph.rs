@@ -126,7 +126,7 @@ fn power_spectrum_graph(model: &Model, ps: &PowerSpectrumModel, dtype: Dtype) ->
     for (s, &z) in model.species.iter().enumerate() {
         let sym = crate::elements::symbol(z).unwrap_or("X");
         let [g_name, e_name, d_name] = io_names(sym);
-        let net = &ps.networks[s];
+        let net = ps.full_input_network(s);
         let sizes = &net.sizes;
         let n_layers = sizes.len() - 1;
         if n_layers < 2 || *sizes.last().unwrap_or(&0) != 1 {

@@ -415,10 +415,13 @@ impl Model {
         Ok(())
     }
 
-    /// Fits the family's input standardisation (descriptor mean and spread per element) on `envs`;
-    /// `std_floor` is `model.feature_std_floor` of the config.
-    pub fn fit_input_statistics(&mut self, envs: &[Environments], std_floor: f64) {
-        self.atomic.networked_mut().fit_feature_statistics(envs.iter().map(Environments::network_input), std_floor)
+    /// Fits the family's input standardisation (descriptor mean and spread per element) on `envs` and leaves
+    /// out of each network the components that barely vary ([`PowerSpectrumModel::drop_flat_inputs`]);
+    /// `std_floor` and `drop_below` are `model.feature_std_floor` and `model.drop_features_below` of the config.
+    pub fn fit_input_statistics(&mut self, envs: &[Environments], std_floor: f64, drop_below: f64) {
+        let m = self.atomic.networked_mut();
+        let spreads = m.fit_feature_statistics(envs.iter().map(Environments::network_input), std_floor);
+        m.drop_flat_inputs(&spreads, drop_below);
     }
 
     /// Fits the bispectrum family's channel compression to the densities of `envs` (nothing for other

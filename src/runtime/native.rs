@@ -239,6 +239,10 @@ struct Layer<T> {
 
 /// One species' network in the graph's precision.
 struct Network<T> {
+    /// The descriptor components the first layer reads, when its weights ignore some (all-zero rows of W₀, as
+    /// in the files of models trained with `model.drop_features_below`): only these are gathered into the
+    /// first product, which is the widest, and the others' gradients are zero. `None`: all of them.
+    reads: Option<Vec<usize>>,
     hidden: Vec<Layer<T>>,
     /// scale·W_L (padded): ∂E/∂h of the last hidden layer, the same for every atom.
     out_w: Vec<T>,
@@ -250,15 +254,24 @@ impl<T: Real> Network<T> {
     fn new(lifted: &NetworkWeights, nb: usize) -> Self {
         let pad = |n: usize| n.div_ceil(nb) * nb;
         let (last, hidden) = lifted.layers.split_last().expect("lift returns at least two layers");
+        let (w0, _, n_features, width) = &hidden[0];
+        let read: Vec<usize> = (0..*n_features).filter(|&i| w0[i * width..(i + 1) * width].iter().any(|&w| w != 0.0)).collect();
+        let reads = (!read.is_empty() && read.len() < *n_features).then_some(read);
         let hidden = hidden
             .iter()
-            .map(|(w, b, n_in, n_out)| {
-                let (k, n) = (pad(*n_in), pad(*n_out));
+            .enumerate()
+            .map(|(layer, (w, b, n_in, n_out))| {
+                // the first layer's inputs are the components it reads
+                let rows: Vec<usize> = match &reads {
+                    Some(read) if layer == 0 => read.clone(),
+                    _ => (0..*n_in).collect(),
+                };
+                let (k, n) = (pad(rows.len()), pad(*n_out));
                 let (mut wp, mut wt, mut bp) = (vec![T::ZERO; k * n], vec![T::ZERO; n * k], vec![T::ZERO; n]);
-                for i in 0..*n_in {
+                for (i, &r) in rows.iter().enumerate() {
                     for o in 0..*n_out {
-                        wp[i * n + o] = T::of(w[i * n_out + o]);
-                        wt[o * k + i] = T::of(w[i * n_out + o]);
+                        wp[i * n + o] = T::of(w[r * n_out + o]);
+                        wt[o * k + i] = T::of(w[r * n_out + o]);
                     }
                 }
                 for o in 0..*n_out {
@@ -272,7 +285,7 @@ impl<T: Real> Network<T> {
         for (o, &w) in out_w.iter_mut().zip(&last.0) {
             *o = T::of(w * lifted.scale);
         }
-        Network { hidden, out_w, out_b: T::of(last.1[0] * lifted.scale) }
+        Network { reads, hidden, out_w, out_b: T::of(last.1[0] * lifted.scale) }
     }
 
     /// Energies and ∂E/∂G of the atoms `rows` of `batch`, written to `energies[row]` and `gradients[row·F..]`.
@@ -284,10 +297,18 @@ impl<T: Real> Network<T> {
         for (q, x) in s.x.chunks_exact_mut(fp).enumerate() {
             match rows.get(q) {
                 Some(&row) => {
-                    for (x, &g) in x.iter_mut().zip(&batch.features[row * nf..(row + 1) * nf]) {
-                        *x = T::of(g);
-                    }
-                    x[nf..].fill(T::ZERO);
+                    let g = &batch.features[row * nf..(row + 1) * nf];
+                    let used = match &self.reads {
+                        None => {
+                            x.iter_mut().zip(g).for_each(|(x, &g)| *x = T::of(g));
+                            nf
+                        }
+                        Some(read) => {
+                            x.iter_mut().zip(read).for_each(|(x, &f)| *x = T::of(g[f]));
+                            read.len()
+                        }
+                    };
+                    x[used..].fill(T::ZERO);
                 }
                 None => x.fill(T::ZERO),
             }
@@ -330,8 +351,13 @@ impl<T: Real> Network<T> {
         s.spare.resize(rp * fp, T::ZERO);
         gemm::<T, FUSED, NB>(&s.delta, first.n, &first.wt, fp, None, &mut s.spare);
         for (&row, g) in rows.iter().zip(s.spare.chunks_exact(fp)) {
-            for (out, &g) in gradients[row * nf..(row + 1) * nf].iter_mut().zip(g) {
-                *out = g.to_f64();
+            let out = &mut gradients[row * nf..(row + 1) * nf];
+            match &self.reads {
+                None => out.iter_mut().zip(g).for_each(|(out, &g)| *out = g.to_f64()),
+                Some(read) => {
+                    out.fill(0.0);
+                    read.iter().zip(g).for_each(|(&f, &g)| out[f] = g.to_f64());
+                }
             }
         }
     }

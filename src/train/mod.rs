@@ -274,7 +274,7 @@ fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
         model.fit_compression(&envs);
         envs = sample_environments(&model, train)?;
     }
-    model.fit_input_statistics(&envs, cfg.model.feature_std_floor);
+    model.fit_input_statistics(&envs, cfg.model.feature_std_floor, cfg.model.drop_features_below);
     model.energy_scale = if cfg.model.energy_scale > 0.0 {
         cfg.model.energy_scale
     } else {

@@ -46,7 +46,7 @@ pub fn random_bispectrum_model_with(species: Vec<u32>, cutoff: f64, frames: &[Fr
 /// parameters perturbed and O(1) scales.
 fn perturbed(mut m: Model, frames: &[Frame], seed: u64, std_floor: f64) -> Model {
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
-    m.fit_input_statistics(&envs, std_floor);
+    m.fit_input_statistics(&envs, std_floor, 0.0);
     let mut rng = Rng::new(seed + 1);
     let mut p = m.params();
     for x in p.iter_mut() {
@@ -55,6 +55,15 @@ fn perturbed(mut m: Model, frames: &[Frame], seed: u64, std_floor: f64) -> Model
     m.set_params(&p);
     m.energy_scale = 0.7;
     m.reference_energies = (0..m.species.len()).map(|s| -1.0 - s as f64).collect();
+    m
+}
+
+/// [`random_model`] whose networks leave out the descriptor components that spread less than 5 % of the
+/// element's largest over `frames` (`model.drop_features_below`), keeping the others' first-layer rows.
+pub fn dropped_inputs_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
+    let mut m = random_model(species, cutoff, frames, seed);
+    let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
+    m.fit_input_statistics(&envs, 0.0, 0.05);
     m
 }
 
@@ -122,6 +131,11 @@ pub fn molecule_model() -> Model {
 /// A random Al/Cu model with cutoff 3.0 Å.
 pub fn cell_model() -> Model {
     random_model(vec![13, 29], 3.0, &[triclinic_cell()], 5)
+}
+
+/// [`molecule_model`] with the components that barely vary left out of its networks.
+pub fn dropped_inputs_molecule_model() -> Model {
+    dropped_inputs_model(vec![1, 6, 8], 3.5, &[molecule()], 3)
 }
 
 /// [`molecule_model`] and [`cell_model`] of the bispectrum family.
