@@ -253,13 +253,9 @@ fn a_batch_is_the_sum_of_its_structures() {
 #[test]
 fn kept_environments_give_the_same_step_also_after_the_compression_changed() {
     use pilip::train::env_cache::EnvCache;
-    let frames = labelled_molecules();
+    let (frames, cfg, w) = energy_and_forces_step();
     let refs: Vec<&Frame> = frames.iter().collect();
     let ids: Vec<usize> = (0..frames.len()).collect();
-    let mut cfg = Config::default();
-    cfg.loss.energy_weight = 1.0;
-    cfg.loss.forces_weight = 1.0;
-    let w = Weights::at_epoch(&cfg.loss, None, 0);
     for mut model in [
         random_model(vec![1, 6, 8], 4.0, &frames, 5),
         random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 5),
@@ -282,17 +278,25 @@ fn kept_environments_give_the_same_step_also_after_the_compression_changed() {
     }
 }
 
-#[test]
-fn a_network_without_its_flat_inputs_is_the_full_network_with_zero_rows_for_them() {
-    use pilip::model::AtomicModel;
-    use pilip::nn::Mlp;
-    let frames = labelled_molecules();
-    let refs: Vec<&Frame> = frames.iter().collect();
-    let ids: Vec<usize> = (0..frames.len()).collect();
+/// The labelled molecules with an energy-and-forces loss (weights 1) at epoch 0: the batch of the step tests.
+fn energy_and_forces_step() -> (Vec<Frame>, Config, Weights) {
     let mut cfg = Config::default();
     cfg.loss.energy_weight = 1.0;
     cfg.loss.forces_weight = 1.0;
     let w = Weights::at_epoch(&cfg.loss, None, 0);
+    (labelled_molecules(), cfg, w)
+}
+
+/// A model whose networks leave out the components that barely vary (`model.drop_features_below`) predicts,
+/// and takes a training step, like the same model reading every component with zero first-layer rows for the
+/// left-out ones, in both training precisions.
+#[test]
+fn a_network_without_its_flat_inputs_is_the_full_network_with_zero_rows_for_them() {
+    use pilip::model::AtomicModel;
+    use pilip::nn::Mlp;
+    let (frames, cfg, w) = energy_and_forces_step();
+    let refs: Vec<&Frame> = frames.iter().collect();
+    let ids: Vec<usize> = (0..frames.len()).collect();
     let mut cut = dropped_inputs_model(vec![1, 6, 8], 4.0, &frames, 9);
     // the same model reading every component, with zero first-layer rows for the dropped ones
     let mut full = cut.clone();
