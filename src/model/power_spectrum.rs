@@ -289,7 +289,7 @@ impl PowerSpectrumModel {
             let (nf, ni) = (self.feature_std[s].len(), self.networks[s].n_inputs());
             for (k, &(p, i)) in t.rows.iter().enumerate() {
                 atomic[p][i] = e0[s] + scale * out[k].f64();
-                self.scatter_inputs(s, &dx[k * ni..(k + 1) * ni], scale, &mut de_dg[p][i * nf..(i + 1) * nf]);
+                self.scatter_inputs(s, &dx[k * ni..(k + 1) * ni], scale, 0, &mut de_dg[p][i * nf..(i + 1) * nf]);
             }
         }
         let descriptor = self.descriptor();
@@ -320,17 +320,18 @@ impl PowerSpectrumModel {
         }
     }
 
-    /// The gradient with respect to one atom's descriptor components of an objective whose gradient with respect
-    /// to species `s`'s network inputs is `x̄` (they are `(G − μ)/σ`), times `scale`; components the network does
-    /// not read get zero.
-    fn scatter_inputs<T: Real>(&self, s: usize, xbar: &[T], scale: f64, out: &mut [f64]) {
+    /// The gradient with respect to one atom's descriptor components `first..` (into `out`) of an objective whose
+    /// gradient with respect to species `s`'s network inputs is `x̄` (they are `(G − μ)/σ`), times `scale`;
+    /// components the network does not read get zero.
+    fn scatter_inputs<T: Real>(&self, s: usize, xbar: &[T], scale: f64, first: usize, out: &mut [f64]) {
         let sd = &self.feature_std[s];
         match self.inputs.get(s) {
-            None => out.iter_mut().zip(xbar).zip(sd).for_each(|((o, x), sd)| *o = scale * x.f64() / sd),
+            None => out.iter_mut().zip(&xbar[first..]).zip(&sd[first..]).for_each(|((o, x), sd)| *o = scale * x.f64() / sd),
             Some(ids) => {
                 out.fill(0.0);
-                for (x, &f) in xbar.iter().zip(ids) {
-                    out[f as usize] = scale * x.f64() / sd[f as usize];
+                let skip = ids.partition_point(|&f| (f as usize) < first);
+                for (x, &f) in xbar.iter().zip(ids).skip(skip) {
+                    out[f as usize - first] = scale * x.f64() / sd[f as usize];
                 }
             }
         }
@@ -587,17 +588,17 @@ impl PowerSpectrumModel {
         // their tangents is x̄/σ and ū/σ
         let nps = descriptor.n_power_spectrum_features();
         let mut scratch = vec![0.0; fb.scratch_len()];
-        let (mut gb, mut gd) = (vec![0.0; nf], vec![0.0; nf]);
+        let (mut gb, mut gd) = (vec![0.0; nf - nps], vec![0.0; nf - nps]);
         for (k, &(p, i)) in t.rows.iter().enumerate() {
-            self.scatter_inputs(s, &xbar[k * ni..(k + 1) * ni], 1.0, &mut gb);
+            self.scatter_inputs(s, &xbar[k * ni..(k + 1) * ni], 1.0, nps, &mut gb);
             let d = primitives[p].descriptors;
             let a_dot = tangents[p].0.as_ref().map(|_| {
-                self.scatter_inputs(s, &ubar[k * ni..(k + 1) * ni], 1.0, &mut gd);
+                self.scatter_inputs(s, &ubar[k * ni..(k + 1) * ni], 1.0, nps, &mut gd);
                 let na = d.density_of(0).len();
                 &tangents[p].1[i * na..(i + 1) * na]
             });
-            let gd = a_dot.is_some().then_some(&gd[nps..]);
-            fb.compression_grad(s, d.density_of(i), a_dot, &gb[nps..], gd, g_w, &mut scratch);
+            let gd = a_dot.is_some().then_some(&gd[..]);
+            fb.compression_grad(s, d.density_of(i), a_dot, &gb, gd, g_w, &mut scratch);
         }
     }
 
