@@ -117,8 +117,21 @@ pub fn apply(m: &Mat3, v: &Vec3) -> Vec3 {
 }
 
 /// An empty directory for one test: `$TMPDIR/pilip-test-<pid>-<name>` (removed first, so reruns start clean).
+/// It is kept after the test, for a look at a failure; the same test's directories of earlier, finished test
+/// processes are removed here, so that repeated runs do not fill the disk.
 pub fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("pilip-test-{}-{name}", std::process::id()));
+    let tmp = std::env::temp_dir();
+    let d = tmp.join(format!("pilip-test-{}-{name}", std::process::id()));
+    if std::path::Path::new("/proc/self").exists() {
+        let suffix = format!("-{name}");
+        for entry in std::fs::read_dir(&tmp).into_iter().flatten().flatten() {
+            let file_name = entry.file_name();
+            let pid = file_name.to_str().and_then(|f| f.strip_prefix("pilip-test-")).and_then(|f| f.strip_suffix(suffix.as_str()));
+            if pid.is_some_and(|p| p.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(p).exists()) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

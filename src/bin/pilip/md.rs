@@ -52,13 +52,33 @@ pub fn bonds(frame: &Frame) -> Vec<(usize, usize, f64)> {
     for i in 0..frame.len() {
         for j in i + 1..frame.len() {
             let r = distance(&frame.positions[i], &frame.positions[j]);
-            let cut = 1.25 * (pilip::elements::covalent_radius(frame.numbers[i]) + pilip::elements::covalent_radius(frame.numbers[j]));
-            if r < cut {
+            if r < bond_cutoff(frame, i, j) {
                 out.push((i, j, r));
             }
         }
     }
     out
+}
+
+fn bond_cutoff(frame: &Frame, i: usize, j: usize) -> f64 {
+    1.25 * (pilip::elements::covalent_radius(frame.numbers[i]) + pilip::elements::covalent_radius(frame.numbers[j]))
+}
+
+/// What became of a stretched bond i–j: if one of its atoms is now bonded to an atom it was not bonded to at the
+/// start, the bond was not simply broken but the atom moved to a new partner (a proton transfer, for instance from
+/// a hydroxyl to a neighbouring carbonyl oxygen). Said in the failure message, because the two call for different
+/// remedies: a transfer is a wrong barrier, a fragment is a collapsed potential.
+fn new_partner(x: &Frame, start: &[(usize, usize, f64)], i: usize, j: usize) -> Option<String> {
+    let bonded_at_start = |a: usize, b: usize| start.iter().any(|&(p, q, _)| (p, q) == (a.min(b), a.max(b)));
+    let name = |a: usize| pilip::elements::symbol(x.numbers[a]).unwrap_or("?");
+    [(j, i), (i, j)].into_iter().find_map(|(moved, left)| {
+        (0..x.len())
+            .filter(|&k| k != moved && k != left && !bonded_at_start(moved, k))
+            .map(|k| (k, distance(&x.positions[moved], &x.positions[k])))
+            .filter(|&(k, r)| r < bond_cutoff(x, moved, k))
+            .min_by(|a, b| a.1.total_cmp(&b.1))
+            .map(|(k, r)| format!("{} {moved} moved from {} {left} to {} {k}, {r:.2} Å: a transfer, not a fragment", name(moved), name(left), name(k)))
+    })
 }
 
 fn distance(a: &Vec3, b: &Vec3) -> f64 {
@@ -154,7 +174,11 @@ fn trajectory(
             max_bond_dev = max_bond_dev.max(dev);
             if dev > o.bond_tolerance && broken.is_none() {
                 let how = if r > r0 { "stretched" } else { "compressed" };
-                broken = Some(format!("bond {i}-{j} {how} from {r0:.2} to {r:.2} Å"));
+                let transfer = if r > r0 { new_partner(&x, bond_list, i, j) } else { None };
+                broken = Some(match transfer {
+                    Some(t) => format!("bond {i}-{j} {how} from {r0:.2} to {r:.2} Å ({t})"),
+                    None => format!("bond {i}-{j} {how} from {r0:.2} to {r:.2} Å"),
+                });
             }
         }
         if bond_list.is_empty() && (!de.is_finite() || de.abs() > o.drift_threshold) {
@@ -213,6 +237,21 @@ mod tests {
         // C–C, C–O, O–H and five C–H
         assert_eq!(b.len(), 8, "{b:?}");
         assert!(b.iter().all(|&(i, j, _)| !(f.numbers[i] == 1 && f.numbers[j] == 1)));
+    }
+
+    #[test]
+    fn a_stretched_bond_names_the_new_partner_of_a_transferred_atom() {
+        // O–H···O: the hydroxyl O (0), its H (1), the acceptor O (2) 2.5 Å away.
+        let start = Frame { positions: vec![[0.0; 3], [0.97, 0.0, 0.0], [2.5, 0.0, 0.0]], numbers: vec![8, 1, 8], ..Default::default() };
+        let b = bonds(&start);
+        assert_eq!(b.len(), 1, "only O–H is bonded at the start: {b:?}");
+        let mut moved = start.clone();
+        moved.positions[1] = [1.52, 0.0, 0.0];
+        let t = new_partner(&moved, &b, 0, 1).expect("H is 0.98 Å from the acceptor O");
+        assert!(t.starts_with("H 1 moved from O 0 to O 2, 0.98 Å"), "{t}");
+        // The same H pulled away from both oxygens: a fragment, no partner.
+        moved.positions[1] = [1.0, 1.6, 0.0];
+        assert_eq!(new_partner(&moved, &b, 0, 1), None);
     }
 
     #[test]
