@@ -330,6 +330,10 @@ pub struct TrainingConfig {
     pub lr: f64,
     /// Weight decay (L2 for adam, decoupled for adamw).
     pub weight_decay: f64,
+    /// Weight decay in proportion to 1/n_train: the run decays by `weight_decay + weight_decay_n / n_train`. The
+    /// loss is a mean over the training structures, so a prior of fixed strength on the weights weighs 1/n_train
+    /// in it: it matters for 50 structures and fades for 1000. Resolved into `weight_decay` before training.
+    pub weight_decay_n: f64,
     /// "plateau", "cosine" or "constant".
     pub schedule: Schedule,
     /// Floor of the learning rate.
@@ -377,6 +381,7 @@ impl Default for TrainingConfig {
             optimizer: Optimizer::AdamW,
             lr: 3e-3,
             weight_decay: 0.0,
+            weight_decay_n: 0.0,
             schedule: Schedule::Plateau,
             lr_min: 1e-5,
             plateau_patience: 10,
@@ -564,6 +569,11 @@ impl Config {
         }
         if !(self.training.lr > 0.0) {
             return bad(format!("training.lr must be > 0, got {}", self.training.lr));
+        }
+        for (key, v) in [("weight_decay", self.training.weight_decay), ("weight_decay_n", self.training.weight_decay_n)] {
+            if !(v.is_finite() && v >= 0.0) {
+                return bad(format!("training.{key} must be a number >= 0, got {v}"));
+            }
         }
         if !(self.training.max_minutes.is_finite() && self.training.max_minutes >= 0.0) {
             return bad(format!("training.max_minutes must be a number of minutes >= 0 (0 = no budget), got {}", self.training.max_minutes));

@@ -561,23 +561,32 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
     Ok(())
 }
 
-/// `cfg` with `training.max_epochs` and `training.patience` raised by the factor that gives at least
-/// `training.min_steps` optimiser steps on `n_train` structures, and a line for the log when they were raised.
-fn with_min_steps(cfg: &Config, n_train: usize) -> (Config, Option<String>) {
+/// `cfg` sized for `n_train` training structures, with a line for the log per change: `training.max_epochs` and
+/// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps, and
+/// `training.weight_decay_n / n_train` added to `training.weight_decay`.
+fn sized_for_training_set(cfg: &Config, n_train: usize) -> (Config, Vec<String>) {
     let mut out = cfg.clone();
+    let mut notes = Vec::new();
     let t = &mut out.training;
     let batches = batches_per_epoch(n_train, t.batch_size).max(1);
-    if t.min_steps == 0 || batches * t.max_epochs >= t.min_steps || t.max_epochs == 0 {
-        return (out, None);
+    if t.min_steps > 0 && batches * t.max_epochs < t.min_steps && t.max_epochs > 0 {
+        let epochs = t.min_steps.div_ceil(batches);
+        let patience = t.patience * epochs / t.max_epochs;
+        notes.push(format!(
+            "training.min_steps = {}: {n_train} training structures make {batches} steps per epoch, so max_epochs {} → {epochs} and patience {} → {patience}",
+            t.min_steps, t.max_epochs, t.patience
+        ));
+        (t.max_epochs, t.patience) = (epochs, patience);
     }
-    let epochs = t.min_steps.div_ceil(batches);
-    let patience = t.patience * epochs / t.max_epochs;
-    let note = format!(
-        "training.min_steps = {}: {n_train} training structures make {batches} steps per epoch, so max_epochs {} → {epochs} and patience {} → {patience}",
-        t.min_steps, t.max_epochs, t.patience
-    );
-    (t.max_epochs, t.patience) = (epochs, patience);
-    (out, Some(note))
+    if t.weight_decay_n > 0.0 && n_train > 0 {
+        let decay = t.weight_decay + t.weight_decay_n / n_train as f64;
+        notes.push(format!(
+            "training.weight_decay_n = {}: with {n_train} training structures, weight_decay {} → {decay:.4}",
+            t.weight_decay_n, t.weight_decay
+        ));
+        (t.weight_decay, t.weight_decay_n) = (decay, 0.0);
+    }
+    (out, notes)
 }
 
 /// Trains a model as configured. Writes `RUN_DIR/{config.resolved.toml, train.log, metrics.jsonl,
@@ -600,7 +609,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let trainable = origin.trainable();
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let splits = dataset::load(&cfg.data)?;
-    let (mut resolved, length_note) = with_min_steps(cfg, splits.train.len());
+    let (mut resolved, size_notes) = sized_for_training_set(cfg, splits.train.len());
     let resumed = match &opts.resume {
         Some(p) => Some(resume_from(&mut resolved, p)?),
         None => None,
@@ -677,7 +686,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
                 model.energy_scale,
                 rayon::current_num_threads()
             ));
-            for note in length_note.iter().chain(&budget_note) {
+            for note in size_notes.iter().chain(&budget_note) {
                 run.log(note);
             }
         }
