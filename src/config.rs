@@ -330,10 +330,11 @@ pub struct TrainingConfig {
     pub lr: f64,
     /// Weight decay (L2 for adam, decoupled for adamw).
     pub weight_decay: f64,
-    /// Weight decay in proportion to 1/n_train: the run decays by `weight_decay + weight_decay_n / n_train`. The
-    /// loss is a mean over the training structures, so a prior of fixed strength on the weights weighs 1/n_train
-    /// in it: it matters for 50 structures and fades for 1000. Resolved into `weight_decay` before training.
-    pub weight_decay_n: f64,
+    /// Weight decay in proportion to 1 / (atoms in the training structures): the run decays by `weight_decay +
+    /// weight_decay_atoms / n_atoms`. The force loss is a mean over the training atoms' force components, so a
+    /// prior of fixed strength on the weights weighs 1/n_atoms in it: it matters for 50 small molecules and
+    /// fades for 1000. Resolved into `weight_decay` before training.
+    pub weight_decay_atoms: f64,
     /// "plateau", "cosine" or "constant".
     pub schedule: Schedule,
     /// Floor of the learning rate.
@@ -381,7 +382,7 @@ impl Default for TrainingConfig {
             optimizer: Optimizer::AdamW,
             lr: 3e-3,
             weight_decay: 0.0,
-            weight_decay_n: 0.0,
+            weight_decay_atoms: 0.0,
             schedule: Schedule::Plateau,
             lr_min: 1e-5,
             plateau_patience: 10,
@@ -570,7 +571,7 @@ impl Config {
         if !(self.training.lr > 0.0) {
             return bad(format!("training.lr must be > 0, got {}", self.training.lr));
         }
-        for (key, v) in [("weight_decay", self.training.weight_decay), ("weight_decay_n", self.training.weight_decay_n)] {
+        for (key, v) in [("weight_decay", self.training.weight_decay), ("weight_decay_atoms", self.training.weight_decay_atoms)] {
             if !(v.is_finite() && v >= 0.0) {
                 return bad(format!("training.{key} must be a number >= 0, got {v}"));
             }
@@ -656,6 +657,10 @@ mod tests {
         for bad in ["training.max_minutes=-1", "training.max_minutes=nan"] {
             let e = Config::load(&p, &[bad.into()]).unwrap_err().to_string();
             assert!(e.contains("training.max_minutes must be a number of minutes >= 0"), "{bad}: {e}");
+        }
+        for (bad, key) in [("training.weight_decay=-0.1", "weight_decay"), ("training.weight_decay_atoms=nan", "weight_decay_atoms")] {
+            let e = Config::load(&p, &[bad.into()]).unwrap_err().to_string();
+            assert!(e.contains(&format!("training.{key} must be a number >= 0")), "{bad}: {e}");
         }
         let e = Config::load(&p, &["data.split=\"blocks\"".into()]).unwrap_err().to_string();
         assert!(e.contains("blocks") && e.contains("random") && e.contains("contiguous"), "{e}");

@@ -561,13 +561,14 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
     Ok(())
 }
 
-/// `cfg` sized for `n_train` training structures, with a line for the log per change: `training.max_epochs` and
+/// `cfg` sized for its training structures, with a line for the log per change: `training.max_epochs` and
 /// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps, and
-/// `training.weight_decay_n / n_train` added to `training.weight_decay`.
-fn sized_for_training_set(cfg: &Config, n_train: usize) -> (Config, Vec<String>) {
+/// `training.weight_decay_atoms / n_atoms` added to `training.weight_decay`.
+fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>) {
     let mut out = cfg.clone();
     let mut notes = Vec::new();
     let t = &mut out.training;
+    let n_train = train.len();
     let batches = batches_per_epoch(n_train, t.batch_size).max(1);
     if t.min_steps > 0 && batches * t.max_epochs < t.min_steps && t.max_epochs > 0 {
         let epochs = t.min_steps.div_ceil(batches);
@@ -578,13 +579,14 @@ fn sized_for_training_set(cfg: &Config, n_train: usize) -> (Config, Vec<String>)
         ));
         (t.max_epochs, t.patience) = (epochs, patience);
     }
-    if t.weight_decay_n > 0.0 && n_train > 0 {
-        let decay = t.weight_decay + t.weight_decay_n / n_train as f64;
+    let n_atoms: usize = train.iter().map(Frame::len).sum();
+    if t.weight_decay_atoms > 0.0 && n_atoms > 0 {
+        let decay = t.weight_decay + t.weight_decay_atoms / n_atoms as f64;
         notes.push(format!(
-            "training.weight_decay_n = {}: with {n_train} training structures, weight_decay {} → {decay:.4}",
-            t.weight_decay_n, t.weight_decay
+            "training.weight_decay_atoms = {}: with {n_atoms} atoms in the training structures, weight_decay {} → {decay:.4}",
+            t.weight_decay_atoms, t.weight_decay
         ));
-        (t.weight_decay, t.weight_decay_n) = (decay, 0.0);
+        (t.weight_decay, t.weight_decay_atoms) = (decay, 0.0);
     }
     (out, notes)
 }
@@ -609,7 +611,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let trainable = origin.trainable();
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let splits = dataset::load(&cfg.data)?;
-    let (mut resolved, size_notes) = sized_for_training_set(cfg, splits.train.len());
+    let (mut resolved, size_notes) = sized_for_training_set(cfg, &splits.train);
     let resumed = match &opts.resume {
         Some(p) => Some(resume_from(&mut resolved, p)?),
         None => None,
