@@ -65,9 +65,9 @@ fn bond_cutoff(frame: &Frame, i: usize, j: usize) -> f64 {
 }
 
 /// What became of a stretched bond i–j: if one of its atoms is now bonded to an atom it was not bonded to at the
-/// start, the bond was not simply broken but the atom moved to a new partner (a proton transfer, for instance from
-/// a hydroxyl to a neighbouring carbonyl oxygen). Said in the failure message, because the two call for different
-/// remedies: a transfer is a wrong barrier, a fragment is a collapsed potential.
+/// start, the atoms rearranged (a proton transfer, for instance from a hydroxyl to a neighbouring carbonyl oxygen)
+/// rather than fell apart. Said in the failure message, because the two call for different remedies: a
+/// rearrangement is a wrong barrier where the data stop, a fragment a potential that lets the molecule go.
 fn new_partner(x: &Frame, start: &[(usize, usize, f64)], i: usize, j: usize) -> Option<String> {
     let bonded_at_start = |a: usize, b: usize| start.iter().any(|&(p, q, _)| (p, q) == (a.min(b), a.max(b)));
     let name = |a: usize| pilip::elements::symbol(x.numbers[a]).unwrap_or("?");
@@ -77,7 +77,7 @@ fn new_partner(x: &Frame, start: &[(usize, usize, f64)], i: usize, j: usize) -> 
             .map(|k| (k, distance(&x.positions[moved], &x.positions[k])))
             .filter(|&(k, r)| r < bond_cutoff(x, moved, k))
             .min_by(|a, b| a.1.total_cmp(&b.1))
-            .map(|(k, r)| format!("{} {moved} moved from {} {left} to {} {k}, {r:.2} Å: a transfer, not a fragment", name(moved), name(left), name(k)))
+            .map(|(k, r)| format!("{} {moved} now bonded to {} {k} instead of {} {left}, {r:.2} Å: a rearrangement, not a fragment", name(moved), name(k), name(left)))
     })
 }
 
@@ -248,7 +248,7 @@ mod tests {
         let mut moved = start.clone();
         moved.positions[1] = [1.52, 0.0, 0.0];
         let t = new_partner(&moved, &b, 0, 1).expect("H is 0.98 Å from the acceptor O");
-        assert!(t.starts_with("H 1 moved from O 0 to O 2, 0.98 Å"), "{t}");
+        assert!(t.starts_with("H 1 now bonded to O 2 instead of O 0, 0.98 Å"), "{t}");
         // The same H pulled away from both oxygens: a fragment, no partner.
         moved.positions[1] = [1.0, 1.6, 0.0];
         assert_eq!(new_partner(&moved, &b, 0, 1), None);
