@@ -174,11 +174,9 @@ fn trajectory(
             max_bond_dev = max_bond_dev.max(dev);
             if dev > o.bond_tolerance && broken.is_none() {
                 let how = if r > r0 { "stretched" } else { "compressed" };
-                let transfer = if r > r0 { new_partner(&x, bond_list, i, j) } else { None };
-                broken = Some(match transfer {
-                    Some(t) => format!("bond {i}-{j} {how} from {r0:.2} to {r:.2} Å ({t})"),
-                    None => format!("bond {i}-{j} {how} from {r0:.2} to {r:.2} Å"),
-                });
+                let rearranged = if r > r0 { new_partner(&x, bond_list, i, j) } else { None };
+                let rearranged = rearranged.map(|t| format!(" ({t})")).unwrap_or_default();
+                broken = Some(format!("bond {i}-{j} {how} from {r0:.2} to {r:.2} Å{rearranged}"));
             }
         }
         if bond_list.is_empty() && (!de.is_finite() || de.abs() > o.drift_threshold) {
