@@ -485,10 +485,12 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     let (da, db) = (tmpdir(&format!("resume_a_{schedule:?}")), tmpdir(&format!("resume_b_{schedule:?}")));
     let mut ca = small_config(&da);
     // 100 structures in batches of 8 are 13 steps per epoch: min_steps raises max_epochs from 2 to 4, and
-    // weight_decay_atoms = 45 makes the decay 45 / (100 × 9 atoms), for the uninterrupted run and the resumed one alike
+    // weight_decay_atoms = 45 and weight_decay_params = 1e-3 make the decay (45 + 1e-3 × n_params) / (100 × 9 atoms),
+    // for the uninterrupted run and the resumed one alike
     ca.training.max_epochs = 2;
     ca.training.min_steps = 4 * 13;
     ca.training.weight_decay_atoms = 45.0;
+    ca.training.weight_decay_params = 1e-3;
     ca.training.ema_decay = 0.9;
     ca.training.schedule = schedule;
     ca.loss.pitc_weight = 0.5;
@@ -516,15 +518,21 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     assert_eq!(a, b);
     let resolved = std::fs::read_to_string(db.join("config.resolved.toml")).unwrap();
     assert!(resolved.contains("max_epochs = 4") && resolved.contains("patience = 2000"), "{resolved}");
-    assert!(resolved.contains("weight_decay = 0.05\n") && resolved.contains("weight_decay_atoms = 0.0"), "{resolved}");
     let log = std::fs::read_to_string(da.join("train.log")).unwrap();
+    let n_params: usize = log.split(" parameters |").next().and_then(|s| s.rsplit("| ").next()).unwrap().parse().unwrap();
+    let decay = 45.0 / 900.0 + 1e-3 * n_params as f64 / 900.0;
+    assert!(decay > 0.07, "{n_params} parameters: the parameter term is too small to test");
+    assert!(resolved.contains(&format!("weight_decay = {decay}\n")), "{decay}: {resolved}");
+    assert!(resolved.contains("weight_decay_atoms = 0.0") && resolved.contains("weight_decay_params = 0.0"), "{resolved}");
     assert!(log.contains("training.min_steps = 52: 100 training structures make 13 steps per epoch, so max_epochs 2 → 4"), "{log}");
     assert!(log.contains("training.weight_decay_atoms = 45: with 900 atoms in the training structures, weight_decay 0 → 0.0500"), "{log}");
+    let note = format!("training.weight_decay_params = 0.001: {n_params} trained parameters and 900 atoms in the training structures, weight_decay 0.05 → {decay:.4}");
+    assert!(log.contains(&note), "{note}\n{log}");
     // the same run with the decay written out as weight_decay; without any decay it differs
     let dc = tmpdir(&format!("resume_c_{schedule:?}"));
     let mut cc = ca.clone();
     cc.output.run_dir = dc.clone();
-    (cc.training.weight_decay, cc.training.weight_decay_atoms) = (0.05, 0.0);
+    (cc.training.weight_decay, cc.training.weight_decay_atoms, cc.training.weight_decay_params) = (decay, 0.0, 0.0);
     pilip::train::train(&cc, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     assert_eq!(metrics_without_timing(&dc), a);
     let dd = tmpdir(&format!("resume_d_{schedule:?}"));

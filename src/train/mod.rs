@@ -14,7 +14,7 @@ pub mod loss;
 pub mod optim;
 
 use crate::io::write_atomically;
-use crate::config::{Config, LossConfig, Optimizer, Precision, RepulsionKind, StoppingMetric};
+use crate::config::{Config, LossConfig, Optimizer, Precision, RepulsionKind, StoppingMetric, TrainingConfig};
 use crate::dataset::{self, Splits};
 use crate::error::{Error, Result};
 use crate::family::Family;
@@ -563,7 +563,8 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
 
 /// `cfg` sized for its training structures, with a line for the log per change: `training.max_epochs` and
 /// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps, and
-/// `training.weight_decay_atoms / n_atoms` added to `training.weight_decay`.
+/// `training.weight_decay_atoms / n_atoms` added to `training.weight_decay` (`training.weight_decay_params` waits
+/// for the model: [`with_decay_for_model`]).
 fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>) {
     let mut out = cfg.clone();
     let mut notes = Vec::new();
@@ -579,7 +580,7 @@ fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>
         ));
         (t.max_epochs, t.patience) = (epochs, patience);
     }
-    let n_atoms: usize = train.iter().map(Frame::len).sum();
+    let n_atoms = training_atoms(train);
     if t.weight_decay_atoms > 0.0 && n_atoms > 0 {
         let decay = t.weight_decay + t.weight_decay_atoms / n_atoms as f64;
         notes.push(format!(
@@ -589,6 +590,29 @@ fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>
         (t.weight_decay, t.weight_decay_atoms) = (decay, 0.0);
     }
     (out, notes)
+}
+
+/// Atoms in the training structures: the force loss is a mean over them, so a prior on the weights weighs
+/// 1 / their number in it.
+fn training_atoms(train: &[Frame]) -> usize {
+    train.iter().map(Frame::len).sum()
+}
+
+/// `training.weight_decay_params × n_params / n_atoms` added to `training.weight_decay`, for a model with
+/// `n_params` trained parameters (those `trainable` marks, or all) and `n_atoms` training atoms; the line for
+/// the log, or None when the key is 0. The same for a fresh run and its resumption, so that their configs agree.
+fn with_decay_for_model(t: &mut TrainingConfig, model: &Model, trainable: Option<&[bool]>, n_atoms: usize) -> Option<String> {
+    if t.weight_decay_params == 0.0 || n_atoms == 0 {
+        return None;
+    }
+    let n_params = trainable.map_or(model.n_params(), |t| t.iter().filter(|&&x| x).count());
+    let decay = t.weight_decay + t.weight_decay_params * n_params as f64 / n_atoms as f64;
+    let note = format!(
+        "training.weight_decay_params = {}: {n_params} trained parameters and {n_atoms} atoms in the training structures, weight_decay {} → {decay:.4}",
+        t.weight_decay_params, t.weight_decay
+    );
+    (t.weight_decay, t.weight_decay_params) = (decay, 0.0);
+    Some(note)
 }
 
 /// Trains a model as configured. Writes `RUN_DIR/{config.resolved.toml, train.log, metrics.jsonl,
@@ -611,15 +635,15 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let trainable = origin.trainable();
     let (dir, last, best) = RunDir::prepare(cfg, opts.resume.is_some())?;
     let splits = dataset::load(&cfg.data)?;
-    let (mut resolved, size_notes) = sized_for_training_set(cfg, &splits.train);
+    let (mut resolved, mut size_notes) = sized_for_training_set(cfg, &splits.train);
     let resumed = match &opts.resume {
-        Some(p) => Some(resume_from(&mut resolved, p)?),
+        Some(p) => Some(resume_from(&mut resolved, p, trainable.as_deref(), training_atoms(&splits.train))?),
         None => None,
     };
     check_stopping_metric(resolved.training.early_stopping_metric, &splits.valid)?;
     let anchored = matches!(origin, Origin::FineTune(..)) && resolved.loss.anchor_weight > 0.0;
     let resuming = resumed.is_some();
-    let (mut model, mut st) = start_or_resume(&resolved, &splits, resumed, origin)?;
+    let (mut model, mut st) = start_or_resume(&mut resolved, &splits, resumed, origin, trainable.as_deref(), &mut size_notes)?;
     model.set_training_precision(resolved.training.precision == Precision::F32);
     let env_cache = EnvCache::new(splits.train.len());
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
@@ -756,9 +780,11 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
 }
 
 /// The model and training state of `checkpoint`, which must have been written with the same config (with a
-/// `training.max_minutes` budget, `cfg` takes the epoch count the run chose at its start).
-fn resume_from(cfg: &mut Config, checkpoint: &Path) -> Result<(Model, TrainState)> {
+/// `training.max_minutes` budget, `cfg` takes the epoch count the run chose at its start; `training.weight_decay_params`
+/// is resolved for the checkpoint's model, as it was at the start).
+fn resume_from(cfg: &mut Config, checkpoint: &Path, trainable: Option<&[bool]>, n_atoms: usize) -> Result<(Model, TrainState)> {
     let ck = Checkpoint::load(checkpoint)?;
+    with_decay_for_model(&mut cfg.training, &ck.model, trainable, n_atoms);
     if cfg.training.max_minutes > 0.0 && ck.config.training.max_minutes == cfg.training.max_minutes {
         cfg.training.max_epochs = ck.config.training.max_epochs;
     }
@@ -795,18 +821,22 @@ fn check_stopping_metric(metric: StoppingMetric, valid: &[Frame]) -> Result<()> 
     }
 }
 
-/// The resumed model and state, or a fresh model fitted to the training data with a new optimiser state.
+/// The resumed model and state, or a fresh model fitted to the training data with a new optimiser state (and
+/// `cfg`'s weight decay resolved for its size, the line for the log added to `notes`).
 fn start_or_resume(
-    cfg: &Config,
+    cfg: &mut Config,
     splits: &Splits,
     resumed: Option<(Model, TrainState)>,
     origin: Origin,
+    trainable: Option<&[bool]>,
+    notes: &mut Vec<String>,
 ) -> Result<(Model, TrainState)> {
     if let Some(r) = resumed {
         return Ok(r);
     }
     let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
     let model = start_model(cfg, origin, &splits.train, &all)?;
+    notes.extend(with_decay_for_model(&mut cfg.training, &model, trainable, training_atoms(&splits.train)));
     let t = &cfg.training;
     let st = TrainState {
         epochs_done: 0,
