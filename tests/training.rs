@@ -713,8 +713,10 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
     assert!(anchored < 0.01 * free, "anchored {anchored} vs free {free}");
 
     // model.frozen_layers = 1: the first layer of every network stays bit for bit, the rest moves.
+    // weight_decay_params counts only the trained parameters.
     let (dir, mut cfg) = fine_tune("finetune-frozen", 0.0);
     cfg.model.frozen_layers = 1;
+    cfg.training.weight_decay_params = 1e-3;
     pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let tuned = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap().model;
     let networks = |m: &pilip::model::Model| match &m.atomic {
@@ -727,6 +729,10 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
         moved_above += got.params[first..].iter().zip(&want.params[first..]).map(|(a, b)| (a - b).abs()).sum::<f64>();
     }
     assert!(moved_above > 1e-3, "the layers above are trained: {moved_above}");
+    let frozen: usize = networks(&base.model).iter().map(|n| n.sizes[0] * n.sizes[1] + n.sizes[1]).sum();
+    let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+    let note = format!("training.weight_decay_params = 0.001: {} trained parameters", base.model.n_params() - frozen);
+    assert!(frozen > 0 && log.contains(&note), "{note}\n{log}");
     // as many frozen layers as the networks have leaves nothing to train: refused with the depth
     let (_, mut cfg) = fine_tune("finetune-frozen-all", 0.0);
     cfg.model.frozen_layers = 3;

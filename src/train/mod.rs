@@ -605,7 +605,7 @@ fn with_decay_for_model(t: &mut TrainingConfig, model: &Model, trainable: Option
     if t.weight_decay_params == 0.0 || n_atoms == 0 {
         return None;
     }
-    let n_params = trainable.map_or(model.n_params(), |t| t.iter().filter(|&&x| x).count());
+    let n_params = trained_params(model, trainable);
     let decay = t.weight_decay + t.weight_decay_params * n_params as f64 / n_atoms as f64;
     let note = format!(
         "training.weight_decay_params = {}: {n_params} trained parameters and {n_atoms} atoms in the training structures, weight_decay {} → {decay:.4}",
@@ -613,6 +613,11 @@ fn with_decay_for_model(t: &mut TrainingConfig, model: &Model, trainable: Option
     );
     (t.weight_decay, t.weight_decay_params) = (decay, 0.0);
     Some(note)
+}
+
+/// Parameters the run trains: those `trainable` marks, or all of `model`'s.
+fn trained_params(model: &Model, trainable: Option<&[bool]>) -> usize {
+    trainable.map_or(model.n_params(), |t| t.iter().filter(|&&x| x).count())
 }
 
 /// Trains a model as configured. Writes `RUN_DIR/{config.resolved.toml, train.log, metrics.jsonl,
@@ -697,7 +702,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
             let parameters = match &trainable {
                 Some(t) => {
                     let why = if cfg.model.base.is_some() { "Δ-learning: the base is frozen" } else { "fine-tuning with model.frozen_layers" };
-                    format!("{} parameters, {} trained ({why})", model.n_params(), t.iter().filter(|&&x| x).count())
+                    format!("{} parameters, {} trained ({why})", model.n_params(), trained_params(&model, Some(t)))
                 }
                 None => format!("{} parameters", model.n_params()),
             };
