@@ -19,15 +19,16 @@ The Gaunt coefficients are integrals of products of the same harmonics, computed
 invariants are exact whatever the normalisation. Invariance (a rotation) and the forces (central differences)
 are checked at start-up. The fit: rows = energies (x energy_weight / atoms) and force components, columns
 standardised, ridge lambda x mean diagonal x a smoothness prior (1 + sum_k n_k^p + (l_k (l_k+1) / 2)^p), solved
-through the normal equations (so lambda below ~1e-12 is below their rounding: use QR for smaller ones).
+through the normal equations (ridges below ~1e-12 are below their rounding: `--lsqr` solves on the rows).
 
     python3 examples/research/linear_ace.py TRAIN.extxyz TEST.extxyz RUN/split.json \
-        [--deg 14,10,8,6] [--r0 1.2] [--rc 5.0] [--lams 1e-12,1e-11] [--residuals DIR]
+        [--deg 14,10,8,6] [--r0 1.2] [--rin 0.7] [--rc 5.0] [--lams 1e-12,1e-11] [--prior 2] [--max-order H:2] \
+        [--lsqr 1e-12] [--energy-key energy --forces-key forces] [--residuals DIR]   (--help lists them all)
 
 `split.json` is the split of a `pilip train` run on TRAIN (its `train` indices are fitted, `valid` reported).
 With `--residuals DIR` it writes DIR/train.extxyz (train then valid structures) and DIR/test.extxyz with the
-linear model's predictions subtracted, for `pilip train ... --set data.split="contiguous"`. Needs numpy. Every
-frame must have the species order of the first (true of rMD17 files).
+linear model's predictions subtracted, for `pilip train ... --set data.split="contiguous"`. Needs numpy (and
+scipy for `--lsqr`). Every frame must have the species order of the first (true of rMD17 files).
 """
 import argparse
 import itertools
@@ -56,6 +57,8 @@ def options():
     p.add_argument("--max-order", default="", help="lower correlation orders for some centre elements, e.g. H:2")
     p.add_argument("--energy-weight", type=float, default=20.0)
     p.add_argument("--prior", default="2", help="power p of the smoothness prior (a list scans them)")
+    p.add_argument("--raw-prior", action="store_true",
+                   help="apply the prior to the coefficients of the unscaled basis (as ACE does), not the standardised one")
     p.add_argument("--lams", default="1e-12,1e-11,1e-10", help="ridge values to report (relative)")
     p.add_argument("--ntest", type=int, default=0, help="test on the first N test frames only (0: all)")
     p.add_argument("--lsqr", type=float, default=0.0,
@@ -312,7 +315,8 @@ def main():
         if el in basis.elems:
             z = basis.elems.index(el)
             keep[z * basis.nb:(z + 1) * basis.nb] = [len(t) <= int(order) for t, _ in basis.basis]
-    print(f"unknowns kept: {keep.sum()}", flush=True)
+    if not keep.all():
+        print(f"unknowns kept (--max-order): {keep.sum()}", flush=True)
     if o.count:
         return
     self_check(basis, tr[0])
@@ -338,8 +342,12 @@ def main():
         XtX += gram(Xs)
         Xty += Xs.T @ yf[c:c + 50].reshape(-1)
     print(f"normal equations {time.time() - t0:.0f} s", flush=True)
+
     def prior_of(p):
         smooth = np.tile([1 + sum(v[1] ** p + (v[2] * (v[2] + 1) / 2) ** p for v in tup) for tup, _ in basis.basis], basis.ne)[keep]
+        if o.raw_prior:   # |D w|^2 on the raw coefficients w = c / col of the standardised c
+            smooth = smooth / col ** 2
+            return np.diag(XtX).mean() * smooth / np.median(smooth)
         return np.diag(XtX).mean() * smooth / smooth.mean()
 
     priors = [float(x) for x in o.prior.split(",")]
