@@ -65,7 +65,7 @@ def options():
                    help="solve with LSQR on the rows themselves, preconditioned by the normal equations at this ridge "
                         "(reaches ridges below their rounding; 0: normal equations only)")
     p.add_argument("--count", action="store_true", help="print the basis size and stop")
-    p.add_argument("--residuals", default="", help="write residual extxyz files of the first ridge value here")
+    p.add_argument("--residuals", default="", help="write residual extxyz files of the first prior and ridge here")
     return p.parse_args()
 
 
@@ -351,16 +351,14 @@ def main():
         return np.diag(XtX).mean() * smooth / smooth.mean()
 
     priors = [float(x) for x in o.prior.split(",")]
-    prior = prior_of(priors[0])
-
     if o.lsqr:
         import scipy.linalg as sl
         import scipy.sparse.linalg as ssl
-        chol = sl.cholesky(XtX + o.lsqr * np.diag(prior), lower=True)
+        chol = sl.cholesky(XtX + o.lsqr * np.diag(prior_of(priors[0])), lower=True)
         X = np.concatenate([Xe, Ftr.reshape(-1, Ftr.shape[-1])]) / col
         y = np.concatenate([(ye - e0) * e_scale, yf.reshape(-1)])
 
-    def fit(lam):
+    def fit(lam, prior):
         if not o.lsqr:
             return np.linalg.solve(XtX + lam * np.diag(prior), Xty) / col
         # min |X w - y|^2 + lam |D w|^2 with w = L^-T z: nearly orthonormal columns when lam is near o.lsqr
@@ -382,15 +380,16 @@ def main():
         return (1000 * np.abs(pe - [f[3] for f in frames]).mean(), 1000 * np.abs(pf - np.stack([f[2] for f in frames])).mean())
 
     lams = [float(x) for x in o.lams.split(",")]
+    first = None   # the fit of the first prior and ridge, for --residuals
     for p in priors:
         prior = prior_of(p)
         for lam in lams:
-            w = fit(lam)
+            w = fit(lam, prior)
+            first = w if first is None else first
             print("prior p = %g, ridge %g: E / F MAE (meV, meV/Å) train %.2f / %.2f, valid %.2f / %.2f, test %.2f / %.2f"
                   % ((p, lam) + mae(w, tr, Etr, Ftr) + mae(w, va, Eva, Fva) + mae(w, test, Ete, Fte)), flush=True)
-    prior = prior_of(priors[0])
     if o.residuals:
-        w = fit(lams[0])
+        w = first
         os.makedirs(o.residuals, exist_ok=True)
         for name, frames, E, F in [("train", tr + va, np.concatenate([Etr, Eva]), np.concatenate([Ftr, Fva])),
                                    ("test", test, Ete, Fte)]:
@@ -401,7 +400,7 @@ def main():
                     for a in range(n):
                         g = frc[a] - pf[k, a]
                         f.write("%s %.10f %.10f %.10f %.10f %.10f %.10f\n" % (sp[a], *pos[a], *g))
-        print(f"residuals of ridge {lams[0]:g} written to {o.residuals}/{{train,test}}.extxyz")
+        print(f"residuals of prior p = {priors[0]:g}, ridge {lams[0]:g} written to {o.residuals}/{{train,test}}.extxyz")
 
 
 if __name__ == "__main__":
