@@ -24,6 +24,8 @@ pub struct Config {
     pub model: ModelConfig,
     /// `[repulsion]`: the short-range repulsive prior.
     pub repulsion: RepulsionConfig,
+    /// `[domain_guard]`: the out-of-domain energy penalty fitted after training.
+    pub domain_guard: DomainGuardConfig,
     /// `[loss]`: weights of the loss terms.
     pub loss: LossConfig,
     /// `[training]`: optimiser, schedule, stopping, threads.
@@ -434,6 +436,25 @@ impl Default for RepulsionConfig {
     }
 }
 
+/// `[domain_guard]`: an energy penalty on atomic environments unlike the training set's
+/// (`crate::model::domain_guard`), fitted to the best model's training atoms when training ends.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainGuardConfig {
+    /// eV per atom at one unit of squared excess past the onset; 0 = no guard.
+    pub strength: f64,
+    /// Where the penalty starts, in units of the largest score of the element's training atoms.
+    pub onset: f64,
+    /// Principal directions of each element's network inputs that count as inside the domain.
+    pub components: usize,
+}
+
+impl Default for DomainGuardConfig {
+    fn default() -> Self {
+        DomainGuardConfig { strength: 0.0, onset: 2.0, components: 128 }
+    }
+}
+
 /// `[output]`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -514,6 +535,16 @@ impl Config {
         }
         if self.data.file.as_os_str().is_empty() {
             return bad("data.file is required (path to an extended XYZ file)".into());
+        }
+        let g = &self.domain_guard;
+        if !(g.strength >= 0.0 && g.strength.is_finite()) {
+            return bad(format!("domain_guard.strength must be ≥ 0 eV (0: no guard), got {}", g.strength));
+        }
+        if !(g.onset >= 1.0 && g.onset.is_finite()) {
+            return bad(format!("domain_guard.onset must be ≥ 1 (in units of the largest training score), got {}", g.onset));
+        }
+        if g.components == 0 {
+            return bad("domain_guard.components must be ≥ 1".to_string());
         }
         let r = &self.repulsion;
         if !(r.outer >= 0.0 && r.outer <= self.descriptor.cutoff) {

@@ -21,6 +21,7 @@ fn exported_model_matches_the_training_time_model() {
         (compressed_bispectrum_cell_model(), triclinic_cell()),
         (delta_model(), triclinic_cell()),
         (repulsive_cell_model(), triclinic_cell()),
+        (guarded_cell_model(), triclinic_cell()),
     ];
     for (model, frame) in cases {
         let mut frames = probe_structures(&model);
@@ -155,7 +156,7 @@ fn exported_models_read_back_for_training_predict_like_the_original() {
 
 #[test]
 fn runtime_forces_and_virial_match_finite_differences_of_the_onnx_energy() {
-    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), repulsive_cell_model(), crowded_radial_cell_model()] {
+    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), repulsive_cell_model(), crowded_radial_cell_model(), guarded_cell_model()] {
         check_runtime_derivatives(&model);
     }
 }
@@ -175,11 +176,12 @@ fn models_are_written_with_the_oldest_format_version_that_describes_them() {
         (repulsive_cell_model(), "4"),
         (repulsive_bispectrum, "4"),
         (crowded_radial_cell_model(), "4"),
+        (guarded_cell_model(), "5"),
     ];
     for (model, want) in cases {
         assert_eq!(version(&to_onnx(&model, Dtype::F32).unwrap()), want);
     }
-    for (model, declared, needed) in [(compressed_bispectrum_cell_model(), "2", "3"), (repulsive_cell_model(), "3", "4")] {
+    for (model, declared, needed) in [(compressed_bispectrum_cell_model(), "2", "3"), (repulsive_cell_model(), "3", "4"), (guarded_cell_model(), "4", "5")] {
         let mut proto = to_onnx(&model, Dtype::F32).unwrap();
         proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = declared.into();
         let err = Potential::from_bytes(&proto.encode_to_vec(), "old.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
@@ -217,6 +219,28 @@ fn the_repulsive_prior_travels_in_the_file() {
     entry.value = entry.value.replace("[13,29]", "[13,30]");
     let err = Potential::from_bytes(&proto.encode_to_vec(), "m.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
     assert!(err.contains("m.onnx") && err.contains("Al–Zn"), "{err}");
+}
+
+/// The domain guard is in the exported energy, and only off the data it was fitted to: on the stretched,
+/// jittered cells of [`guarded_cell_model`] the file gives the unguarded model's energies, on the unstretched cell
+/// more; its metadata names it, and every engine (native, tract) agrees on the guarded atoms.
+#[test]
+fn the_domain_guard_travels_in_the_file_and_acts_only_off_the_data() {
+    let (with, without) = (guarded_cell_model(), cell_model());
+    let e = |m: &pilip::model::Model, f: &Frame| load(&to_onnx(m, Dtype::F64).unwrap().encode_to_vec()).compute_frame(f).unwrap().energy;
+    let inside = pilip::frame::strained(&triclinic_cell(), 0, 0, 0.1);
+    assert!((e(&with, &inside) - e(&without, &inside)).abs() < 1e-12, "the guard acts on its own data");
+    let outside = triclinic_cell();
+    let penalty = e(&with, &outside) - e(&without, &outside);
+    assert!(penalty > 1e-3, "penalty off the data: {penalty} eV");
+    // the training-time model has the same penalty
+    let native = with.predict_frame(&outside).unwrap().energy - without.predict_frame(&outside).unwrap().energy;
+    assert!((native - penalty).abs() < 1e-9 * penalty.max(1.0), "{native} vs {penalty}");
+    let proto = to_onnx(&with, Dtype::F32).unwrap();
+    let guard = proto.metadata_props.iter().find(|p| p.key == "pilip.domain_guard").expect("pilip.domain_guard");
+    assert!(guard.value.contains("\"onset\":1.0") && guard.value.contains("\"components\":[3,3]"), "{}", guard.value);
+    native_and_tract_agree(&to_onnx(&with, Dtype::F64).unwrap().encode_to_vec(), &outside, 1e-12);
+    native_and_tract_agree(&proto.encode_to_vec(), &outside, 2e-5);
 }
 
 /// [`cell_model`] with its Gaussians equally spaced in u(r) (`radial_scale`), not in r.

@@ -17,6 +17,7 @@
 //! Files written before the folding (with Sub and Mul nodes on the input) load and run unchanged.
 
 use crate::error::{Error, Result};
+use crate::model::domain_guard::DomainGuard;
 use crate::model::power_spectrum::PowerSpectrumModel;
 use crate::model::{AtomicModel, Model};
 use crate::onnx::metadata::{io_names, Dtype};
@@ -99,6 +100,59 @@ fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
     t
 }
 
+/// The domain guard of species `s` as nodes on its descriptors `g` ([`crate::model::domain_guard`]): returns
+/// the guard's energy `[N, 1]` and its descriptor gradient `[N, F]`. With x = (G − μ) ⊙ m (m = 1/σ on the
+/// network's inputs, 0 on the components it leaves out) and V the directions spread onto all F components, the
+/// residual is r = x − (x Vᵀ) V, the score s = |r|², u = Relu(s / s_max − onset), the energy κu² and the
+/// gradient (4κu / s_max) r ⊙ m. The constants are named `X/guard_…`: `onnx::networks` reads them by name.
+fn guard_nodes(b: &mut Builder, ps: &PowerSpectrumModel, g: &DomainGuard, s: usize, input: &str, p: &dyn Fn(&str) -> String) -> (String, String) {
+    let nf = ps.feature_mean[s].len();
+    let kept: Vec<usize> = match ps.inputs.get(s) {
+        Some(ids) => ids.iter().map(|&f| f as usize).collect(),
+        None => (0..nf).collect(),
+    };
+    let n = kept.len();
+    let k = if n == 0 { 0 } else { g.directions[s].len() / n };
+    let mut mask = vec![0.0; nf];
+    for &f in &kept {
+        mask[f] = 1.0 / ps.feature_std[s][f];
+    }
+    let mut v = vec![0.0; k * nf];
+    for j in 0..k {
+        for (c, &f) in kept.iter().enumerate() {
+            v[j * nf + f] = g.directions[s][j * n + c];
+        }
+    }
+    let mean_masked: Vec<f64> = ps.feature_mean[s].iter().zip(&mask).map(|(m, k)| m * k).collect();
+    let mean = b.constant(&p("guard_mean"), &[nf], &mean_masked);
+    let mask = b.constant(&p("guard_mask"), &[nf], &mask);
+    let vt = b.constant(&p("guard_VT"), &[nf, k], &transpose(&v, k, nf));
+    let v = b.constant(&p("guard_V"), &[k, nf], &v);
+    let ones = b.constant(&p("guard_ones"), &[nf, 1], &vec![1.0; nf]);
+    let inv_ref = b.constant(&p("guard_inv_ref"), &[], &[1.0 / g.reference[s]]);
+    let onset = b.constant(&p("guard_onset"), &[], &[g.onset]);
+    let strength = b.constant(&p("guard_strength"), &[], &[g.strength]);
+    let grad_factor = b.constant(&p("guard_grad_factor"), &[], &[4.0 * g.strength / g.reference[s]]);
+    // G ⊙ m − μ ⊙ m: the descriptors' first reader in the guard is a Mul, so that a Sub on the input still
+    // means a file of before the standardisation was folded (`onnx::networks`)
+    let scaled_input = b.node("Mul", &[input, &mask], &p("guard_scaled_input"));
+    let x = b.node("Sub", &[&scaled_input, &mean], &p("guard_x"));
+    let proj = b.node("MatMul", &[&x, &vt], &p("guard_proj"));
+    let back = b.node("MatMul", &[&proj, &v], &p("guard_back"));
+    let r = b.node("Sub", &[&x, &back], &p("guard_residual"));
+    let r2 = b.node("Mul", &[&r, &r], &p("guard_residual_sq"));
+    let score = b.node("MatMul", &[&r2, &ones], &p("guard_score"));
+    let rel = b.node("Mul", &[&score, &inv_ref], &p("guard_relative"));
+    let excess = b.node("Sub", &[&rel, &onset], &p("guard_excess"));
+    let u = b.node("Relu", &[&excess], &p("guard_u"));
+    let u2 = b.node("Mul", &[&u, &u], &p("guard_u_sq"));
+    let energy = b.node("Mul", &[&u2, &strength], &p("guard_energy"));
+    let c = b.node("Mul", &[&u, &grad_factor], &p("guard_c"));
+    let cr = b.node("Mul", &[&r, &c], &p("guard_c_r"));
+    let gradient = b.node("Mul", &[&cr, &mask], &p("guard_gradient"));
+    (energy, gradient)
+}
+
 /// The graph of `model` in `dtype`: per species, its descriptors in, atomic energies (without reference energies)
 /// and their descriptor gradients out.
 pub fn build_graph(model: &Model, dtype: Dtype) -> Result<pb::GraphProto> {
@@ -178,7 +232,11 @@ fn power_spectrum_graph(model: &Model, ps: &PowerSpectrumModel, dtype: Dtype) ->
             saved.push((sig, h.clone()));
         }
         let scale = b.constant(&p("scale"), &[], &[model.energy_scale]);
-        let scaled = b.node("Mul", &[&h, &scale], &p("scaled"));
+        let mut scaled = b.node("Mul", &[&h, &scale], &p("scaled"));
+        let guard = ps.domain_guard.as_ref().map(|g| guard_nodes(&mut b, ps, g, s, &g_name, &p));
+        if let Some((energy, _)) = &guard {
+            scaled = b.node("Add", &[&scaled, energy], &p("scaled_guarded"));
+        }
         b.node("Reshape", &[&scaled, &flat], &e_name);
         // Backward: δ of the last hidden activation is the constant row scale·W_Lᵀ (broadcast over atoms).
         let last = n_layers - 1;
@@ -194,9 +252,16 @@ fn power_spectrum_graph(model: &Model, ps: &PowerSpectrumModel, dtype: Dtype) ->
             let (i, o) = (sizes[k], sizes[k + 1]);
             // W₀ already holds the standardisation: ∂E/∂G = ∂E/∂z₀ (diag(1/σ) W₀)ᵀ
             let wt = transpose(&weights[k], i, o);
-            let out_name = if k == 0 { d_name.clone() } else { p(&format!("dh{}", k - 1)) };
+            let out_name = match (k, &guard) {
+                (0, None) => d_name.clone(),
+                (0, Some(_)) => p("dG_networks"),
+                _ => p(&format!("dh{}", k - 1)),
+            };
             let wtn = b.constant(&p(&format!("W{k}T")), &[o, i], &wt);
             delta = b.node("MatMul", &[&dz, &wtn], &out_name);
+        }
+        if let Some((_, gradient)) = &guard {
+            b.node("Add", &[&delta, gradient], &d_name);
         }
     }
     Ok(pb::GraphProto {

@@ -7,7 +7,7 @@ pub mod graph;
 use crate::error::{Error, Result};
 use crate::frame::Frame;
 use crate::model::{AtomicModel, Model};
-use crate::onnx::metadata::{checksum, format_version_for, Dtype, ModelMetadata};
+use crate::onnx::metadata::{checksum, format_version_for, Dtype, DomainGuardInfo, ModelMetadata};
 use crate::onnx::{IR_VERSION, OPSET};
 use crate::runtime::{Potential, RuntimeOptions};
 use graph::build_graph;
@@ -15,15 +15,25 @@ use prost::Message;
 use std::path::Path;
 use tract_onnx::pb;
 
+/// What the metadata records of a model's domain guard (the directions are constants of the graph).
+fn domain_guard_info(m: &crate::model::power_spectrum::PowerSpectrumModel) -> Option<DomainGuardInfo> {
+    m.domain_guard.as_ref().map(|g| DomainGuardInfo {
+        onset: g.onset,
+        strength: g.strength,
+        components: g.directions.iter().zip(&m.networks).map(|(v, n)| v.len() / n.n_inputs().max(1)).collect(),
+    })
+}
+
 /// Metadata of `model` exported with `dtype` (checksum of the graph supplied by the caller).
 fn metadata_for(model: &Model, dtype: Dtype, checksum: String) -> ModelMetadata {
-    let (descriptor, bispectrum) = match &model.atomic {
-        AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => (m.descriptor.clone(), m.four_body.clone()),
+    let (descriptor, bispectrum, domain_guard) = match &model.atomic {
+        AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m) => (m.descriptor.clone(), m.four_body.clone(), domain_guard_info(m)),
     };
     ModelMetadata {
-        format_version: format_version_for(model.family(), &descriptor, bispectrum.as_ref(), model.repulsion.is_some()),
+        format_version: format_version_for(model.family(), &descriptor, bispectrum.as_ref(), model.repulsion.is_some(), domain_guard.is_some()),
         bispectrum,
         repulsion: model.repulsion.clone(),
+        domain_guard,
         library_version: env!("CARGO_PKG_VERSION").into(),
         species: model.species.clone(),
         symbols: model.species.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?").to_string()).collect(),

@@ -9,6 +9,7 @@
 //! ([`crate::repulsion`]; no parameters), zero where the training data are. Forces are `−∂E/∂r` through the
 //! exact chain rule, so they are conservative.
 
+pub mod domain_guard;
 pub mod power_spectrum;
 
 use crate::descriptor::four_body::Bispectrum;
@@ -176,6 +177,25 @@ impl Model {
         let offsets: Vec<usize> = m.networks.iter().scan(0, |o, n| Some(std::mem::replace(o, *o + n.n_params()))).collect();
         let keep = |s: usize, c: usize| trainable.is_none_or(|t| !t[offsets[s] + c]);
         m.restandardise(structures, std_floor, keep)
+    }
+
+    /// Fits the domain guard ([`domain_guard::DomainGuard`]) to the training structures `envs`, replacing any
+    /// earlier one; `strength = 0` removes it.
+    pub fn fit_domain_guard(&mut self, frames: &[Frame], components: usize, onset: f64, strength: f64) -> Result<()> {
+        use rayon::prelude::*;
+        self.atomic.networked_mut().domain_guard = None;
+        if strength <= 0.0 {
+            return Ok(());
+        }
+        let mut inputs = vec![Vec::new(); self.species.len()];
+        for chunk in frames.chunks(64) {
+            let envs = chunk.par_iter().map(|f| self.frame_environments(f)).collect::<Result<Vec<_>>>()?;
+            self.atomic.networked().push_network_inputs(envs.iter().map(Environments::network_input), &mut inputs);
+        }
+        let m = self.atomic.networked_mut();
+        let n_inputs: Vec<usize> = m.networks.iter().map(crate::nn::Mlp::n_inputs).collect();
+        m.domain_guard = Some(domain_guard::DomainGuard::fit(&inputs, &n_inputs, components, onset, strength));
+        Ok(())
     }
 
     /// The model's family.

@@ -17,6 +17,7 @@ use crate::nn::Mlp;
 use crate::rng::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
+use super::domain_guard::DomainGuard;
 
 /// Parameters of a power-spectrum model: what is specific to this family (species order, reference energies and
 /// the energy scale live in [`crate::model::Model`]).
@@ -40,6 +41,9 @@ pub struct PowerSpectrumModel {
     /// rows ([`PowerSpectrumModel::full_input_network`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub inputs: Vec<Vec<u32>>,
+    /// The out-of-domain energy penalty fitted after training ([`DomainGuard`]), on the networks' inputs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_guard: Option<DomainGuard>,
     #[serde(skip)]
     desc_cache: std::sync::OnceLock<Descriptor>,
     /// The networks' weights rounded to f32 when the training passes run in single precision
@@ -220,6 +224,7 @@ impl PowerSpectrumModel {
             feature_std: vec![vec![1.0; nf]; n_species],
             networks,
             inputs: Vec::new(),
+            domain_guard: None,
             descriptor,
             four_body,
             desc_cache: std::sync::OnceLock::new(),
@@ -253,7 +258,22 @@ impl PowerSpectrumModel {
         if bad {
             return Err(Error::model(format!("the networks or input statistics do not match the descriptor's {nf} features")));
         }
+        if let Some(g) = &self.domain_guard {
+            g.check(&self.networks.iter().map(Mlp::n_inputs).collect::<Vec<_>>()).map_err(Error::model)?;
+        }
         Ok(())
+    }
+
+    /// Appends the standardised network inputs of each atom of `structures` to `inputs[species]` (what the
+    /// domain guard is fitted to).
+    pub fn push_network_inputs<'a>(&self, structures: impl Iterator<Item = (&'a [usize], &'a Descriptors)>, inputs: &mut [Vec<f64>]) {
+        let maps: Vec<InputMap> = (0..self.networks.len()).map(|s| self.input_map(s)).collect();
+        for (species, d) in structures {
+            let nf = d.n_features;
+            for (i, &s) in species.iter().enumerate() {
+                maps[s].push(&d.features[i * nf..(i + 1) * nf], true, &mut inputs[s]);
+            }
+        }
     }
 
     /// Fits the four-body compression (bispectrum family; nothing otherwise) to the densities of `structures`,
@@ -268,14 +288,18 @@ impl PowerSpectrumModel {
     /// Total energy of each structure of a batch (no derivatives).
     pub fn energies(&self, items: &[(&[usize], &Descriptors)], e0: &[f64], scale: f64) -> Vec<f64> {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
-        let outputs: Vec<Vec<f64>> = tasks
+        let outputs: Vec<(Vec<f64>, Vec<f64>)> = tasks
             .par_iter()
-            .map(|t| self.networks[t.species].forward(&self.standardised(&self.input_map(t.species), t, |p| items[p].1), t.rows.len()))
+            .map(|t| {
+                let x = self.standardised(&self.input_map(t.species), t, |p| items[p].1);
+                let guard = self.guard_energies(t.species, &x, t.rows.len(), None, scale);
+                (self.networks[t.species].forward(&x, t.rows.len()), guard)
+            })
             .collect();
         let mut energies = vec![0.0; items.len()];
-        for (t, out) in tasks.iter().zip(&outputs) {
-            for (&(p, _), o) in t.rows.iter().zip(out) {
-                energies[p] += e0[t.species] + scale * o;
+        for (t, (out, guard)) in tasks.iter().zip(&outputs) {
+            for (k, (&(p, _), o)) in t.rows.iter().zip(out).enumerate() {
+                energies[p] += e0[t.species] + scale * o + guard.get(k).copied().unwrap_or(0.0);
             }
         }
         energies
@@ -319,26 +343,52 @@ impl PowerSpectrumModel {
     ) -> (AtomicResults, Vec<Vec<T>>) {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
         let maps: Vec<InputMap> = (0..self.networks.len()).map(|s| self.input_map(s)).collect();
-        let outputs: Vec<(Vec<T>, Vec<T>, Vec<T>)> = tasks
+        let outputs: Vec<((Vec<T>, Vec<T>, Vec<T>), Vec<f64>)> = tasks
             .par_iter()
             .map(|t| {
                 let x = self.standardised(&maps[t.species], t, |p| items[p].1);
-                self.networks[t.species].forward_with_input_grad_in(weights(t.species), &x, t.rows.len())
+                let (out, mut dx, z0) = self.networks[t.species].forward_with_input_grad_in(weights(t.species), &x, t.rows.len());
+                let guard = self.guard_energies(t.species, &x, t.rows.len(), Some(&mut dx), scale);
+                ((out, dx, z0), guard)
             })
             .collect();
         let mut atomic: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms]).collect();
         let mut de_dg: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms * d.n_features]).collect();
-        for (t, (out, dx, _)) in tasks.iter().zip(&outputs) {
+        for (t, ((out, dx, _), guard)) in tasks.iter().zip(&outputs) {
             let s = t.species;
             let (nf, ni) = (self.feature_std[s].len(), self.networks[s].n_inputs());
             for (k, &(p, i)) in t.rows.iter().enumerate() {
-                atomic[p][i] = e0[s] + scale * out[k].f64();
+                atomic[p][i] = e0[s] + scale * out[k].f64() + guard.get(k).copied().unwrap_or(0.0);
                 maps[s].scatter(&dx[k * ni..(k + 1) * ni], scale, 0, &mut de_dg[p][i * nf..(i + 1) * nf]);
             }
         }
         let descriptor = self.descriptor();
         let results = atomic.into_par_iter().zip(de_dg).zip(items).map(|((a, g), (_, d))| (a, descriptor.vjp(d, &g))).collect();
-        (results, outputs.into_iter().map(|(_, _, z0)| z0).collect())
+        (results, outputs.into_iter().map(|((_, _, z0), _)| z0).collect())
+    }
+
+    /// The domain guard's energy (eV) of each of `rows` atoms of species `s` with network inputs `x`
+    /// (`[rows][inputs]`; empty without a guard); with `dx`, the network-input gradient in units of the networks'
+    /// output (× 1/`scale`), it adds the guard's gradient there.
+    fn guard_energies<T: Real>(&self, s: usize, x: &[T], rows: usize, mut dx: Option<&mut Vec<T>>, scale: f64) -> Vec<f64> {
+        let Some(guard) = &self.domain_guard else { return Vec::new() };
+        let n = self.networks[s].n_inputs();
+        let mut grad = vec![0.0; n];
+        (0..rows)
+            .map(|k| {
+                let row: Vec<f64> = x[k * n..(k + 1) * n].iter().map(|v| v.f64()).collect();
+                grad.fill(0.0);
+                let e = guard.energy(s, &row, dx.is_some().then_some(&mut grad[..]));
+                if let Some(d) = dx.as_deref_mut() {
+                    if e > 0.0 {
+                        for (d, g) in d[k * n..(k + 1) * n].iter_mut().zip(&grad) {
+                            *d = T::of(d.f64() + g / scale);
+                        }
+                    }
+                }
+                e
+            })
+            .collect()
     }
 
     /// Standardised inputs `(G − μ)/σ` of a task's rows (`[rows][network inputs]`); `descriptors(p)` is
@@ -643,6 +693,7 @@ impl PowerSpectrumModel {
             feature_std: vec![vec![1.0; nf]; n_species],
             networks,
             inputs: Vec::new(),
+            domain_guard: None,
             descriptor,
             four_body,
             desc_cache: Default::default(),

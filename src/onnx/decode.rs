@@ -28,8 +28,8 @@ pub fn decode(bytes: &[u8], source: &str) -> Result<(pb::ModelProto, ModelMetada
 }
 
 /// Operators pilip writes, with their input counts (`export/graph.rs`).
-const OPERATORS: [(&str, usize); 8] =
-    [("MatMul", 2), ("Add", 2), ("Sub", 2), ("Mul", 2), ("Reshape", 2), ("Neg", 1), ("Exp", 1), ("Reciprocal", 1)];
+const OPERATORS: [(&str, usize); 9] =
+    [("MatMul", 2), ("Add", 2), ("Sub", 2), ("Mul", 2), ("Reshape", 2), ("Neg", 1), ("Exp", 1), ("Reciprocal", 1), ("Relu", 1)];
 
 /// Most values one constant tensor may hold (the largest pilip network is far below it).
 const MAX_TENSOR_VALUES: usize = 1 << 28;

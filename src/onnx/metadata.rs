@@ -19,23 +19,37 @@ use std::collections::BTreeMap;
 /// added the bispectrum family (`pilip.bispectrum`); version 3 its compressed three-body invariants and
 /// four-body channel count (`three_body`, `four_body_channels` in `pilip.bispectrum`); version 4 the short-range
 /// repulsive prior (`pilip.repulsion`) and the descriptor's `radial_scale`, which a reader that ignored them
-/// would silently evaluate as a different energy.
-pub const MODEL_FORMAT_VERSION: u32 = 4;
+/// would silently evaluate as a different energy; version 5 the domain guard (`pilip.domain_guard`, nodes with
+/// a `Relu` in the graph).
+pub const MODEL_FORMAT_VERSION: u32 = 5;
 
 /// The format version a model of `family` (with `descriptor`, the four-body part `bispectrum`, with or without a
-/// repulsive prior) is written with: the oldest that can describe it, so that files an older library can run stay
-/// readable by it.
-pub fn format_version_for(family: Family, descriptor: &DescriptorSpec, bispectrum: Option<&Bispectrum>, repulsion: bool) -> u32 {
+/// repulsive prior, with or without a domain guard) is written with: the oldest that can describe it, so that
+/// files an older library can run stay readable by it.
+pub fn format_version_for(family: Family, descriptor: &DescriptorSpec, bispectrum: Option<&Bispectrum>, repulsion: bool, domain_guard: bool) -> u32 {
     let version = match (family, bispectrum) {
         (Family::PowerSpectrum, _) => 1,
         (Family::Bispectrum, Some(b)) if b.three_body != ThreeBody::Full || b.four_body_channels != 0 => 3,
         (Family::Bispectrum, _) => 2,
     };
-    if repulsion || descriptor.radial_scale != 0.0 {
-        version.max(4)
+    let version = if repulsion || descriptor.radial_scale != 0.0 { version.max(4) } else { version };
+    if domain_guard {
+        version.max(5)
     } else {
         version
     }
+}
+
+/// What the metadata says of a model's domain guard (`pilip.domain_guard`; the directions are graph constants).
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainGuardInfo {
+    /// Where the penalty starts, in units of each element's largest training score.
+    pub onset: f64,
+    /// eV per atom per unit of squared excess.
+    pub strength: f64,
+    /// Principal directions per species that count as inside the domain.
+    pub components: Vec<usize>,
 }
 /// Prefix of every pilip key in `metadata_props`.
 pub const KEY_PREFIX: &str = "pilip.";
@@ -95,6 +109,9 @@ pub struct ModelMetadata {
     /// The short-range repulsive prior added to the energy (`pilip.repulsion`; absent: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repulsion: Option<Repulsion>,
+    /// The domain guard added to the atomic energies in the graph (`pilip.domain_guard`; absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain_guard: Option<DomainGuardInfo>,
     /// Length of each atom's descriptor (the graph inputs' second dimension).
     pub n_features: usize,
     /// eV per atom, per species, added to the graph's atomic energies.
@@ -128,6 +145,9 @@ impl ModelMetadata {
         }
         if let Some(r) = &self.repulsion {
             props.push(("repulsion", json(r)));
+        }
+        if let Some(g) = &self.domain_guard {
+            props.push(("domain_guard", json(g)));
         }
         props
             .into_iter()
@@ -190,9 +210,14 @@ impl ModelMetadata {
             Some(text) => Some(parse_json(text).map_err(|e| bad("repulsion", &e))?),
             None => None,
         };
+        let domain_guard: Option<DomainGuardInfo> = match props.get(&format!("{KEY_PREFIX}domain_guard")) {
+            Some(text) => Some(parse_json(text).map_err(|e| bad("domain_guard", &e))?),
+            None => None,
+        };
         let meta = ModelMetadata {
             bispectrum,
             repulsion,
+            domain_guard,
             format_version,
             library_version,
             species,
@@ -236,7 +261,7 @@ impl ModelMetadata {
         if self.reference_energies.iter().any(|e| !e.is_finite()) {
             return Err("a reference energy is not finite".into());
         }
-        let needed = format_version_for(self.family, &self.descriptor, self.bispectrum.as_ref(), self.repulsion.is_some());
+        let needed = format_version_for(self.family, &self.descriptor, self.bispectrum.as_ref(), self.repulsion.is_some(), self.domain_guard.is_some());
         if self.format_version < needed {
             return Err(format!("format version {} cannot describe this model, which needs version {needed}", self.format_version));
         }
@@ -245,6 +270,11 @@ impl ModelMetadata {
             return Err(format!("cutoff {} differs from the descriptor's {}", self.cutoff, self.descriptor.cutoff));
         }
         self.repulsion_table()?;
+        if let Some(g) = &self.domain_guard {
+            if g.components.len() != self.species.len() || !(g.onset.is_finite() && g.strength.is_finite() && g.onset >= 0.0 && g.strength >= 0.0) {
+                return Err(format!("domain_guard {g:?} does not fit {} species (finite onset and strength ≥ 0)", self.species.len()));
+            }
+        }
         let nf = self.descriptor().map_err(|e| e.to_string())?.n_features();
         if nf != self.n_features {
             return Err(format!("n_features is {} but the descriptor has {nf}", self.n_features));

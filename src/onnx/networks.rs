@@ -16,6 +16,52 @@ pub struct NetworkWeights {
     pub layers: Vec<(Vec<f64>, Vec<f64>, usize, usize)>,
     /// The energy scale the last layer's output is multiplied by.
     pub scale: f64,
+    /// The domain guard added to the energies, if the model has one.
+    pub guard: Option<GuardWeights>,
+}
+
+/// A species' domain guard as the graph computes it (`export::graph::guard_nodes`): x = G ⊙ mask − mean,
+/// r = x − (x Vᵀ) V, u = max(0, |r|² · inv_ref − onset), energy strength·u², gradient 4·strength·inv_ref·u·r ⊙ mask.
+#[derive(Clone)]
+pub struct GuardWeights {
+    /// 1/σ on the components the network reads, 0 elsewhere (F values).
+    pub mask: Vec<f64>,
+    /// μ ⊙ mask (F values).
+    pub mean: Vec<f64>,
+    /// The directions, `[k][F]` row-major.
+    pub directions: Vec<f64>,
+    /// 1 / (the largest training score).
+    pub inv_ref: f64,
+    /// Onset, in units of the largest training score.
+    pub onset: f64,
+    /// eV.
+    pub strength: f64,
+}
+
+/// The guard constants of the species whose nodes are named `prefix…` (`X/`), checked against `n_features`.
+fn lift_guard(graph: &GraphView, prefix: &str, n_features: usize) -> std::result::Result<GuardWeights, String> {
+    let constant = |name: &str, len: Option<usize>| -> std::result::Result<Vec<f64>, String> {
+        let full = format!("{prefix}guard_{name}");
+        let t = graph.constants.get(full.as_str()).ok_or_else(|| format!("the domain guard has no constant '{full}'"))?;
+        let v = values(t);
+        match len {
+            Some(n) if v.len() != n => Err(format!("'{full}' has {} values, expected {n}", v.len())),
+            _ => Ok(v),
+        }
+    };
+    let scalar = |name: &str| constant(name, Some(1)).map(|v| v[0]);
+    let directions = constant("V", None)?;
+    if n_features == 0 || directions.len() % n_features != 0 {
+        return Err(format!("'{prefix}guard_V' has {} values, not rows of {n_features}", directions.len()));
+    }
+    Ok(GuardWeights {
+        mask: constant("mask", Some(n_features))?,
+        mean: constant("mean", Some(n_features))?,
+        directions,
+        inv_ref: scalar("inv_ref")?,
+        onset: scalar("onset")?,
+        strength: scalar("strength")?,
+    })
 }
 
 /// Every species' network of a decoded pilip model, in the metadata's species order; an error says where the
@@ -138,11 +184,19 @@ fn lift(graph: &GraphView, input: &str, energies: &str, n_features: usize) -> st
         }
         let scaled = graph.reader(z, "Mul")?;
         let (_, scale) = graph.operand(scaled, z)?;
-        let reshape = graph.reader(&scaled.output[0], "Reshape")?;
+        // with a domain guard, its energy is added to the scaled output before the Reshape
+        let (energy, guard) = match graph.reader(&scaled.output[0], "Add") {
+            Ok(add) => {
+                let prefix = scaled.name.strip_suffix("scaled").ok_or_else(|| format!("node '{}' is not named '…scaled'", scaled.name))?;
+                (&add.output[0], Some(lift_guard(graph, prefix, n_features)?))
+            }
+            Err(_) => (&scaled.output[0], None),
+        };
+        let reshape = graph.reader(energy, "Reshape")?;
         if scale.len() != 1 || n_out != 1 || layers.len() < 2 || reshape.output[0] != energies {
             return Err(format!("the chain from '{input}' does not end in a scaled single energy '{energies}'"));
         }
-        return Ok(NetworkWeights { layers, scale: scale[0] });
+        return Ok(NetworkWeights { layers, scale: scale[0], guard });
     }
 }
 

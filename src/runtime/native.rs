@@ -12,7 +12,7 @@ use super::engine::{rows_of, Batch, Engine, TractEngine};
 use crate::error::{Error, Result};
 use crate::linalg::Isa;
 use crate::onnx::metadata::{Dtype, ModelMetadata};
-use crate::onnx::networks::{read_networks, NetworkWeights};
+use crate::onnx::networks::{read_networks, GuardWeights, NetworkWeights};
 use std::ops::{Add, Div, Mul, Neg, Sub};
 use std::sync::Mutex;
 use tract_onnx::pb;
@@ -248,6 +248,8 @@ struct Network<T> {
     out_w: Vec<T>,
     /// scale·b_L.
     out_b: T,
+    /// The domain guard, evaluated in f64 after the network (`onnx::networks::GuardWeights`).
+    guard: Option<GuardWeights>,
 }
 
 impl<T: Real> Network<T> {
@@ -285,7 +287,37 @@ impl<T: Real> Network<T> {
         for (o, &w) in out_w.iter_mut().zip(&last.0) {
             *o = T::of(w * lifted.scale);
         }
-        Network { reads, hidden, out_w, out_b: T::of(last.1[0] * lifted.scale) }
+        Network { reads, hidden, out_w, out_b: T::of(last.1[0] * lifted.scale), guard: lifted.guard.clone() }
+    }
+
+    /// Adds the domain guard's energy and ∂E/∂G of the atoms `rows` (as the graph computes them);
+    /// `scratch` holds one atom's x and residual.
+    fn add_guard(&self, batch: &Batch, rows: &[usize], scratch: &mut Vec<f64>, energies: &mut [f64], gradients: &mut [f64]) {
+        let Some(g) = &self.guard else { return };
+        let nf = batch.n_features;
+        scratch.resize(2 * nf, 0.0);
+        let (x, r) = scratch.split_at_mut(nf);
+        for &row in rows {
+            let feat = &batch.features[row * nf..(row + 1) * nf];
+            for i in 0..nf {
+                x[i] = feat[i] * g.mask[i] - g.mean[i];
+            }
+            r.copy_from_slice(x);
+            for v in g.directions.chunks_exact(nf) {
+                let p: f64 = v.iter().zip(x.iter()).map(|(a, b)| a * b).sum();
+                r.iter_mut().zip(v).for_each(|(ri, vi)| *ri -= p * vi);
+            }
+            let score: f64 = r.iter().map(|a| a * a).sum();
+            let u = (score * g.inv_ref - g.onset).max(0.0);
+            if u > 0.0 {
+                energies[row] += g.strength * u * u;
+                let c = 4.0 * g.strength * g.inv_ref * u;
+                let out = &mut gradients[row * nf..(row + 1) * nf];
+                for i in 0..nf {
+                    out[i] += c * r[i] * g.mask[i];
+                }
+            }
+        }
     }
 
     /// Energies and ∂E/∂G of the atoms `rows` of `batch`, written to `energies[row]` and `gradients[row·F..]`.
@@ -373,11 +405,13 @@ struct Buffers<T> {
     h: Vec<Vec<T>>,
     delta: Vec<T>,
     spare: Vec<T>,
+    /// One atom's domain-guard input and residual (f64).
+    guard: Vec<f64>,
 }
 
 impl<T> Default for Buffers<T> {
     fn default() -> Self {
-        Buffers { rows: Vec::new(), x: Vec::new(), sig: Vec::new(), h: Vec::new(), delta: Vec::new(), spare: Vec::new() }
+        Buffers { rows: Vec::new(), x: Vec::new(), sig: Vec::new(), h: Vec::new(), delta: Vec::new(), spare: Vec::new(), guard: Vec::new() }
     }
 }
 
@@ -428,6 +462,7 @@ impl<T: Real> Engine for Native<T> {
                 16 => self.evaluate::<16>(network, batch, &rows, &mut s, energies, gradients),
                 _ => self.evaluate::<8>(network, batch, &rows, &mut s, energies, gradients),
             }
+            network.add_guard(batch, &rows, &mut s.guard, energies, gradients);
         }
         s.rows = rows;
         if let Ok(mut pool) = self.buffers.lock() {

@@ -286,6 +286,8 @@ fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
 /// The starting model of a fine-tuning or Δ-learning run: a checkpoint's model (with correction networks for Δ)
 /// whose reference energies are refitted to the training set (the data may come from another level of theory).
 fn continued_model(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+    // a guard belongs to the data it was fitted to; `finish` fits a new one if the config asks for it
+    model.fit_domain_guard(&[], 0, 1.0, 0.0)?;
     let mut missing: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).filter(|&z| model.species_index(z).is_none()).collect();
     missing.sort_unstable();
     missing.dedup();
@@ -772,7 +774,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
             break;
         }
     }
-    let test = if st.finished { finish(&model, &splits, &mut run, &st, &mut last_valid)? } else { None };
+    let test = if st.finished { finish(&resolved, &model, &splits, &mut run, &st, &mut last_valid)? } else { None };
     Ok(TrainSummary {
         run_dir: run.dir,
         epochs_done: st.epochs_done,
@@ -985,9 +987,17 @@ fn validate(
 }
 
 /// After the last epoch: validation and test metrics of the best model (`test_metrics.json`).
-fn finish(model: &Model, splits: &Splits, run: &mut RunDir, st: &TrainState, valid: &mut Metrics) -> Result<Option<Metrics>> {
+fn finish(cfg: &Config, model: &Model, splits: &Splits, run: &mut RunDir, st: &TrainState, valid: &mut Metrics) -> Result<Option<Metrics>> {
     let mut best = if run.best.exists() { Checkpoint::load(&run.best)?.model } else { model.clone() };
     best.set_training_precision(false);
+    let g = &cfg.domain_guard;
+    if g.strength > 0.0 && run.best.exists() {
+        let mut ck = Checkpoint::load(&run.best)?;
+        best.fit_domain_guard(&splits.train, g.components, g.onset, g.strength)?;
+        ck.model = best.clone();
+        ck.save(&run.best)?;
+        run.log(&format!("domain guard fitted to the {} training structures (strength {} eV, onset {}, {} components)", splits.train.len(), g.strength, g.onset, g.components));
+    }
     let vp = metrics::predict_all(&best, &splits.valid)?;
     *valid = metrics::compute(&splits.valid, &vp);
     if splits.test.is_empty() {

@@ -171,6 +171,22 @@ pub fn repulsive_cell_model() -> Model {
     m
 }
 
+/// [`cell_model`] with a domain guard fitted to jittered copies of [`triclinic_cell`] stretched by 10 % along x,
+/// so that the unstretched cell lies outside the guard's domain and its atoms carry a penalty.
+pub fn guarded_cell_model() -> Model {
+    let mut m = cell_model();
+    let mut rng = Rng::new(21);
+    let frames: Vec<Frame> = (0..6)
+        .map(|_| {
+            let mut f = pilip::frame::strained(&triclinic_cell(), 0, 0, 0.1);
+            f.positions.iter_mut().flatten().for_each(|x| *x += 0.003 * rng.normal());
+            f
+        })
+        .collect();
+    m.fit_domain_guard(&frames, 3, 1.0, 0.02).unwrap();
+    m
+}
+
 /// Largest |a − b| over paired values.
 pub fn max_abs_diff(a: impl IntoIterator<Item = f64>, b: impl IntoIterator<Item = f64>) -> f64 {
     a.into_iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
