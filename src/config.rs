@@ -447,11 +447,14 @@ pub struct DomainGuardConfig {
     pub onset: f64,
     /// Principal directions of each element's network inputs that count as inside the domain.
     pub components: usize,
+    /// Rows of the random sketch that measures an atom's residual off those directions (the guard's cost per
+    /// atom is a product with this many rows).
+    pub sketch: usize,
 }
 
 impl Default for DomainGuardConfig {
     fn default() -> Self {
-        DomainGuardConfig { strength: 0.0, onset: 2.0, components: 128 }
+        DomainGuardConfig { strength: 0.0, onset: 4.0, components: 128, sketch: 32 }
     }
 }
 
@@ -543,8 +546,8 @@ impl Config {
         if !(g.onset >= 1.0 && g.onset.is_finite()) {
             return bad(format!("domain_guard.onset must be ≥ 1 (in units of the largest training score), got {}", g.onset));
         }
-        if g.components == 0 {
-            return bad("domain_guard.components must be ≥ 1".to_string());
+        if g.components == 0 || g.sketch == 0 {
+            return bad(format!("domain_guard.components and domain_guard.sketch must be ≥ 1, got {} and {}", g.components, g.sketch));
         }
         let r = &self.repulsion;
         if !(r.outer >= 0.0 && r.outer <= self.descriptor.cutoff) {
@@ -761,6 +764,25 @@ mod tests {
             (&["repulsion.inner=-0.1"][..], "repulsion.inner"),
             (&["repulsion.kind=\"lj\""][..], "unknown variant `lj`, expected `zbl` or `none`"),
             (&["descriptor.radial_scale=-1.0"][..], "descriptor.radial_scale must be in [0, 10]"),
+        ] {
+            let e = load(sets).unwrap_err().to_string();
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_domain_guard_is_off_by_default_and_checked_by_name() {
+        let p = config_file("cfg_guard", "[data]\nfile = \"x.xyz\"\n");
+        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let g = load(&[]).unwrap().domain_guard;
+        assert_eq!((g.strength, g.onset, g.components, g.sketch), (0.0, 4.0, 128, 32));
+        let g = load(&["domain_guard.strength=0.002", "domain_guard.onset=2.5", "domain_guard.sketch=16"]).unwrap().domain_guard;
+        assert_eq!((g.strength, g.onset, g.sketch), (0.002, 2.5, 16));
+        for (sets, want) in [
+            (&["domain_guard.strength=-1"][..], "domain_guard.strength must be ≥ 0 eV"),
+            (&["domain_guard.onset=0.5"][..], "domain_guard.onset must be ≥ 1"),
+            (&["domain_guard.sketch=0"][..], "domain_guard.components and domain_guard.sketch must be ≥ 1"),
+            (&["domain_guard.rows=3"][..], "unknown field `rows`"),
         ] {
             let e = load(sets).unwrap_err().to_string();
             assert!(e.contains(want), "{sets:?}: {e}");

@@ -238,7 +238,7 @@ fn the_domain_guard_travels_in_the_file_and_acts_only_off_the_data() {
     assert!((native - penalty).abs() < 1e-9 * penalty.max(1.0), "{native} vs {penalty}");
     let proto = to_onnx(&with, Dtype::F32).unwrap();
     let guard = proto.metadata_props.iter().find(|p| p.key == "pilip.domain_guard").expect("pilip.domain_guard");
-    assert!(guard.value.contains("\"onset\":1.0") && guard.value.contains("\"components\":[3,3]"), "{}", guard.value);
+    assert!(guard.value.contains("\"onset\":1.0") && guard.value.contains("\"components\":[3,3]") && guard.value.contains("\"sketch\":[8,8]"), "{}", guard.value);
     native_and_tract_agree(&to_onnx(&with, Dtype::F64).unwrap().encode_to_vec(), &outside, 1e-12);
     native_and_tract_agree(&proto.encode_to_vec(), &outside, 2e-5);
 }
@@ -305,7 +305,7 @@ fn onnxruntime_engine_matches_tract() {
         eprintln!("skipping: ORT_DYLIB_PATH is not set");
         return;
     }
-    for (model, frame) in [(molecule_model(), molecule()), (cell_model(), triclinic_cell()), (bispectrum_cell_model(), triclinic_cell())] {
+    for (model, frame) in [(molecule_model(), molecule()), (cell_model(), triclinic_cell()), (bispectrum_cell_model(), triclinic_cell()), (guarded_cell_model(), triclinic_cell())] {
         for dtype in [Dtype::F32, Dtype::F64] {
             let bytes = to_onnx(&model, dtype).unwrap().encode_to_vec();
             let ort = Potential::from_bytes(&bytes, "t", &RuntimeOptions::from_json(r#"{"engine":"ort"}"#).unwrap()).unwrap();

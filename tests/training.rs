@@ -456,6 +456,37 @@ fn short_training_reduces_validation_force_rmse_five_fold() {
     assert_eq!(lines, 40);
 }
 
+/// `[domain_guard]`: the run's `best.ckpt` carries a guard fitted to its training structures, which leaves their
+/// energies exactly as the networks give them and raises the energy of a structure far from them (an ethanol
+/// hydrogen moved 0.6 Å further from the first heavy atom); the log says so.
+#[test]
+fn a_guarded_run_fits_its_guard_to_the_training_structures() {
+    let dir = tmpdir("train_guard");
+    let mut cfg = small_config(&dir);
+    cfg.training.max_epochs = 3;
+    cfg.domain_guard.strength = 0.002;
+    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let guarded = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/best.ckpt")).unwrap().model;
+    let mut plain = guarded.clone();
+    plain.fit_domain_guard(&[], 0, 0, 1.0, 0.0).unwrap();
+    let splits = pilip::dataset::load(&cfg.data).unwrap();
+    for f in splits.train.iter().take(20) {
+        assert_eq!(guarded.predict_frame(f).unwrap().energy, plain.predict_frame(f).unwrap().energy);
+    }
+    let mut far = splits.train[0].clone();
+    let h = far.numbers.iter().position(|&z| z == 1).unwrap();
+    let c = far.numbers.iter().position(|&z| z != 1).unwrap();
+    let bond: Vec<f64> = (0..3).map(|a| far.positions[h][a] - far.positions[c][a]).collect();
+    let length = bond.iter().map(|x| x * x).sum::<f64>().sqrt();
+    for a in 0..3 {
+        far.positions[h][a] += 0.6 * bond[a] / length;
+    }
+    let penalty = guarded.predict_frame(&far).unwrap().energy - plain.predict_frame(&far).unwrap().energy;
+    assert!(penalty > 1e-3, "guard penalty {penalty} eV");
+    let log = std::fs::read_to_string(dir.join("train.log")).unwrap();
+    assert!(log.contains("domain guard fitted to the 100 training structures"), "{log}");
+}
+
 #[test]
 fn energy_only_training_with_pitc_learns_correlated_forces() {
     let dir = tmpdir("eonly");

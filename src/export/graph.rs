@@ -101,10 +101,10 @@ fn transpose(m: &[f64], rows: usize, cols: usize) -> Vec<f64> {
 }
 
 /// The domain guard of species `s` as nodes on its descriptors `g` ([`crate::model::domain_guard`]): returns
-/// the guard's energy `[N, 1]` and its descriptor gradient `[N, F]`. With x = (G − μ) ⊙ m (m = 1/σ on the
-/// network's inputs, 0 on the components it leaves out) and V the directions spread onto all F components, the
-/// residual is r = x − (x Vᵀ) V, the score s = |r|², u = Relu(s / s_max − onset), the energy κu² and the
-/// gradient (4κu / s_max) r ⊙ m. The constants are named `X/guard_…`: `onnx::networks` reads them by name.
+/// the guard's energy `[N, 1]` and its descriptor gradient `[N, F]`. With x = G ⊙ m − μ ⊙ m (m = 1/σ on the
+/// network's inputs, 0 on the components it leaves out) and M the sketch spread onto all F components, p = x Mᵀ,
+/// the score s = |p|², u = Relu(s / s_max − onset), the energy κu² and the gradient (4κu / s_max) (p M) ⊙ m. The
+/// constants are named `X/guard_…`: `onnx::networks` reads them by name.
 fn guard_nodes(b: &mut Builder, ps: &PowerSpectrumModel, g: &DomainGuard, s: usize, input: &str, p: &dyn Fn(&str) -> String) -> (String, String) {
     let nf = ps.feature_mean[s].len();
     let kept: Vec<usize> = match ps.inputs.get(s) {
@@ -112,23 +112,23 @@ fn guard_nodes(b: &mut Builder, ps: &PowerSpectrumModel, g: &DomainGuard, s: usi
         None => (0..nf).collect(),
     };
     let n = kept.len();
-    let k = if n == 0 { 0 } else { g.directions[s].len() / n };
+    let rows = if n == 0 { 0 } else { g.sketch[s].len() / n };
     let mut mask = vec![0.0; nf];
     for &f in &kept {
         mask[f] = 1.0 / ps.feature_std[s][f];
     }
-    let mut v = vec![0.0; k * nf];
-    for j in 0..k {
+    let mut m = vec![0.0; rows * nf];
+    for j in 0..rows {
         for (c, &f) in kept.iter().enumerate() {
-            v[j * nf + f] = g.directions[s][j * n + c];
+            m[j * nf + f] = g.sketch[s][j * n + c];
         }
     }
     let mean_masked: Vec<f64> = ps.feature_mean[s].iter().zip(&mask).map(|(m, k)| m * k).collect();
     let mean = b.constant(&p("guard_mean"), &[nf], &mean_masked);
     let mask = b.constant(&p("guard_mask"), &[nf], &mask);
-    let vt = b.constant(&p("guard_VT"), &[nf, k], &transpose(&v, k, nf));
-    let v = b.constant(&p("guard_V"), &[k, nf], &v);
-    let ones = b.constant(&p("guard_ones"), &[nf, 1], &vec![1.0; nf]);
+    let mt = b.constant(&p("guard_MT"), &[nf, rows], &transpose(&m, rows, nf));
+    let m = b.constant(&p("guard_M"), &[rows, nf], &m);
+    let ones = b.constant(&p("guard_ones"), &[rows, 1], &vec![1.0; rows]);
     let inv_ref = b.constant(&p("guard_inv_ref"), &[], &[1.0 / g.reference[s]]);
     let onset = b.constant(&p("guard_onset"), &[], &[g.onset]);
     let strength = b.constant(&p("guard_strength"), &[], &[g.strength]);
@@ -137,19 +137,18 @@ fn guard_nodes(b: &mut Builder, ps: &PowerSpectrumModel, g: &DomainGuard, s: usi
     // means a file of before the standardisation was folded (`onnx::networks`)
     let scaled_input = b.node("Mul", &[input, &mask], &p("guard_scaled_input"));
     let x = b.node("Sub", &[&scaled_input, &mean], &p("guard_x"));
-    let proj = b.node("MatMul", &[&x, &vt], &p("guard_proj"));
-    let back = b.node("MatMul", &[&proj, &v], &p("guard_back"));
-    let r = b.node("Sub", &[&x, &back], &p("guard_residual"));
-    let r2 = b.node("Mul", &[&r, &r], &p("guard_residual_sq"));
-    let score = b.node("MatMul", &[&r2, &ones], &p("guard_score"));
+    let sketched = b.node("MatMul", &[&x, &mt], &p("guard_sketched"));
+    let squares = b.node("Mul", &[&sketched, &sketched], &p("guard_squares"));
+    let score = b.node("MatMul", &[&squares, &ones], &p("guard_score"));
     let rel = b.node("Mul", &[&score, &inv_ref], &p("guard_relative"));
     let excess = b.node("Sub", &[&rel, &onset], &p("guard_excess"));
     let u = b.node("Relu", &[&excess], &p("guard_u"));
     let u2 = b.node("Mul", &[&u, &u], &p("guard_u_sq"));
     let energy = b.node("Mul", &[&u2, &strength], &p("guard_energy"));
     let c = b.node("Mul", &[&u, &grad_factor], &p("guard_c"));
-    let cr = b.node("Mul", &[&r, &c], &p("guard_c_r"));
-    let gradient = b.node("Mul", &[&cr, &mask], &p("guard_gradient"));
+    let cp = b.node("Mul", &[&sketched, &c], &p("guard_c_p"));
+    let back = b.node("MatMul", &[&cp, &m], &p("guard_back"));
+    let gradient = b.node("Mul", &[&back, &mask], &p("guard_gradient"));
     (energy, gradient)
 }
 

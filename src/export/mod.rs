@@ -20,7 +20,8 @@ fn domain_guard_info(m: &crate::model::power_spectrum::PowerSpectrumModel) -> Op
     m.domain_guard.as_ref().map(|g| DomainGuardInfo {
         onset: g.onset,
         strength: g.strength,
-        components: g.directions.iter().zip(&m.networks).map(|(v, n)| v.len() / n.n_inputs().max(1)).collect(),
+        components: g.components.clone(),
+        sketch: g.sketch.iter().zip(&m.networks).map(|(v, n)| v.len() / n.n_inputs().max(1)).collect(),
     })
 }
 

@@ -5,12 +5,14 @@
 //! minimum where the hydroxyl proton sits on the carbonyl oxygen, which the reference method does not have, and
 //! 500 K MD falls into it within tens of picoseconds. The guard measures how far an atom's standardised network
 //! inputs x lie from the subspace the training atoms of its element span: with V the `components` leading
-//! principal directions of those inputs (rows, orthonormal), the score is the squared residual
-//! `s = |x|² − |V x|²`, the classic out-of-distribution measure of a PCA. Where s exceeds `onset` times the
-//! largest score of the element's training atoms, the atom's energy rises as `strength · (s/s_max − onset)²`
-//! (eV; zero with a zero gradient at the onset, so forces stay continuous and conservative). Training atoms are
-//! untouched (s ≤ s_max), and so, with the default onset of 2, are almost all atoms of an MD at the training
-//! temperature; the guard is fitted after training and changes no network weight.
+//! principal directions of those inputs, the residual x − VᵀVx is the classic out-of-distribution measure of a
+//! PCA. Its squared length is estimated by a fixed random sketch, `s = |M x|²` with M = S (I − VᵀV) and S a
+//! Gaussian matrix of `sketch` rows scaled by 1/√rows (Johnson–Lindenstrauss): a product with `sketch` rows
+//! instead of `components` per atom, which is what makes the guard cheap enough for MD, and a smooth quadratic
+//! form like the exact residual. Where s exceeds `onset` times the largest score of the element's training
+//! atoms, the atom's energy rises as `strength · (s/s_max − onset)²` (eV; zero with a zero gradient at the onset,
+//! so forces stay continuous and conservative). Training atoms are untouched (s ≤ s_max); the guard is fitted
+//! after training and changes no network weight.
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +23,11 @@ pub struct DomainGuard {
     pub onset: f64,
     /// eV: the penalty of an atom at twice the onset's distance past it, per unit of the squared excess.
     pub strength: f64,
-    /// Per species: the leading principal directions of the standardised network inputs, `[k][inputs]`
-    /// row-major (orthonormal rows; k may differ between species).
-    pub directions: Vec<Vec<f64>>,
+    /// Per species: the sketch M = S (I − VᵀV) of the residual off the leading principal directions V of the
+    /// standardised network inputs, `[rows][inputs]` row-major.
+    pub sketch: Vec<Vec<f64>>,
+    /// Per species: how many principal directions V holds (recorded for the metadata).
+    pub components: Vec<usize>,
     /// Per species: the largest score s of its training atoms (1 where it had none).
     pub reference: Vec<f64>,
 }
@@ -31,39 +35,54 @@ pub struct DomainGuard {
 impl DomainGuard {
     /// Fits the guard to the standardised network inputs of each species' training atoms (`inputs[s]`,
     /// `[atoms][n_inputs[s]]` row-major): the `components` leading principal directions (at most half the
-    /// inputs) by orthogonal iteration on the uncentred second-moment matrix (the inputs are centred by the
-    /// standardisation already), then the largest score.
-    pub fn fit(inputs: &[Vec<f64>], n_inputs: &[usize], components: usize, onset: f64, strength: f64) -> Self {
-        let mut directions = Vec::with_capacity(inputs.len());
-        let mut reference = Vec::with_capacity(inputs.len());
-        for (x, &n) in inputs.iter().zip(n_inputs) {
+    /// inputs) by orthogonal iteration on the uncentred second-moment matrix (the standardisation has centred
+    /// the inputs), the sketch of `sketch_rows` rows (a fixed seed), then the largest score.
+    pub fn fit(inputs: &[Vec<f64>], n_inputs: &[usize], components: usize, sketch_rows: usize, onset: f64, strength: f64) -> Self {
+        let mut guard = DomainGuard { onset, strength, sketch: Vec::new(), components: Vec::new(), reference: Vec::new() };
+        for (s, (x, &n)) in inputs.iter().zip(n_inputs).enumerate() {
             let atoms = if n == 0 { 0 } else { x.len() / n };
             let k = components.min(n / 2).min(atoms);
             let v = leading_directions(x, atoms, n, k);
-            let s_max = (0..atoms).map(|a| score(&v, k, &x[a * n..(a + 1) * n]).0).fold(0.0f64, f64::max);
-            directions.push(v);
-            reference.push(if s_max > 0.0 { s_max } else { 1.0 });
+            // M = S − (S Vᵀ) V
+            let mut rng = crate::rng::Rng::new(0x5eed_0f_9a4d ^ s as u64);
+            let norm = 1.0 / (sketch_rows.max(1) as f64).sqrt();
+            let mut m: Vec<f64> = (0..sketch_rows * n).map(|_| norm * rng.normal()).collect();
+            if k > 0 {
+                let mut sv = vec![0.0; sketch_rows * k];
+                crate::linalg::gemm(sketch_rows, n, k, &m, false, &v, true, 0.0, &mut sv);
+                // C = A·B + β·C with β = −1 gives (S Vᵀ) V − S: negated, M
+                crate::linalg::gemm(sketch_rows, k, n, &sv, false, &v, false, -1.0, &mut m);
+                m.iter_mut().for_each(|a| *a = -*a);
+            }
+            guard.sketch.push(m);
+            guard.components.push(k);
+            guard.reference.push(1.0);
+            let s_max = (0..atoms).map(|a| guard.score(s, &x[a * n..(a + 1) * n]).0).fold(0.0f64, f64::max);
+            guard.reference[s] = if s_max > 0.0 { s_max } else { 1.0 };
         }
-        DomainGuard { onset, strength, directions, reference }
+        guard
+    }
+
+    /// The score |M x|² of one atom of species `s` and the sketch values M x.
+    fn score(&self, s: usize, x: &[f64]) -> (f64, Vec<f64>) {
+        let n = x.len().max(1);
+        let p: Vec<f64> = self.sketch[s].chunks_exact(n).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect();
+        (p.iter().map(|v| v * v).sum(), p)
     }
 
     /// The penalty (eV) of one atom of species `s` with network inputs `x`, and, if `grad` is given, its
     /// gradient with respect to `x` added into `grad`.
     pub fn energy(&self, s: usize, x: &[f64], grad: Option<&mut [f64]>) -> f64 {
-        let v = &self.directions[s];
-        let n = x.len();
-        let k = if n == 0 { 0 } else { v.len() / n };
-        let (score, projection) = score(v, k, x);
+        let (score, p) = self.score(s, x);
         let excess = score / self.reference[s] - self.onset;
         if excess <= 0.0 {
             return 0.0;
         }
         if let Some(g) = grad {
-            // ∂s/∂x = 2 (x − Vᵀ V x)
+            // ∂s/∂x = 2 Mᵀ (M x)
             let c = 4.0 * self.strength * excess / self.reference[s];
-            for (i, gi) in g.iter_mut().enumerate() {
-                let back: f64 = (0..k).map(|j| v[j * n + i] * projection[j]).sum();
-                *gi += c * (x[i] - back);
+            for (row, pj) in self.sketch[s].chunks_exact(x.len().max(1)).zip(&p) {
+                g.iter_mut().zip(row).for_each(|(gi, m)| *gi += c * pj * m);
             }
         }
         self.strength * excess * excess
@@ -71,15 +90,16 @@ impl DomainGuard {
 
     /// Checks the shapes against the networks' input counts.
     pub fn check(&self, n_inputs: &[usize]) -> Result<(), String> {
-        if self.directions.len() != n_inputs.len() || self.reference.len() != n_inputs.len() {
-            return Err(format!("domain guard has {} species, the model {}", self.directions.len(), n_inputs.len()));
+        let ns = n_inputs.len();
+        if self.sketch.len() != ns || self.reference.len() != ns || self.components.len() != ns {
+            return Err(format!("domain guard has {} species, the model {ns}", self.sketch.len()));
         }
-        for (s, (v, &n)) in self.directions.iter().zip(n_inputs).enumerate() {
-            if n > 0 && v.len() % n != 0 {
-                return Err(format!("domain guard directions of species {s}: {} values are not rows of {n} inputs", v.len()));
+        for (s, (m, &n)) in self.sketch.iter().zip(n_inputs).enumerate() {
+            if n > 0 && m.len() % n != 0 {
+                return Err(format!("domain guard sketch of species {s}: {} values are not rows of {n} inputs", m.len()));
             }
-            if !(self.reference[s] > 0.0) || v.iter().any(|x| !x.is_finite()) {
-                return Err(format!("domain guard of species {s}: reference {} must be > 0 and directions finite", self.reference[s]));
+            if !(self.reference[s] > 0.0) || m.iter().any(|x| !x.is_finite()) {
+                return Err(format!("domain guard of species {s}: reference {} must be > 0 and the sketch finite", self.reference[s]));
             }
         }
         if !(self.onset >= 0.0 && self.strength >= 0.0 && self.onset.is_finite() && self.strength.is_finite()) {
@@ -87,14 +107,6 @@ impl DomainGuard {
         }
         Ok(())
     }
-}
-
-/// The score `|x|² − |V x|²` of one input row and its projection `V x` (k values).
-fn score(v: &[f64], k: usize, x: &[f64]) -> (f64, Vec<f64>) {
-    let n = x.len();
-    let projection: Vec<f64> = (0..k).map(|j| v[j * n..(j + 1) * n].iter().zip(x).map(|(a, b)| a * b).sum()).collect();
-    let s = x.iter().map(|a| a * a).sum::<f64>() - projection.iter().map(|p| p * p).sum::<f64>();
-    (s.max(0.0), projection)
 }
 
 /// The `k` leading eigenvectors (rows, orthonormal) of `XᵀX` for `x` of `atoms` rows of `n`: orthogonal
@@ -161,7 +173,7 @@ mod tests {
             let noise: Vec<f64> = (0..n).map(|_| 1e-3 * rng.normal()).collect();
             x.extend([a + b + noise[0], a - b + noise[1], 0.5 * a + noise[2], noise[3], 2.0 * b + noise[4]]);
         }
-        let g = DomainGuard::fit(&[x.clone()], &[n], 2, 2.0, 0.1);
+        let g = DomainGuard::fit(&[x.clone()], &[n], 2, 8, 2.0, 0.1);
         assert!(g.check(&[n]).is_ok());
         for a in 0..200 {
             assert_eq!(g.energy(0, &x[a * n..(a + 1) * n], None), 0.0);

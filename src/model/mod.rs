@@ -179,9 +179,9 @@ impl Model {
         m.restandardise(structures, std_floor, keep)
     }
 
-    /// Fits the domain guard ([`domain_guard::DomainGuard`]) to the training structures `envs`, replacing any
+    /// Fits the domain guard ([`domain_guard::DomainGuard`]) to the training structures `frames`, replacing any
     /// earlier one; `strength = 0` removes it.
-    pub fn fit_domain_guard(&mut self, frames: &[Frame], components: usize, onset: f64, strength: f64) -> Result<()> {
+    pub fn fit_domain_guard(&mut self, frames: &[Frame], components: usize, sketch: usize, onset: f64, strength: f64) -> Result<()> {
         use rayon::prelude::*;
         self.atomic.networked_mut().domain_guard = None;
         if strength <= 0.0 {
@@ -194,7 +194,7 @@ impl Model {
         }
         let m = self.atomic.networked_mut();
         let n_inputs: Vec<usize> = m.networks.iter().map(crate::nn::Mlp::n_inputs).collect();
-        m.domain_guard = Some(domain_guard::DomainGuard::fit(&inputs, &n_inputs, components, onset, strength));
+        m.domain_guard = Some(domain_guard::DomainGuard::fit(&inputs, &n_inputs, components, sketch, onset, strength));
         Ok(())
     }
 

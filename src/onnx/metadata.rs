@@ -50,6 +50,8 @@ pub struct DomainGuardInfo {
     pub strength: f64,
     /// Principal directions per species that count as inside the domain.
     pub components: Vec<usize>,
+    /// Rows of the random sketch that measures the residual, per species.
+    pub sketch: Vec<usize>,
 }
 /// Prefix of every pilip key in `metadata_props`.
 pub const KEY_PREFIX: &str = "pilip.";
@@ -271,7 +273,7 @@ impl ModelMetadata {
         }
         self.repulsion_table()?;
         if let Some(g) = &self.domain_guard {
-            if g.components.len() != self.species.len() || !(g.onset.is_finite() && g.strength.is_finite() && g.onset >= 0.0 && g.strength >= 0.0) {
+            if g.components.len() != self.species.len() || g.sketch.len() != self.species.len() || !(g.onset.is_finite() && g.strength.is_finite() && g.onset >= 0.0 && g.strength >= 0.0) {
                 return Err(format!("domain_guard {g:?} does not fit {} species (finite onset and strength ≥ 0)", self.species.len()));
             }
         }

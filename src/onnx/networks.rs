@@ -21,15 +21,15 @@ pub struct NetworkWeights {
 }
 
 /// A species' domain guard as the graph computes it (`export::graph::guard_nodes`): x = G ⊙ mask − mean,
-/// r = x − (x Vᵀ) V, u = max(0, |r|² · inv_ref − onset), energy strength·u², gradient 4·strength·inv_ref·u·r ⊙ mask.
+/// p = M x, u = max(0, |p|² · inv_ref − onset), energy strength·u², gradient 4·strength·inv_ref·u·(Mᵀp) ⊙ mask.
 #[derive(Clone)]
 pub struct GuardWeights {
     /// 1/σ on the components the network reads, 0 elsewhere (F values).
     pub mask: Vec<f64>,
     /// μ ⊙ mask (F values).
     pub mean: Vec<f64>,
-    /// The directions, `[k][F]` row-major.
-    pub directions: Vec<f64>,
+    /// The sketch M, `[rows][F]` row-major.
+    pub sketch: Vec<f64>,
     /// 1 / (the largest training score).
     pub inv_ref: f64,
     /// Onset, in units of the largest training score.
@@ -50,14 +50,14 @@ fn lift_guard(graph: &GraphView, prefix: &str, n_features: usize) -> std::result
         }
     };
     let scalar = |name: &str| constant(name, Some(1)).map(|v| v[0]);
-    let directions = constant("V", None)?;
-    if n_features == 0 || directions.len() % n_features != 0 {
-        return Err(format!("'{prefix}guard_V' has {} values, not rows of {n_features}", directions.len()));
+    let sketch = constant("M", None)?;
+    if n_features == 0 || sketch.len() % n_features != 0 {
+        return Err(format!("'{prefix}guard_M' has {} values, not rows of {n_features}", sketch.len()));
     }
     Ok(GuardWeights {
         mask: constant("mask", Some(n_features))?,
         mean: constant("mean", Some(n_features))?,
-        directions,
+        sketch,
         inv_ref: scalar("inv_ref")?,
         onset: scalar("onset")?,
         strength: scalar("strength")?,

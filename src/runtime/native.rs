@@ -237,6 +237,44 @@ struct Layer<T> {
     b: Vec<T>,
 }
 
+/// A species' domain guard (`onnx::networks::GuardWeights`) on the network's gathered inputs: the sketch
+/// values p = M x are one more blocked product of the rows the first layer reads, with Mᵀ ⊙ mask as its
+/// weights and −M (mean) as its bias; the gradient is formed in f64, only for atoms past the onset.
+struct Guard<T> {
+    /// Mᵀ ⊙ mask on the read components, `[fp][rp]` (padded), and the bias −M·mean (`[rp]`).
+    w: Vec<T>,
+    b: Vec<T>,
+    padded: usize,
+    /// Per guarded component: its descriptor index, mask and masked mean.
+    cols: Vec<(usize, f64, f64)>,
+    /// M on the guarded components, `[rows][cols]` (f64, for the gradient).
+    sketch: Vec<f64>,
+    rows: usize,
+    inv_ref: f64,
+    onset: f64,
+    strength: f64,
+}
+
+impl<T: Real> Guard<T> {
+    /// The guard of `g` for a network reading `read` (descriptor indices, padded to `fp` rows).
+    fn new(g: &GuardWeights, read: &[usize], fp: usize, pad: impl Fn(usize) -> usize) -> Self {
+        let nf = g.mask.len();
+        let rows = g.sketch.len() / nf.max(1);
+        let padded = pad(rows);
+        let (mut w, mut b) = (vec![T::ZERO; fp * padded], vec![T::ZERO; padded]);
+        for j in 0..rows {
+            let m = &g.sketch[j * nf..(j + 1) * nf];
+            for (pos, &f) in read.iter().enumerate() {
+                w[pos * padded + j] = T::of(m[f] * g.mask[f]);
+            }
+            b[j] = T::of(-read.iter().map(|&f| m[f] * g.mean[f]).sum::<f64>());
+        }
+        let cols: Vec<(usize, f64, f64)> = read.iter().filter(|&&f| g.mask[f] != 0.0).map(|&f| (f, g.mask[f], g.mean[f])).collect();
+        let sketch = (0..rows).flat_map(|j| cols.iter().map(move |&(f, _, _)| g.sketch[j * nf + f])).collect();
+        Guard { w, b, padded, cols, sketch, rows, inv_ref: g.inv_ref, onset: g.onset, strength: g.strength }
+    }
+}
+
 /// One species' network in the graph's precision.
 struct Network<T> {
     /// The descriptor components the first layer reads, when its weights ignore some (all-zero rows of W₀, as
@@ -248,8 +286,8 @@ struct Network<T> {
     out_w: Vec<T>,
     /// scale·b_L.
     out_b: T,
-    /// The domain guard, evaluated in f64 after the network (`onnx::networks::GuardWeights`).
-    guard: Option<GuardWeights>,
+    /// The domain guard, evaluated with the network's gathered inputs.
+    guard: Option<Guard<T>>,
 }
 
 impl<T: Real> Network<T> {
@@ -257,7 +295,9 @@ impl<T: Real> Network<T> {
         let pad = |n: usize| n.div_ceil(nb) * nb;
         let (last, hidden) = lifted.layers.split_last().expect("lift returns at least two layers");
         let (w0, _, n_features, width) = &hidden[0];
-        let read: Vec<usize> = (0..*n_features).filter(|&i| w0[i * width..(i + 1) * width].iter().any(|&w| w != 0.0)).collect();
+        // the inputs of the first layer (and of a domain guard, which reads the same components)
+        let guarded = |i: usize| lifted.guard.as_ref().is_some_and(|g| g.mask[i] != 0.0);
+        let read: Vec<usize> = (0..*n_features).filter(|&i| w0[i * width..(i + 1) * width].iter().any(|&w| w != 0.0) || guarded(i)).collect();
         let reads = (!read.is_empty() && read.len() < *n_features).then_some(read);
         let hidden = hidden
             .iter()
@@ -287,34 +327,43 @@ impl<T: Real> Network<T> {
         for (o, &w) in out_w.iter_mut().zip(&last.0) {
             *o = T::of(w * lifted.scale);
         }
-        Network { reads, hidden, out_w, out_b: T::of(last.1[0] * lifted.scale), guard: lifted.guard.clone() }
+        let all: Vec<usize> = (0..*n_features).collect();
+        let fp = hidden[0].k;
+        let guard = lifted.guard.as_ref().map(|g| Guard::new(g, reads.as_deref().unwrap_or(&all), fp, pad));
+        Network { reads, hidden, out_w, out_b: T::of(last.1[0] * lifted.scale), guard }
     }
 
-    /// Adds the domain guard's energy and ∂E/∂G of the atoms `rows` (as the graph computes them);
-    /// `scratch` holds one atom's x and residual.
-    fn add_guard(&self, batch: &Batch, rows: &[usize], scratch: &mut Vec<f64>, energies: &mut [f64], gradients: &mut [f64]) {
+    /// Adds the domain guard's energy and ∂E/∂G of the atoms `rows` (as the graph computes them) from the
+    /// gathered inputs `s.x`: one blocked product gives every score; the gradient is formed (in f64, from the
+    /// sketch values recomputed in f64) only for the atoms past the onset, which MD inside the training domain
+    /// never has.
+    #[inline(always)]
+    fn add_guard<const FUSED: bool, const NB: usize>(&self, batch: &Batch, rows: &[usize], s: &mut Buffers<T>, energies: &mut [f64], gradients: &mut [f64]) {
         let Some(g) = &self.guard else { return };
-        let nf = batch.n_features;
-        scratch.resize(2 * nf, 0.0);
-        let (x, r) = scratch.split_at_mut(nf);
-        for &row in rows {
-            let feat = &batch.features[row * nf..(row + 1) * nf];
-            for i in 0..nf {
-                x[i] = feat[i] * g.mask[i] - g.mean[i];
-            }
-            r.copy_from_slice(x);
-            for v in g.directions.chunks_exact(nf) {
-                let p: f64 = v.iter().zip(x.iter()).map(|(a, b)| a * b).sum();
-                r.iter_mut().zip(v).for_each(|(ri, vi)| *ri -= p * vi);
-            }
-            let score: f64 = r.iter().map(|a| a * a).sum();
+        let (nf, fp, n) = (batch.n_features, self.hidden[0].k, g.cols.len());
+        let rp = rows.len().div_ceil(ROWS) * ROWS;
+        s.spare.resize(rp * g.padded, T::ZERO);
+        gemm::<T, FUSED, NB>(&s.x[..rp * fp], fp, &g.w, g.padded, Some(&g.b), &mut s.spare);
+        s.guard.resize(g.rows, 0.0);
+        for (&row, p) in rows.iter().zip(s.spare.chunks_exact(g.padded)) {
+            let score: f64 = p[..g.rows].iter().map(|a| a.to_f64() * a.to_f64()).sum();
             let u = (score * g.inv_ref - g.onset).max(0.0);
-            if u > 0.0 {
-                energies[row] += g.strength * u * u;
-                let c = 4.0 * g.strength * g.inv_ref * u;
-                let out = &mut gradients[row * nf..(row + 1) * nf];
-                for i in 0..nf {
-                    out[i] += c * r[i] * g.mask[i];
+            if u <= 0.0 {
+                continue;
+            }
+            // p again in f64, then E = κu², ∂E/∂G = (4κu / s_max) (Mᵀ p) ⊙ mask
+            let feat = &batch.features[row * nf..(row + 1) * nf];
+            for (pj, m) in s.guard.iter_mut().zip(g.sketch.chunks_exact(n)) {
+                *pj = m.iter().zip(&g.cols).map(|(m, &(f, mask, mean))| m * (feat[f] * mask - mean)).sum::<f64>();
+            }
+            let score: f64 = s.guard.iter().map(|a| a * a).sum();
+            let u = (score * g.inv_ref - g.onset).max(0.0);
+            energies[row] += g.strength * u * u;
+            let c = 4.0 * g.strength * g.inv_ref * u;
+            let out = &mut gradients[row * nf..(row + 1) * nf];
+            for (m, &pj) in g.sketch.chunks_exact(n).zip(s.guard.iter()) {
+                for (mv, &(f, mask, _)) in m.iter().zip(&g.cols) {
+                    out[f] += c * pj * mv * mask;
                 }
             }
         }
@@ -392,6 +441,7 @@ impl<T: Real> Network<T> {
                 }
             }
         }
+        self.add_guard::<FUSED, NB>(batch, rows, s, energies, gradients);
     }
 }
 
@@ -405,7 +455,7 @@ struct Buffers<T> {
     h: Vec<Vec<T>>,
     delta: Vec<T>,
     spare: Vec<T>,
-    /// One atom's domain-guard input and residual (f64).
+    /// The domain guard's inputs, projections and one residual (f64).
     guard: Vec<f64>,
 }
 
@@ -462,7 +512,6 @@ impl<T: Real> Engine for Native<T> {
                 16 => self.evaluate::<16>(network, batch, &rows, &mut s, energies, gradients),
                 _ => self.evaluate::<8>(network, batch, &rows, &mut s, energies, gradients),
             }
-            network.add_guard(batch, &rows, &mut s.guard, energies, gradients);
         }
         s.rows = rows;
         if let Ok(mut pool) = self.buffers.lock() {

@@ -287,7 +287,7 @@ fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
 /// whose reference energies are refitted to the training set (the data may come from another level of theory).
 fn continued_model(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
     // a guard belongs to the data it was fitted to; `finish` fits a new one if the config asks for it
-    model.fit_domain_guard(&[], 0, 1.0, 0.0)?;
+    model.fit_domain_guard(&[], 0, 0, 1.0, 0.0)?;
     let mut missing: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).filter(|&z| model.species_index(z).is_none()).collect();
     missing.sort_unstable();
     missing.dedup();
@@ -993,10 +993,10 @@ fn finish(cfg: &Config, model: &Model, splits: &Splits, run: &mut RunDir, st: &T
     let g = &cfg.domain_guard;
     if g.strength > 0.0 && run.best.exists() {
         let mut ck = Checkpoint::load(&run.best)?;
-        best.fit_domain_guard(&splits.train, g.components, g.onset, g.strength)?;
+        best.fit_domain_guard(&splits.train, g.components, g.sketch, g.onset, g.strength)?;
         ck.model = best.clone();
         ck.save(&run.best)?;
-        run.log(&format!("domain guard fitted to the {} training structures (strength {} eV, onset {}, {} components)", splits.train.len(), g.strength, g.onset, g.components));
+        run.log(&format!("domain guard fitted to the {} training structures (strength {} eV, onset {}, {} components, sketch of {} rows)", splits.train.len(), g.strength, g.onset, g.components, g.sketch));
     }
     let vp = metrics::predict_all(&best, &splits.valid)?;
     *valid = metrics::compute(&splits.valid, &vp);

@@ -183,7 +183,7 @@ pub fn guarded_cell_model() -> Model {
             f
         })
         .collect();
-    m.fit_domain_guard(&frames, 3, 1.0, 0.02).unwrap();
+    m.fit_domain_guard(&frames, 3, 8, 1.0, 0.002).unwrap();
     m
 }
 
