@@ -478,9 +478,7 @@ fn a_guarded_run_fits_its_guard_to_the_training_structures() {
     let c = far.numbers.iter().position(|&z| z != 1).unwrap();
     let bond: Vec<f64> = (0..3).map(|a| far.positions[h][a] - far.positions[c][a]).collect();
     let length = bond.iter().map(|x| x * x).sum::<f64>().sqrt();
-    for a in 0..3 {
-        far.positions[h][a] += 0.6 * bond[a] / length;
-    }
+    far.positions[h].iter_mut().zip(&bond).for_each(|(x, b)| *x += 0.6 * b / length);
     let penalty = guarded.predict_frame(&far).unwrap().energy - plain.predict_frame(&far).unwrap().energy;
     assert!(penalty > 1e-3, "guard penalty {penalty} eV");
     let log = std::fs::read_to_string(dir.join("train.log")).unwrap();

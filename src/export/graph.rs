@@ -112,7 +112,7 @@ fn guard_nodes(b: &mut Builder, ps: &PowerSpectrumModel, g: &DomainGuard, s: usi
         None => (0..nf).collect(),
     };
     let n = kept.len();
-    let rows = if n == 0 { 0 } else { g.sketch[s].len() / n };
+    let rows = g.sketch[s].len().checked_div(n).unwrap_or(0);
     let mut mask = vec![0.0; nf];
     for &f in &kept {
         mask[f] = 1.0 / ps.feature_std[s][f];

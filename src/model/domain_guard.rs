@@ -40,11 +40,11 @@ impl DomainGuard {
     pub fn fit(inputs: &[Vec<f64>], n_inputs: &[usize], components: usize, sketch_rows: usize, onset: f64, strength: f64) -> Self {
         let mut guard = DomainGuard { onset, strength, sketch: Vec::new(), components: Vec::new(), reference: Vec::new() };
         for (s, (x, &n)) in inputs.iter().zip(n_inputs).enumerate() {
-            let atoms = if n == 0 { 0 } else { x.len() / n };
+            let atoms = x.len().checked_div(n).unwrap_or(0);
             let k = components.min(n / 2).min(atoms);
             let v = leading_directions(x, atoms, n, k);
             // M = S − (S Vᵀ) V
-            let mut rng = crate::rng::Rng::new(0x5eed_0f_9a4d ^ s as u64);
+            let mut rng = crate::rng::Rng::new(0x5eed_0f9a_4d00 ^ s as u64);
             let norm = 1.0 / (sketch_rows.max(1) as f64).sqrt();
             let mut m: Vec<f64> = (0..sketch_rows * n).map(|_| norm * rng.normal()).collect();
             if k > 0 {
@@ -98,7 +98,7 @@ impl DomainGuard {
             if n > 0 && m.len() % n != 0 {
                 return Err(format!("domain guard sketch of species {s}: {} values are not rows of {n} inputs", m.len()));
             }
-            if !(self.reference[s] > 0.0) || m.iter().any(|x| !x.is_finite()) {
+            if self.reference[s].is_nan() || self.reference[s] <= 0.0 || m.iter().any(|x| !x.is_finite()) {
                 return Err(format!("domain guard of species {s}: reference {} must be > 0 and the sketch finite", self.reference[s]));
             }
         }
@@ -119,7 +119,7 @@ fn leading_directions(x: &[f64], atoms: usize, n: usize, k: usize) -> Vec<f64> {
     let mut c = vec![0.0; n * n];
     crate::linalg::gemm(n, atoms, n, x, true, x, false, 0.0, &mut c);
     // start: a deterministic pseudo-random basis
-    let mut rng = crate::rng::Rng::new(0x5eed_0f_9a4d);
+    let mut rng = crate::rng::Rng::new(0x5eed_0f9a_4d00);
     let mut q: Vec<f64> = (0..k * n).map(|_| rng.normal()).collect();
     orthonormalise(&mut q, k, n);
     let mut z = vec![0.0; k * n];

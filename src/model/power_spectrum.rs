@@ -181,6 +181,10 @@ impl InputMap<'_> {
     }
 }
 
+/// One network pass over a task's rows: outputs, input gradients and first-layer pre-activations
+/// ([`Mlp::forward_with_input_grad_in`]).
+type NetworkPass<T> = (Vec<T>, Vec<T>, Vec<T>);
+
 /// Splits a batch's atoms into network passes: per species, its atoms of all structures in order, cut into
 /// near-equal pieces of at most [`ROWS_PER_TASK`]. A structure has only a few atoms of an element, and training is
 /// bound by reading each network's first layer (features × width), so passes over many structures' atoms are
@@ -343,7 +347,7 @@ impl PowerSpectrumModel {
     ) -> (AtomicResults, Vec<Vec<T>>) {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
         let maps: Vec<InputMap> = (0..self.networks.len()).map(|s| self.input_map(s)).collect();
-        let outputs: Vec<((Vec<T>, Vec<T>, Vec<T>), Vec<f64>)> = tasks
+        let outputs: Vec<(NetworkPass<T>, Vec<f64>)> = tasks
             .par_iter()
             .map(|t| {
                 let x = self.standardised(&maps[t.species], t, |p| items[p].1);

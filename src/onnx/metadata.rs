@@ -344,6 +344,7 @@ pub fn describe(m: &ModelMetadata) -> String {
          descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}{}{}, {} features\n\
          network dtype:      {}\n\
          repulsion:          {}\n\
+         domain guard:       {}\n\
          graph checksum:     {}",
         m.format_version,
         m.library_version,
@@ -381,6 +382,10 @@ pub fn describe(m: &ModelMetadata) -> String {
                 .collect();
             format!("ZBL, switched off between {}", pairs.join(", "))
         }),
+        m.domain_guard.as_ref().map_or("none".to_string(), |g| format!(
+            "{} eV × (s/s_max − {})² past the onset; {:?} principal directions, sketches of {:?} rows",
+            g.strength, g.onset, g.components, g.sketch
+        )),
         m.checksum
     )
 }
