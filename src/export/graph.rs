@@ -232,7 +232,7 @@ fn power_spectrum_graph(model: &Model, ps: &PowerSpectrumModel, dtype: Dtype) ->
         }
         let scale = b.constant(&p("scale"), &[], &[model.energy_scale]);
         let mut scaled = b.node("Mul", &[&h, &scale], &p("scaled"));
-        let guard = ps.domain_guard.as_ref().map(|g| guard_nodes(&mut b, ps, g, s, &g_name, &p));
+        let guard = ps.domain_guard.as_ref().filter(|g| !g.sketch[s].is_empty()).map(|g| guard_nodes(&mut b, ps, g, s, &g_name, &p));
         if let Some((energy, _)) = &guard {
             scaled = b.node("Add", &[&scaled, energy], &p("scaled_guarded"));
         }

@@ -16,6 +16,9 @@
 
 use serde::{Deserialize, Serialize};
 
+/// Training atoms an element needs per principal direction for a guard (fewer: its atoms get none).
+pub const MIN_ATOMS_PER_DIRECTION: usize = 4;
+
 /// The fitted guard of a descriptor-and-networks model (per species, in its network's input order).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DomainGuard {
@@ -35,13 +38,17 @@ pub struct DomainGuard {
 impl DomainGuard {
     /// Fits the guard to the standardised network inputs of each species' training atoms (`inputs[s]`,
     /// `[atoms][n_inputs[s]]` row-major): the `components` leading principal directions (at most half the
-    /// inputs) by orthogonal iteration on the uncentred second-moment matrix (the standardisation has centred
+    /// inputs; none, and no sketch, for an element with fewer than [`MIN_ATOMS_PER_DIRECTION`] × `components`
+    /// atoms) by orthogonal iteration on the uncentred second-moment matrix (the standardisation has centred
     /// the inputs), the sketch of `sketch_rows` rows (a fixed seed), then the largest score.
     pub fn fit(inputs: &[Vec<f64>], n_inputs: &[usize], components: usize, sketch_rows: usize, onset: f64, strength: f64) -> Self {
         let mut guard = DomainGuard { onset, strength, sketch: Vec::new(), components: Vec::new(), reference: Vec::new() };
         for (s, (x, &n)) in inputs.iter().zip(n_inputs).enumerate() {
             let atoms = x.len().checked_div(n).unwrap_or(0);
-            let k = components.min(n / 2).min(atoms);
+            // an element needs many more atoms than directions: with few, the directions span the atoms
+            // themselves, their residuals vanish and s_max says nothing about the next atom; it gets no guard
+            let k = if atoms >= MIN_ATOMS_PER_DIRECTION * components { components.min(n / 2) } else { 0 };
+            let sketch_rows = if k == 0 { 0 } else { sketch_rows };
             let v = leading_directions(x, atoms, n, k);
             // M = S − (S Vᵀ) V
             let mut rng = crate::rng::Rng::new(0x5eed_0f9a_4d00 ^ s as u64);
@@ -192,5 +199,9 @@ mod tests {
             let fd = (g.energy(0, &a, None) - g.energy(0, &b, None)) / (2.0 * h);
             assert!((fd - grad[i]).abs() <= 1e-5 * (1.0 + fd.abs()), "component {i}: {fd} vs {}", grad[i]);
         }
+        // too few atoms for two directions (7 < 4 × 2): no guard for the element, whatever the input
+        let few = DomainGuard::fit(&[x[..7 * n].to_vec()], &[n], 2, 8, 2.0, 0.1);
+        assert!(few.sketch[0].is_empty() && few.components[0] == 0);
+        assert_eq!(few.energy(0, &p, None), 0.0);
     }
 }

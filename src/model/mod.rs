@@ -194,8 +194,14 @@ impl Model {
         }
         let m = self.atomic.networked_mut();
         let n_inputs: Vec<usize> = m.networks.iter().map(crate::nn::Mlp::n_inputs).collect();
-        m.domain_guard = Some(domain_guard::DomainGuard::fit(&inputs, &n_inputs, components, sketch, onset, strength));
+        let guard = domain_guard::DomainGuard::fit(&inputs, &n_inputs, components, sketch, onset, strength);
+        m.domain_guard = guard.sketch.iter().any(|s| !s.is_empty()).then_some(guard);
         Ok(())
+    }
+
+    /// The domain guard, if the model has one.
+    pub fn domain_guard(&self) -> Option<&domain_guard::DomainGuard> {
+        self.atomic.networked().domain_guard.as_ref()
     }
 
     /// The model's family.

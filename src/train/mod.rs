@@ -996,7 +996,17 @@ fn finish(cfg: &Config, model: &Model, splits: &Splits, run: &mut RunDir, st: &T
         best.fit_domain_guard(&splits.train, g.components, g.sketch, g.onset, g.strength)?;
         ck.model = best.clone();
         ck.save(&run.best)?;
-        run.log(&format!("domain guard fitted to the {} training structures (strength {} eV, onset {}, {} components, sketch of {} rows)", splits.train.len(), g.strength, g.onset, g.components, g.sketch));
+        let line = match best.domain_guard() {
+            Some(fitted) => format!(
+                "domain guard fitted to the {} training structures (strength {} eV, onset {}, sketch of {} rows; principal directions per element {:?}: an element with fewer than {} × {} atoms gets none)",
+                splits.train.len(), g.strength, g.onset, g.sketch, fitted.components, crate::model::domain_guard::MIN_ATOMS_PER_DIRECTION, g.components
+            ),
+            None => format!(
+                "no domain guard: every element has fewer than {} × {} training atoms",
+                crate::model::domain_guard::MIN_ATOMS_PER_DIRECTION, g.components
+            ),
+        };
+        run.log(&line);
     }
     let vp = metrics::predict_all(&best, &splits.valid)?;
     *valid = metrics::compute(&splits.valid, &vp);

@@ -176,7 +176,7 @@ pub fn repulsive_cell_model() -> Model {
 pub fn guarded_cell_model() -> Model {
     let mut m = cell_model();
     let mut rng = Rng::new(21);
-    let frames: Vec<Frame> = (0..6)
+    let frames: Vec<Frame> = (0..12)
         .map(|_| {
             let mut f = pilip::frame::strained(&triclinic_cell(), 0, 0, 0.1);
             f.positions.iter_mut().flatten().for_each(|x| *x += 0.003 * rng.normal());
