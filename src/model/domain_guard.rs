@@ -61,26 +61,18 @@ impl DomainGuard {
                 crate::linalg::gemm(sketch_rows, k, n, &sv, false, &v, false, -1.0, &mut m);
                 m.iter_mut().for_each(|a| *a = -*a);
             }
+            let s_max = (0..atoms).map(|a| score(&m, &x[a * n..(a + 1) * n]).0).fold(0.0f64, f64::max);
             guard.sketch.push(m);
             guard.components.push(k);
-            guard.reference.push(1.0);
-            let s_max = (0..atoms).map(|a| guard.score(s, &x[a * n..(a + 1) * n]).0).fold(0.0f64, f64::max);
-            guard.reference[s] = if s_max > 0.0 { s_max } else { 1.0 };
+            guard.reference.push(if s_max > 0.0 { s_max } else { 1.0 });
         }
         guard
-    }
-
-    /// The score |M x|² of one atom of species `s` and the sketch values M x.
-    fn score(&self, s: usize, x: &[f64]) -> (f64, Vec<f64>) {
-        let n = x.len().max(1);
-        let p: Vec<f64> = self.sketch[s].chunks_exact(n).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect();
-        (p.iter().map(|v| v * v).sum(), p)
     }
 
     /// The penalty (eV) of one atom of species `s` with network inputs `x`, and, if `grad` is given, its
     /// gradient with respect to `x` added into `grad`.
     pub fn energy(&self, s: usize, x: &[f64], grad: Option<&mut [f64]>) -> f64 {
-        let (score, p) = self.score(s, x);
+        let (score, p) = score(&self.sketch[s], x);
         let excess = score / self.reference[s] - self.onset;
         if excess <= 0.0 {
             return 0.0;
@@ -114,6 +106,12 @@ impl DomainGuard {
         }
         Ok(())
     }
+}
+
+/// The score |M x|² of one atom with inputs `x` under the sketch `m` (`[rows][x.len()]`), and the sketch values M x.
+fn score(m: &[f64], x: &[f64]) -> (f64, Vec<f64>) {
+    let p: Vec<f64> = m.chunks_exact(x.len().max(1)).map(|row| row.iter().zip(x).map(|(a, b)| a * b).sum()).collect();
+    (p.iter().map(|v| v * v).sum(), p)
 }
 
 /// The `k` leading eigenvectors (rows, orthonormal) of `XᵀX` for `x` of `atoms` rows of `n`: orthogonal

@@ -241,7 +241,7 @@ struct Layer<T> {
 /// values p = M x are one more blocked product of the rows the first layer reads, with Mᵀ ⊙ mask as its
 /// weights and −M (mean) as its bias; the gradient is formed in f64, only for atoms past the onset.
 struct Guard<T> {
-    /// Mᵀ ⊙ mask on the read components, `[fp][rp]` (padded), and the bias −M·mean (`[rp]`).
+    /// Mᵀ ⊙ mask on the read components, `[fp][padded]`, and the bias −M·mean (`[padded]`).
     w: Vec<T>,
     b: Vec<T>,
     padded: usize,

@@ -13,6 +13,7 @@ pub mod env_cache;
 pub mod loss;
 pub mod optim;
 
+use crate::model::domain_guard::MIN_ATOMS_PER_DIRECTION;
 use crate::io::write_atomically;
 use crate::config::{Config, LossConfig, Optimizer, Precision, RepulsionKind, StoppingMetric, TrainingConfig};
 use crate::dataset::{self, Splits};
@@ -988,23 +989,20 @@ fn validate(
 
 /// After the last epoch: validation and test metrics of the best model (`test_metrics.json`).
 fn finish(cfg: &Config, model: &Model, splits: &Splits, run: &mut RunDir, st: &TrainState, valid: &mut Metrics) -> Result<Option<Metrics>> {
-    let mut best = if run.best.exists() { Checkpoint::load(&run.best)?.model } else { model.clone() };
+    let mut checkpoint = if run.best.exists() { Some(Checkpoint::load(&run.best)?) } else { None };
+    let mut best = checkpoint.as_ref().map_or_else(|| model.clone(), |ck| ck.model.clone());
     best.set_training_precision(false);
     let g = &cfg.domain_guard;
-    if g.strength > 0.0 && run.best.exists() {
-        let mut ck = Checkpoint::load(&run.best)?;
+    if let (true, Some(ck)) = (g.strength > 0.0, checkpoint.as_mut()) {
         best.fit_domain_guard(&splits.train, g.components, g.sketch, g.onset, g.strength)?;
         ck.model = best.clone();
         ck.save(&run.best)?;
         let line = match best.domain_guard() {
             Some(fitted) => format!(
                 "domain guard fitted to the {} training structures (strength {} eV, onset {}, sketch of {} rows; principal directions per element {:?}: an element with fewer than {} × {} atoms gets none)",
-                splits.train.len(), g.strength, g.onset, g.sketch, fitted.components, crate::model::domain_guard::MIN_ATOMS_PER_DIRECTION, g.components
+                splits.train.len(), g.strength, g.onset, g.sketch, fitted.components, MIN_ATOMS_PER_DIRECTION, g.components
             ),
-            None => format!(
-                "no domain guard: every element has fewer than {} × {} training atoms",
-                crate::model::domain_guard::MIN_ATOMS_PER_DIRECTION, g.components
-            ),
+            None => format!("no domain guard: every element has fewer than {MIN_ATOMS_PER_DIRECTION} × {} training atoms", g.components),
         };
         run.log(&line);
     }
