@@ -372,10 +372,10 @@ impl PowerSpectrumModel {
     }
 
     /// The domain guard's energy (eV) of each of `rows` atoms of species `s` with network inputs `x`
-    /// (`[rows][inputs]`; empty without a guard); with `dx`, the network-input gradient in units of the networks'
-    /// output (× 1/`scale`), it adds the guard's gradient there.
+    /// (`[rows][inputs]`; empty without a guard for the species); with `dx`, the network-input gradient in units of
+    /// the networks' output (× 1/`scale`), it adds the guard's gradient there.
     fn guard_energies<T: Real>(&self, s: usize, x: &[T], rows: usize, mut dx: Option<&mut Vec<T>>, scale: f64) -> Vec<f64> {
-        let Some(guard) = &self.domain_guard else { return Vec::new() };
+        let Some(guard) = self.domain_guard.as_ref().filter(|g| !g.sketch[s].is_empty()) else { return Vec::new() };
         let n = self.networks[s].n_inputs();
         let mut grad = vec![0.0; n];
         (0..rows)
