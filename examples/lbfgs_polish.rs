@@ -149,13 +149,14 @@ fn main() -> Res<()> {
             t *= 0.3;
         }
         let Some((xn, fnew, gnew)) = accepted else {
-            println!("iter {iter}: line search failed; history cleared");
             model.set_params(&x);
-            s_hist.clear();
-            y_hist.clear();
-            if iter > 3 && s_hist.is_empty() {
+            if s_hist.is_empty() {
+                println!("iter {iter}: line search failed along steepest descent; stopping");
                 break;
             }
+            println!("iter {iter}: line search failed; history cleared");
+            s_hist.clear();
+            y_hist.clear();
             continue;
         };
         let s: Vec<f64> = xn.iter().zip(&x).map(|(a, b)| a - b).collect();
@@ -171,7 +172,7 @@ fn main() -> Res<()> {
         x = xn;
         f = fnew;
         g = gnew;
-        if iter % eval_every == 0 {
+        if iter.is_multiple_of(eval_every) {
             println!("iter {iter} evals {} loss {f:.6e} step {t:.2e} |g| {:.3e}", obj.evals, dot(&g, &g).sqrt());
             report(&format!("iter {iter}"), &model, &splits, started)?;
         }
