@@ -72,11 +72,12 @@ fn report(tag: &str, model: &Model, splits: &dataset::Splits, started: std::time
 
 fn main() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let run = args.first().ok_or("usage: lbfgs_polish RUN_DIR [--minutes M] [--history m] [--eval-every k] [--f64]")?;
+    let run = args.first().ok_or("usage: lbfgs_polish RUN_DIR [--minutes M] [--history m] [--eval-every k] [--f64] [--diagnose]")?;
     let mut minutes = 6.0;
     let mut history = 20usize;
     let mut eval_every = 25usize;
     let mut f64_mode = false;
+    let mut diagnosis = false;
     let mut it = args[1..].iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -84,22 +85,19 @@ fn main() -> Res<()> {
             "--history" => history = it.next().ok_or("--history needs a value")?.parse()?,
             "--eval-every" => eval_every = it.next().ok_or("--eval-every needs a value")?.parse()?,
             "--f64" => f64_mode = true,
-            "--diagnose" => {}
+            "--diagnose" => diagnosis = true,
             _ => return Err(format!("unknown option {a}").into()),
         }
     }
     let ck = Checkpoint::load(&std::path::Path::new(run).join("checkpoints/best.ckpt"))?;
     let cfg = ck.config.clone();
     let splits = dataset::load(&cfg.data)?;
-    let mut model = ck.model.clone();
-    if model.domain_guard().is_some() && !args.iter().any(|a| a == "--diagnose") {
-        model.fit_domain_guard(&splits.train, 128, 32, 4.0, 0.0)?; // a guard of zero strength: the bare networks
+    if diagnosis {
+        return diagnose(&ck.model, &splits);
     }
+    let mut model = without_guard(&ck.model)?;
     model.set_training_precision(!f64_mode && cfg.training.precision == pilip::config::Precision::F32);
     let started = std::time::Instant::now();
-    if args.iter().any(|a| a == "--diagnose") {
-        return diagnose(&model, &splits);
-    }
     report("start", &model, &splits, started)?;
     let mut obj = Objective { train: &splits.train, cache: EnvCache::new(splits.train.len()), cfg: &cfg, evals: 0 };
     let mut x = model.params();
@@ -183,24 +181,30 @@ fn main() -> Res<()> {
     Ok(())
 }
 
+/// `model`'s networks without its domain guard (a fit of strength 0 removes it).
+fn without_guard(model: &Model) -> Res<Model> {
+    let mut bare = model.clone();
+    bare.fit_domain_guard(&[], 0, 0, 0.0, 0.0)?;
+    Ok(bare)
+}
+
 /// The test structures with the largest force errors, with the model's domain guard and without it.
 fn diagnose(model: &Model, splits: &dataset::Splits) -> Res<()> {
     let mut m = model.clone();
     m.set_training_precision(false);
-    let mut bare = m.clone();
-    bare.fit_domain_guard(&splits.train, 128, 32, 4.0, 0.0)?;
-    let per = |m: &Model| -> Res<Vec<f64>> {
-        let p = metrics::predict_all(m, &splits.test)?;
-        Ok(splits.test.iter().zip(&p).map(|(f, p)| {
-            let r = f.forces.as_ref().unwrap();
-            r.iter().zip(&p.forces).map(|(a, b)| (0..3).map(|k| (a[k] - b[k]).abs()).sum::<f64>()).sum::<f64>() / (3 * r.len()) as f64 * 1e3
-        }).collect())
+    let bare = without_guard(&m)?;
+    let (pa, pb) = (metrics::predict_all(&m, &splits.test)?, metrics::predict_all(&bare, &splits.test)?);
+    // per test structure: force MAE (meV/Å) of each model
+    let mae = |p: &[pilip::Prediction]| -> Res<Vec<f64>> {
+        splits.test.iter().zip(p).enumerate().map(|(i, (f, p))| {
+            let r = f.forces.as_ref().ok_or_else(|| format!("test structure {i} has no reference forces"))?;
+            let sum: f64 = r.iter().zip(&p.forces).map(|(a, b)| (0..3).map(|k| (a[k] - b[k]).abs()).sum::<f64>()).sum();
+            Ok(sum / (3 * r.len()) as f64 * 1e3)
+        }).collect()
     };
-    let (a, b) = (per(&m)?, per(&bare)?);
+    let (a, b) = (mae(&pa)?, mae(&pb)?);
     let mut idx: Vec<usize> = (0..a.len()).collect();
     idx.sort_by(|&i, &j| a[j].total_cmp(&a[i]));
-    let pa = metrics::predict_all(&m, &splits.test)?;
-    let pb = metrics::predict_all(&bare, &splits.test)?;
     let strength = m.domain_guard().map_or(0.0, |g| g.strength);
     let onset = m.domain_guard().map_or(0.0, |g| g.onset);
     for &i in idx.iter().take(8) {
