@@ -356,18 +356,30 @@ impl PowerSpectrumModel {
                 ((out, dx, z0), guard)
             })
             .collect();
-        let mut atomic: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms]).collect();
-        let mut de_dg: Vec<Vec<f64>> = items.iter().map(|(_, d)| vec![0.0; d.n_atoms * d.n_features]).collect();
-        for (t, ((out, dx, _), guard)) in tasks.iter().zip(&outputs) {
-            let s = t.species;
-            let (nf, ni) = (self.feature_std[s].len(), self.networks[s].n_inputs());
+        // each structure's rows of the network passes: its atomic energies and ∂E/∂G, then its VJP, structure by
+        // structure on the pool's threads (each row is written by its own structure only)
+        let mut rows_of: Vec<Vec<(usize, usize, usize)>> = vec![Vec::new(); items.len()];
+        for (j, t) in tasks.iter().enumerate() {
             for (k, &(p, i)) in t.rows.iter().enumerate() {
-                atomic[p][i] = e0[s] + scale * out[k].f64() + guard.get(k).copied().unwrap_or(0.0);
-                maps[s].scatter(&dx[k * ni..(k + 1) * ni], scale, 0, &mut de_dg[p][i * nf..(i + 1) * nf]);
+                rows_of[p].push((j, k, i));
             }
         }
         let descriptor = self.descriptor();
-        let results = atomic.into_par_iter().zip(de_dg).zip(items).map(|((a, g), (_, d))| (a, descriptor.vjp(d, &g))).collect();
+        let results = items
+            .par_iter()
+            .zip(rows_of)
+            .map(|((_, d), rows)| {
+                let (mut atomic, mut de_dg) = (vec![0.0; d.n_atoms], vec![0.0; d.n_atoms * d.n_features]);
+                for (j, k, i) in rows {
+                    let (s, ((out, dx, _), guard)) = (tasks[j].species, &outputs[j]);
+                    let (nf, ni) = (self.feature_std[s].len(), self.networks[s].n_inputs());
+                    atomic[i] = e0[s] + scale * out[k].f64() + guard.get(k).copied().unwrap_or(0.0);
+                    maps[s].scatter(&dx[k * ni..(k + 1) * ni], scale, 0, &mut de_dg[i * nf..(i + 1) * nf]);
+                }
+                let grads = descriptor.vjp(d, &de_dg);
+                (atomic, grads)
+            })
+            .collect();
         (results, outputs.into_iter().map(|((_, _, z0), _)| z0).collect())
     }
 
