@@ -504,6 +504,12 @@ impl Config {
                 *p = base.join(&*p);
             }
         };
+        // An empty path is no file: how `--set data.test_file=""` takes out a file the config names.
+        for p in [&mut cfg.data.valid_file, &mut cfg.data.test_file, &mut cfg.model.init, &mut cfg.model.base] {
+            if p.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+                *p = None;
+            }
+        }
         rebase(&mut cfg.data.file);
         if let Some(p) = cfg.data.valid_file.as_mut() {
             rebase(p);
@@ -715,6 +721,16 @@ mod tests {
             (Split::Contiguous, Penalty::Huber, Optimizer::Adam, Schedule::Constant, StoppingMetric::ValForcesRmse)
         );
         assert!(c.to_toml().contains("split = \"contiguous\"") && c.to_toml().contains("optimizer = \"adam\""));
+    }
+
+    /// `--set data.test_file=""` takes out the test file a config names (a split of `file` then holds the test set).
+    #[test]
+    fn an_empty_path_is_no_file() {
+        let p = config_file("cfg_empty", "[data]\nfile = \"x.xyz\"\ntest_file = \"t.xyz\"\n[model]\ninit = \"a.ckpt\"\n");
+        let c = Config::load(&p, &[]).unwrap();
+        assert_eq!((c.data.test_file.as_deref(), c.model.init.as_deref()), (Some(Path::new("t.xyz")), Some(Path::new("a.ckpt"))));
+        let c = Config::load(&p, &["data.test_file=\"\"".into(), "model.init=\"\"".into(), "data.valid_file=\"\"".into()]).unwrap();
+        assert_eq!((c.data.test_file, c.data.valid_file, c.model.init), (None, None, None));
     }
 
     #[test]
