@@ -219,8 +219,8 @@ fn a_batch_is_the_sum_of_its_structures() {
         for (env, got) in envs.iter().zip(&together) {
             assert_same_prediction(got, &model.predict(env), 1e-10, "batch vs one");
         }
-        // the gradient after a prediction at the same structures reuses its network inputs and first-layer products; for another
-        // list of configurations (here the same in reverse order) the kept products are ignored
+        // the gradient after a prediction at the same structures reuses its network inputs and first-layer
+        // products; for another list of configurations (here the same in reverse order) they are ignored
         let (_, forward) = model.predict_batch_keeping(&envs.iter().collect::<Vec<_>>());
         let mut reused = vec![0.0; model.n_params()];
         model.accumulate_param_grad_after(&primitives, &mut reused, &forward);

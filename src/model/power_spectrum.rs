@@ -670,7 +670,7 @@ impl PowerSpectrumModel {
         // (rows of configurations without one get u = 0 and b = 0)
         let tangent = t.rows.iter().any(|&(p, _)| tangents[p].0.is_some());
         let map = self.input_map(s);
-        let mut xu: Vec<T> = match kept {
+        let mut xu: Vec<T> = match kept.filter(|(x, _)| x.len() == n * ni) {
             Some((x, _)) => {
                 let mut xu = Vec::with_capacity(if tangent { 2 * x.len() } else { x.len() });
                 xu.extend_from_slice(x);
