@@ -354,6 +354,12 @@ pub struct TrainingConfig {
     pub clip_grad_norm: f64,
     /// Exponential moving average of the weights used for validation and the best checkpoint; 0 = off.
     pub ema_decay: f64,
+    /// The first-layer preconditioner (`train::precondition`): per element, the directions of the standardised
+    /// network inputs whose variance over the training atoms exceeds this are scaled to it in the optimiser's
+    /// coordinates; 0 = off.
+    pub precondition_variance: f64,
+    /// At most this many such directions per element.
+    pub precondition_directions: usize,
     /// Metric for early stopping, plateau and `best`: val_loss, val_energy_rmse, val_forces_rmse, val_stress_rmse.
     pub early_stopping_metric: StoppingMetric,
     /// Epochs without improvement before training stops.
@@ -397,6 +403,8 @@ impl Default for TrainingConfig {
             plateau_factor: 0.5,
             clip_grad_norm: 100.0,
             ema_decay: 0.0,
+            precondition_variance: 0.1,
+            precondition_directions: 64,
             early_stopping_metric: StoppingMetric::ValLoss,
             patience: 40,
             min_delta: 0.0,
@@ -625,6 +633,9 @@ impl Config {
         }
         if !(self.training.max_minutes.is_finite() && self.training.max_minutes >= 0.0) {
             return bad(format!("training.max_minutes must be a number of minutes >= 0 (0 = no budget), got {}", self.training.max_minutes));
+        }
+        if !(self.training.precondition_variance.is_finite() && self.training.precondition_variance >= 0.0) {
+            return bad(format!("training.precondition_variance must be a number >= 0 (0 = off), got {}", self.training.precondition_variance));
         }
         if !(0.0..1.0).contains(&self.training.ema_decay) {
             return bad(format!("training.ema_decay must be in [0, 1), got {}", self.training.ema_decay));

@@ -182,21 +182,43 @@ impl Model {
     /// Fits the domain guard ([`domain_guard::DomainGuard`]) to the training structures `frames`, replacing any
     /// earlier one; `strength = 0` removes it.
     pub fn fit_domain_guard(&mut self, frames: &[Frame], components: usize, sketch: usize, onset: f64, strength: f64) -> Result<()> {
-        use rayon::prelude::*;
         self.atomic.networked_mut().domain_guard = None;
         if strength <= 0.0 {
             return Ok(());
         }
-        let mut inputs = vec![Vec::new(); self.species.len()];
-        for chunk in frames.chunks(64) {
-            let envs = chunk.par_iter().map(|f| self.frame_environments(f)).collect::<Result<Vec<_>>>()?;
-            self.atomic.networked().push_network_inputs(envs.iter().map(Environments::network_input), &mut inputs);
-        }
+        let inputs = self.network_inputs(frames)?;
         let m = self.atomic.networked_mut();
         let n_inputs: Vec<usize> = m.networks.iter().map(crate::nn::Mlp::n_inputs).collect();
         let guard = domain_guard::DomainGuard::fit(&inputs, &n_inputs, components, sketch, onset, strength);
         m.domain_guard = guard.sketch.iter().any(|s| !s.is_empty()).then_some(guard);
         Ok(())
+    }
+
+    /// Per species, the standardised network inputs of every atom of `frames` (`[atoms][inputs]`, row-major).
+    pub fn network_inputs(&self, frames: &[Frame]) -> Result<Vec<Vec<f64>>> {
+        use rayon::prelude::*;
+        let mut inputs = vec![Vec::new(); self.species.len()];
+        for chunk in frames.chunks(64) {
+            let envs = chunk.par_iter().map(|f| self.frame_environments(f)).collect::<Result<Vec<_>>>()?;
+            self.atomic.networked().push_network_inputs(envs.iter().map(Environments::network_input), &mut inputs);
+        }
+        Ok(inputs)
+    }
+
+    /// Where each species' first-layer weights sit in [`Model::params`]: `(offset, inputs, width)`; the weights
+    /// are row-major `[inputs][width]`.
+    pub fn first_layers(&self) -> Vec<(usize, usize, usize)> {
+        let mut offset = 0;
+        self.atomic
+            .networked()
+            .networks
+            .iter()
+            .map(|n| {
+                let layer = (offset, n.sizes[0], n.sizes[1]);
+                offset += n.n_params();
+                layer
+            })
+            .collect()
     }
 
     /// The domain guard, if the model has one.

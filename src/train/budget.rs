@@ -24,6 +24,7 @@ pub(super) struct Rehearsal<'a> {
     pub(super) cfg: &'a Config,
     pub(super) anchor: Option<&'a [f64]>,
     pub(super) trainable: Option<&'a [bool]>,
+    pub(super) precondition: Option<&'a super::FirstLayerPreconditioner>,
     pub(super) last: &'a Path,
     pub(super) cache: &'a super::EnvCache,
 }
@@ -47,7 +48,7 @@ pub(super) fn epochs_within_budget(r: &Rehearsal, started: Instant) -> Result<(u
     let mut steps = |n: usize| -> Result<f64> {
         let clock = Instant::now();
         let frames = &r.splits.train[..(n * bs).min(r.splits.train.len())];
-        run_epoch(&mut model, &mut st, frames, r.cache, r.cfg, r.anchor, r.trainable, None, r.last)?;
+        run_epoch(&mut model, &mut st, frames, r.cache, r.cfg, r.anchor, r.trainable, r.precondition, None, r.last)?;
         Ok(clock.elapsed().as_secs_f64() / batches_per_epoch(frames.len(), t.batch_size).max(1) as f64)
     };
     // the same structures twice: the first pass fills the environment cache (as the first epoch will), the

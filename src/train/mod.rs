@@ -12,6 +12,7 @@ pub mod curvature;
 pub mod env_cache;
 pub mod loss;
 pub mod optim;
+pub mod precondition;
 
 use crate::model::domain_guard::MIN_ATOMS_PER_DIRECTION;
 use crate::io::write_atomically;
@@ -30,6 +31,7 @@ use env_cache::{Env, EnvCache};
 use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
 use optim::{Adam, Schedule};
+use precondition::FirstLayerPreconditioner;
 use rayon::prelude::*;
 use std::io::Write;
 use std::sync::Arc;
@@ -653,6 +655,10 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(&mut resolved, &splits, resumed, origin, trainable.as_deref(), &mut size_notes)?;
     model.set_training_precision(resolved.training.precision == Precision::F32);
+    let precondition = first_layer_preconditioner(&model, &resolved.training, &splits.train, trainable.as_deref())?;
+    if let Some(p) = &precondition {
+        size_notes.push(format!("first-layer preconditioner: {:?} input directions per element scaled to variance {}", p.ranks(), resolved.training.precondition_variance));
+    }
     let env_cache = EnvCache::new(splits.train.len());
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
     // (the checkpoint's, or an exported model refitted to this data as at the start).
@@ -682,6 +688,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
                 cfg: &resolved,
                 anchor: anchor.as_deref(),
                 trainable: trainable.as_deref(),
+                precondition: precondition.as_ref(),
                 last: &last,
                 cache: &env_cache,
             };
@@ -737,7 +744,7 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         let cfg = &resolved;
         let t0 = std::time::Instant::now();
         let lr_used = st.schedule.lr;
-        let sums = run_epoch(&mut model, &mut st, &splits.train, &env_cache, cfg, anchor.as_deref(), trainable.as_deref(), sink.as_deref(), &run.last)?;
+        let sums = run_epoch(&mut model, &mut st, &splits.train, &env_cache, cfg, anchor.as_deref(), trainable.as_deref(), precondition.as_ref(), sink.as_deref(), &run.last)?;
         last_valid = validate(&model, &mut st, &splits, cfg, &mut run, &sums, lr_used, t0)?;
         epochs_this_run += 1;
         if epochs_this_run == 1 && !env_cache.is_empty() {
@@ -785,6 +792,17 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         test,
         finished: st.finished,
     })
+}
+
+/// The first layers' preconditioner of `training.precondition_variance` for this model and training set: none
+/// when it is off, and for runs that train only some parameters (fine-tuning with frozen layers, Δ-learning),
+/// whose masks it is not meant to mix.
+fn first_layer_preconditioner(model: &Model, t: &TrainingConfig, train: &[Frame], trainable: Option<&[bool]>) -> Result<Option<FirstLayerPreconditioner>> {
+    if t.precondition_variance <= 0.0 || t.precondition_directions == 0 || trainable.is_some() {
+        return Ok(None);
+    }
+    let inputs = model.network_inputs(train)?;
+    Ok(FirstLayerPreconditioner::fit(&inputs, &model.first_layers(), t.precondition_directions, t.precondition_variance, t.seed))
 }
 
 /// The model and training state of `checkpoint`, which must have been written with the same config (with a
@@ -877,6 +895,7 @@ fn run_epoch(
     cfg: &Config,
     anchor: Option<&[f64]>,
     trainable: Option<&[bool]>,
+    precondition: Option<&FirstLayerPreconditioner>,
     progress: Option<&dyn Progress>,
     last: &Path,
 ) -> Result<LossTerms> {
@@ -887,12 +906,21 @@ fn run_epoch(
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::derive(t.seed, epoch as u64, 0x5_4ff1e).shuffle(&mut order);
     let mut sums = LossTerms::default();
-    let mut params = model.params();
+    // the optimiser's coordinates (the model's, or the preconditioned first layers')
+    let mut model_params = model.params();
+    let mut params = model_params.clone();
+    if let Some(p) = precondition {
+        p.to_optimizer(&mut params);
+    }
     for (b, ids) in order.chunks(bs).enumerate() {
         let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
         let (mut l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true, Some(cache))?;
         if let Some(a) = anchor {
-            l.anchor = loss::anchor_term(&params, a, cfg.loss.anchor_weight, &mut g);
+            let at = if precondition.is_some() { &model_params } else { &params };
+            l.anchor = loss::anchor_term(at, a, cfg.loss.anchor_weight, &mut g);
+        }
+        if let Some(p) = precondition {
+            p.gradient_to_optimizer(&mut g);
         }
         if !l.total().is_finite() {
             return Err(Error::invalid(format!(
@@ -909,9 +937,17 @@ fn run_epoch(
         }
         optim::clip_grad_norm(&mut g, t.clip_grad_norm);
         st.optimizer.step(&mut params, &g, st.schedule.lr, trainable);
-        model.set_params(&params);
+        let current = match precondition {
+            Some(p) => {
+                model_params.clone_from(&params);
+                p.to_model(&mut model_params);
+                &model_params
+            }
+            None => &params,
+        };
+        model.set_params(current);
         if let Some(e) = st.ema.as_mut() {
-            optim::ema_update(e, &params, t.ema_decay);
+            optim::ema_update(e, current, t.ema_decay);
         }
         st.step += 1;
         if let Some(p) = progress {
