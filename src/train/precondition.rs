@@ -176,24 +176,53 @@ fn leading_eigen(c: &[f64], n: usize, k: usize, seed: u64) -> (Vec<f64>, Vec<f64
     (values[..k.min(m)].to_vec(), out)
 }
 
-/// Modified Gram–Schmidt on the `m` rows of `q` (`[m][n]`).
+/// Modified Gram–Schmidt, twice, on the `m` rows of `q` (`[m][n]`). A row that is (numerically) in the span of
+/// the rows before it becomes zero: a covariance of fewer atoms than inputs has a null space, and its vectors must
+/// not be blown up to unit length from rounding noise.
 fn orthonormalise(q: &mut [f64], m: usize, n: usize) {
     for i in 0..m {
         let (done, rest) = q.split_at_mut(i * n);
         let row = &mut rest[..n];
-        for j in 0..i {
-            let other = &done[j * n..(j + 1) * n];
-            let d: f64 = row.iter().zip(other).map(|(a, b)| a * b).sum();
-            row.iter_mut().zip(other).for_each(|(a, b)| *a -= d * b);
+        let before = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        for _pass in 0..2 {
+            for j in 0..i {
+                let other = &done[j * n..(j + 1) * n];
+                let d: f64 = row.iter().zip(other).map(|(a, b)| a * b).sum();
+                row.iter_mut().zip(other).for_each(|(a, b)| *a -= d * b);
+            }
         }
-        let norm = row.iter().map(|a| a * a).sum::<f64>().sqrt().max(1e-300);
-        row.iter_mut().for_each(|a| *a /= norm);
+        let norm = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let s = if norm > 1e-10 * before && norm > 0.0 { 1.0 / norm } else { 0.0 };
+        row.iter_mut().for_each(|a| *a *= s);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fewer_atoms_than_inputs_give_orthonormal_directions() {
+        // 10 atoms, 40 inputs: a covariance of rank ≤ 9 and a 31-dimensional null space
+        let mut rng = Rng::new(5);
+        let x: Vec<f64> = (0..10 * 40).map(|k| rng.normal() * (1.0 + (k % 40) as f64)).collect();
+        let p = FirstLayerPreconditioner::fit(&[x], &[(0, 40, 3)], 64, 0.5, 1).expect("directions");
+        let b = &p.blocks[0];
+        let r = b.factor.len();
+        assert!((1..=9).contains(&r), "{r}");
+        for i in 0..r {
+            for j in 0..r {
+                let d: f64 = (0..40).map(|k| b.u[i * 40 + k] * b.u[j * 40 + k]).sum();
+                assert!((d - if i == j { 1.0 } else { 0.0 }).abs() < 1e-9, "{i} {j} {d}");
+            }
+            assert!(b.factor[i] > 0.0 && b.factor[i] < 1.0);
+        }
+        let w0: Vec<f64> = (0..120).map(|k| (k as f64 * 0.37).sin()).collect();
+        let mut w = w0.clone();
+        p.to_model(&mut w);
+        p.to_optimizer(&mut w);
+        assert!(w.iter().zip(&w0).all(|(a, b)| (a - b).abs() < 1e-5), "not inverse");
+    }
 
     #[test]
     fn maps_are_inverse_and_shrink_the_leading_direction() {
