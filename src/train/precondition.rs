@@ -2,7 +2,7 @@
 //!
 //! The standardised descriptor components of an element are strongly correlated: on rMD17 ethanol the
 //! covariance of the hydrogen networks' 1427 inputs has eigenvalues 49, 23, 10, 3.9, … and 98 % of its trace in
-//! 16 directions, while the directions that resolve the forces carry 1e-2 to 1e-4 of the largest variance. A first
+//! 16 directions, against ≤ 1 per component and ~1e-4 of the largest at the 65th direction. A first
 //! layer trained on such inputs is ill-conditioned along the same directions (its Hessian is close to the inputs'
 //! covariance), and Adam's per-weight scaling cannot see a correlation between weights.
 //!
@@ -11,7 +11,8 @@
 //! (d = √(c/λ) − 1). Gradient descent in W̃ moves W by P² ∇W: a step along a high-variance direction is scaled by
 //! c/λ, the Newton step of a linear layer there; all other directions are left as they are. The model itself is
 //! unchanged — it holds W = P W̃, so checkpoints, export and every other consumer see ordinary weights — and the
-//! cost per step is four products of the first layer's size with the rank (a few per cent of a step).
+//! cost per step is four products of the first layer's size with the rank (15–20 % of an rMD17 training step;
+//! the gain at equal epochs is 16–23 %, `docs/benchmarks.md`, session 49).
 
 use crate::linalg::{gemm, Real};
 use crate::rng::Rng;
@@ -85,8 +86,8 @@ impl FirstLayerPreconditioner {
         self.blocks.iter().map(|b| b.factor.len()).collect()
     }
 
-    /// Model parameters from the optimiser's: W = P W̃ in every block. The correction P − I is formed in f32 (the
-    /// networks' training passes read W in f32 anyway; a tenth of the f64 products' time).
+    /// Model parameters from the optimiser's: W = P W̃ in every block. The correction (P − I) W̃ is formed in f32:
+    /// the networks' training passes read W in f32 anyway, and f32 products stream half the bytes.
     pub fn to_model(&self, p: &mut [f64]) {
         self.apply::<f32>(p, |f| f - 1.0);
     }
