@@ -153,6 +153,52 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     (values, vectors)
 }
 
+/// The `m` leading eigenpairs of the symmetric `c` (`[n][n]`) by orthogonal iteration from the `m` rows of `start`
+/// (`[m][n]`, e.g. random), `iterations` times, then a Rayleigh–Ritz rotation in the subspace: eigenvalues in
+/// descending order and the eigenvectors as orthonormal rows `[m][n]`. Shared by the domain guard's directions and
+/// the first-layer preconditioner; their covariances have well-separated leading directions.
+pub fn leading_eigen(c: &[f64], n: usize, start: Vec<f64>, m: usize, iterations: usize) -> (Vec<f64>, Vec<f64>) {
+    if m == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    let mut q = start;
+    orthonormalise(&mut q, m, n);
+    let mut z = vec![0.0; m * n];
+    for _ in 0..iterations {
+        gemm(m, n, n, &q, false, c, false, 0.0, &mut z); // rows of Q times C (C symmetric)
+        std::mem::swap(&mut q, &mut z);
+        orthonormalise(&mut q, m, n);
+    }
+    gemm(m, n, n, &q, false, c, false, 0.0, &mut z);
+    let mut small = vec![0.0; m * m];
+    gemm(m, n, m, &z, false, &q, true, 0.0, &mut small);
+    let (values, w) = symmetric_eigen(&small, m);
+    let mut vectors = vec![0.0; m * n];
+    gemm(m, m, n, &w, false, &q, false, 0.0, &mut vectors);
+    (values, vectors)
+}
+
+/// Modified Gram–Schmidt, twice, on the `m` rows of `q` (`[m][n]`). A row that is (numerically) in the span of the
+/// rows before it becomes zero: a covariance of fewer samples than dimensions has a null space, and its vectors
+/// must not be blown up to unit length from rounding noise.
+fn orthonormalise(q: &mut [f64], m: usize, n: usize) {
+    for i in 0..m {
+        let (done, rest) = q.split_at_mut(i * n);
+        let row = &mut rest[..n];
+        let before = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        for _pass in 0..2 {
+            for j in 0..i {
+                let other = &done[j * n..(j + 1) * n];
+                let d: f64 = other.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
+                row.iter_mut().zip(other).for_each(|(a, b)| *a -= d * b);
+            }
+        }
+        let norm = row.iter().map(|a| a * a).sum::<f64>().sqrt();
+        let s = if norm > 1e-10 * before && norm > 1e-300 { 1.0 / norm } else { 0.0 };
+        row.iter_mut().for_each(|a| *a *= s);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,52 +114,18 @@ fn score(m: &[f64], x: &[f64]) -> (f64, Vec<f64>) {
     (p.iter().map(|v| v * v).sum(), p)
 }
 
-/// The `k` leading eigenvectors (rows, orthonormal) of `XᵀX` for `x` of `atoms` rows of `n`: orthogonal
-/// iteration from a fixed start, then a Rayleigh–Ritz rotation in the subspace. The score only depends on the
-/// subspace, which 30 iterations settle to well within what the onset's factor of 2 can notice.
+/// The `k` leading eigenvectors (rows, orthonormal) of `XᵀX` for `x` of `atoms` rows of `n` (orthogonal iteration
+/// from a fixed start, `linalg::leading_eigen`). The score only depends on the subspace, which 30 iterations settle
+/// to well within what the onset's factor of 2 can notice.
 fn leading_directions(x: &[f64], atoms: usize, n: usize, k: usize) -> Vec<f64> {
     if k == 0 {
         return Vec::new();
     }
     let mut c = vec![0.0; n * n];
     crate::linalg::gemm(n, atoms, n, x, true, x, false, 0.0, &mut c);
-    // start: a deterministic pseudo-random basis
     let mut rng = crate::rng::Rng::new(0x5eed_0f9a_4d00);
-    let mut q: Vec<f64> = (0..k * n).map(|_| rng.normal()).collect();
-    orthonormalise(&mut q, k, n);
-    let mut z = vec![0.0; k * n];
-    for _ in 0..30 {
-        // rows of Q times C (C symmetric)
-        crate::linalg::gemm(k, n, n, &q, false, &c, false, 0.0, &mut z);
-        std::mem::swap(&mut q, &mut z);
-        orthonormalise(&mut q, k, n);
-    }
-    // Rayleigh–Ritz: eigenvectors of Q C Qᵀ order the directions by their variance
-    crate::linalg::gemm(k, n, n, &q, false, &c, false, 0.0, &mut z);
-    let mut small = vec![0.0; k * k];
-    crate::linalg::gemm(k, n, k, &z, false, &q, true, 0.0, &mut small);
-    let (_, w) = crate::linalg::symmetric_eigen(&small, k);
-    let mut v = vec![0.0; k * n];
-    crate::linalg::gemm(k, k, n, &w, false, &q, false, 0.0, &mut v);
-    v
-}
-
-/// Modified Gram–Schmidt on the `k` rows of `q` (length `n`); a row that vanishes is replaced by zeros.
-fn orthonormalise(q: &mut [f64], k: usize, n: usize) {
-    for j in 0..k {
-        let (done, rest) = q.split_at_mut(j * n);
-        let row = &mut rest[..n];
-        for _ in 0..2 {
-            for i in 0..j {
-                let prev = &done[i * n..(i + 1) * n];
-                let d: f64 = prev.iter().zip(row.iter()).map(|(a, b)| a * b).sum();
-                row.iter_mut().zip(prev).for_each(|(r, p)| *r -= d * p);
-            }
-        }
-        let norm = row.iter().map(|a| a * a).sum::<f64>().sqrt();
-        let inv = if norm > 1e-300 { 1.0 / norm } else { 0.0 };
-        row.iter_mut().for_each(|r| *r *= inv);
-    }
+    let start = (0..k * n).map(|_| rng.normal()).collect();
+    crate::linalg::leading_eigen(&c, n, start, k, 30).1
 }
 
 #[cfg(test)]
