@@ -358,6 +358,9 @@ pub struct TrainingConfig {
     /// network inputs whose variance over the training atoms exceeds this are scaled to it in the optimiser's
     /// coordinates; 0 = off.
     pub precondition_variance: f64,
+    /// Share β of the force loss's input curvature (the inputs' tangents along random displacements) in the
+    /// matrix the preconditioner's directions come from, against the inputs' covariance (1 − β); 0 = inputs only.
+    pub precondition_tangents: f64,
     /// At most this many such directions per element.
     pub precondition_directions: usize,
     /// Metric for early stopping, plateau and `best`: val_loss, val_energy_rmse, val_forces_rmse, val_stress_rmse.
@@ -404,6 +407,7 @@ impl Default for TrainingConfig {
             clip_grad_norm: 100.0,
             ema_decay: 0.0,
             precondition_variance: 0.1,
+            precondition_tangents: 0.5,
             precondition_directions: 64,
             early_stopping_metric: StoppingMetric::ValLoss,
             patience: 40,
@@ -636,6 +640,9 @@ impl Config {
         }
         if !(self.training.precondition_variance.is_finite() && self.training.precondition_variance >= 0.0) {
             return bad(format!("training.precondition_variance must be a number >= 0 (0 = off), got {}", self.training.precondition_variance));
+        }
+        if !(0.0..=1.0).contains(&self.training.precondition_tangents) {
+            return bad(format!("training.precondition_tangents must be in [0, 1] (0 = the inputs' covariance only), got {}", self.training.precondition_tangents));
         }
         if !(0.0..1.0).contains(&self.training.ema_decay) {
             return bad(format!("training.ema_decay must be in [0, 1), got {}", self.training.ema_decay));

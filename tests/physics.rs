@@ -1,7 +1,7 @@
 //! Physics battery for the model: finite-difference forces and stress, invariances, smoothness at the cutoff.
 mod common;
 use common::*;
-use pilip::frame::Frame;
+use pilip::frame::{Frame, Vec3};
 
 fn energy(m: &pilip::model::Model, f: &Frame) -> f64 {
     m.predict_frame(f).unwrap().energy
@@ -226,4 +226,38 @@ fn forces_and_stress_with_the_repulsive_prior_match_finite_differences() {
     let mut mp = random_model(vec![13, 29], 4.5, &[cell.clone()], 7);
     mp.repulsion = repulsive_cell_model().repulsion;
     check_cell_forces_and_stress(&mp, &cell);
+}
+
+#[test]
+fn network_input_tangents_match_finite_differences_of_the_inputs() {
+    // the preconditioner's tangents are the exact directional derivative of the networks' standardised inputs
+    // (dropped components and the bispectrum's four-body inputs included, periodic images too)
+    let cases = [(dropped_inputs_molecule_model(), molecule()), (compressed_bispectrum_cell_model(), triclinic_cell())];
+    for (m, f) in &cases {
+        let mut rng = pilip::rng::Rng::new(11);
+        let u: Vec<Vec3> = f.positions.iter().map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect();
+        let t = m.network_input_tangents(std::slice::from_ref(f), &[u.clone()]).unwrap();
+        let shifted = |s: f64| {
+            let mut g = f.clone();
+            g.positions.iter_mut().zip(&u).for_each(|(p, d)| (0..3).for_each(|k| p[k] += s * d[k]));
+            m.network_inputs(&[g]).unwrap()
+        };
+        let h = 1e-5;
+        let (plus, minus) = (shifted(h), shifted(-h));
+        let mut largest = 0.0f64;
+        for s in 0..t.len() {
+            assert_eq!(t[s].len(), plus[s].len(), "species {s}");
+            assert!(!t[s].is_empty(), "species {s} has no atoms in the test frame");
+            for ((a, p), q) in t[s].iter().zip(&plus[s]).zip(&minus[s]) {
+                let fd = (p - q) / (2.0 * h);
+                assert!((a - fd).abs() < 1e-5 * (1.0 + fd.abs()), "species {s}: tangent {a} vs finite difference {fd}");
+                largest = largest.max(a.abs());
+            }
+        }
+        assert!(largest > 1e-2, "tangents all near zero ({largest}): the test would not see an error");
+    }
+    // one displacement per atom, or a clear error
+    let (m, f) = &cases[0];
+    let err = m.network_input_tangents(std::slice::from_ref(f), &[vec![[0.0; 3]]]).unwrap_err();
+    assert!(err.to_string().contains("displacements"), "{err}");
 }

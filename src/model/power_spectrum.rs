@@ -285,6 +285,20 @@ impl PowerSpectrumModel {
         }
     }
 
+    /// Appends each atom's network-input tangent Ġ/σ along the displacement of its structure (one `[atoms]`
+    /// displacement per structure, Å): the rows whose second moment is the input side of the force loss's
+    /// curvature (`train::precondition`).
+    pub fn push_network_input_tangents(&self, structures: &[(&[usize], &Descriptors, &[Vec3])], inputs: &mut [Vec<f64>]) {
+        let maps: Vec<InputMap> = (0..self.networks.len()).map(|s| self.input_map(s)).collect();
+        let dgs: Vec<Vec<f64>> = structures.par_iter().map(|(_, d, u)| self.descriptor().jvp(d, Some(u), None)).collect();
+        for ((species, d, _), dg) in structures.iter().zip(&dgs) {
+            let nf = d.n_features;
+            for (i, &s) in species.iter().enumerate() {
+                maps[s].push(&dg[i * nf..(i + 1) * nf], false, &mut inputs[s]);
+            }
+        }
+    }
+
     /// Fits the four-body compression (bispectrum family; nothing otherwise) to the densities of `structures`,
     /// which must have been computed by this model's descriptor.
     pub fn fit_compression<'a>(&mut self, structures: impl Iterator<Item = &'a Descriptors>) {

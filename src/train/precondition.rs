@@ -54,19 +54,22 @@ pub struct FirstLayerPreconditioner {
 }
 
 impl FirstLayerPreconditioner {
-    /// Fits P per network from its inputs over the training atoms (`inputs[s]`, `[atoms][n_in]`) and its layer
+    /// Fits P per network from its inputs over the training atoms (`inputs[s]`, `[atoms][n_in]`), optionally
+    /// mixed with the inputs' tangents (`tangents[s]`, the same layout; [`curvature_estimate`]), and its layer
     /// `(offset, n_in, width)` in the parameter vector: at most `rank` directions, those of variance above
     /// `variance` (the standardised inputs have variances ≤ 1 each). `None` when no direction qualifies.
-    pub fn fit(inputs: &[Vec<f64>], layers: &[(usize, usize, usize)], rank: usize, variance: f64, seed: u64) -> Option<Self> {
+    pub fn fit(inputs: &[Vec<f64>], tangents: Option<(&[Vec<f64>], f64)>, layers: &[(usize, usize, usize)], rank: usize, variance: f64, seed: u64) -> Option<Self> {
         let blocks: Vec<Block> = inputs
             .iter()
             .zip(layers)
-            .filter_map(|(x, &(offset, n_in, n_out))| {
+            .enumerate()
+            .filter_map(|(s, (x, &(offset, n_in, n_out)))| {
                 let n = x.len() / n_in.max(1);
                 if n < 2 || rank == 0 {
                     return None;
                 }
-                let (values, vectors) = leading_eigen(&covariance(x, n, n_in), n_in, rank, seed);
+                let c = curvature_estimate(x, tangents.map(|(t, w)| (t[s].as_slice(), w)), n_in);
+                let (values, vectors) = leading_eigen(&c, n_in, rank, seed);
                 let keep = values.iter().take_while(|&&l| l > variance).count();
                 (keep > 0).then(|| Block {
                     offset,
@@ -141,11 +144,33 @@ impl FirstLayerPreconditioner {
 /// Columns of a first layer per task of [`FirstLayerPreconditioner::apply`].
 const COLUMNS: usize = 16;
 
-/// Covariance `[n_in][n_in]` of `n` rows of `x`.
-fn covariance(x: &[f64], n: usize, n_in: usize) -> Vec<f64> {
+/// The input-side curvature of a first layer `[n_in][n_in]`: the covariance C_x of the inputs `x`, the
+/// energy loss's factor, and with `tangents` = (t, β) the mix (1 − β) C_x + β (tr C_x / tr M_t) M_t, where M_t is
+/// the second moment of the inputs' tangents along random displacements, Σ_k J_k J_kᵀ: the factor of the force
+/// loss, whose gradient with respect to W pairs J_k with the network's output gradient. Scaled to C_x's trace, the
+/// mix keeps the meaning of `training.precondition_variance`.
+fn curvature_estimate(x: &[f64], tangents: Option<(&[f64], f64)>, n_in: usize) -> Vec<f64> {
+    let mut c = second_moment(x, n_in, true);
+    if let Some((t, beta)) = tangents.filter(|&(t, beta)| beta > 0.0 && t.len() == x.len()) {
+        let m = second_moment(t, n_in, false);
+        let trace = |c: &[f64]| (0..n_in).map(|i| c[i * n_in + i]).sum::<f64>();
+        let (tc, tm) = (trace(&c), trace(&m));
+        if tm > 0.0 {
+            let scale = beta * tc / tm;
+            c.iter_mut().zip(&m).for_each(|(c, m)| *c = (1.0 - beta) * *c + scale * m);
+        }
+    }
+    c
+}
+
+/// `[n_in][n_in]` second moment of the rows of `x`, about their mean if `centred` (the covariance).
+fn second_moment(x: &[f64], n_in: usize, centred: bool) -> Vec<f64> {
+    let n = x.len() / n_in;
     let mut mean = vec![0.0; n_in];
-    for row in x.chunks(n_in) {
-        mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / n as f64);
+    if centred {
+        for row in x.chunks(n_in) {
+            mean.iter_mut().zip(row).for_each(|(m, v)| *m += v / n as f64);
+        }
     }
     let centred: Vec<f64> = x.chunks(n_in).flat_map(|row| row.iter().zip(&mean).map(|(v, m)| v - m)).collect();
     let mut c = vec![0.0; n_in * n_in];
@@ -175,7 +200,7 @@ mod tests {
         // 10 atoms, 40 inputs: a covariance of rank ≤ 9 and a 31-dimensional null space
         let mut rng = Rng::new(5);
         let x: Vec<f64> = (0..10 * 40).map(|k| rng.normal() * (1.0 + (k % 40) as f64)).collect();
-        let p = FirstLayerPreconditioner::fit(&[x], &[(0, 40, 3)], 64, 0.5, 1).expect("directions");
+        let p = FirstLayerPreconditioner::fit(&[x], None, &[(0, 40, 3)], 64, 0.5, 1).expect("directions");
         let b = &p.blocks[0];
         let r = b.factor.len();
         assert!((1..=9).contains(&r), "{r}");
@@ -194,6 +219,29 @@ mod tests {
     }
 
     #[test]
+    fn the_tangents_share_decides_which_direction_leads() {
+        // inputs vary along x (variance 9), their tangents along y; the mix keeps the inputs' trace
+        let mut rng = Rng::new(4);
+        let x: Vec<f64> = (0..2000).flat_map(|_| [3.0 * rng.normal(), 0.1 * rng.normal()]).collect();
+        let t: Vec<f64> = (0..2000).flat_map(|_| [0.0, 50.0 * rng.normal()]).collect();
+        let leading = |beta: f64| {
+            let p = FirstLayerPreconditioner::fit(&[x.clone()], Some((&[t.clone()], beta)), &[(0, 2, 1)], 1, 0.5, 2).expect("a direction");
+            let b = &p.blocks[0];
+            (b.u[0].abs(), b.u[1].abs(), b.factor[0])
+        };
+        let (ux, uy, f) = leading(0.0);
+        assert!(ux > 0.999 && uy < 0.05, "{ux} {uy}");
+        assert!((f - (0.5f64 / 9.0).sqrt()).abs() < 0.02, "{f}");
+        // β = 1: the tangents alone, scaled to the inputs' trace (≈ 9.01)
+        let (ux, uy, f) = leading(1.0);
+        assert!(uy > 0.999 && ux < 0.05, "{ux} {uy}");
+        assert!((f - (0.5f64 / 9.01).sqrt()).abs() < 0.02, "{f}");
+        // β = 0.3: 0.7 × 9 along x against 0.3 × 9 along y
+        let (ux, _, f) = leading(0.3);
+        assert!(ux > 0.999 && (f - (0.5f64 / 6.3).sqrt()).abs() < 0.02, "{ux} {f}");
+    }
+
+    #[test]
     fn maps_are_inverse_and_shrink_the_leading_direction() {
         // inputs along (1, 1, 0) with variance 50, the rest small
         let mut rng = Rng::new(3);
@@ -203,7 +251,7 @@ mod tests {
                 [a + b, a - b, c]
             })
             .collect();
-        let p = FirstLayerPreconditioner::fit(&[x], &[(1, 3, 2)], 2, 1.0, 7).expect("one direction");
+        let p = FirstLayerPreconditioner::fit(&[x], None, &[(1, 3, 2)], 2, 1.0, 7).expect("one direction");
         assert_eq!(p.ranks(), vec![1]);
         let w0: Vec<f64> = vec![9.0, 0.3, -0.2, 0.5, 1.1, 0.7, -0.4, 2.0];
         let mut w = w0.clone();
