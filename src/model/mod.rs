@@ -210,6 +210,9 @@ impl Model {
     /// J_k u_k (J_k: the inputs' derivative with respect to atom k's position).
     pub fn network_input_tangents(&self, frames: &[Frame], displacements: &[Vec<Vec3>]) -> Result<Vec<Vec<f64>>> {
         use rayon::prelude::*;
+        if frames.len() != displacements.len() {
+            return Err(Error::Invalid(format!("network_input_tangents: {} frames and {} displacements", frames.len(), displacements.len())));
+        }
         if let Some((f, _)) = frames.iter().zip(displacements).enumerate().find(|(_, (f, u))| f.positions.len() != u.len()) {
             return Err(Error::Invalid(format!("network_input_tangents: frame {f} has {} atoms and {} displacements", frames[f].positions.len(), displacements[f].len())));
         }
