@@ -236,7 +236,7 @@ fn network_input_tangents_match_finite_differences_of_the_inputs() {
     for (m, f) in &cases {
         let mut rng = pilip::rng::Rng::new(11);
         let u: Vec<Vec3> = f.positions.iter().map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect();
-        let t = m.network_input_tangents(std::slice::from_ref(f), &[u.clone()]).unwrap();
+        let t = m.network_input_tangents(std::slice::from_ref(f), std::slice::from_ref(&u)).unwrap();
         let shifted = |s: f64| {
             let mut g = f.clone();
             g.positions.iter_mut().zip(&u).for_each(|(p, d)| (0..3).for_each(|k| p[k] += s * d[k]));

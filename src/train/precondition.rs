@@ -230,7 +230,7 @@ mod tests {
         let x: Vec<f64> = (0..2000).flat_map(|_| [3.0 * rng.normal(), 0.1 * rng.normal()]).collect();
         let t: Vec<f64> = (0..2000).flat_map(|_| [0.0, 50.0 * rng.normal()]).collect();
         let leading = |beta: f64| {
-            let p = FirstLayerPreconditioner::fit(&[x.clone()], Some((&[t.clone()], beta)), &[(0, 2, 1)], 1, 0.5, 2).expect("a direction");
+            let p = FirstLayerPreconditioner::fit(std::slice::from_ref(&x), Some((std::slice::from_ref(&t), beta)), &[(0, 2, 1)], 1, 0.5, 2).expect("a direction");
             let b = &p.blocks[0];
             (b.u[0].abs(), b.u[1].abs(), b.factor[0])
         };
