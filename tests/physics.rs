@@ -236,7 +236,8 @@ fn network_input_tangents_match_finite_differences_of_the_inputs() {
     for (m, f) in &cases {
         let mut rng = pilip::rng::Rng::new(11);
         let u: Vec<Vec3> = f.positions.iter().map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect();
-        let t = m.network_input_tangents(std::slice::from_ref(f), std::slice::from_ref(&u)).unwrap();
+        let (x, t) = m.network_inputs_and_tangents(std::slice::from_ref(f), std::slice::from_ref(&u)).unwrap();
+        assert_eq!(x, m.network_inputs(std::slice::from_ref(f)).unwrap(), "the one-pass inputs differ");
         let shifted = |s: f64| {
             let mut g = f.clone();
             g.positions.iter_mut().zip(&u).for_each(|(p, d)| (0..3).for_each(|k| p[k] += s * d[k]));
@@ -258,6 +259,6 @@ fn network_input_tangents_match_finite_differences_of_the_inputs() {
     }
     // one displacement per atom, or a clear error
     let (m, f) = &cases[0];
-    let err = m.network_input_tangents(std::slice::from_ref(f), &[vec![[0.0; 3]]]).unwrap_err();
+    let err = m.network_inputs_and_tangents(std::slice::from_ref(f), &[vec![[0.0; 3]]]).unwrap_err();
     assert!(err.to_string().contains("displacements"), "{err}");
 }

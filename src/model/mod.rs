@@ -205,10 +205,10 @@ impl Model {
         Ok(inputs)
     }
 
-    /// Per species, each atom's network-input tangent (`[atoms][inputs]`, the layout of [`Model::network_inputs`])
-    /// along the displacement `displacements[f]` (Å per atom) of frame f: the inputs' directional derivative Σ_k
-    /// J_k u_k (J_k: the inputs' derivative with respect to atom k's position).
-    pub fn network_input_tangents(&self, frames: &[Frame], displacements: &[Vec<Vec3>]) -> Result<Vec<Vec<f64>>> {
+    /// [`Model::network_inputs`] and, in the same layout, each atom's network-input tangent along the displacement
+    /// `displacements[f]` (Å per atom) of frame f: the inputs' directional derivative Σ_k J_k u_k (J_k: the inputs'
+    /// derivative with respect to atom k's position). One pass: each frame's descriptors are built once.
+    pub fn network_inputs_and_tangents(&self, frames: &[Frame], displacements: &[Vec<Vec3>]) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
         use rayon::prelude::*;
         if frames.len() != displacements.len() {
             return Err(Error::Invalid(format!("network_input_tangents: {} frames and {} displacements", frames.len(), displacements.len())));
@@ -216,9 +216,12 @@ impl Model {
         if let Some((f, _)) = frames.iter().zip(displacements).enumerate().find(|(_, (f, u))| f.positions.len() != u.len()) {
             return Err(Error::Invalid(format!("network_input_tangents: frame {f} has {} atoms and {} displacements", frames[f].positions.len(), displacements[f].len())));
         }
+        let mut inputs = vec![Vec::new(); self.species.len()];
         let mut tangents = vec![Vec::new(); self.species.len()];
         for (chunk, u) in frames.chunks(64).zip(displacements.chunks(64)) {
             let envs = chunk.par_iter().map(|f| self.frame_environments(f)).collect::<Result<Vec<_>>>()?;
+            let networked = self.atomic.networked();
+            networked.push_network_inputs(envs.iter().map(Environments::network_input), &mut inputs);
             let structures: Vec<_> = envs
                 .iter()
                 .zip(u)
@@ -227,9 +230,9 @@ impl Model {
                     (species, d, u.as_slice())
                 })
                 .collect();
-            self.atomic.networked().push_network_input_tangents(&structures, &mut tangents);
+            networked.push_network_input_tangents(&structures, &mut tangents);
         }
-        Ok(tangents)
+        Ok((inputs, tangents))
     }
 
     /// Where each species' first-layer weights sit in [`Model::params`]: `(offset, inputs, width)`; the weights

@@ -807,8 +807,7 @@ fn first_layer_preconditioner(model: &Model, t: &TrainingConfig, train: &[Frame]
         return Ok(None);
     }
     let sample = preconditioner_sample(train, t.seed);
-    let inputs = model.network_inputs(&sample)?;
-    let tangents = if t.precondition_tangents > 0.0 {
+    let (inputs, tangents) = if t.precondition_tangents > 0.0 {
         // every coordinate N(0, 1) Å: over the draws the tangents' second moment is Σ_k J_k J_kᵀ
         let displacements: Vec<Vec<Vec3>> = (0..sample.len())
             .map(|f| {
@@ -816,9 +815,10 @@ fn first_layer_preconditioner(model: &Model, t: &TrainingConfig, train: &[Frame]
                 sample[f].positions.iter().map(|_| [rng.normal(), rng.normal(), rng.normal()]).collect()
             })
             .collect();
-        Some(model.network_input_tangents(&sample, &displacements)?)
+        let (inputs, tangents) = model.network_inputs_and_tangents(&sample, &displacements)?;
+        (inputs, Some(tangents))
     } else {
-        None
+        (model.network_inputs(&sample)?, None)
     };
     let tangents = tangents.as_deref().map(|tn| (tn, t.precondition_tangents));
     Ok(FirstLayerPreconditioner::fit(&inputs, tangents, &model.first_layers(), t.precondition_directions, t.precondition_variance, t.seed))
