@@ -135,6 +135,9 @@ impl Environments {
     }
 }
 
+/// Per species, rows of one value per network input (`[atoms][inputs]`, row-major): inputs or their tangents.
+pub type SpeciesRows = Vec<Vec<f64>>;
+
 impl Model {
     /// A power-spectrum model with randomly initialised networks (seeded) and zero reference energies.
     pub fn power_spectrum(descriptor: DescriptorSpec, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
@@ -195,42 +198,45 @@ impl Model {
     }
 
     /// Per species, the standardised network inputs of every atom of `frames` (`[atoms][inputs]`, row-major).
-    pub fn network_inputs(&self, frames: &[Frame]) -> Result<Vec<Vec<f64>>> {
-        use rayon::prelude::*;
-        let mut inputs = vec![Vec::new(); self.species.len()];
-        for chunk in frames.chunks(64) {
-            let envs = chunk.par_iter().map(|f| self.frame_environments(f)).collect::<Result<Vec<_>>>()?;
-            self.atomic.networked().push_network_inputs(envs.iter().map(Environments::network_input), &mut inputs);
-        }
-        Ok(inputs)
+    pub fn network_inputs(&self, frames: &[Frame]) -> Result<SpeciesRows> {
+        Ok(self.inputs_and_tangents(frames, None)?.0)
     }
 
     /// [`Model::network_inputs`] and, in the same layout, each atom's network-input tangent along the displacement
     /// `displacements[f]` (Å per atom) of frame f: the inputs' directional derivative Σ_k J_k u_k (J_k: the inputs'
     /// derivative with respect to atom k's position). One pass: each frame's descriptors are built once.
-    pub fn network_inputs_and_tangents(&self, frames: &[Frame], displacements: &[Vec<Vec3>]) -> Result<(Vec<Vec<f64>>, Vec<Vec<f64>>)> {
-        use rayon::prelude::*;
+    pub fn network_inputs_and_tangents(&self, frames: &[Frame], displacements: &[Vec<Vec3>]) -> Result<(SpeciesRows, SpeciesRows)> {
         if frames.len() != displacements.len() {
-            return Err(Error::Invalid(format!("network_input_tangents: {} frames and {} displacements", frames.len(), displacements.len())));
+            return Err(Error::Invalid(format!("network_inputs_and_tangents: {} frames and {} displacements", frames.len(), displacements.len())));
         }
         if let Some((f, _)) = frames.iter().zip(displacements).enumerate().find(|(_, (f, u))| f.positions.len() != u.len()) {
-            return Err(Error::Invalid(format!("network_input_tangents: frame {f} has {} atoms and {} displacements", frames[f].positions.len(), displacements[f].len())));
+            return Err(Error::Invalid(format!("network_inputs_and_tangents: frame {f} has {} atoms and {} displacements", frames[f].positions.len(), displacements[f].len())));
         }
+        self.inputs_and_tangents(frames, Some(displacements))
+    }
+
+    /// The one loop behind both: descriptors 64 frames at a time, inputs always, tangents when `displacements`
+    /// (checked by the caller) are given (empty per species otherwise).
+    fn inputs_and_tangents(&self, frames: &[Frame], displacements: Option<&[Vec<Vec3>]>) -> Result<(SpeciesRows, SpeciesRows)> {
+        use rayon::prelude::*;
+        const CHUNK: usize = 64;
+        let networked = self.atomic.networked();
         let mut inputs = vec![Vec::new(); self.species.len()];
         let mut tangents = vec![Vec::new(); self.species.len()];
-        for (chunk, u) in frames.chunks(64).zip(displacements.chunks(64)) {
+        for (c, chunk) in frames.chunks(CHUNK).enumerate() {
             let envs = chunk.par_iter().map(|f| self.frame_environments(f)).collect::<Result<Vec<_>>>()?;
-            let networked = self.atomic.networked();
             networked.push_network_inputs(envs.iter().map(Environments::network_input), &mut inputs);
-            let structures: Vec<_> = envs
-                .iter()
-                .zip(u)
-                .map(|(e, u)| {
-                    let (species, d) = e.network_input();
-                    (species, d, u.as_slice())
-                })
-                .collect();
-            networked.push_network_input_tangents(&structures, &mut tangents);
+            if let Some(u) = displacements {
+                let structures: Vec<_> = envs
+                    .iter()
+                    .zip(&u[c * CHUNK..])
+                    .map(|(e, u)| {
+                        let (species, d) = e.network_input();
+                        (species, d, u.as_slice())
+                    })
+                    .collect();
+                networked.push_network_input_tangents(&structures, &mut tangents);
+            }
         }
         Ok((inputs, tangents))
     }
