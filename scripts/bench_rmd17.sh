@@ -29,11 +29,9 @@ for MOL in "$@"; do
   TRAIN="$DATA/${MOL}_train_01.extxyz" TEST="$DATA/${MOL}_test_01.extxyz"
   [ -f "$TRAIN" ] && [ -f "$TEST" ] || { echo "bench_rmd17: $TRAIN or $TEST not found" >&2; exit 2; }
   RUN="$OUT/${MOL}_n${N}_s${SEED}"
-  # below 200 structures the preconditioner's directions come from the inputs' covariance alone, as rmd17.toml's
-  # header advises (the tangents' share raised the force MAE 5-6 % at N = 50 and lowered it 6 % at N = 200, ethanol)
-  SMALL_N=()
-  [ "$N" -lt 200 ] && SMALL_N=(--set training.precondition_tangents=0)
-  train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N" "${SMALL_N[@]}"
+  # (below 700 training atoms the trainer itself drops the tangents' share of the preconditioner:
+  # training.precondition_tangents_min_atoms)
+  train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
   "$PILIP" export "$RUN/checkpoints/best.ckpt" -o "$RUN/model.onnx" >/dev/null
   CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')
   MD_FILES=()

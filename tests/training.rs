@@ -578,7 +578,8 @@ fn the_first_layer_preconditioner_changes_the_path_not_the_model() {
     // exactly what the run's test pass reported (the optimiser's coordinates never reach the model). Whether it
     // fits sooner is a benchmark (docs/benchmarks.md, session 49): on this small model and set it does not.
     let (da, db) = (tmpdir("precondition_on"), tmpdir("precondition_off"));
-    let ca = small_config(&da);
+    let mut ca = small_config(&da);
+    ca.training.precondition_tangents_min_atoms = 0; // the tangents' share at any size (here 900 atoms)
     let mut cb = ca.clone();
     cb.output.run_dir = db.clone();
     cb.training.precondition_variance = 0.0;
@@ -595,6 +596,23 @@ fn the_first_layer_preconditioner_changes_the_path_not_the_model() {
     assert!(m.forces_mae_mev_per_A.is_some());
     assert_eq!(m.forces_mae_mev_per_A, reported.forces_mae_mev_per_A);
     assert_eq!(m.energy_mae_mev, reported.energy_mae_mev);
+    // below precondition_tangents_min_atoms the run takes the inputs' covariance alone: the log says so, the
+    // resolved config has β = 0, and the run is the one with β = 0 written out, not the one with the tangents
+    let (dc, dd) = (tmpdir("precondition_small_set"), tmpdir("precondition_inputs_only"));
+    let mut cc = ca.clone();
+    cc.output.run_dir = dc.clone();
+    cc.training.precondition_tangents_min_atoms = 1000;
+    let mut cd = ca.clone();
+    cd.output.run_dir = dd.clone();
+    cd.training.precondition_tangents = 0.0;
+    pilip::train::train(&cc, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    pilip::train::train(&cd, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let log = std::fs::read_to_string(dc.join("train.log")).unwrap();
+    let note = "training.precondition_tangents_min_atoms = 1000: 900 atoms in the training structures, so precondition_tangents 0.5 → 0";
+    assert!(log.contains(note) && log.contains("(tangents' share 0)"), "{log}");
+    assert!(std::fs::read_to_string(dc.join("config.resolved.toml")).unwrap().contains("precondition_tangents = 0.0\n"));
+    assert_eq!(metrics_without_timing(&dc), metrics_without_timing(&dd));
+    assert_ne!(metrics_without_timing(&dc), metrics_without_timing(&da));
 }
 
 #[test]
