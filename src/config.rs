@@ -363,7 +363,7 @@ pub struct TrainingConfig {
     pub precondition_tangents: f64,
     /// Training sets of fewer atoms than this use the inputs' covariance alone (β = 0): with very few structures
     /// the tangents' share costs force error instead of saving it (rMD17 at 50 structures: +5–6 % at 450 and
-    /// 600 atoms, −4 to −10 % at 750 and 900; ethanol −4 % at 900 atoms, −6 % at 1 800).
+    /// 600 atoms, ±0 at 800, −4 to −10 % at 750 and 900; ethanol −4 % at 900 atoms, −6 % at 1 800).
     pub precondition_tangents_min_atoms: usize,
     /// At most this many such directions per element.
     pub precondition_directions: usize,
