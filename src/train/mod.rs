@@ -569,7 +569,8 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
 /// `cfg` sized for its training structures, with a line for the log per change: `training.max_epochs` and
 /// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps, and
 /// `training.weight_decay_atoms / n_atoms` added to `training.weight_decay` (`training.weight_decay_params` waits
-/// for the model: [`with_decay_for_model`]).
+/// for the model: [`with_decay_for_model`]), and `training.precondition_tangents` set to 0 below
+/// `training.precondition_tangents_min_atoms`.
 fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>) {
     let mut out = cfg.clone();
     let mut notes = Vec::new();
