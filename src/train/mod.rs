@@ -595,7 +595,8 @@ fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>
         ));
         (t.weight_decay, t.weight_decay_atoms) = (decay, 0.0);
     }
-    if t.precondition_tangents > 0.0 && n_atoms < t.precondition_tangents_min_atoms {
+    // (only where there is a preconditioner whose directions β would change)
+    if t.precondition_variance > 0.0 && t.precondition_tangents > 0.0 && n_atoms < t.precondition_tangents_min_atoms {
         notes.push(format!(
             "training.precondition_tangents_min_atoms = {}: {n_atoms} atoms in the training structures, so precondition_tangents {} → 0 \
              (the inputs' covariance alone)",
