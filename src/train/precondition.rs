@@ -11,15 +11,16 @@
 //! (d = √(c/λ) − 1). Gradient descent in W̃ moves W by P² ∇W: a step along a high-variance direction is scaled by
 //! c/λ, the Newton step of a linear layer there; all other directions are left as they are. The model itself is
 //! unchanged — it holds W = P W̃, so checkpoints, export and every other consumer see ordinary weights — and the
-//! cost per step is four products of the first layer's size with the rank (15–20 % of an rMD17 training step;
-//! the gain at equal epochs is 16–23 %, `docs/benchmarks.md`, session 49).
+//! cost per step is four products of the first layer's size with the rank (toluene 8 %, uracil, whose four
+//! networks read up to 2 600 inputs with up to 48 directions, 25 % of an rMD17 training step; the gain at equal
+//! epochs is 16–23 %, `docs/benchmarks.md`, sessions 49 and 53).
 //!
 //! The covariance is the first layer's curvature for the energy loss; the force loss sees the inputs' tangents
 //! instead (a force is linear in W with J = ∂x/∂r where the energy has x). With `training.precondition_tangents`
 //! = β the directions come from a mix of both ([`curvature_estimate`]): a further 3–12 % at equal epochs on
 //! rMD17 (session 50).
 
-use crate::linalg::{gemm, Real};
+use crate::linalg::gemm;
 use crate::rng::Rng;
 use rayon::prelude::*;
 
@@ -31,25 +32,8 @@ struct Block {
     n_out: usize,
     /// Leading eigenvectors of the inputs' covariance, `[rank][n_in]`, orthonormal rows.
     u: Vec<f64>,
-    /// `u` rounded to f32, for the per-step products.
-    u32: Vec<f32>,
     /// √(c/λ) per direction: the factor of P along it (1 + d).
     factor: Vec<f64>,
-}
-
-/// The precisions [`FirstLayerPreconditioner::apply`] runs in, with the block's U in that precision.
-trait Precision: Real {
-    fn u(b: &Block) -> &[Self];
-}
-impl Precision for f64 {
-    fn u(b: &Block) -> &[f64] {
-        &b.u
-    }
-}
-impl Precision for f32 {
-    fn u(b: &Block) -> &[f32] {
-        &b.u32
-    }
 }
 
 /// The coordinate change of all first layers ([module docs](self)).
@@ -81,7 +65,6 @@ impl FirstLayerPreconditioner {
                     n_in,
                     n_out,
                     u: vectors[..keep * n_in].to_vec(),
-                    u32: vectors[..keep * n_in].iter().map(|&v| v as f32).collect(),
                     factor: values[..keep].iter().map(|l| (variance / l).sqrt()).collect(),
                 })
             })
@@ -94,60 +77,47 @@ impl FirstLayerPreconditioner {
         self.blocks.iter().map(|b| b.factor.len()).collect()
     }
 
-    /// Model parameters from the optimiser's: W = P W̃ in every block. The correction (P − I) W̃ is formed in f32:
-    /// the networks' training passes read W in f32 anyway, and f32 products stream half the bytes.
+    /// Model parameters from the optimiser's: W = P W̃ in every block.
     pub fn to_model(&self, p: &mut [f64]) {
-        self.apply::<f32>(p, |f| f - 1.0);
+        self.apply(p, |f| f - 1.0);
     }
 
-    /// The optimiser's parameters from the model's: W̃ = P⁻¹ W (once per epoch, in f64).
+    /// The optimiser's parameters from the model's: W̃ = P⁻¹ W (once per epoch).
     pub fn to_optimizer(&self, p: &mut [f64]) {
-        self.apply::<f64>(p, |f| 1.0 / f - 1.0);
+        self.apply(p, |f| 1.0 / f - 1.0);
     }
 
-    /// The gradient in the optimiser's coordinates from the model's: ∇W̃ = Pᵀ ∇W = P ∇W (the correction in f32,
-    /// like the gradient's own products).
+    /// The gradient in the optimiser's coordinates from the model's: ∇W̃ = Pᵀ ∇W = P ∇W.
     pub fn gradient_to_optimizer(&self, g: &mut [f64]) {
-        self.apply::<f32>(g, |f| f - 1.0);
+        self.apply(g, |f| f - 1.0);
     }
 
-    /// W ← W + U diag(e(factor)) Uᵀ W in every block, the second term in precision T, in pieces of [`COLUMNS`]
-    /// columns on the pool's threads (each piece is the same arithmetic whatever the number of threads).
-    fn apply<T: Precision>(&self, p: &mut [f64], e: impl Fn(f64) -> f64 + Sync) {
-        let jobs: Vec<(usize, usize)> =
-            self.blocks.iter().enumerate().flat_map(|(k, b)| (0..b.n_out).step_by(COLUMNS).map(move |c| (k, c))).collect();
-        let corrections: Vec<Vec<T>> = jobs
-            .par_iter()
-            .map(|&(k, c0)| {
-                let b = &self.blocks[k];
-                let (r, h) = (b.factor.len(), COLUMNS.min(b.n_out - c0));
-                let u = T::u(b);
-                let w = &p[b.offset..b.offset + b.n_in * b.n_out];
-                let piece: Vec<T> = w.chunks(b.n_out).flat_map(|row| row[c0..c0 + h].iter().map(|&v| T::of(v))).collect();
-                let mut y = vec![T::default(); r * h];
-                gemm(r, b.n_in, h, u, false, &piece, false, 0.0, &mut y);
-                for (row, f) in y.chunks_mut(h).zip(&b.factor) {
-                    let s = e(*f);
-                    row.iter_mut().for_each(|v| *v = T::of(v.f64() * s));
-                }
-                let mut correction = piece;
-                gemm(b.n_in, r, h, u, true, &y, false, 0.0, &mut correction);
-                correction
-            })
-            .collect();
-        for (&(k, c0), correction) in jobs.iter().zip(&corrections) {
-            let b = &self.blocks[k];
-            let h = COLUMNS.min(b.n_out - c0);
-            let w = &mut p[b.offset..b.offset + b.n_in * b.n_out];
-            for (row, c) in w.chunks_mut(b.n_out).zip(correction.chunks(h)) {
-                row[c0..c0 + h].iter_mut().zip(c).for_each(|(w, c)| *w += c.f64());
-            }
+    /// W ← W + U diag(e(factor)) Uᵀ W in every block: Y = U W (rank × width), then W += Uᵀ diag(e) Y, two
+    /// products on the block's weights where they lie, one block per task on the pool's threads (each block is
+    /// the same arithmetic whatever the number of threads).
+    fn apply(&self, p: &mut [f64], e: impl Fn(f64) -> f64 + Sync) {
+        let mut order: Vec<&Block> = self.blocks.iter().collect();
+        order.sort_by_key(|b| b.offset);
+        let mut jobs: Vec<(&Block, &mut [f64])> = Vec::with_capacity(order.len());
+        let (mut rest, mut at) = (p, 0);
+        for b in order {
+            let (_, tail) = std::mem::take(&mut rest).split_at_mut(b.offset - at);
+            let (w, tail) = tail.split_at_mut(b.n_in * b.n_out);
+            jobs.push((b, w));
+            (rest, at) = (tail, b.offset + b.n_in * b.n_out);
         }
+        jobs.into_par_iter().for_each(|(b, w)| {
+            let r = b.factor.len();
+            let mut y = vec![0.0; r * b.n_out];
+            gemm(r, b.n_in, b.n_out, &b.u, false, w, false, 0.0, &mut y);
+            for (row, f) in y.chunks_mut(b.n_out).zip(&b.factor) {
+                let s = e(*f);
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+            gemm(b.n_in, r, b.n_out, &b.u, true, &y, false, 1.0, w);
+        });
     }
 }
-
-/// Columns of a first layer per task of [`FirstLayerPreconditioner::apply`].
-const COLUMNS: usize = 16;
 
 /// The input-side curvature of a first layer `[n_in][n_in]`: the covariance C_x of the inputs `x`, the
 /// energy loss's factor, and with `tangents` = (t, β) the mix (1 − β) C_x + β (tr C_x / tr M_t) M_t, where M_t is
@@ -271,10 +241,9 @@ mod tests {
             assert!((across(&w, c) - across(&w0, c)).abs() < 0.02 * along(&w0, c).abs());
             assert!((w[5 + c] - w0[5 + c]).abs() < 0.02 * along(&w0, c).abs());
         }
-        // to_model forms its correction in f32, to_optimizer in f64: inverse to f32 rounding
         p.to_optimizer(&mut w);
         for (a, b) in w.iter().zip(&w0) {
-            assert!((a - b).abs() < 1e-6 * 9.0, "{a} {b}");
+            assert!((a - b).abs() < 1e-12 * 9.0, "{a} {b}");
         }
         // the gradient map is P itself
         let mut g = w0.clone();
@@ -282,5 +251,44 @@ mod tests {
         let mut m = w0.clone();
         p.to_model(&mut m);
         assert_eq!(g, m);
+    }
+
+    #[test]
+    fn every_block_gets_its_own_map_and_nothing_else_moves() {
+        // two networks whose first layers sit at offsets 10 (4 inputs × 3) and 0 (3 inputs × 2), listed in that
+        // order, with other parameters around and between them
+        let mut rng = Rng::new(11);
+        let sample = |n_in: usize, rng: &mut Rng| -> Vec<f64> {
+            (0..300).flat_map(|_| {
+                let a = 4.0 * rng.normal();
+                (0..n_in).map(|k| a * (1.0 + k as f64) + 0.1 * rng.normal()).collect::<Vec<_>>()
+            }).collect()
+        };
+        let x = [sample(4, &mut rng), sample(3, &mut rng)];
+        let layers = [(10, 4, 3), (0, 3, 2)];
+        let p = FirstLayerPreconditioner::fit(&x, None, &layers, 2, 0.5, 3).expect("directions");
+        assert_eq!(p.blocks.len(), 2);
+        let w0: Vec<f64> = (0..25).map(|k| (k as f64 * 0.71).cos()).collect();
+        let mut w = w0.clone();
+        p.to_model(&mut w);
+        // the reference: (I + U diag(f − 1) Uᵀ) W per block, W stored [n_in][n_out]
+        let mut expected = w0.clone();
+        for b in &p.blocks {
+            for i in 0..b.n_in {
+                for c in 0..b.n_out {
+                    let mut v = 0.0;
+                    for (r, f) in b.factor.iter().enumerate() {
+                        let uw: f64 = (0..b.n_in).map(|j| b.u[r * b.n_in + j] * w0[b.offset + j * b.n_out + c]).sum();
+                        v += b.u[r * b.n_in + i] * (f - 1.0) * uw;
+                    }
+                    expected[b.offset + i * b.n_out + c] += v;
+                }
+            }
+        }
+        for (k, (a, e)) in w.iter().zip(&expected).enumerate() {
+            assert!((a - e).abs() < 1e-12, "parameter {k}: {a} against {e}");
+        }
+        assert!(w.iter().zip(&w0).filter(|(a, b)| a != b).count() >= 12, "the maps changed too little");
+        assert_eq!((&w[6..10], &w[22..]), (&w0[6..10], &w0[22..]));
     }
 }
