@@ -183,7 +183,12 @@ impl Mlp {
 
     /// Outputs for `n` inputs.
     pub fn forward(&self, x: &[f64], n: usize) -> Vec<f64> {
-        self.forward_z(&self.params, x, n).0.pop().unwrap_or_default()
+        self.forward_in(&self.params, x, n)
+    }
+
+    /// [`Mlp::forward`] with the weights `w` (`params` or [`Mlp::params_f32`]) in their precision.
+    pub fn forward_in<T: Real>(&self, w: &[T], x: &[T], n: usize) -> Vec<T> {
+        self.forward_z(w, x, n).0.pop().unwrap_or_default()
     }
 
     /// Outputs and their gradient with respect to the inputs (`[n][in]`).

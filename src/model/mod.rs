@@ -23,6 +23,7 @@ use crate::prediction::{stress_from_virial, Prediction};
 use crate::repulsion::{Repulsion, RepulsionTable};
 pub use power_spectrum::Primitive;
 pub use power_spectrum::ForwardCache;
+pub use power_spectrum::LayerWeights;
 use power_spectrum::PowerSpectrumModel;
 use serde::{Deserialize, Serialize};
 
@@ -417,6 +418,12 @@ impl Model {
     /// Sets the trainable parameters from one vector of length [`Model::n_params`].
     pub fn set_params(&mut self, p: &[f64]) {
         self.atomic.networked_mut().set_params(p)
+    }
+    /// A training step's update of the weights the training passes read, with `first_layer` applied to each
+    /// network's first layer: [`PowerSpectrumModel::set_training_weights`] (in f32 training the f64 weights are
+    /// left for [`Model::set_params`]).
+    pub fn set_training_weights(&mut self, p: &[f64], first_layer: &(dyn Fn(usize, LayerWeights<'_>) + Sync)) {
+        self.atomic.networked_mut().set_training_weights(p, first_layer)
     }
 
     /// The training primitive: accumulates into `grad` the parameter gradient of `Σ_p a_p·E(X_p) + D_{t_p} E(X_p)`

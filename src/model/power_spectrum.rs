@@ -76,6 +76,18 @@ impl Primitive<'_> {
 /// At most this many atoms go through a network in one task of a batch.
 const ROWS_PER_TASK: usize = 32;
 
+/// Parameters per task when the f32 training passes' gradients are added to the f64 gradient.
+const GRADIENT_PIECE: usize = 1 << 14;
+
+/// A network's first-layer weights `[n_in][width]` in the precision the training passes read
+/// ([`PowerSpectrumModel::set_training_weights`]).
+pub enum LayerWeights<'a> {
+    /// f32 training.
+    F32(&'a mut [f32]),
+    /// f64 training.
+    F64(&'a mut [f64]),
+}
+
 /// A network's part of the gradient and its species' block of the compression's.
 type GradSlices<'g> = (&'g mut [f64], &'g mut [f64]);
 
@@ -308,15 +320,15 @@ impl PowerSpectrumModel {
         self.desc_cache = std::sync::OnceLock::new();
     }
 
-    /// Total energy of each structure of a batch (no derivatives).
+    /// Total energy of each structure of a batch (no derivatives), in the training passes' precision during
+    /// training (with the weights of the last step: [`PowerSpectrumModel::set_training_weights`]).
     pub fn energies(&self, items: &[(&[usize], &Descriptors)], e0: &[f64], scale: f64) -> Vec<f64> {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
         let outputs: Vec<(Vec<f64>, Vec<f64>)> = tasks
             .par_iter()
-            .map(|t| {
-                let x = self.standardised(&self.input_map(t.species), t, |p| items[p].1);
-                let guard = self.guard_energies(t.species, &x, t.rows.len(), None, scale);
-                (self.networks[t.species].forward(&x, t.rows.len()), guard)
+            .map(|t| match &self.weights_f32 {
+                Some(w) => self.task_energies(t, items, &w[t.species], scale),
+                None => self.task_energies(t, items, &self.networks[t.species].params, scale),
             })
             .collect();
         let mut energies = vec![0.0; items.len()];
@@ -326,6 +338,15 @@ impl PowerSpectrumModel {
             }
         }
         energies
+    }
+
+    /// One task of [`PowerSpectrumModel::energies`] with the weights `w`: the network's outputs and the domain
+    /// guard's energies of its rows.
+    fn task_energies<T: Real>(&self, t: &RowTask, items: &[(&[usize], &Descriptors)], w: &[T], scale: f64) -> (Vec<f64>, Vec<f64>) {
+        let x: Vec<T> = self.standardised(&self.input_map(t.species), t, |p| items[p].1);
+        let guard = self.guard_energies(t.species, &x, t.rows.len(), None, scale);
+        let out = self.networks[t.species].forward_in(w, &x, t.rows.len()).into_iter().map(|v| v.f64()).collect();
+        (out, guard)
     }
 
     /// Atomic energies and the per-pair gradients ∂E/∂r_ij (in neighbour-list order) of each structure of a
@@ -578,6 +599,37 @@ impl PowerSpectrumModel {
         }
     }
 
+    /// A training step's update of the weights the training passes read: [`PowerSpectrumModel::set_params`]
+    /// with `first_layer(s, w)` applied to network s's first-layer weights `[n_in][width]` after the copy (the
+    /// optimiser's coordinates mapped to the model's), one network per task. In f32 training only the f32 copies
+    /// change — the conversion and the map in one pass, the map in f32 — and the f64 weights keep the last
+    /// `set_params`, which must come before anything reads the model in f64 (the trainer's does at the end of
+    /// every epoch); in f64 training the weights themselves.
+    pub fn set_training_weights(&mut self, p: &[f64], first_layer: &(dyn Fn(usize, LayerWeights<'_>) + Sync)) {
+        let mut parts = Vec::with_capacity(self.networks.len());
+        let mut rest = p;
+        for net in &self.networks {
+            let (part, tail) = rest.split_at(net.n_params());
+            parts.push((part, net.sizes[0] * net.sizes[1]));
+            rest = tail;
+        }
+        match self.weights_f32.as_mut() {
+            Some(w32) => w32.par_iter_mut().zip(&parts).enumerate().for_each(|(s, (w, &(part, layer)))| {
+                w.iter_mut().zip(part).for_each(|(w, p)| *w = *p as f32);
+                first_layer(s, LayerWeights::F32(&mut w[..layer]));
+            }),
+            None => self.networks.par_iter_mut().zip(&parts).enumerate().for_each(|(s, (net, &(part, layer)))| {
+                net.params.copy_from_slice(part);
+                first_layer(s, LayerWeights::F64(&mut net.params[..layer]));
+            }),
+        }
+        if let Some(b) = self.four_body.as_mut().filter(|b| b.trainable) {
+            let len = b.compression.len();
+            b.compression.copy_from_slice(&rest[..len]);
+            self.desc_cache = std::sync::OnceLock::new();
+        }
+    }
+
     /// Accumulates into `grad` the parameter gradients of a batch of training primitives `a·E + D_t E` (see
     /// [`crate::model::Model::accumulate_param_grad`]): the descriptors' tangents per configuration, then each
     /// network once per [`row_tasks`] task on the batch's atoms of its element, then the tasks' gradients summed
@@ -618,9 +670,21 @@ impl PowerSpectrumModel {
                     (g, g_w)
                 })
                 .collect();
-            for (t, (g, g_w)) in tasks.iter().zip(&buffers) {
+            // the networks' parts in pieces on the threads, each piece summing its tasks in task order
+            let mut pieces: Vec<(usize, usize, &mut [f64])> = Vec::new();
+            let mut rest = &mut nets[..];
+            for s in 0..self.networks.len() {
+                let (net, tail) = std::mem::take(&mut rest).split_at_mut(offs[s + 1] - offs[s]);
+                rest = tail;
+                pieces.extend(net.chunks_mut(GRADIENT_PIECE).enumerate().map(|(k, piece)| (s, k * GRADIENT_PIECE, piece)));
+            }
+            pieces.into_par_iter().for_each(|(s, at, piece)| {
+                for (_, (g, _)) in tasks.iter().zip(&buffers).filter(|(t, _)| t.species == s) {
+                    piece.iter_mut().zip(&g[at..]).for_each(|(a, b)| *a += *b as f64);
+                }
+            });
+            for (t, (_, g_w)) in tasks.iter().zip(&buffers) {
                 let s = t.species;
-                nets[offs[s]..offs[s + 1]].iter_mut().zip(g).for_each(|(a, b)| *a += *b as f64);
                 w_grad[s * block..s * block + g_w.len()].iter_mut().zip(g_w).for_each(|(a, b)| *a += b);
             }
             return;

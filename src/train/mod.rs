@@ -22,7 +22,7 @@ use crate::error::{Error, Result};
 use crate::family::Family;
 use crate::frame::{Frame, Vec3};
 use crate::metrics::{self, Metrics};
-use crate::model::{Environments, Model};
+use crate::model::{Environments, LayerWeights, Model};
 use crate::prediction::Prediction;
 use crate::repulsion::Repulsion;
 use crate::rng::Rng;
@@ -960,18 +960,30 @@ fn run_epoch(
     let mut order: Vec<usize> = (0..train.len()).collect();
     Rng::derive(t.seed, epoch as u64, 0x5_4ff1e).shuffle(&mut order);
     let mut sums = LossTerms::default();
-    // the optimiser's coordinates (the model's, or the preconditioned first layers')
-    let mut model_params = model.params();
-    let mut params = model_params.clone();
+    // the optimiser's coordinates (the model's, or the preconditioned first layers'), and the EMA in them: P is
+    // linear and fixed, so averaging W̃ and mapping once per epoch is averaging W
+    let mut params = model.params();
+    let mut ema = st.ema.clone();
     if let Some(p) = precondition {
         p.to_optimizer(&mut params);
+        if let Some(e) = ema.as_mut() {
+            p.to_optimizer(e);
+        }
     }
+    let to_model = |network: usize, w: LayerWeights<'_>| {
+        if let Some(p) = precondition {
+            p.to_model_layer(network, w);
+        }
+    };
     for (b, ids) in order.chunks(bs).enumerate() {
         let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
         let (mut l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true, Some(cache))?;
         if let Some(a) = anchor {
-            let at = if precondition.is_some() { &model_params } else { &params };
-            l.anchor = loss::anchor_term(at, a, cfg.loss.anchor_weight, &mut g);
+            let mut at = params.clone();
+            if let Some(p) = precondition {
+                p.to_model(&mut at);
+            }
+            l.anchor = loss::anchor_term(&at, a, cfg.loss.anchor_weight, &mut g);
         }
         if let Some(p) = precondition {
             p.gradient_to_optimizer(&mut g);
@@ -989,25 +1001,23 @@ fn run_epoch(
         if let Some(mask) = trainable {
             g.iter_mut().zip(mask).filter(|(_, &t)| !t).for_each(|(g, _)| *g = 0.0);
         }
-        optim::clip_grad_norm(&mut g, t.clip_grad_norm);
-        st.optimizer.step(&mut params, &g, st.schedule.lr, trainable);
-        let current = match precondition {
-            Some(p) => {
-                model_params.clone_from(&params);
-                p.to_model(&mut model_params);
-                &model_params
-            }
-            None => &params,
-        };
-        model.set_params(current);
-        if let Some(e) = st.ema.as_mut() {
-            optim::ema_update(e, current, t.ema_decay);
-        }
+        let clip = optim::clip_factor(optim::grad_norm(&g), t.clip_grad_norm);
+        st.optimizer.step(&mut params, &g, clip, st.schedule.lr, trainable, ema.as_deref_mut().map(|e| (e, t.ema_decay)));
+        model.set_training_weights(&params, &to_model);
         st.step += 1;
         if let Some(p) = progress {
             p.batch(epoch);
         }
     }
+    // back to the model's coordinates, exactly (f64), for validation, checkpoints and the next epoch
+    if let Some(p) = precondition {
+        p.to_model(&mut params);
+        if let Some(e) = ema.as_mut() {
+            p.to_model(e);
+        }
+    }
+    model.set_params(&params);
+    st.ema = ema;
     Ok(sums)
 }
 

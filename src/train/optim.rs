@@ -27,29 +27,44 @@ impl Adam {
         Adam { m: vec![0.0; n], v: vec![0.0; n], t: 0, decoupled, weight_decay }
     }
 
-    /// One update of `params` with gradient `grad` and learning rate `lr`; with `trainable`, the parameters
-    /// marked `false` are left exactly as they are (also by weight decay). Element-wise, so it is shared among
-    /// the pool's threads in fixed chunks with the same result for any number of threads.
-    pub fn step(&mut self, params: &mut [f64], grad: &[f64], lr: f64, trainable: Option<&[bool]>) {
+    /// One update of `params` with gradient `grad_scale · grad` (the clip's factor, [`clip_factor`]) and learning
+    /// rate `lr`; with `trainable`, the parameters marked `false` are left exactly as they are (also by weight
+    /// decay); with `ema = (average, decay)`, the moving average of the new parameters is updated in the same
+    /// pass. Element-wise, so it is shared among the pool's threads in fixed chunks with the same result for any
+    /// number of threads, and one pass over the parameters instead of a scaling, the step and the average apart.
+    pub fn step(&mut self, params: &mut [f64], grad: &[f64], grad_scale: f64, lr: f64, trainable: Option<&[bool]>, ema: Option<(&mut [f64], f64)>) {
         self.t += 1;
+        let (ema, decay) = match ema {
+            Some((e, d)) => (Some(e), d),
+            None => (None, 0.0),
+        };
         let k = AdamStep {
             inv_c1: 1.0 / (1.0 - B1.powi(self.t.min(1 << 30) as i32)),
             inv_c2: 1.0 / (1.0 - B2.powi(self.t.min(1 << 30) as i32)),
             lr,
             wd: self.weight_decay,
+            grad_scale,
+            decay,
         };
         let isa = Isa::detect();
+        let decoupled = self.decoupled;
+        let mut ema_chunks: Vec<Option<&mut [f64]>> = match ema {
+            Some(e) => e.chunks_mut(ELEMENTWISE_CHUNK).map(Some).collect(),
+            None => Vec::new(),
+        };
+        ema_chunks.resize_with(params.len().div_ceil(ELEMENTWISE_CHUNK), || None);
         let chunks = params.par_chunks_mut(ELEMENTWISE_CHUNK).zip(self.m.par_chunks_mut(ELEMENTWISE_CHUNK)).zip(self.v.par_chunks_mut(ELEMENTWISE_CHUNK));
-        chunks.zip(grad.par_chunks(ELEMENTWISE_CHUNK)).enumerate().for_each(|(c, (((p, m), v), g))| {
+        chunks.zip(grad.par_chunks(ELEMENTWISE_CHUNK)).zip(ema_chunks).enumerate().for_each(|(c, ((((p, m), v), g), e))| {
             let t = trainable.map(|t| &t[c * ELEMENTWISE_CHUNK..c * ELEMENTWISE_CHUNK + p.len()]);
-            match (isa, self.decoupled) {
-                (Isa::Portable, false) => adam_chunk::<false>(p, m, v, g, t, &k),
-                (Isa::Portable, true) => adam_chunk::<true>(p, m, v, g, t, &k),
+            let moments = Moments { m, v };
+            match (isa, decoupled) {
+                (Isa::Portable, false) => adam_chunk::<false>(p, moments, g, t, e, &k),
+                (Isa::Portable, true) => adam_chunk::<true>(p, moments, g, t, e, &k),
                 // SAFETY (both arms): `Isa::detect` found AVX2 and FMA on this CPU.
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx2Fma, false) => unsafe { adam_chunk_avx2::<false>(p, m, v, g, t, &k) },
+                (Isa::Avx2Fma, false) => unsafe { adam_chunk_avx2::<false>(p, moments, g, t, e, &k) },
                 #[cfg(target_arch = "x86_64")]
-                (Isa::Avx2Fma, true) => unsafe { adam_chunk_avx2::<true>(p, m, v, g, t, &k) },
+                (Isa::Avx2Fma, true) => unsafe { adam_chunk_avx2::<true>(p, moments, g, t, e, &k) },
             }
         });
     }
@@ -59,20 +74,31 @@ const B1: f64 = 0.9;
 const B2: f64 = 0.999;
 const EPS: f64 = 1e-8;
 
-/// What one Adam step needs besides the arrays: inverse bias corrections, rate, weight decay.
+/// What one Adam step needs besides the arrays: inverse bias corrections, rate, weight decay, the gradient's
+/// clip factor and the EMA's decay.
 struct AdamStep {
     inv_c1: f64,
     inv_c2: f64,
     lr: f64,
     wd: f64,
+    grad_scale: f64,
+    decay: f64,
 }
 
-/// Adam (AdamW when `DECOUPLED`) on one chunk; parameters with `trainable[i] = false` keep their value and
-/// moments. Written with selects instead of branches so that it vectorises, and with one division per parameter
-/// (the scalar loop with three was a fifth of a training step).
+/// One chunk's first and second moments.
+struct Moments<'a> {
+    m: &'a mut [f64],
+    v: &'a mut [f64],
+}
+
+/// Adam (AdamW when `DECOUPLED`) on one chunk, then the EMA `ema` of the new parameters if given; parameters
+/// with `trainable[i] = false` keep their value and moments. Written with selects instead of branches so that it
+/// vectorises, and with one division per parameter (the scalar loop with three was a fifth of a training step).
 #[inline(always)]
-fn adam_chunk<const DECOUPLED: bool>(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], trainable: Option<&[bool]>, k: &AdamStep) {
+fn adam_chunk<const DECOUPLED: bool>(p: &mut [f64], moments: Moments<'_>, g: &[f64], trainable: Option<&[bool]>, ema: Option<&mut [f64]>, k: &AdamStep) {
+    let Moments { m, v } = moments;
     let update = |p: f64, m: f64, v: f64, g: f64| {
+        let g = g * k.grad_scale;
         let g = if DECOUPLED { g } else { g + k.wd * p };
         let m = B1 * m + (1.0 - B1) * g;
         let v = B2 * v + (1.0 - B2) * g * g;
@@ -80,17 +106,23 @@ fn adam_chunk<const DECOUPLED: bool>(p: &mut [f64], m: &mut [f64], v: &mut [f64]
         let p = if DECOUPLED { p - k.lr * k.wd * p } else { p };
         (p - k.lr * upd, m, v)
     };
+    let n = p.len().min(m.len()).min(v.len()).min(g.len());
     match trainable {
         None => {
-            for i in 0..p.len().min(m.len()).min(v.len()).min(g.len()) {
+            for i in 0..n {
                 (p[i], m[i], v[i]) = update(p[i], m[i], v[i], g[i]);
             }
         }
         Some(t) => {
-            for i in 0..p.len().min(m.len()).min(v.len()).min(g.len()).min(t.len()) {
+            for i in 0..n.min(t.len()) {
                 let (pn, mn, vn) = update(p[i], m[i], v[i], g[i]);
                 (p[i], m[i], v[i]) = if t[i] { (pn, mn, vn) } else { (p[i], m[i], v[i]) };
             }
+        }
+    }
+    if let Some(e) = ema {
+        for (e, p) in e.iter_mut().zip(&p[..n]) {
+            *e = k.decay * *e + (1.0 - k.decay) * p;
         }
     }
 }
@@ -101,30 +133,42 @@ fn adam_chunk<const DECOUPLED: bool>(p: &mut [f64], m: &mut [f64], v: &mut [f64]
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn adam_chunk_avx2<const DECOUPLED: bool>(p: &mut [f64], m: &mut [f64], v: &mut [f64], g: &[f64], trainable: Option<&[bool]>, k: &AdamStep) {
-    adam_chunk::<DECOUPLED>(p, m, v, g, trainable, k)
+unsafe fn adam_chunk_avx2<const DECOUPLED: bool>(p: &mut [f64], moments: Moments<'_>, g: &[f64], trainable: Option<&[bool]>, ema: Option<&mut [f64]>, k: &AdamStep) {
+    adam_chunk::<DECOUPLED>(p, moments, g, trainable, ema, k)
 }
 
 /// Parameters per task of the element-wise passes over all parameters (optimiser step, EMA).
 const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
-/// Scales `grad` so that its Euclidean norm is at most `max_norm` (0 = no clipping); returns the original norm.
-pub fn clip_grad_norm(grad: &mut [f64], max_norm: f64) -> f64 {
-    // eight partial sums in a fixed order: the same result every time, and a loop that vectorises
-    let mut partial = [0.0f64; 8];
-    let blocks = grad.chunks_exact(8);
-    let tail: f64 = blocks.remainder().iter().map(|g| g * g).sum();
-    for block in blocks {
-        for (p, g) in partial.iter_mut().zip(block) {
-            *p += g * g;
-        }
-    }
-    let norm = (partial.iter().sum::<f64>() + tail).sqrt();
+/// The Euclidean norm of `grad`: sums of squares per fixed chunk on the pool's threads, added in chunk order
+/// (the same result for any number of threads).
+pub fn grad_norm(grad: &[f64]) -> f64 {
+    let partial: Vec<f64> = grad
+        .par_chunks(ELEMENTWISE_CHUNK)
+        .map(|chunk| {
+            // eight partial sums in a fixed order: a loop that vectorises
+            let mut partial = [0.0f64; 8];
+            let blocks = chunk.chunks_exact(8);
+            let tail: f64 = blocks.remainder().iter().map(|g| g * g).sum();
+            for block in blocks {
+                for (p, g) in partial.iter_mut().zip(block) {
+                    *p += g * g;
+                }
+            }
+            partial.iter().sum::<f64>() + tail
+        })
+        .collect();
+    partial.iter().sum::<f64>().sqrt()
+}
+
+/// The factor that brings a gradient of norm `norm` to at most `max_norm` (0 = no clipping): 1 or
+/// `max_norm / norm`, for [`Adam::step`].
+pub fn clip_factor(norm: f64, max_norm: f64) -> f64 {
     if max_norm > 0.0 && norm > max_norm {
-        let s = max_norm / norm;
-        grad.iter_mut().for_each(|g| *g *= s);
+        max_norm / norm
+    } else {
+        1.0
     }
-    norm
 }
 
 /// Learning-rate schedule state.
@@ -193,15 +237,6 @@ impl Schedule {
     }
 }
 
-/// Exponential moving average of the parameters.
-pub fn ema_update(ema: &mut [f64], params: &[f64], decay: f64) {
-    ema.par_chunks_mut(ELEMENTWISE_CHUNK).zip(params.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(e, p)| {
-        for (e, p) in e.iter_mut().zip(p) {
-            *e = decay * *e + (1.0 - decay) * p;
-        }
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,32 +258,33 @@ mod tests {
         assert_eq!(long.lr, 1e-5);
     }
 
-    /// The AVX2 variant of the Adam step gives the portable code's bits, with and without a mask
-    /// and weight decay (so a run is reproducible across machines).
+    /// The AVX2 variant of the Adam step gives the portable code's bits, with and without a mask, weight decay
+    /// and the EMA (so a run is reproducible across machines).
     #[test]
     fn adam_variants_agree_bit_for_bit() {
         let mut rng = crate::rng::Rng::new(8);
         let n = 1003;
-        let start: Vec<Vec<f64>> = (0..4).map(|_| (0..n).map(|_| rng.normal()).collect()).collect();
+        let start: Vec<Vec<f64>> = (0..5).map(|_| (0..n).map(|_| rng.normal()).collect()).collect();
         let v0: Vec<f64> = start[2].iter().map(|x| x * x).collect();
         let mask: Vec<bool> = (0..n).map(|i| i % 3 != 0).collect();
-        let k = AdamStep { inv_c1: 1.7, inv_c2: 3.1, lr: 1e-3, wd: 0.01 };
+        let k = AdamStep { inv_c1: 1.7, inv_c2: 3.1, lr: 1e-3, wd: 0.01, grad_scale: 0.7, decay: 0.99 };
         for t in [None, Some(&mask[..])] {
-            type Step<'a> = &'a dyn Fn(&mut [f64], &mut [f64], &mut [f64], &[f64]);
+            type Step<'a> = &'a dyn Fn(&mut [f64], Moments<'_>, &[f64], &mut [f64]);
             let run = |f: Step| {
-                let (mut p, mut m, mut v) = (start[0].clone(), start[1].clone(), v0.clone());
-                f(&mut p, &mut m, &mut v, &start[3]);
-                (p, m, v)
+                let (mut p, mut m, mut v, mut e) = (start[0].clone(), start[1].clone(), v0.clone(), start[4].clone());
+                f(&mut p, Moments { m: &mut m, v: &mut v }, &start[3], &mut e);
+                (p, m, v, e)
             };
             for decoupled in [false, true] {
-                let portable = run(&|p, m, v, g| if decoupled { adam_chunk::<true>(p, m, v, g, t, &k) } else { adam_chunk::<false>(p, m, v, g, t, &k) });
+                let portable = run(&|p, mv, g, e| if decoupled { adam_chunk::<true>(p, mv, g, t, Some(e), &k) } else { adam_chunk::<false>(p, mv, g, t, Some(e), &k) });
                 assert_ne!(portable.0, start[0]);
+                assert_ne!(portable.3, start[4]);
                 #[cfg(target_arch = "x86_64")]
                 {
                     // SAFETY: the AVX2 variant runs only where the CPU has AVX2.
                     if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-                        let got = run(&|p, m, v, g| unsafe {
-                            if decoupled { adam_chunk_avx2::<true>(p, m, v, g, t, &k) } else { adam_chunk_avx2::<false>(p, m, v, g, t, &k) }
+                        let got = run(&|p, mv, g, e| unsafe {
+                            if decoupled { adam_chunk_avx2::<true>(p, mv, g, t, Some(e), &k) } else { adam_chunk_avx2::<false>(p, mv, g, t, Some(e), &k) }
                         });
                         assert_eq!(got, portable);
                     }
@@ -256,13 +292,39 @@ mod tests {
             }
         }
     }
+
+    /// The fused step is the separate passes it replaces: the gradient scaled first, Adam, then the EMA of the
+    /// new parameters; and the norm of a vector longer than a chunk is the plain one.
+    #[test]
+    fn the_fused_step_is_scale_then_adam_then_average() {
+        let mut rng = crate::rng::Rng::new(3);
+        let n = 2 * ELEMENTWISE_CHUNK + 77;
+        let p0: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        let g: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        let e0: Vec<f64> = (0..n).map(|_| rng.normal()).collect();
+        let norm = grad_norm(&g);
+        let plain = g.iter().map(|g| g * g).sum::<f64>().sqrt();
+        assert!((norm - plain).abs() < 1e-12 * plain, "{norm} {plain}");
+        let s = clip_factor(norm, 10.0);
+        assert!((s - 10.0 / plain).abs() < 1e-12 && clip_factor(norm, 0.0) == 1.0 && clip_factor(norm, 2.0 * norm) == 1.0);
+        let (mut fused, mut ema) = (p0.clone(), e0.clone());
+        let mut a = Adam::new(n, true, 0.01);
+        a.step(&mut fused, &g, s, 1e-3, None, Some((&mut ema, 0.9)));
+        let (mut apart, scaled) = (p0.clone(), g.iter().map(|g| g * s).collect::<Vec<_>>());
+        let mut b = Adam::new(n, true, 0.01);
+        b.step(&mut apart, &scaled, 1.0, 1e-3, None, None);
+        assert_eq!(fused, apart);
+        assert_eq!((a.m, a.v), (b.m, b.v));
+        assert!(ema.iter().zip(&e0).zip(&apart).all(|((e, e0), p)| *e == 0.9 * e0 + (1.0 - 0.9) * p));
+    }
+
     #[test]
     fn adam_minimises_a_quadratic_and_schedules_decay() {
         let mut p = vec![3.0, -2.0];
         let mut opt = Adam::new(2, true, 0.0);
         for _ in 0..2000 {
             let g = vec![2.0 * p[0], 8.0 * p[1]];
-            opt.step(&mut p, &g, 0.01, None);
+            opt.step(&mut p, &g, 1.0, 0.01, None, None);
         }
         assert!(p[0].abs() < 1e-3 && p[1].abs() < 1e-3, "{p:?}");
         let mut s = Schedule::new(ScheduleKind::Plateau, 1.0, 0.01, 2, 0.5, 100);
@@ -273,8 +335,7 @@ mod tests {
         let mut c = Schedule::new(ScheduleKind::Cosine, 1.0, 0.0, 0, 0.0, 10);
         c.end_epoch(4, 0.0);
         assert!((c.lr - 0.5).abs() < 1e-12);
-        let mut g = vec![3.0, 4.0];
-        assert_eq!(clip_grad_norm(&mut g, 1.0), 5.0);
-        assert!((g[0] - 0.6).abs() < 1e-12);
+        assert_eq!(grad_norm(&[3.0, 4.0]), 5.0);
+        assert!((clip_factor(5.0, 1.0) - 0.2).abs() < 1e-15);
     }
 }

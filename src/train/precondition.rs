@@ -20,18 +20,23 @@
 //! = β the directions come from a mix of both ([`curvature_estimate`]): a further 3–12 % at equal epochs on
 //! rMD17 (session 50).
 
-use crate::linalg::gemm;
+use crate::linalg::{gemm, Real};
+use crate::model::LayerWeights;
 use crate::rng::Rng;
 use rayon::prelude::*;
 
 /// One network's first layer: where its weights sit in the parameter vector and the low-rank P.
 #[derive(Clone, Debug)]
 struct Block {
+    /// The network (species index) whose first layer this is.
+    network: usize,
     offset: usize,
     n_in: usize,
     n_out: usize,
     /// Leading eigenvectors of the inputs' covariance, `[rank][n_in]`, orthonormal rows.
     u: Vec<f64>,
+    /// `u` rounded to f32, for the map of f32 training weights.
+    u_f32: Vec<f32>,
     /// √(c/λ) per direction: the factor of P along it (1 + d).
     factor: Vec<f64>,
 }
@@ -61,10 +66,12 @@ impl FirstLayerPreconditioner {
                 let (values, vectors) = leading_eigen(&c, n_in, rank, seed);
                 let keep = values.iter().take_while(|&&l| l > variance).count();
                 (keep > 0).then(|| Block {
+                    network: s,
                     offset,
                     n_in,
                     n_out,
                     u: vectors[..keep * n_in].to_vec(),
+                    u_f32: vectors[..keep * n_in].iter().map(|&u| u as f32).collect(),
                     factor: values[..keep].iter().map(|l| (variance / l).sqrt()).collect(),
                 })
             })
@@ -92,9 +99,19 @@ impl FirstLayerPreconditioner {
         self.apply(g, |f| f - 1.0);
     }
 
-    /// W ← W + U diag(e(factor)) Uᵀ W in every block: Y = U W (rank × width), then W += Uᵀ diag(e) Y, two
-    /// products on the block's weights where they lie, one block per task on the pool's threads (each block is
-    /// the same arithmetic whatever the number of threads).
+    /// W = P W̃ on network `network`'s first layer alone (`w`, `[n_in][width]`, in the precision the training
+    /// passes read): the map of a training step, run by the model on each network's weights as it sets them
+    /// ([`crate::model::Model::set_training_weights`]). Nothing for a network without directions.
+    pub fn to_model_layer(&self, network: usize, w: LayerWeights<'_>) {
+        let Some(b) = self.blocks.iter().find(|b| b.network == network) else { return };
+        match w {
+            LayerWeights::F32(w) => map_block(b, &b.u_f32, w, |f| f - 1.0),
+            LayerWeights::F64(w) => map_block(b, &b.u, w, |f| f - 1.0),
+        }
+    }
+
+    /// W ← W + U diag(e(factor)) Uᵀ W in every block of the parameter vector `p`, one block per task on the
+    /// pool's threads (each block is the same arithmetic whatever the number of threads).
     fn apply(&self, p: &mut [f64], e: impl Fn(f64) -> f64 + Sync) {
         let mut order: Vec<&Block> = self.blocks.iter().collect();
         order.sort_by_key(|b| b.offset);
@@ -106,17 +123,21 @@ impl FirstLayerPreconditioner {
             jobs.push((b, w));
             (rest, at) = (tail, b.offset + b.n_in * b.n_out);
         }
-        jobs.into_par_iter().for_each(|(b, w)| {
-            let r = b.factor.len();
-            let mut y = vec![0.0; r * b.n_out];
-            gemm(r, b.n_in, b.n_out, &b.u, false, w, false, 0.0, &mut y);
-            for (row, f) in y.chunks_mut(b.n_out).zip(&b.factor) {
-                let s = e(*f);
-                row.iter_mut().for_each(|v| *v *= s);
-            }
-            gemm(b.n_in, r, b.n_out, &b.u, true, &y, false, 1.0, w);
-        });
+        jobs.into_par_iter().for_each(|(b, w)| map_block(b, &b.u, w, &e));
     }
+}
+
+/// W ← W + U diag(e(factor)) Uᵀ W on one block's weights `w` where they lie: Y = U W (rank × width), then
+/// W += Uᵀ diag(e) Y, with `u` the block's U in the weights' precision.
+fn map_block<T: Real>(b: &Block, u: &[T], w: &mut [T], e: impl Fn(f64) -> f64) {
+    let r = b.factor.len();
+    let mut y = vec![T::default(); r * b.n_out];
+    gemm(r, b.n_in, b.n_out, u, false, w, false, 0.0, &mut y);
+    for (row, f) in y.chunks_mut(b.n_out).zip(&b.factor) {
+        let s = e(*f);
+        row.iter_mut().for_each(|v| *v = T::of(v.f64() * s));
+    }
+    gemm(b.n_in, r, b.n_out, u, true, &y, false, 1.0, w);
 }
 
 /// The input-side curvature of a first layer `[n_in][n_in]`: the covariance C_x of the inputs `x`, the
@@ -290,5 +311,21 @@ mod tests {
         }
         assert!(w.iter().zip(&w0).filter(|(a, b)| a != b).count() >= 12, "the maps changed too little");
         assert_eq!((&w[6..10], &w[22..]), (&w0[6..10], &w0[22..]));
+        // the same map on one network's layer at a time, as the model runs it in a step: in f64 the same bits, in
+        // f32 to its rounding
+        for (network, &(offset, n_in, n_out)) in layers.iter().enumerate() {
+            let range = offset..offset + n_in * n_out;
+            let mut layer = w0[range.clone()].to_vec();
+            p.to_model_layer(network, LayerWeights::F64(&mut layer));
+            assert_eq!(layer, w[range.clone()]);
+            let mut layer: Vec<f32> = w0[range.clone()].iter().map(|&v| v as f32).collect();
+            p.to_model_layer(network, LayerWeights::F32(&mut layer));
+            for (a, e) in layer.iter().zip(&w[range]) {
+                assert!((*a as f64 - e).abs() < 1e-6, "{a} against {e}");
+            }
+        }
+        let mut untouched = vec![1.0; 6];
+        p.to_model_layer(7, LayerWeights::F64(&mut untouched));
+        assert_eq!(untouched, vec![1.0; 6]);
     }
 }
