@@ -986,7 +986,7 @@ fn run_epoch(
             l.anchor = loss::anchor_term(&at, a, cfg.loss.anchor_weight, &mut g);
         }
         if let Some(p) = precondition {
-            p.gradient_to_optimizer(&mut g);
+            p.gradient_to_optimizer(&mut g, t.precision == Precision::F32);
         }
         if !l.total().is_finite() {
             return Err(Error::invalid(format!(

@@ -94,9 +94,25 @@ impl FirstLayerPreconditioner {
         self.apply(p, |f| 1.0 / f - 1.0);
     }
 
-    /// The gradient in the optimiser's coordinates from the model's: ∇W̃ = Pᵀ ∇W = P ∇W.
-    pub fn gradient_to_optimizer(&self, g: &mut [f64]) {
-        self.apply(g, |f| f - 1.0);
+    /// The gradient in the optimiser's coordinates from the model's: ∇W̃ = Pᵀ ∇W = P ∇W. With `f32` (a gradient
+    /// the f32 training passes made) the correction U D Uᵀ ∇W is computed in f32 and added to the f64 gradient:
+    /// half the arithmetic, at the precision the gradient had.
+    pub fn gradient_to_optimizer(&self, g: &mut [f64], f32: bool) {
+        if !f32 {
+            return self.apply(g, |f| f - 1.0);
+        }
+        self.jobs(g).into_par_iter().for_each(|(b, w)| {
+            let mut w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
+            let r = b.factor.len();
+            let mut y = vec![0.0f32; r * b.n_out];
+            gemm(r, b.n_in, b.n_out, &b.u_f32, false, &w32, false, 0.0, &mut y);
+            for (row, f) in y.chunks_mut(b.n_out).zip(&b.factor) {
+                let s = (f - 1.0) as f32;
+                row.iter_mut().for_each(|v| *v *= s);
+            }
+            gemm(b.n_in, r, b.n_out, &b.u_f32, true, &y, false, 0.0, &mut w32);
+            w.iter_mut().zip(&w32).for_each(|(w, c)| *w += *c as f64);
+        });
     }
 
     /// W = P W̃ on network `network`'s first layer alone (`w`, `[n_in][width]`, in the precision the training
@@ -113,6 +129,11 @@ impl FirstLayerPreconditioner {
     /// W ← W + U diag(e(factor)) Uᵀ W in every block of the parameter vector `p`, one block per task on the
     /// pool's threads (each block is the same arithmetic whatever the number of threads).
     fn apply(&self, p: &mut [f64], e: impl Fn(f64) -> f64 + Sync) {
+        self.jobs(p).into_par_iter().for_each(|(b, w)| map_block(b, &b.u, w, &e));
+    }
+
+    /// Each block with its weights in the parameter vector `p` (disjoint slices, for tasks on the threads).
+    fn jobs<'a>(&'a self, p: &'a mut [f64]) -> Vec<(&'a Block, &'a mut [f64])> {
         let mut order: Vec<&Block> = self.blocks.iter().collect();
         order.sort_by_key(|b| b.offset);
         let mut jobs: Vec<(&Block, &mut [f64])> = Vec::with_capacity(order.len());
@@ -123,7 +144,7 @@ impl FirstLayerPreconditioner {
             jobs.push((b, w));
             (rest, at) = (tail, b.offset + b.n_in * b.n_out);
         }
-        jobs.into_par_iter().for_each(|(b, w)| map_block(b, &b.u, w, &e));
+        jobs
     }
 }
 
@@ -268,10 +289,15 @@ mod tests {
         }
         // the gradient map is P itself
         let mut g = w0.clone();
-        p.gradient_to_optimizer(&mut g);
+        p.gradient_to_optimizer(&mut g, false);
         let mut m = w0.clone();
         p.to_model(&mut m);
         assert_eq!(g, m);
+        // and in f32 to its rounding
+        let mut g = w0.clone();
+        p.gradient_to_optimizer(&mut g, true);
+        assert!(g.iter().zip(&m).all(|(a, b)| (a - b).abs() < 1e-6 * 9.0), "{g:?} {m:?}");
+        assert_ne!(g, w0);
     }
 
     #[test]
