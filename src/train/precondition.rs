@@ -11,9 +11,10 @@
 //! (d = √(c/λ) − 1). Gradient descent in W̃ moves W by P² ∇W: a step along a high-variance direction is scaled by
 //! c/λ, the Newton step of a linear layer there; all other directions are left as they are. The model itself is
 //! unchanged — it holds W = P W̃, so checkpoints, export and every other consumer see ordinary weights — and the
-//! cost per step is four products of the first layer's size with the rank (toluene 8 %, uracil, whose four
-//! networks read up to 2 600 inputs with up to 48 directions, 25 % of an rMD17 training step; the gain at equal
-//! epochs is 16–23 %, `docs/benchmarks.md`, sessions 49 and 53).
+//! cost per step is four products of the first layer's size with the rank (in f64, toluene 8 %, uracil, whose
+//! four networks read up to 2 600 inputs with up to 48 directions, 25 % of an rMD17 training step; during f32
+//! training they run in f32, half that; the gain at equal epochs is 16–23 %, `docs/benchmarks.md`, sessions 49,
+//! 53 and 54).
 //!
 //! The covariance is the first layer's curvature for the energy loss; the force loss sees the inputs' tangents
 //! instead (a force is linear in W with J = ∂x/∂r where the energy has x). With `training.precondition_tangents`
