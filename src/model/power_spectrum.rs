@@ -592,9 +592,14 @@ impl PowerSpectrumModel {
                 w.iter_mut().zip(&net.params).for_each(|(w, p)| *w = *p as f32);
             }
         }
+        self.set_trained_compression(&p[off..]);
+    }
+
+    /// A trained compression W from `p` (the parameters after the networks'), if there is one.
+    fn set_trained_compression(&mut self, p: &[f64]) {
         if let Some(b) = self.four_body.as_mut().filter(|b| b.trainable) {
             let len = b.compression.len();
-            b.compression.copy_from_slice(&p[off..off + len]);
+            b.compression.copy_from_slice(&p[..len]);
             self.desc_cache = std::sync::OnceLock::new(); // the four-body part is rebuilt with the new W
         }
     }
@@ -623,11 +628,7 @@ impl PowerSpectrumModel {
                 first_layer(s, LayerWeights::F64(&mut net.params[..layer]));
             }),
         }
-        if let Some(b) = self.four_body.as_mut().filter(|b| b.trainable) {
-            let len = b.compression.len();
-            b.compression.copy_from_slice(&rest[..len]);
-            self.desc_cache = std::sync::OnceLock::new();
-        }
+        self.set_trained_compression(rest);
     }
 
     /// Accumulates into `grad` the parameter gradients of a batch of training primitives `a·E + D_t E` (see

@@ -979,10 +979,15 @@ fn run_epoch(
         let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
         let (mut l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true, Some(cache))?;
         if let Some(a) = anchor {
-            let mut at = params.clone();
-            if let Some(p) = precondition {
-                p.to_model(&mut at);
-            }
+            // the anchor is on the model's weights: mapped from the optimiser's where they differ
+            let at = match precondition {
+                Some(p) => {
+                    let mut at = params.clone();
+                    p.to_model(&mut at);
+                    std::borrow::Cow::Owned(at)
+                }
+                None => std::borrow::Cow::Borrowed(&params[..]),
+            };
             l.anchor = loss::anchor_term(&at, a, cfg.loss.anchor_weight, &mut g);
         }
         if let Some(p) = precondition {

@@ -104,14 +104,8 @@ impl FirstLayerPreconditioner {
         }
         self.jobs(g).into_par_iter().for_each(|(b, w)| {
             let mut w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
-            let r = b.factor.len();
-            let mut y = vec![0.0f32; r * b.n_out];
-            gemm(r, b.n_in, b.n_out, &b.u_f32, false, &w32, false, 0.0, &mut y);
-            for (row, f) in y.chunks_mut(b.n_out).zip(&b.factor) {
-                let s = (f - 1.0) as f32;
-                row.iter_mut().for_each(|v| *v *= s);
-            }
-            gemm(b.n_in, r, b.n_out, &b.u_f32, true, &y, false, 0.0, &mut w32);
+            let y = scaled_projection(b, &b.u_f32, &w32, |f| f - 1.0);
+            gemm(b.n_in, b.factor.len(), b.n_out, &b.u_f32, true, &y, false, 0.0, &mut w32);
             w.iter_mut().zip(&w32).for_each(|(w, c)| *w += *c as f64);
         });
     }
@@ -152,14 +146,19 @@ impl FirstLayerPreconditioner {
 /// W ← W + U diag(e(factor)) Uᵀ W on one block's weights `w` where they lie: Y = U W (rank × width), then
 /// W += Uᵀ diag(e) Y, with `u` the block's U in the weights' precision.
 fn map_block<T: Real>(b: &Block, u: &[T], w: &mut [T], e: impl Fn(f64) -> f64) {
-    let r = b.factor.len();
-    let mut y = vec![T::default(); r * b.n_out];
-    gemm(r, b.n_in, b.n_out, u, false, w, false, 0.0, &mut y);
+    let y = scaled_projection(b, u, w, e);
+    gemm(b.n_in, b.factor.len(), b.n_out, u, true, &y, false, 1.0, w);
+}
+
+/// diag(e(factor)) U W (rank × width): the first half of a block's map.
+fn scaled_projection<T: Real>(b: &Block, u: &[T], w: &[T], e: impl Fn(f64) -> f64) -> Vec<T> {
+    let mut y = vec![T::default(); b.factor.len() * b.n_out];
+    gemm(b.factor.len(), b.n_in, b.n_out, u, false, w, false, 0.0, &mut y);
     for (row, f) in y.chunks_mut(b.n_out).zip(&b.factor) {
         let s = e(*f);
         row.iter_mut().for_each(|v| *v = T::of(v.f64() * s));
     }
-    gemm(b.n_in, r, b.n_out, u, true, &y, false, 1.0, w);
+    y
 }
 
 /// The input-side curvature of a first layer `[n_in][n_in]`: the covariance C_x of the inputs `x`, the
