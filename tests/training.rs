@@ -249,18 +249,22 @@ fn a_batch_is_the_sum_of_its_structures() {
 
 /// Training keeps the structures' environments from one epoch to the next: a step from kept environments is bit
 /// for bit a step from fresh ones, also for a model with a trained compression after its parameters changed (the
-/// kept four-body invariants are recomputed from the kept density).
+/// kept four-body invariants are recomputed from the kept density), and in f32 training, where the power
+/// spectrum's environments also keep the atoms' f32 network inputs.
 #[test]
 fn kept_environments_give_the_same_step_also_after_the_compression_changed() {
     use pilip::train::env_cache::EnvCache;
     let (frames, cfg, w) = energy_and_forces_step();
     let refs: Vec<&Frame> = frames.iter().collect();
     let ids: Vec<usize> = (0..frames.len()).collect();
-    for mut model in [
-        random_model(vec![1, 6, 8], 4.0, &frames, 5),
-        random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 5),
-        random_bispectrum_model_with(vec![1, 6, 8], 4.0, &frames, 5, ThreeBody::Compressed),
-    ] {
+    let mut kept_bytes = Vec::new();
+    for (k, f32) in [(0, false), (1, false), (2, false), (0, true), (1, true)] {
+        let mut model = match k {
+            0 => random_model(vec![1, 6, 8], 4.0, &frames, 5),
+            1 => random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 5),
+            _ => random_bispectrum_model_with(vec![1, 6, 8], 4.0, &frames, 5, ThreeBody::Compressed),
+        };
+        model.set_training_precision(f32);
         let cache = EnvCache::new(frames.len());
         let params = model.params();
         for pass in ["filling", "kept", "kept, parameters changed"] {
@@ -275,7 +279,19 @@ fn kept_environments_give_the_same_step_also_after_the_compression_changed() {
             assert_eq!(got.1, fresh.1, "{pass}: gradient");
             assert_eq!(cache.len(), frames.len(), "{pass}: structures kept");
         }
+        kept_bytes.push(cache.bytes());
+        // the kept inputs give the passes the bits of the gather they replace
+        let plain: Vec<_> = frames.iter().map(|f| model.frame_environments(f).unwrap()).collect();
+        let mut kept = plain.clone();
+        kept.iter_mut().for_each(|e| model.keep_network_inputs(e));
+        let (a, b) = (model.predict_batch_keeping(&plain.iter().collect::<Vec<_>>()).0, model.predict_batch_keeping(&kept.iter().collect::<Vec<_>>()).0);
+        for (a, b) in a.iter().zip(&b) {
+            assert!(a.energy == b.energy && a.forces == b.forces, "kept inputs: {} vs {}", a.energy, b.energy);
+        }
+        assert_eq!(model.energies_batch(&plain.iter().collect::<Vec<_>>()), model.energies_batch(&kept.iter().collect::<Vec<_>>()));
     }
+    // the f32 inputs are kept with the power spectrum's fixed descriptors, not with a trained compression's
+    assert!(kept_bytes[3] > kept_bytes[0] && kept_bytes[4] == kept_bytes[1], "{kept_bytes:?}");
 }
 
 /// The labelled molecules with an energy-and-forces loss (weights 1) at epoch 0: the batch of the step tests.

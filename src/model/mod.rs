@@ -24,7 +24,7 @@ use crate::repulsion::{Repulsion, RepulsionTable};
 pub use power_spectrum::Primitive;
 pub use power_spectrum::ForwardCache;
 pub use power_spectrum::LayerWeights;
-use power_spectrum::PowerSpectrumModel;
+use power_spectrum::{KeptInputs, NetworkItem, PowerSpectrumModel};
 use serde::{Deserialize, Serialize};
 
 /// A potential with trainable parameters: what checkpoints hold and `pilip export` writes.
@@ -99,6 +99,8 @@ pub struct Environments {
     /// Å³, for fully periodic cells.
     pub volume: Option<f64>,
     features: Features,
+    /// The atoms' network inputs kept for a training run ([`Model::keep_network_inputs`]).
+    kept_inputs: Option<KeptInputs>,
 }
 
 /// The family-specific descriptors of one structure.
@@ -117,7 +119,7 @@ impl<'a> Primitive<'a> {
 impl Environments {
     /// Bytes held on the heap (an estimate), to bound caches of environments.
     pub fn heap_bytes(&self) -> usize {
-        self.species.len() * std::mem::size_of::<usize>() + self.descriptors().heap_bytes()
+        self.species.len() * std::mem::size_of::<usize>() + self.descriptors().heap_bytes() + self.kept_inputs.as_ref().map_or(0, KeptInputs::heap_bytes)
     }
 
     fn descriptors(&self) -> &Descriptors {
@@ -128,6 +130,11 @@ impl Environments {
     /// What the per-element networks read: each atom's species and the descriptors.
     fn network_input(&self) -> (&[usize], &Descriptors) {
         (&self.species, self.descriptors())
+    }
+
+    /// [`Environments::network_input`] with the kept network inputs, for the networks' passes.
+    fn network_item(&self) -> NetworkItem<'_> {
+        (&self.species, self.descriptors(), self.kept_inputs.as_ref())
     }
 
     /// The neighbour list the descriptors were computed from.
@@ -325,7 +332,7 @@ impl Model {
         let nl = NeighborList::build(positions, cell, pbc, self.cutoff())?;
         let features = Features::PowerSpectrum(self.atomic.networked().descriptor().compute(&species, nl));
         let volume = if pbc.iter().all(|&p| p) { cell.map(|c| crate::frame::det3(c).abs()) } else { None };
-        Ok(Environments { species, volume, features })
+        Ok(Environments { species, volume, features, kept_inputs: None })
     }
 
     /// [`Model::environments`] of a frame.
@@ -341,7 +348,7 @@ impl Model {
     /// [`Model::energy_of`] of each structure of a batch, the networks run on the batch's atoms of each element
     /// together.
     pub fn energies_batch(&self, envs: &[&Environments]) -> Vec<f64> {
-        let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
+        let items: Vec<_> = envs.iter().map(|e| e.network_item()).collect();
         let mut energies = self.atomic.networked().energies(&items, &self.reference_energies, self.energy_scale);
         if let Some(table) = self.prior() {
             for (e, env) in energies.iter_mut().zip(envs) {
@@ -365,7 +372,7 @@ impl Model {
     /// [`Model::predict_batch`], and what the parameter gradient at the same structures can reuse
     /// ([`Model::accumulate_param_grad_after`]).
     pub fn predict_batch_keeping(&self, envs: &[&Environments]) -> (Vec<Prediction>, ForwardCache) {
-        let items: Vec<_> = envs.iter().map(|e| e.network_input()).collect();
+        let items: Vec<_> = envs.iter().map(|e| e.network_item()).collect();
         let (results, forward) = self.atomic.networked().atomic_energies_and_pair_grads_keeping(&items, &self.reference_energies, self.energy_scale);
         let repulsion = self.prior();
         let prediction = |(env, (mut atomic, mut pair_grads)): (&&Environments, (Vec<f64>, Vec<Vec3>))| {
@@ -410,6 +417,12 @@ impl Model {
         }
         let Features::PowerSpectrum(d) = &mut env.features;
         self.atomic.networked().descriptor().refresh_four_body(d);
+    }
+    /// Keeps the atoms' network inputs with a training structure's environments `env` for the rest of the run, where
+    /// the training passes read fixed f32 inputs ([`PowerSpectrumModel::kept_inputs`]); they must not outlive a
+    /// change of the model's standardisation or input selection.
+    pub fn keep_network_inputs(&self, env: &mut Environments) {
+        env.kept_inputs = self.atomic.networked().kept_inputs(&env.species, env.descriptors());
     }
     /// Runs the networks' training passes in f32 or f64 ([`PowerSpectrumModel::set_training_precision`]).
     pub fn set_training_precision(&mut self, f32: bool) {

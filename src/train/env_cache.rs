@@ -3,7 +3,8 @@
 //! density or per-pair values; only a trained bispectrum compression's four-body invariants follow the
 //! parameters, and those are recomputed from the kept density when a structure is taken
 //! ([`Model::refresh_environments`]). Rebuilding environments every step was 8 % of a uracil step (the
-//! descriptor's forward pass) and 15 % of a Ni bispectrum step (forward pass and neighbour list). The cache holds
+//! descriptor's forward pass) and 15 % of a Ni bispectrum step (forward pass and neighbour list). In f32 training
+//! of a fixed descriptor the atoms' standardised network inputs are kept too ([`Model::keep_network_inputs`]). The cache holds
 //! at most [`MAX_BYTES`]; structures beyond that are rebuilt each time as before, so memory stays bounded on large
 //! data sets.
 
@@ -66,7 +67,11 @@ impl EnvCache {
             .try_for_each(|((kept, built), frame)| -> Result<()> {
                 match kept {
                     Some(env) => model.refresh_environments(env),
-                    None => *built = Some(model.frame_environments(frame)?),
+                    None => {
+                        let mut env = model.frame_environments(frame)?;
+                        model.keep_network_inputs(&mut env);
+                        *built = Some(env);
+                    }
                 }
                 Ok(())
             })?;
