@@ -170,7 +170,7 @@ impl Mlp {
                 z.extend_from_slice(&w[bo..bo + o]);
             }
             let input = if k == 0 { x } else { &h };
-            gemm(n, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
+            T::acc_product(n, i, o, input, &w[wo..wo + i * o], &mut z);
             if k + 1 < self.n_layers() {
                 let s;
                 (h, s) = silu_keeping_sigmoids(&z);
@@ -287,14 +287,14 @@ impl Mlp {
             match z0.filter(|z0| k == 0 && z0.len() == n * o) {
                 Some(z0) => {
                     z[..n * o].copy_from_slice(z0);
-                    gemm(m - n, i, o, &xu[n * i..], false, &w[wo..wo + i * o], false, 1.0, &mut z[n * o..]);
+                    T::acc_product(m - n, i, o, &xu[n * i..], &w[wo..wo + i * o], &mut z[n * o..]);
                 }
                 None => {
                     for row in z[..n * o].chunks_exact_mut(o) {
                         row.copy_from_slice(&w[bo..bo + o]);
                     }
                     let input = if k == 0 { xu } else { &hs[k - 1] };
-                    gemm(m, i, o, input, false, &w[wo..wo + i * o], false, 1.0, &mut z);
+                    T::acc_product(m, i, o, input, &w[wo..wo + i * o], &mut z);
                 }
             }
             if k + 1 < nl {
@@ -316,7 +316,7 @@ impl Mlp {
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
             // W̄ += hᵀ z̄ + dhᵀ dz̄ (one product over the stacked rows); b̄ += Σ z̄
             let input = if k == 0 { xu } else { &hs[k - 1] };
-            gemm(i, m, o, input, true, &zbar, false, 1.0, &mut grad[wo..wo + i * o]);
+            T::acc_product_tn(i, m, o, input, &zbar, &mut grad[wo..wo + i * o]);
             for row in zbar[..n * o].chunks_exact(o) {
                 for (g, z) in grad[bo..bo + o].iter_mut().zip(row) {
                     *g = T::of(g.f64() + z.f64());
