@@ -3,9 +3,10 @@
 //!
 //! Measured: for the network's shapes (≤ 21 atoms × 1500 features × 64) matrixmultiply, packing included, beat
 //! hand-written AVX2 row-axpy and dot kernels in f64 (9 vs 6 GFLOP/s). In f32 on CPUs with AVX-512 the two
-//! products of a training step that read or write a first layer's weights row by row ([`Real::acc_product`],
-//! [`Real::acc_product_tn`]) have kernels of their own, without packing: matrixmultiply packed the whole
-//! `[inputs][64]` layer for every task of 32 atoms (uracil: 2–4 % less time per epoch, toluene 2–5 %).
+//! products of a training step that read or write a layer's weights row by row ([`Real::acc_product`],
+//! [`Real::acc_product_tn`], widths that are multiples of 64) have kernels of their own, without packing:
+//! matrixmultiply packed the whole `[inputs][64]` first layer for every task of 32 atoms (uracil: 2–4 % less time
+//! per epoch, toluene 2–5 %).
 
 /// A floating-point type the products run in: f64 everywhere, f32 for the networks' training passes
 /// (`training.precision`).
@@ -54,9 +55,9 @@ impl Real for f64 {
 impl Real for f32 {
     fn acc_product(n: usize, k: usize, o: usize, x: &[Self], w: &[Self], z: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if o == 64 && x.len() >= n * k && w.len() >= k * 64 && z.len() >= n * 64 && has_avx512() {
+        if o % 64 == 0 && o > 0 && x.len() >= n * k && w.len() >= k * o && z.len() >= n * o && has_avx512() {
             // SAFETY: the CPU has the kernel's features; the lengths are checked above.
-            unsafe { acc_product_64_avx512(n, k, x, w, z) };
+            unsafe { acc_product_64_avx512(n, k, o, x, w, z) };
             return;
         }
         gemm(n, k, o, x, false, w, false, 1.0, z);
@@ -64,9 +65,9 @@ impl Real for f32 {
 
     fn acc_product_tn(k: usize, m: usize, o: usize, x: &[Self], b: &[Self], g: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if o == 64 && x.len() >= m * k && b.len() >= m * 64 && g.len() >= k * 64 && has_avx512() {
+        if o % 64 == 0 && o > 0 && x.len() >= m * k && b.len() >= m * o && g.len() >= k * o && has_avx512() {
             // SAFETY: the CPU has the kernel's features; the lengths are checked above.
-            unsafe { acc_product_tn_64_avx512(k, m, x, b, g) };
+            unsafe { acc_product_tn_64_avx512(k, m, o, x, b, g) };
             return;
         }
         gemm(k, m, o, x, true, b, false, 1.0, g);
@@ -242,41 +243,46 @@ fn has_avx512() -> bool {
 /// every block of rows of x passes over them.
 const KB: usize = 256;
 
-/// z (n × 64) += x (n × k) · w (k × 64) with w's rows read where they lie: six rows of z in registers (24 vectors
-/// of 16) at a time, over blocks of [`KB`] rows of w. Every entry sums its k products in order, one fused
-/// multiply-add each, so the result does not depend on n.
+/// z (n × o) += x (n × k) · w (k × o), o a multiple of 64, with w's rows read where they lie: six rows of 64
+/// columns of z in registers (24 vectors of 16) at a time, over blocks of [`KB`] rows of w. Every entry sums its
+/// k products in order, one fused multiply-add each, so the result does not depend on n.
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA; x, w and z must hold n·k, k·64 and n·64 values.
+/// The CPU must have AVX-512F and FMA; x, w and z must hold n·k, k·o and n·o values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn acc_product_64_avx512(n: usize, k: usize, x: &[f32], w: &[f32], z: &mut [f32]) {
-    for k0 in (0..k).step_by(KB) {
-        let kb = k0..(k0 + KB).min(k);
-        let mut r0 = 0;
-        while r0 < n {
-            match n - r0 {
-                1 => rows_64::<1>(r0, k, kb.clone(), x, w, z),
-                2 => rows_64::<2>(r0, k, kb.clone(), x, w, z),
-                3 => rows_64::<3>(r0, k, kb.clone(), x, w, z),
-                4 => rows_64::<4>(r0, k, kb.clone(), x, w, z),
-                5 => rows_64::<5>(r0, k, kb.clone(), x, w, z),
-                _ => rows_64::<6>(r0, k, kb.clone(), x, w, z),
+unsafe fn acc_product_64_avx512(n: usize, k: usize, o: usize, x: &[f32], w: &[f32], z: &mut [f32]) {
+    for c0 in (0..o).step_by(64) {
+        for k0 in (0..k).step_by(KB) {
+            let kb = k0..(k0 + KB).min(k);
+            let mut r0 = 0;
+            while r0 < n {
+                let at = (r0, c0, o);
+                match n - r0 {
+                    1 => rows_64::<1>(at, k, kb.clone(), x, w, z),
+                    2 => rows_64::<2>(at, k, kb.clone(), x, w, z),
+                    3 => rows_64::<3>(at, k, kb.clone(), x, w, z),
+                    4 => rows_64::<4>(at, k, kb.clone(), x, w, z),
+                    5 => rows_64::<5>(at, k, kb.clone(), x, w, z),
+                    _ => rows_64::<6>(at, k, kb.clone(), x, w, z),
+                }
+                r0 += 6;
             }
-            r0 += 6;
         }
     }
 }
 
-/// R rows of [`acc_product_64_avx512`] from row r0, over the rows `kb` of w.
+/// R rows of [`acc_product_64_avx512`] from row r0, its 64 columns from c0 (`at` = (r0, c0, o)), over the rows
+/// `kb` of w.
 #[inline(always)]
-fn rows_64<const R: usize>(r0: usize, k: usize, kb: std::ops::Range<usize>, x: &[f32], w: &[f32], z: &mut [f32]) {
+fn rows_64<const R: usize>((r0, c0, o): (usize, usize, usize), k: usize, kb: std::ops::Range<usize>, x: &[f32], w: &[f32], z: &mut [f32]) {
     let mut acc = [[0f32; 64]; R];
     for (r, a) in acc.iter_mut().enumerate() {
-        a.copy_from_slice(&z[(r0 + r) * 64..(r0 + r + 1) * 64]);
+        a.copy_from_slice(&z[(r0 + r) * o + c0..(r0 + r) * o + c0 + 64]);
     }
     let xs: [&[f32]; R] = std::array::from_fn(|r| &x[(r0 + r) * k + kb.start..(r0 + r) * k + kb.end]);
-    for (kk, wrow) in w[kb.start * 64..kb.end * 64].chunks_exact(64).enumerate() {
+    for (kk, wrow) in w[kb.start * o..kb.end * o].chunks_exact(o).enumerate() {
+        let wrow = &wrow[c0..c0 + 64];
         for r in 0..R {
             let xv = xs[r][kk];
             for t in 0..64 {
@@ -285,37 +291,41 @@ fn rows_64<const R: usize>(r0: usize, k: usize, kb: std::ops::Range<usize>, x: &
         }
     }
     for (r, a) in acc.iter().enumerate() {
-        z[(r0 + r) * 64..(r0 + r + 1) * 64].copy_from_slice(a);
+        z[(r0 + r) * o + c0..(r0 + r) * o + c0 + 64].copy_from_slice(a);
     }
 }
 
-/// g (k × 64) += xᵀ · b with x (m × k) and b (m × 64): six rows of g in registers at a time, each summing its m
-/// products in order and then added to g.
+/// g (k × o) += xᵀ · b with x (m × k) and b (m × o), o a multiple of 64: six rows of 64 columns of g in registers
+/// at a time, each summing its m products in order and then added to g.
 ///
 /// # Safety
-/// The CPU must have AVX-512F and FMA; x, b and g must hold m·k, m·64 and k·64 values.
+/// The CPU must have AVX-512F and FMA; x, b and g must hold m·k, m·o and k·o values.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn acc_product_tn_64_avx512(k: usize, m: usize, x: &[f32], b: &[f32], g: &mut [f32]) {
-    let mut i0 = 0;
-    while i0 < k {
-        match k - i0 {
-            1 => cols_64::<1>(i0, k, m, x, b, g),
-            2 => cols_64::<2>(i0, k, m, x, b, g),
-            3 => cols_64::<3>(i0, k, m, x, b, g),
-            4 => cols_64::<4>(i0, k, m, x, b, g),
-            5 => cols_64::<5>(i0, k, m, x, b, g),
-            _ => cols_64::<6>(i0, k, m, x, b, g),
+unsafe fn acc_product_tn_64_avx512(k: usize, m: usize, o: usize, x: &[f32], b: &[f32], g: &mut [f32]) {
+    for c0 in (0..o).step_by(64) {
+        let mut i0 = 0;
+        while i0 < k {
+            let at = (i0, c0, o);
+            match k - i0 {
+                1 => cols_64::<1>(at, k, m, x, b, g),
+                2 => cols_64::<2>(at, k, m, x, b, g),
+                3 => cols_64::<3>(at, k, m, x, b, g),
+                4 => cols_64::<4>(at, k, m, x, b, g),
+                5 => cols_64::<5>(at, k, m, x, b, g),
+                _ => cols_64::<6>(at, k, m, x, b, g),
+            }
+            i0 += 6;
         }
-        i0 += 6;
     }
 }
 
-/// R rows of [`acc_product_tn_64_avx512`] from row i0.
+/// R rows of [`acc_product_tn_64_avx512`] from row i0, its 64 columns from c0 (`at` = (i0, c0, o)).
 #[inline(always)]
-fn cols_64<const R: usize>(i0: usize, k: usize, m: usize, x: &[f32], b: &[f32], g: &mut [f32]) {
+fn cols_64<const R: usize>((i0, c0, o): (usize, usize, usize), k: usize, m: usize, x: &[f32], b: &[f32], g: &mut [f32]) {
     let mut acc = [[0f32; 64]; R];
-    for (r, brow) in b.chunks_exact(64).take(m).enumerate() {
+    for (r, brow) in b.chunks_exact(o).take(m).enumerate() {
+        let brow = &brow[c0..c0 + 64];
         let xr = &x[r * k + i0..r * k + i0 + R];
         for q in 0..R {
             let xv = xr[q];
@@ -325,7 +335,7 @@ fn cols_64<const R: usize>(i0: usize, k: usize, m: usize, x: &[f32], b: &[f32], 
         }
     }
     for (q, a) in acc.iter().enumerate() {
-        for (g, a) in g[(i0 + q) * 64..(i0 + q + 1) * 64].iter_mut().zip(a) {
+        for (g, a) in g[(i0 + q) * o + c0..(i0 + q) * o + c0 + 64].iter_mut().zip(a) {
             *g += a;
         }
     }
@@ -336,27 +346,28 @@ mod tests {
     use super::*;
 
     /// The f32 layer products (AVX-512 kernels where the CPU has them, matrixmultiply elsewhere) against the
-    /// products in f64, for row counts around the kernels' blocks of six and depths around their blocks of w.
+    /// products in f64, for row counts around the kernels' blocks of six, depths around their blocks of w, one and
+    /// two blocks of 64 columns, and a width the kernels leave to matrixmultiply.
     #[test]
     fn layer_products_match_the_f64_products() {
         let mut rng = crate::rng::Rng::new(12);
-        for (n, k) in [(1, 1), (5, 7), (6, 300), (7, 256), (13, 700), (32, 2), (64, 513)] {
+        for (n, k, o) in [(1, 1, 64), (5, 7, 64), (6, 300, 64), (7, 256, 64), (13, 700, 64), (32, 2, 64), (64, 513, 64), (9, 300, 128), (3, 5, 48)] {
             let x: Vec<f32> = (0..n * k).map(|_| rng.normal() as f32).collect();
-            let w: Vec<f32> = (0..k * 64).map(|_| rng.normal() as f32).collect();
-            let z0: Vec<f32> = (0..n * 64).map(|_| rng.normal() as f32).collect();
-            let b: Vec<f32> = (0..n * 64).map(|_| rng.normal() as f32).collect();
-            let g0: Vec<f32> = (0..k * 64).map(|_| rng.normal() as f32).collect();
+            let w: Vec<f32> = (0..k * o).map(|_| rng.normal() as f32).collect();
+            let z0: Vec<f32> = (0..n * o).map(|_| rng.normal() as f32).collect();
+            let b: Vec<f32> = (0..n * o).map(|_| rng.normal() as f32).collect();
+            let g0: Vec<f32> = (0..k * o).map(|_| rng.normal() as f32).collect();
             let f = |v: &[f32]| v.iter().map(|&a| a as f64).collect::<Vec<f64>>();
             let (mut z, mut z64) = (z0.clone(), f(&z0));
-            f32::acc_product(n, k, 64, &x, &w, &mut z);
-            gemm(n, k, 64, &f(&x), false, &f(&w), false, 1.0, &mut z64);
+            f32::acc_product(n, k, o, &x, &w, &mut z);
+            gemm(n, k, o, &f(&x), false, &f(&w), false, 1.0, &mut z64);
             let (mut g, mut g64) = (g0.clone(), f(&g0));
-            f32::acc_product_tn(k, n, 64, &x, &b, &mut g);
-            gemm(k, n, 64, &f(&x), true, &f(&b), false, 1.0, &mut g64);
+            f32::acc_product_tn(k, n, o, &x, &b, &mut g);
+            gemm(k, n, o, &f(&x), true, &f(&b), false, 1.0, &mut g64);
             for (got, want, depth) in [(&z, &z64, k), (&g, &g64, n)] {
                 let tol = 1e-6 * (depth as f64).sqrt() * 8.0;
                 for (a, e) in got.iter().zip(want.iter()) {
-                    assert!((*a as f64 - e).abs() < tol * (1.0 + e.abs()), "n {n} k {k}: {a} against {e}");
+                    assert!((*a as f64 - e).abs() < tol * (1.0 + e.abs()), "n {n} k {k} o {o}: {a} against {e}");
                 }
             }
         }
