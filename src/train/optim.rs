@@ -327,6 +327,20 @@ mod tests {
         assert!(ema.iter().zip(&e0).zip(&apart).all(|((e, e0), p)| *e == 0.9 * e0 + (1.0 - 0.9) * p));
     }
 
+    /// The moments are kept in f32: a checkpoint's moments read back exactly, and the f64 moments of checkpoints
+    /// of earlier versions load rounded.
+    #[test]
+    fn moments_round_trip_and_older_f64_moments_load() {
+        let mut a = Adam::new(3, true, 0.01);
+        let mut p = vec![0.3, -1.0, 2.0];
+        a.step(&mut p, &[0.1234567, -3.3e-7, 12.5], 1.0, 1e-3, None, None);
+        let back: Adam = serde_json::from_str(&serde_json::to_string(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+        let old = r#"{"m":[0.012345678901234567,-3.3e-8],"v":[1.5241578753238836e-5,1e-300],"t":7,"decoupled":true,"weight_decay":0.0}"#;
+        let old: Adam = serde_json::from_str(old).unwrap();
+        assert_eq!((old.m, old.v, old.t), (vec![0.012345678901234567f64 as f32, -3.3e-8f64 as f32], vec![1.5241578753238836e-5f64 as f32, 0.0], 7));
+    }
+
     #[test]
     fn adam_minimises_a_quadratic_and_schedules_decay() {
         let mut p = vec![3.0, -2.0];
