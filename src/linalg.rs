@@ -55,7 +55,7 @@ impl Real for f64 {
 impl Real for f32 {
     fn acc_product(n: usize, k: usize, o: usize, x: &[Self], w: &[Self], z: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if o % 64 == 0 && o > 0 && x.len() >= n * k && w.len() >= k * o && z.len() >= n * o && has_avx512() {
+        if o.is_multiple_of(64) && o > 0 && x.len() >= n * k && w.len() >= k * o && z.len() >= n * o && has_avx512() {
             // SAFETY: the CPU has the kernel's features; the lengths are checked above.
             unsafe { acc_product_64_avx512(n, k, o, x, w, z) };
             return;
@@ -65,7 +65,7 @@ impl Real for f32 {
 
     fn acc_product_tn(k: usize, m: usize, o: usize, x: &[Self], b: &[Self], g: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if o % 64 == 0 && o > 0 && x.len() >= m * k && b.len() >= m * o && g.len() >= k * o && has_avx512() {
+        if o.is_multiple_of(64) && o > 0 && x.len() >= m * k && b.len() >= m * o && g.len() >= k * o && has_avx512() {
             // SAFETY: the CPU has the kernel's features; the lengths are checked above.
             unsafe { acc_product_tn_64_avx512(k, m, o, x, b, g) };
             return;

@@ -182,8 +182,9 @@ impl KeptInputs {
         self.values.len() * 4 + self.offsets.len() * std::mem::size_of::<usize>()
     }
 
-    fn row(&self, i: usize) -> &[f32] {
-        &self.values[self.offsets[i]..self.offsets[i + 1]]
+    /// Atom i's row (`None` past the last atom).
+    fn row(&self, i: usize) -> Option<&[f32]> {
+        self.values.get(*self.offsets.get(i)?..*self.offsets.get(i + 1)?)
     }
 }
 
@@ -486,13 +487,13 @@ impl PowerSpectrumModel {
     }
 
     /// [`PowerSpectrumModel::standardised`] of a task's rows of `items`, copied from their [`KeptInputs`] where a
-    /// structure has them.
+    /// structure has them (and they have this network's width).
     fn task_inputs<T: Real>(&self, map: &InputMap, task: &RowTask, items: &[NetworkItem<'_>]) -> Vec<T> {
-        let nf = self.feature_mean[task.species].len();
-        let mut x = Vec::with_capacity(task.rows.len() * self.networks[task.species].n_inputs());
+        let (nf, ni) = (self.feature_mean[task.species].len(), self.networks[task.species].n_inputs());
+        let mut x = Vec::with_capacity(task.rows.len() * ni);
         for &(p, i) in &task.rows {
-            match items[p].2 {
-                Some(kept) => x.extend(kept.row(i).iter().map(|&v| T::of(v as f64))),
+            match items[p].2.and_then(|kept| kept.row(i)).filter(|row| row.len() == ni) {
+                Some(row) => x.extend(row.iter().map(|&v| T::of(v as f64))),
                 None => map.push(&items[p].1.features[i * nf..(i + 1) * nf], true, &mut x),
             }
         }
