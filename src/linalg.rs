@@ -55,7 +55,7 @@ impl Real for f64 {
 impl Real for f32 {
     fn acc_product(n: usize, k: usize, o: usize, x: &[Self], w: &[Self], z: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if o.is_multiple_of(64) && o > 0 && x.len() >= n * k && w.len() >= k * o && z.len() >= n * o && has_avx512() {
+        if has_layer_kernels(o) && x.len() >= n * k && w.len() >= k * o && z.len() >= n * o {
             // SAFETY: the CPU has the kernel's features; the lengths are checked above.
             unsafe { acc_product_64_avx512(n, k, o, x, w, z) };
             return;
@@ -65,7 +65,7 @@ impl Real for f32 {
 
     fn acc_product_tn(k: usize, m: usize, o: usize, x: &[Self], b: &[Self], g: &mut [Self]) {
         #[cfg(target_arch = "x86_64")]
-        if o.is_multiple_of(64) && o > 0 && x.len() >= m * k && b.len() >= m * o && g.len() >= k * o && has_avx512() {
+        if has_layer_kernels(o) && x.len() >= m * k && b.len() >= m * o && g.len() >= k * o {
             // SAFETY: the CPU has the kernel's features; the lengths are checked above.
             unsafe { acc_product_tn_64_avx512(k, m, o, x, b, g) };
             return;
@@ -233,10 +233,10 @@ fn orthonormalise(q: &mut [f64], m: usize, n: usize) {
     }
 }
 
-/// Whether this CPU runs the AVX-512 product kernels.
+/// Whether the AVX-512 layer kernels serve width `o`: a multiple of 64, on a CPU that has their features.
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
-    std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
+fn has_layer_kernels(o: usize) -> bool {
+    o > 0 && o.is_multiple_of(64) && std::arch::is_x86_feature_detected!("avx512f") && std::arch::is_x86_feature_detected!("fma")
 }
 
 /// Rows of w per pass of [`acc_product_64_avx512`]: 64 KB of f32 weights, which stay in the core's L2 while
@@ -440,4 +440,3 @@ impl Isa {
         Isa::Portable
     }
 }
-

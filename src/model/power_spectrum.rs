@@ -371,7 +371,7 @@ impl PowerSpectrumModel {
     /// One task of [`PowerSpectrumModel::energies`] with the weights `w`: the network's outputs and the domain
     /// guard's energies of its rows.
     fn task_energies<T: Real>(&self, t: &RowTask, items: &[NetworkItem<'_>], w: &[T], scale: f64) -> (Vec<f64>, Vec<f64>) {
-        let x: Vec<T> = self.task_inputs(&self.input_map(t.species), t, items);
+        let x: Vec<T> = self.standardised(&self.input_map(t.species), t, |p| (items[p].1, items[p].2));
         let guard = self.guard_energies(t.species, &x, t.rows.len(), None, scale);
         let out = self.networks[t.species].forward_in(w, &x, t.rows.len()).into_iter().map(|v| v.f64()).collect();
         (out, guard)
@@ -418,7 +418,7 @@ impl PowerSpectrumModel {
         let outputs: Vec<(NetworkPass<T>, Vec<f64>)> = tasks
             .par_iter()
             .map(|t| {
-                let x = self.task_inputs(&maps[t.species], t, items);
+                let x = self.standardised(&maps[t.species], t, |p| (items[p].1, items[p].2));
                 let (out, mut dx, z0) = self.networks[t.species].forward_with_input_grad_in(weights(t.species), &x, t.rows.len());
                 let guard = self.guard_energies(t.species, &x, t.rows.len(), Some(&mut dx), scale);
                 ((out, dx, (x, z0)), guard)
@@ -475,26 +475,22 @@ impl PowerSpectrumModel {
             .collect()
     }
 
-    /// Standardised inputs `(G − μ)/σ` of a task's rows (`[rows][network inputs]`); `descriptors(p)` is
-    /// structure p's; `map` is the task species' [`PowerSpectrumModel::input_map`].
-    fn standardised<'a, T: Real>(&self, map: &InputMap, task: &RowTask, descriptors: impl Fn(usize) -> &'a Descriptors) -> Vec<T> {
-        let nf = self.feature_mean[task.species].len();
-        let mut x = Vec::with_capacity(task.rows.len() * self.networks[task.species].n_inputs());
-        for &(p, i) in &task.rows {
-            map.push(&descriptors(p).features[i * nf..(i + 1) * nf], true, &mut x);
-        }
-        x
-    }
-
-    /// [`PowerSpectrumModel::standardised`] of a task's rows of `items`, copied from their [`KeptInputs`] where a
-    /// structure has them (and they have this network's width).
-    fn task_inputs<T: Real>(&self, map: &InputMap, task: &RowTask, items: &[NetworkItem<'_>]) -> Vec<T> {
+    /// Standardised inputs `(G − μ)/σ` of a task's rows (`[rows][network inputs]`); `structure(p)` is structure
+    /// p's descriptors and, if it has them, its [`KeptInputs`], whose rows are copied where they have this
+    /// network's width; `map` is the task species' [`PowerSpectrumModel::input_map`].
+    fn standardised<'a, T: Real>(
+        &self,
+        map: &InputMap,
+        task: &RowTask,
+        structure: impl Fn(usize) -> (&'a Descriptors, Option<&'a KeptInputs>),
+    ) -> Vec<T> {
         let (nf, ni) = (self.feature_mean[task.species].len(), self.networks[task.species].n_inputs());
         let mut x = Vec::with_capacity(task.rows.len() * ni);
         for &(p, i) in &task.rows {
-            match items[p].2.and_then(|kept| kept.row(i)).filter(|row| row.len() == ni) {
+            let (d, kept) = structure(p);
+            match kept.and_then(|kept| kept.row(i)).filter(|row| row.len() == ni) {
                 Some(row) => x.extend(row.iter().map(|&v| T::of(v as f64))),
-                None => map.push(&items[p].1.features[i * nf..(i + 1) * nf], true, &mut x),
+                None => map.push(&d.features[i * nf..(i + 1) * nf], true, &mut x),
             }
         }
         x
@@ -814,7 +810,7 @@ impl PowerSpectrumModel {
                 xu.extend_from_slice(x);
                 xu
             }
-            None => self.standardised(&map, t, |p| primitives[p].descriptors),
+            None => self.standardised(&map, t, |p| (primitives[p].descriptors, None)),
         };
         if tangent {
             for &(p, i) in &t.rows {

@@ -67,11 +67,7 @@ impl EnvCache {
             .try_for_each(|((kept, built), frame)| -> Result<()> {
                 match kept {
                     Some(env) => model.refresh_environments(env),
-                    None => {
-                        let mut env = model.frame_environments(frame)?;
-                        model.keep_network_inputs(&mut env);
-                        *built = Some(env);
-                    }
+                    None => *built = Some(model.frame_environments(frame)?),
                 }
                 Ok(())
             })?;
@@ -79,7 +75,7 @@ impl EnvCache {
         for ((kept, built), (&id, frame)) in kept.into_iter().zip(built).zip(ids.iter().zip(frames)) {
             envs.push(match (kept, built) {
                 (Some(guard), _) => Env::Kept(guard),
-                (None, Some(env)) => self.keep(id, env),
+                (None, Some(env)) => self.keep(id, env, model),
                 (None, None) => Env::Built(Box::new(model.frame_environments(frame)?)), // not reached: built above
             });
         }
@@ -95,9 +91,15 @@ impl EnvCache {
         }
     }
 
-    /// Keeps `env` as structure `id`'s if there is room (and it is not kept yet), and hands it out.
-    fn keep(&self, id: usize, env: Environments) -> Env<'_> {
+    /// Keeps `env` as structure `id`'s if there is room (and it is not kept yet), with its network inputs where
+    /// `model` keeps them ([`Model::keep_network_inputs`]; only for a structure that is kept: one built for a
+    /// single step gains nothing from them), and hands it out.
+    fn keep(&self, id: usize, mut env: Environments, model: &Model) -> Env<'_> {
         let Some(slot) = self.slots.get(id).filter(|s| s.get().is_none()) else { return Env::Built(Box::new(env)) };
+        if self.bytes.load(Ordering::Relaxed) + env.heap_bytes() > MAX_BYTES {
+            return Env::Built(Box::new(env));
+        }
+        model.keep_network_inputs(&mut env);
         let size = env.heap_bytes();
         if self.bytes.fetch_add(size, Ordering::Relaxed) + size > MAX_BYTES {
             self.bytes.fetch_sub(size, Ordering::Relaxed);
