@@ -29,8 +29,8 @@ for MOL in "$@"; do
   TRAIN="$DATA/${MOL}_train_01.extxyz" TEST="$DATA/${MOL}_test_01.extxyz"
   [ -f "$TRAIN" ] && [ -f "$TEST" ] || { echo "bench_rmd17: $TRAIN or $TEST not found" >&2; exit 2; }
   RUN="$OUT/${MOL}_n${N}_s${SEED}"
-  # (below 700 training atoms the trainer itself drops the tangents' share of the preconditioner:
-  # training.precondition_tangents_min_atoms)
+  # (below 700 training atoms the trainer itself drops the tangents' share of the preconditioner and scales
+  # fewer directions: training.precondition_tangents_min_atoms, precondition_variance_small_sets)
   train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
   "$PILIP" export "$RUN/checkpoints/best.ckpt" -o "$RUN/model.onnx" >/dev/null
   CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')

@@ -612,8 +612,9 @@ fn the_first_layer_preconditioner_changes_the_path_not_the_model() {
     assert!(m.forces_mae_mev_per_A.is_some());
     assert_eq!(m.forces_mae_mev_per_A, reported.forces_mae_mev_per_A);
     assert_eq!(m.energy_mae_mev, reported.energy_mae_mev);
-    // below precondition_tangents_min_atoms the run takes the inputs' covariance alone: the log says so, the
-    // resolved config has β = 0, and the run is the one with β = 0 written out, not the one with the tangents
+    // below precondition_tangents_min_atoms the run takes the inputs' covariance alone and scales only the
+    // directions above precondition_variance_small_sets: the log says so, the resolved config has β = 0 and
+    // c = 1, and the run is the one with those two settings written out, not the one with the tangents
     let (dc, dd) = (tmpdir("precondition_small_set"), tmpdir("precondition_inputs_only"));
     let mut cc = ca.clone();
     cc.output.run_dir = dc.clone();
@@ -621,12 +622,16 @@ fn the_first_layer_preconditioner_changes_the_path_not_the_model() {
     let mut cd = ca.clone();
     cd.output.run_dir = dd.clone();
     cd.training.precondition_tangents = 0.0;
+    cd.training.precondition_variance = 1.0;
     pilip::train::train(&cc, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     pilip::train::train(&cd, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
     let log = std::fs::read_to_string(dc.join("train.log")).unwrap();
     let note = "training.precondition_tangents_min_atoms = 1000: 900 atoms in the training structures, so precondition_tangents 0.5 → 0";
-    assert!(log.contains(note) && log.contains("(tangents' share 0)"), "{log}");
-    assert!(std::fs::read_to_string(dc.join("config.resolved.toml")).unwrap().contains("precondition_tangents = 0.0\n"));
+    let variance = "training.precondition_variance_small_sets = 1: fewer than 1000 atoms in the training structures, so precondition_variance 0.1 → 1";
+    assert!(log.contains(note) && log.contains(variance) && log.contains("(tangents' share 0)"), "{log}");
+    assert!(log.contains("scaled to variance 1 "), "{log}");
+    let resolved = std::fs::read_to_string(dc.join("config.resolved.toml")).unwrap();
+    assert!(resolved.contains("precondition_tangents = 0.0\n") && resolved.contains("precondition_variance = 1.0\n"), "{resolved}");
     assert_eq!(metrics_without_timing(&dc), metrics_without_timing(&dd));
     assert_ne!(metrics_without_timing(&dc), metrics_without_timing(&da));
 }

@@ -569,8 +569,9 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
 /// `cfg` sized for its training structures, with a line for the log per change: `training.max_epochs` and
 /// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps, and
 /// `training.weight_decay_atoms / n_atoms` added to `training.weight_decay` (`training.weight_decay_params` waits
-/// for the model: [`with_decay_for_model`]), and `training.precondition_tangents` set to 0 below
-/// `training.precondition_tangents_min_atoms`.
+/// for the model: [`with_decay_for_model`]), and below `training.precondition_tangents_min_atoms` atoms
+/// `training.precondition_tangents` set to 0 and `training.precondition_variance` to
+/// `training.precondition_variance_small_sets`.
 fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>) {
     let mut out = cfg.clone();
     let mut notes = Vec::new();
@@ -595,14 +596,25 @@ fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>
         ));
         (t.weight_decay, t.weight_decay_atoms) = (decay, 0.0);
     }
-    // (only where there is a preconditioner whose directions β would change)
-    if t.precondition_variance > 0.0 && t.precondition_tangents > 0.0 && n_atoms < t.precondition_tangents_min_atoms {
-        notes.push(format!(
-            "training.precondition_tangents_min_atoms = {}: {n_atoms} atoms in the training structures, so precondition_tangents {} → 0 \
-             (the inputs' covariance alone)",
-            t.precondition_tangents_min_atoms, t.precondition_tangents
-        ));
-        t.precondition_tangents = 0.0;
+    // a small set: the inputs' covariance alone, and fewer directions (only where there is a preconditioner)
+    if t.precondition_variance > 0.0 && n_atoms < t.precondition_tangents_min_atoms {
+        if t.precondition_tangents > 0.0 {
+            notes.push(format!(
+                "training.precondition_tangents_min_atoms = {}: {n_atoms} atoms in the training structures, so precondition_tangents {} → 0 \
+                 (the inputs' covariance alone)",
+                t.precondition_tangents_min_atoms, t.precondition_tangents
+            ));
+            t.precondition_tangents = 0.0;
+        }
+        let small = t.precondition_variance_small_sets;
+        if small > 0.0 && small != t.precondition_variance {
+            notes.push(format!(
+                "training.precondition_variance_small_sets = {small}: fewer than {} atoms in the training structures, so \
+                 precondition_variance {} → {small}",
+                t.precondition_tangents_min_atoms, t.precondition_variance
+            ));
+            t.precondition_variance = small;
+        }
     }
     (out, notes)
 }
