@@ -362,9 +362,9 @@ pub struct TrainingConfig {
     /// matrix the preconditioner's directions come from, against the inputs' covariance (1 − β); 0 = inputs only.
     pub precondition_tangents: f64,
     /// Training sets of fewer atoms than this use the inputs' covariance alone (β = 0) and
-    /// `precondition_variance_small_sets`: with very few structures
-    /// the tangents' share costs force error instead of saving it (rMD17 at 50 structures: +5–6 % at 450 and
-    /// 600 atoms, ±0 at 800, −4 to −10 % at 750 and 900; ethanol −4 % at 900 atoms, −6 % at 1 800).
+    /// `precondition_variance_small_sets`: with very few structures the tangents' share costs force error instead
+    /// of saving it (rMD17 at 50 structures: +5–6 % at 450 and 600 atoms, ±0 at 800, −4 to −10 % at 750 and 900;
+    /// ethanol −4 % at 900 atoms, −6 % at 1 800).
     pub precondition_tangents_min_atoms: usize,
     /// Training sets below `precondition_tangents_min_atoms` atoms also scale fewer directions: those of variance
     /// above this instead of `precondition_variance` (0 keeps `precondition_variance`). With few structures the
