@@ -725,6 +725,19 @@ mod tests {
         p
     }
 
+    /// `Config::load` of `p` with `--set` overrides.
+    fn load_with(p: &std::path::Path, sets: &[&str]) -> Result<Config> {
+        Config::load(p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    /// Each override set of `cases` is rejected with an error containing its message.
+    fn assert_rejected(p: &std::path::Path, cases: &[(&[&str], &str)]) {
+        for &(sets, want) in cases {
+            let e = load_with(p, sets).unwrap_err().to_string();
+            assert!(e.contains(want), "{sets:?}: {e}");
+        }
+    }
+
     #[test]
     fn overrides_and_unknown_keys() {
         let p = config_file("cfg", "[data]\nfile = \"x.xyz\"\n[loss]\npitc_weight = 1.0\n");
@@ -773,89 +786,89 @@ mod tests {
     #[test]
     fn bispectrum_channel_counts_are_checked_by_name() {
         let p = config_file("cfg_bs", "[data]\nfile = \"x.xyz\"\n[model]\nfamily = \"bispectrum\"\n");
-        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let load = |sets: &[&str]| load_with(&p, sets);
         let c = load(&["bispectrum.three_body=\"compressed\"", "bispectrum.channels=20", "bispectrum.four_body_channels=6"]).unwrap();
         assert_eq!((c.bispectrum.three_body, c.bispectrum.four_body_k()), (crate::descriptor::four_body::ThreeBody::Compressed, 6));
-        for (sets, want) in [
-            (&["bispectrum.channels=20"][..], "bispectrum.four_body_channels ≤ 16"),
-            (&["bispectrum.channels=4", "bispectrum.four_body_channels=5"][..], "bispectrum.four_body_channels must be at most"),
-            (&["bispectrum.channels=33"][..], "bispectrum.channels must be in 1..=32"),
-            (&["bispectrum.three_body=\"partial\""][..], "unknown variant `partial`"),
-        ] {
-            let e = load(sets).unwrap_err().to_string();
-            assert!(e.contains(want), "{sets:?}: {e}");
-        }
+        assert_rejected(
+            &p,
+            &[
+                (&["bispectrum.channels=20"][..], "bispectrum.four_body_channels ≤ 16"),
+                (&["bispectrum.channels=4", "bispectrum.four_body_channels=5"][..], "bispectrum.four_body_channels must be at most"),
+                (&["bispectrum.channels=33"][..], "bispectrum.channels must be in 1..=32"),
+                (&["bispectrum.three_body=\"partial\""][..], "unknown variant `partial`"),
+            ],
+        );
     }
 
     #[test]
     fn the_loss_penalties_are_checked_by_name() {
         let p = config_file("cfg_penalty", "[data]\nfile = \"x.xyz\"\n");
-        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let load = |sets: &[&str]| load_with(&p, sets);
         let c = load(&["loss.forces_loss=\"huber\"", "loss.forces_huber_delta=0.02"]).unwrap();
         assert_eq!((c.loss.forces_loss, c.loss.forces_huber_delta, c.loss.energy_loss), (Penalty::Huber, 0.02, Penalty::Mse));
-        for (sets, want) in [
-            (&["loss.forces_huber_delta=0"][..], "loss.forces_huber_delta must be a threshold > 0 in eV/Å, got 0"),
-            (&["loss.huber_delta=-1"][..], "loss.huber_delta must be a threshold > 0 in eV/atom"),
-            (&["loss.forces_loss=\"l1\""][..], "unknown variant `l1`, expected `mse` or `huber`"),
-        ] {
-            let e = load(sets).unwrap_err().to_string();
-            assert!(e.contains(want), "{sets:?}: {e}");
-        }
+        assert_rejected(
+            &p,
+            &[
+                (&["loss.forces_huber_delta=0"][..], "loss.forces_huber_delta must be a threshold > 0 in eV/Å, got 0"),
+                (&["loss.huber_delta=-1"][..], "loss.huber_delta must be a threshold > 0 in eV/atom"),
+                (&["loss.forces_loss=\"l1\""][..], "unknown variant `l1`, expected `mse` or `huber`"),
+            ],
+        );
     }
 
     #[test]
     fn the_preconditioner_settings_are_checked_by_name() {
         let p = config_file("cfg_precondition", "[data]\nfile = \"x.xyz\"\n");
-        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let load = |sets: &[&str]| load_with(&p, sets);
         let t = load(&[]).unwrap().training;
         assert_eq!((t.precondition_variance, t.precondition_tangents, t.precondition_variance_small_sets), (0.1, 0.5, 1.0));
         assert_eq!(load(&["training.precondition_variance_small_sets=0"]).unwrap().training.precondition_variance_small_sets, 0.0);
-        for (sets, want) in [
-            (&["training.precondition_variance=-1"][..], "training.precondition_variance must be a number >= 0 (0 = off), got -1"),
-            (&["training.precondition_variance_small_sets=-0.5"][..], "training.precondition_variance_small_sets must be a number >= 0 (0 = precondition_variance), got -0.5"),
-            (&["training.precondition_tangents=2"][..], "training.precondition_tangents must be in [0, 1]"),
-        ] {
-            let e = load(sets).unwrap_err().to_string();
-            assert!(e.contains(want), "{sets:?}: {e}");
-        }
+        assert_rejected(
+            &p,
+            &[
+                (&["training.precondition_variance=-1"][..], "training.precondition_variance must be a number >= 0 (0 = off), got -1"),
+                (&["training.precondition_variance_small_sets=-0.5"][..], "training.precondition_variance_small_sets must be a number >= 0 (0 = precondition_variance), got -0.5"),
+                (&["training.precondition_tangents=2"][..], "training.precondition_tangents must be in [0, 1]"),
+            ],
+        );
     }
 
     #[test]
     fn repulsion_and_radial_scale_are_checked_by_name() {
         let p = config_file("cfg_rep", "[data]\nfile = \"x.xyz\"\n");
-        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let load = |sets: &[&str]| load_with(&p, sets);
         let c = load(&[]).unwrap();
         assert_eq!((c.repulsion.kind, c.repulsion.outer, c.repulsion.inner, c.descriptor.radial_scale), (RepulsionKind::Zbl, 0.0, 0.0, 0.0));
         let c = load(&["repulsion.kind=\"none\"", "repulsion.outer=1.2", "repulsion.inner=0.8", "descriptor.radial_scale=2.0"]).unwrap();
         assert_eq!((c.repulsion.kind, c.descriptor.radial_scale), (RepulsionKind::None, 2.0));
-        for (sets, want) in [
-            (&["repulsion.outer=6.0"][..], "repulsion.outer must be 0 (from the data) or a distance up to the cutoff 5"),
-            (&["repulsion.outer=1.0", "repulsion.inner=1.0"][..], "repulsion.inner must be 0 (2/3 of outer) or a distance below outer"),
-            (&["repulsion.inner=-0.1"][..], "repulsion.inner"),
-            (&["repulsion.kind=\"lj\""][..], "unknown variant `lj`, expected `zbl` or `none`"),
-            (&["descriptor.radial_scale=-1.0"][..], "descriptor.radial_scale must be in [0, 10]"),
-        ] {
-            let e = load(sets).unwrap_err().to_string();
-            assert!(e.contains(want), "{sets:?}: {e}");
-        }
+        assert_rejected(
+            &p,
+            &[
+                (&["repulsion.outer=6.0"][..], "repulsion.outer must be 0 (from the data) or a distance up to the cutoff 5"),
+                (&["repulsion.outer=1.0", "repulsion.inner=1.0"][..], "repulsion.inner must be 0 (2/3 of outer) or a distance below outer"),
+                (&["repulsion.inner=-0.1"][..], "repulsion.inner"),
+                (&["repulsion.kind=\"lj\""][..], "unknown variant `lj`, expected `zbl` or `none`"),
+                (&["descriptor.radial_scale=-1.0"][..], "descriptor.radial_scale must be in [0, 10]"),
+            ],
+        );
     }
 
     #[test]
     fn the_domain_guard_is_off_by_default_and_checked_by_name() {
         let p = config_file("cfg_guard", "[data]\nfile = \"x.xyz\"\n");
-        let load = |sets: &[&str]| Config::load(&p, &sets.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let load = |sets: &[&str]| load_with(&p, sets);
         let g = load(&[]).unwrap().domain_guard;
         assert_eq!((g.strength, g.onset, g.components, g.sketch), (0.0, 4.0, 128, 32));
         let g = load(&["domain_guard.strength=0.002", "domain_guard.onset=2.5", "domain_guard.sketch=16"]).unwrap().domain_guard;
         assert_eq!((g.strength, g.onset, g.sketch), (0.002, 2.5, 16));
-        for (sets, want) in [
-            (&["domain_guard.strength=-1"][..], "domain_guard.strength must be ≥ 0 eV"),
-            (&["domain_guard.onset=0.5"][..], "domain_guard.onset must be ≥ 1"),
-            (&["domain_guard.sketch=0"][..], "domain_guard.components and domain_guard.sketch must be ≥ 1"),
-            (&["domain_guard.rows=3"][..], "unknown field `rows`"),
-        ] {
-            let e = load(sets).unwrap_err().to_string();
-            assert!(e.contains(want), "{sets:?}: {e}");
-        }
+        assert_rejected(
+            &p,
+            &[
+                (&["domain_guard.strength=-1"][..], "domain_guard.strength must be ≥ 0 eV"),
+                (&["domain_guard.onset=0.5"][..], "domain_guard.onset must be ≥ 1"),
+                (&["domain_guard.sketch=0"][..], "domain_guard.components and domain_guard.sketch must be ≥ 1"),
+                (&["domain_guard.rows=3"][..], "unknown field `rows`"),
+            ],
+        );
     }
 }
