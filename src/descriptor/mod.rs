@@ -1022,37 +1022,52 @@ impl Descriptor {
         let width = register_width(nc);
         let mut columns = vec![0.0; if nc <= REGISTER_CHANNELS { (nm + nc) * width } else { nc * nc }];
         let mut fb_scratch = vec![0.0; self.four_body.as_ref().map_or(0, |fb| fb.scratch_len())];
-        let (mut y, mut dy) = ([0.0; MAX_MONOMIALS], [0.0; MAX_MONOMIALS]);
-        let mut drad_t = vec![0.0; nr];
+        // the angular values and radial tangents of up to two pairs at a time
+        let (mut y, mut dy) = ([[0.0; MAX_MONOMIALS]; 2], [[0.0; MAX_MONOMIALS]; 2]);
+        let mut drad_t = [vec![0.0; nr], vec![0.0; nr]];
         let mut p = 0;
         let full_orders = if self.full_power_spectrum() { self.l_of::<L>() + 1 } else { 0 };
         for i in 0..d.n_atoms {
             prefetch(&d.density[i * nc * nm..(i + 1) * nc * nm]); // read after the pairs below
             dda.fill(0.0);
-            for nb in d.neighbors.of(i) {
-                let mut t = [0.0; 3];
-                if let Some(disp) = displacement {
-                    for ax in 0..3 {
-                        t[ax] = disp[nb.j][ax] - disp[i][ax];
-                    }
-                }
-                if let Some(c) = strain {
-                    for ax in 0..3 {
-                        t[ax] += c[ax][0] * nb.r[0] + c[ax][1] * nb.r[1] + c[ax][2] * nb.r[2];
-                    }
-                }
-                let PairCache { r, u } = d.pairs[p];
-                let tr = u[0] * t[0] + u[1] * t[1] + u[2] * t[2];
-                let tp = [(t[0] - u[0] * tr) / r, (t[1] - u[1] * tr) / r, (t[2] - u[2] * tr) / r];
+            let neighbors = d.neighbors.of(i);
+            let mut q = 0;
+            while q < neighbors.len() {
+                // two neighbours of one species share one pass over dA's rows (the same additions in the same order)
                 let s = d.species_of_neighbor[p];
-                let rad = &d.radial[p * nr..(p + 1) * nr];
-                for (x, &dr) in drad_t.iter_mut().zip(&d.d_radial[p * nr..(p + 1) * nr]) {
-                    *x = dr * tr;
+                let twin = q + 1 < neighbors.len() && d.species_of_neighbor[p + 1] == s;
+                let n_pairs = if twin { 2 } else { 1 };
+                for t in 0..n_pairs {
+                    let nb = &neighbors[q + t];
+                    let mut tv = [0.0; 3];
+                    if let Some(disp) = displacement {
+                        for ax in 0..3 {
+                            tv[ax] = disp[nb.j][ax] - disp[i][ax];
+                        }
+                    }
+                    if let Some(c) = strain {
+                        for ax in 0..3 {
+                            tv[ax] += c[ax][0] * nb.r[0] + c[ax][1] * nb.r[1] + c[ax][2] * nb.r[2];
+                        }
+                    }
+                    let PairCache { r, u } = d.pairs[p + t];
+                    let tr = u[0] * tv[0] + u[1] * tv[1] + u[2] * tv[2];
+                    let tp = [(tv[0] - u[0] * tr) / r, (tv[1] - u[1] * tr) / r, (tv[2] - u[2] * tr) / r];
+                    for (x, &dr) in drad_t[t].iter_mut().zip(&d.d_radial[(p + t) * nr..(p + t + 1) * nr]) {
+                        *x = dr * tr;
+                    }
+                    self.angular_directional::<L>(&u, &tp, self.l_of::<L>().saturating_sub(1), &mut y[t][..nm], &mut dy[t][..nm]);
                 }
-                self.angular_directional::<L>(&u, &tp, self.l_of::<L>().saturating_sub(1), &mut y[..nm], &mut dy[..nm]);
                 // dA[s, k][m] += R'_k (û·t) Y_m + R_k ∇Y_m·t⊥/r for m ≥ top
-                accumulate::<M, 2>(&mut dda[s * nr * nm..(s + 1) * nr * nm], top, [(&drad_t, &y[top..nm]), (rad, &dy[top..nm])]);
-                p += 1;
+                let rows = &mut dda[s * nr * nm..(s + 1) * nr * nm];
+                let rad = |t: usize| &d.radial[(p + t) * nr..(p + t + 1) * nr];
+                if twin {
+                    accumulate::<M, 4>(rows, top, [(&drad_t[0], &y[0][top..nm]), (rad(0), &dy[0][top..nm]), (&drad_t[1], &y[1][top..nm]), (rad(1), &dy[1][top..nm])]);
+                } else {
+                    accumulate::<M, 2>(rows, top, [(&drad_t[0], &y[0][top..nm]), (rad(0), &dy[0][top..nm])]);
+                }
+                p += n_pairs;
+                q += n_pairs;
             }
             self.fill_lower::<L>(&mut dda);
             let a = &d.density[i * nc * nm..(i + 1) * nc * nm];
