@@ -692,6 +692,7 @@ impl Descriptor {
                 d_radial: out.d_radial,
                 species_of_neighbor: out.species_of_neighbor,
                 centre_species: &centre_species[t.atoms.clone()],
+                kept: false,
             };
             self.dispatch_backward(nl, inp, t.atoms, grads, out.scratch);
             Ok(())
@@ -875,6 +876,7 @@ impl Descriptor {
             d_radial: &d.d_radial[p.start * nr..p.end * nr],
             species_of_neighbor: &d.species_of_neighbor[p.clone()],
             centre_species: &d.centre_species[a.clone()],
+            kept: true,
         }
     }
 
@@ -914,14 +916,16 @@ impl Descriptor {
         for (k, i) in atoms.enumerate() {
             let a = &inp.density[k * na..(k + 1) * na];
             let g = &inp.dg[k * nf..(k + 1) * nf];
-            if k == 0 {
-                prefetch(a);
-                prefetch(g);
-            }
-            // the next atom's rows arrive while this one computes
-            if let (Some(a), Some(g)) = (inp.density.get((k + 1) * na..(k + 2) * na), inp.dg.get((k + 1) * nf..(k + 2) * nf)) {
-                prefetch(a);
-                prefetch(g);
+            if inp.kept {
+                if k == 0 {
+                    prefetch(a);
+                    prefetch(g);
+                }
+                // the next atom's rows arrive while this one computes
+                if let (Some(a), Some(g)) = (inp.density.get((k + 1) * na..(k + 2) * na), inp.dg.get((k + 1) * nf..(k + 2) * nf)) {
+                    prefetch(a);
+                    prefetch(g);
+                }
             }
             // dA = ∂(G·g)/∂A: the l = 0 densities directly; P_l[c, c'] contributes g·A[c'] to A[c] and g·A[c] to
             // A[c'] (2g·A[c] on the diagonal).
@@ -1317,6 +1321,9 @@ struct AtomsIn<'a> {
     species_of_neighbor: &'a [usize],
     /// Species of each of the atoms.
     centre_species: &'a [usize],
+    /// Whether the rows are a whole data set's kept descriptors, mostly out of the caches, which the VJP then
+    /// prefetches ([`prefetch`]); a chunk just computed (an MD step) is in them, and the prefetch would only cost.
+    kept: bool,
 }
 
 /// The buffers of one chunk of [`Descriptor::evaluate_into`] (descriptors and their gradient, density, per-pair
