@@ -1,27 +1,29 @@
 //! Times the descriptor's three kernels (forward, VJP, JVP) on every structure of an extended-XYZ file, one
-//! thread, with the `rmd17.toml` descriptor settings: what a training step spends on the descriptor. A file of
-//! a thousand structures keeps more descriptors than the caches hold, as training does; a file of ten measures
-//! the kernels' arithmetic alone.
+//! thread, with the power-spectrum descriptor of a config (default `examples/configs/rmd17.toml`; a four-body
+//! part is left out): what a training step spends on the descriptor. A file of a thousand structures keeps more
+//! descriptors than the caches hold, as training does; a file of ten measures the kernels' arithmetic alone.
 //!
 //! ```text
-//! cargo run --release --example bench_descriptor -- FILE.extxyz [REPEATS]
+//! cargo run --release --example bench_descriptor -- FILE.extxyz [REPEATS] [CONFIG.toml]
 //! ```
 //! Prints µs per structure for each kernel (best of REPEATS passes, default 5).
 
-use pilip::descriptor::{Descriptor, DescriptorSpec};
+use pilip::config::Config;
+use pilip::descriptor::Descriptor;
 use pilip::io::extxyz::read_structures;
 use pilip::neighbors::NeighborList;
 use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let file = args.first().ok_or("usage: bench_descriptor FILE.extxyz [REPEATS]")?;
+    let file = args.first().ok_or("usage: bench_descriptor FILE.extxyz [REPEATS] [CONFIG.toml]")?;
     let repeats: usize = args.get(1).map(|s| s.parse()).transpose()?.unwrap_or(5);
+    let config = args.get(2).map_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/configs/rmd17.toml"), Into::into);
+    let spec = Config::load(&config, &[])?.descriptor;
     let frames = read_structures(std::path::Path::new(file))?;
     let mut elements: Vec<u32> = frames.iter().flat_map(|f| f.numbers.iter().copied()).collect();
     elements.sort_unstable();
     elements.dedup();
-    let spec = DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6, radial_scale: 1.0 };
     let descriptor = Descriptor::new(&spec, elements.len());
     let mut inputs = Vec::new();
     for f in &frames {

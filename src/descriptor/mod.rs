@@ -1201,7 +1201,7 @@ fn gram_columns<M: MulAdd, const W: usize>(a: &[f64], nm: usize, nc: usize, l_ma
     let mut f = 0;
     for l in 0..=l_max {
         // (24 channels two at a time made this pass 3× slower: its column closure then ran out of registers)
-        product_columns::<M, W>(a, a, nm, nc, order_range(l), at, 16, |c2, acc| {
+        product_columns::<M, W, 16>(a, a, nm, nc, order_range(l), at, |c2, acc| {
             // entry (c, c2) of the upper triangle: row c starts after the rows above it
             for (c, &v) in acc.iter().enumerate().take(c2 + 1) {
                 g[f + c * nc - c * c.saturating_sub(1) / 2 + (c2 - c)] = v;
@@ -1220,7 +1220,7 @@ fn gram_tangent_columns<M: MulAdd, const W: usize>(a: &[f64], da: &[f64], nm: us
     for l in 0..=l_max {
         let ms = order_range(l);
         let (at_da, cols) = at.split_at_mut(ms.len() * W);
-        product_columns::<M, W>(da, a, nm, nc, ms, at_da, 24, |c2, acc| cols[c2 * W..(c2 + 1) * W].copy_from_slice(acc));
+        product_columns::<M, W, 24>(da, a, nm, nc, ms, at_da, |c2, acc| cols[c2 * W..(c2 + 1) * W].copy_from_slice(acc));
         for c in 0..nc {
             for c2 in c..nc {
                 g[f] = cols[c2 * W + c] + cols[c * W + c2];
@@ -1235,14 +1235,13 @@ fn gram_tangent_columns<M: MulAdd, const W: usize>(a: &[f64], da: &[f64], nm: us
 /// registers (one vector per four channels) and each A[c2][m] is one broadcast. Each sum runs over m in order with
 /// the same multiply-adds as a dot product, so the values are those of one.
 #[inline(always)]
-fn product_columns<M: MulAdd, const W: usize>(
+fn product_columns<M: MulAdd, const W: usize, const TWIN_WIDTH: usize>(
     x: &[f64],
     a: &[f64],
     nm: usize,
     nc: usize,
     ms: std::ops::Range<usize>,
     at: &mut [f64],
-    twin_width: usize,
     mut column: impl FnMut(usize, &[f64; W]),
 ) {
     for (row, m) in at.chunks_exact_mut(W).zip(ms.clone()) {
@@ -1250,9 +1249,9 @@ fn product_columns<M: MulAdd, const W: usize>(
             *v = if c < nc { x[c * nm + m] } else { 0.0 };
         }
     }
-    // two columns at a time up to `twin_width` channels (twice the accumulator chains, one load of each row of X
+    // two columns at a time up to TWIN_WIDTH channels (twice the accumulator chains, one load of each row of X
     // for both); wider rows would not leave AVX2 enough registers
-    let twins = if W <= twin_width { nc / 2 * 2 } else { 0 };
+    let twins = if W <= TWIN_WIDTH { nc / 2 * 2 } else { 0 };
     for c2 in (0..twins).step_by(2) {
         let mut acc = [[0.0f64; W]; 2];
         let (a0, a1) = (&a[c2 * nm..(c2 + 1) * nm], &a[(c2 + 1) * nm..(c2 + 2) * nm]);
