@@ -93,6 +93,8 @@ pub enum Schedule {
     Plateau,
     /// Cosine decay from `lr` to `lr_min` over `max_epochs`.
     Cosine,
+    /// Linear decay from `lr` to `lr_min` over `max_epochs`.
+    Linear,
     /// `lr` throughout.
     Constant,
 }
@@ -749,8 +751,8 @@ mod tests {
         let e = Config::load(&p, &[]).unwrap_err().to_string();
         assert!(e.contains("unknown field `pitc_wieght`"), "{e}");
         std::fs::write(&p, "[data]\nfile = \"x.xyz\"\n").unwrap();
-        let e = Config::load(&p, &["training.schedule=\"linear\"".into()]).unwrap_err().to_string();
-        assert!(e.contains("c.toml: training.schedule: unknown variant `linear`") && e.contains("linear") && e.contains("plateau") && e.contains("cosine"), "{e}");
+        let e = Config::load(&p, &["training.schedule=\"cosinus\"".into()]).unwrap_err().to_string();
+        assert!(e.contains("c.toml: training.schedule: unknown variant `cosinus`") && e.contains("linear") && e.contains("plateau") && e.contains("cosine"), "{e}");
         for bad in ["training.max_minutes=-1", "training.max_minutes=nan"] {
             let e = Config::load(&p, &[bad.into()]).unwrap_err().to_string();
             assert!(e.contains("training.max_minutes must be a number of minutes >= 0"), "{bad}: {e}");

@@ -233,6 +233,15 @@ fn orthonormalise(q: &mut [f64], m: usize, n: usize) {
     }
 }
 
+/// Whether [`Real::acc_product`] and [`Real::acc_product_tn`] in f32 run through the layer kernels for width `o`
+/// here (not through matrixmultiply, which packs its operands on every call).
+pub fn has_f32_layer_kernels(o: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return has_layer_kernels(o);
+    #[cfg(not(target_arch = "x86_64"))]
+    return false;
+}
+
 /// Whether the AVX-512 layer kernels serve width `o`: a multiple of 64, on a CPU that has their features.
 #[cfg(target_arch = "x86_64")]
 fn has_layer_kernels(o: usize) -> bool {

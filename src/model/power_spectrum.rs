@@ -13,7 +13,7 @@ use crate::descriptor::{Descriptor, DescriptorSpec, Descriptors};
 use crate::error::{Error, Result};
 use crate::frame::{Mat3, Vec3};
 use crate::linalg::Real;
-use crate::nn::Mlp;
+use crate::nn::{Mlp, TransposedWeights};
 use crate::rng::Rng;
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -50,6 +50,10 @@ pub struct PowerSpectrumModel {
     /// ([`PowerSpectrumModel::set_training_precision`]); kept in step by [`PowerSpectrumModel::set_params`].
     #[serde(skip)]
     weights_f32: Option<Vec<Vec<f32>>>,
+    /// Those f32 weights transposed, for the input-gradient pass, where the layer kernels can read them
+    /// ([`TransposedWeights`]; empty otherwise); kept in step with `weights_f32`.
+    #[serde(skip)]
+    transposed_f32: Vec<TransposedWeights<f32>>,
 }
 
 /// The training primitive `∇θ[a·E + D_t E]` at one configuration (species and descriptors of its atoms), with
@@ -278,6 +282,7 @@ impl PowerSpectrumModel {
             four_body,
             desc_cache: std::sync::OnceLock::new(),
             weights_f32: None,
+            transposed_f32: Vec::new(),
         })
     }
 
@@ -394,24 +399,25 @@ impl PowerSpectrumModel {
         let of = items.iter().map(|(_, d, _)| *d as *const Descriptors as usize).collect();
         match &self.weights_f32 {
             None => {
-                let (results, passes) = self.predict_in(items, e0, scale, |s| &self.networks[s].params[..]);
+                let (results, passes) = self.predict_in(items, e0, scale, |s| (&self.networks[s].params[..], None));
                 (results, ForwardCache { passes: FirstLayer::F64(passes), of })
             }
             Some(w) => {
-                let (results, passes) = self.predict_in(items, e0, scale, |s| &w[s][..]);
+                let (results, passes) = self.predict_in(items, e0, scale, |s| (&w[s][..], self.transposed_f32.get(s)));
                 (results, ForwardCache { passes: FirstLayer::F32(passes), of })
             }
         }
     }
 
     /// The body of [`PowerSpectrumModel::atomic_energies_and_pair_grads_keeping`] with the networks' weights in
-    /// precision T (`weights(species)`); returns each network pass's inputs and first-layer pre-activations.
+    /// precision T, and their transposes where there are any (`weights(species)`); returns each network pass's
+    /// inputs and first-layer pre-activations.
     fn predict_in<'w, T: Real>(
         &self,
         items: &[NetworkItem<'_>],
         e0: &[f64],
         scale: f64,
-        weights: impl Fn(usize) -> &'w [T] + Sync,
+        weights: impl Fn(usize) -> (&'w [T], Option<&'w TransposedWeights<T>>) + Sync,
     ) -> (AtomicResults, Vec<FirstLayerPass<T>>) {
         let tasks = row_tasks(|p| items[p].0, items.len(), self.networks.len());
         let maps: Vec<InputMap> = (0..self.networks.len()).map(|s| self.input_map(s)).collect();
@@ -419,7 +425,8 @@ impl PowerSpectrumModel {
             .par_iter()
             .map(|t| {
                 let x = self.standardised(&maps[t.species], t, |p| (items[p].1, items[p].2));
-                let (out, mut dx, z0) = self.networks[t.species].forward_with_input_grad_in(weights(t.species), &x, t.rows.len());
+                let (w, transposed) = weights(t.species);
+                let (out, mut dx, z0) = self.networks[t.species].forward_with_input_grad_in(w, transposed, &x, t.rows.len());
                 let guard = self.guard_energies(t.species, &x, t.rows.len(), Some(&mut dx), scale);
                 ((out, dx, (x, z0)), guard)
             })
@@ -573,6 +580,19 @@ impl PowerSpectrumModel {
     /// doubles the arithmetic per instruction; the gradient is still summed and applied in f64.
     pub fn set_training_precision(&mut self, f32: bool) {
         self.weights_f32 = f32.then(|| self.networks.iter().map(Mlp::params_f32).collect());
+        self.transposed_f32 = Vec::new();
+        if f32 && crate::linalg::has_f32_layer_kernels(64) {
+            self.transposed_f32 = vec![TransposedWeights::default(); self.networks.len()];
+            self.update_transposed();
+        }
+    }
+
+    /// Rewrites [`PowerSpectrumModel::transposed_f32`] from the f32 weights (nothing where it is empty).
+    fn update_transposed(&mut self) {
+        if let Some(w32) = &self.weights_f32 {
+            let nets = self.networks.par_iter().zip(w32);
+            self.transposed_f32.par_iter_mut().zip(nets).for_each(|(t, (net, w))| net.transpose_into(w, t));
+        }
     }
 
     /// Δ-learning: puts a new, randomly initialised (seeded) correction network of `hidden` widths beside each
@@ -647,6 +667,7 @@ impl PowerSpectrumModel {
                 w.iter_mut().zip(&net.params).for_each(|(w, p)| *w = *p as f32);
             }
         }
+        self.update_transposed();
         self.set_trained_compression(&p[off..]);
     }
 
@@ -683,6 +704,7 @@ impl PowerSpectrumModel {
                 first_layer(s, LayerWeights::F64(&mut net.params[..layer]));
             }),
         }
+        self.update_transposed();
         self.set_trained_compression(rest);
     }
 
@@ -861,6 +883,7 @@ impl PowerSpectrumModel {
             four_body,
             desc_cache: Default::default(),
             weights_f32: None,
+            transposed_f32: Vec::new(),
         };
         m.check()?;
         Ok(m)

@@ -209,25 +209,29 @@ impl Schedule {
         Schedule { kind, lr0, lr_min, lr: lr0, patience, factor, best: f64::INFINITY, bad_epochs: 0, max_epochs }
     }
 
-    /// The cosine rate of (0-based) epoch `epoch`.
-    fn cosine(&self, epoch: usize) -> f64 {
+    /// The cosine or linear rate of (0-based) epoch `epoch`.
+    fn decayed(&self, epoch: usize) -> f64 {
         let t = (epoch as f64 / self.max_epochs.max(1) as f64).min(1.0);
-        self.lr_min + 0.5 * (self.lr0 - self.lr_min) * (1.0 + (std::f64::consts::PI * t).cos())
+        let share = match self.kind {
+            ScheduleKind::Linear => 1.0 - t,
+            _ => 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
+        };
+        self.lr_min + (self.lr0 - self.lr_min) * share
     }
 
     /// Ends the decay after `max_epochs` epochs instead, `epochs_done` of them done: the next epoch's cosine rate
     /// is that of the new schedule (a step as large as the change, small where a budget replans).
     pub fn set_horizon(&mut self, max_epochs: usize, epochs_done: usize) {
         self.max_epochs = max_epochs;
-        if self.kind == ScheduleKind::Cosine {
-            self.lr = self.cosine(epochs_done);
+        if matches!(self.kind, ScheduleKind::Cosine | ScheduleKind::Linear) {
+            self.lr = self.decayed(epochs_done);
         }
     }
 
     /// Called after each epoch with the validation metric; sets the rate for the next epoch.
     pub fn end_epoch(&mut self, epoch: usize, metric: f64) {
         match self.kind {
-            ScheduleKind::Cosine => self.lr = self.cosine(epoch + 1),
+            ScheduleKind::Cosine | ScheduleKind::Linear => self.lr = self.decayed(epoch + 1),
             ScheduleKind::Plateau => {
                 if metric < self.best * (1.0 - 1e-4) {
                     self.best = metric;

@@ -105,7 +105,8 @@ impl FirstLayerPreconditioner {
         self.jobs(g).into_par_iter().for_each(|(b, w)| {
             let mut w32: Vec<f32> = w.iter().map(|&v| v as f32).collect();
             let y = scaled_projection(b, &b.u_f32, &w32, |f| f - 1.0);
-            gemm(b.n_in, b.factor.len(), b.n_out, &b.u_f32, true, &y, false, 0.0, &mut w32);
+            w32.fill(0.0);
+            f32::acc_product_tn(b.n_in, b.factor.len(), b.n_out, &b.u_f32, &y, &mut w32);
             w.iter_mut().zip(&w32).for_each(|(w, c)| *w += *c as f64);
         });
     }
@@ -147,13 +148,13 @@ impl FirstLayerPreconditioner {
 /// W += Uᵀ diag(e) Y, with `u` the block's U in the weights' precision.
 fn map_block<T: Real>(b: &Block, u: &[T], w: &mut [T], e: impl Fn(f64) -> f64) {
     let y = scaled_projection(b, u, w, e);
-    gemm(b.n_in, b.factor.len(), b.n_out, u, true, &y, false, 1.0, w);
+    T::acc_product_tn(b.n_in, b.factor.len(), b.n_out, u, &y, w);
 }
 
 /// diag(e(factor)) U W (rank × width): the first half of a block's map.
 fn scaled_projection<T: Real>(b: &Block, u: &[T], w: &[T], e: impl Fn(f64) -> f64) -> Vec<T> {
     let mut y = vec![T::default(); b.factor.len() * b.n_out];
-    gemm(b.factor.len(), b.n_in, b.n_out, u, false, w, false, 0.0, &mut y);
+    T::acc_product(b.factor.len(), b.n_in, b.n_out, u, w, &mut y);
     for (row, f) in y.chunks_mut(b.n_out).zip(&b.factor) {
         let s = e(*f);
         row.iter_mut().for_each(|v| *v = T::of(v.f64() * s));
