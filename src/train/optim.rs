@@ -362,6 +362,17 @@ mod tests {
         let mut c = Schedule::new(ScheduleKind::Cosine, 1.0, 0.0, 0, 0.0, 10);
         c.end_epoch(4, 0.0);
         assert!((c.lr - 0.5).abs() < 1e-12);
+        c.end_epoch(1, 0.0);
+        assert!((c.lr - (0.5 + 0.5 * (0.2 * std::f64::consts::PI).cos())).abs() < 1e-12);
+        // linear: from 1 to 0.1 over 10 epochs, so epoch 3 runs at 1 − 0.9 · 3/10; a new horizon of 20 epochs
+        // after 3 moves the next rate onto the longer line
+        let mut l = Schedule::new(ScheduleKind::Linear, 1.0, 0.1, 0, 0.0, 10);
+        l.end_epoch(2, 0.0);
+        assert!((l.lr - 0.73).abs() < 1e-12, "{}", l.lr);
+        l.set_horizon(20, 3);
+        assert!((l.lr - 0.865).abs() < 1e-12, "{}", l.lr);
+        l.end_epoch(40, 0.0);
+        assert!((l.lr - 0.1).abs() < 1e-12);
         assert_eq!(grad_norm(&[3.0, 4.0]), 5.0);
         assert!((clip_factor(5.0, 1.0) - 0.2).abs() < 1e-15);
     }
