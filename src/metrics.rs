@@ -146,4 +146,37 @@ impl Metrics {
         }
         parts.join(" | ")
     }
+
+    /// The force RMSE per element as one human line (`F RMSE by element: C 12.47, H 6.62 meV/Å`), where the
+    /// structures have more than one element: which atoms carry the error.
+    pub fn by_element_line(&self) -> Option<String> {
+        let by = &self.forces_rmse_mev_per_A_by_element;
+        (by.len() > 1).then(|| {
+            let parts: Vec<String> = by.iter().map(|(z, r)| format!("{z} {r:.2}")).collect();
+            format!("F RMSE by element: {} meV/Å", parts.join(", "))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Per-element force errors: an error of 3 meV/Å on every component of the carbon and 0.3 on one of the
+    /// hydrogen's three give RMSEs of 3 and sqrt(0.09/3); one element alone prints no per-element line.
+    #[test]
+    fn force_errors_per_element() {
+        let reference = vec![[0.1, -0.2, 0.3], [0.0, 0.5, -0.5]];
+        let frame = Frame { numbers: vec![6, 1], positions: vec![[0.0; 3], [1.1, 0.0, 0.0]], forces: Some(reference.clone()), ..Default::default() };
+        let mut forces = reference;
+        forces[0].iter_mut().for_each(|f| *f += 0.003);
+        forces[1][2] -= 0.0003;
+        let pred = Prediction { energy: 0.0, atomic_energies: vec![0.0; 2], forces, virial: [[0.0; 3]; 3], stress: None };
+        let m = compute(std::slice::from_ref(&frame), std::slice::from_ref(&pred));
+        let by = &m.forces_rmse_mev_per_A_by_element;
+        assert!((by["C"] - 3.0).abs() < 1e-9 && (by["H"] - (0.09f64 / 3.0).sqrt()).abs() < 1e-9, "{by:?}");
+        assert_eq!(m.by_element_line().as_deref(), Some("F RMSE by element: C 3.00, H 0.17 meV/Å"));
+        let carbon = Frame { numbers: vec![6, 6], ..frame };
+        assert_eq!(compute(&[carbon], &[pred]).by_element_line(), None);
+    }
 }

@@ -1131,6 +1131,9 @@ fn finish(cfg: &Config, model: &Model, splits: &Splits, run: &mut RunDir, st: &T
     let tp = metrics::predict_all(&best, &splits.test)?;
     let tm = metrics::compute(&splits.test, &tp);
     run.log(&format!("best epoch {} | test ({} structures): {}", st.best_epoch, splits.test.len(), tm.summary()));
+    if let Some(line) = tm.by_element_line() {
+        run.log(&format!("test {line}"));
+    }
     let p = run.dir.join("test_metrics.json");
     write_atomically(&p, serde_json::to_string_pretty(&tm).unwrap_or_default().as_bytes())?;
     Ok(Some(tm))

@@ -285,6 +285,9 @@ fn run(cli: Cli) -> Result<()> {
                 if let (Some(a), Some(b)) = (m.energy_mae_mev, m.energy_rmse_mev) {
                     println!("E MAE {a:.2} RMSE {b:.2} meV/structure");
                 }
+                if let Some(line) = m.by_element_line() {
+                    println!("{line}");
+                }
             }
             Ok(())
         }
