@@ -212,15 +212,14 @@ impl Schedule {
     /// The cosine or linear rate of (0-based) epoch `epoch`.
     fn decayed(&self, epoch: usize) -> f64 {
         let t = (epoch as f64 / self.max_epochs.max(1) as f64).min(1.0);
-        let share = match self.kind {
-            ScheduleKind::Linear => 1.0 - t,
-            _ => 0.5 * (1.0 + (std::f64::consts::PI * t).cos()),
-        };
-        self.lr_min + (self.lr0 - self.lr_min) * share
+        match self.kind {
+            ScheduleKind::Linear => self.lr_min + (self.lr0 - self.lr_min) * (1.0 - t),
+            _ => self.lr_min + 0.5 * (self.lr0 - self.lr_min) * (1.0 + (std::f64::consts::PI * t).cos()),
+        }
     }
 
-    /// Ends the decay after `max_epochs` epochs instead, `epochs_done` of them done: the next epoch's cosine rate
-    /// is that of the new schedule (a step as large as the change, small where a budget replans).
+    /// Ends the decay after `max_epochs` epochs instead, `epochs_done` of them done: the next epoch's cosine or
+    /// linear rate is that of the new schedule (a step as large as the change, small where a budget replans).
     pub fn set_horizon(&mut self, max_epochs: usize, epochs_done: usize) {
         self.max_epochs = max_epochs;
         if matches!(self.kind, ScheduleKind::Cosine | ScheduleKind::Linear) {
