@@ -224,17 +224,19 @@ impl Mlp {
         for k in (0..nl).rev() {
             let (wo, _) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
-            let mut dh = vec![T::default(); n * i];
-            match transposed.and_then(|t| t.layers.get(k)) {
-                Some((ld, wt)) => {
+            let mut dh = match transposed.and_then(|t| t.layers.get(k)) {
+                Some(&(ld, ref wt)) => {
                     let mut padded = vec![T::default(); n * ld];
-                    T::acc_product(n, o, *ld, &dz, wt, &mut padded);
-                    for (d, p) in dh.chunks_exact_mut(i).zip(padded.chunks_exact(*ld)) {
-                        d.copy_from_slice(&p[..i]);
-                    }
+                    T::acc_product(n, o, ld, &dz, wt, &mut padded);
+                    // rows of ld values, of which the first i are the layer's inputs (all of them for a hidden layer)
+                    if ld == i { padded } else { padded.chunks_exact(ld).flat_map(|p| &p[..i]).copied().collect() }
                 }
-                None => gemm(n, o, i, &dz, false, &w[wo..wo + i * o], true, 0.0, &mut dh),
-            }
+                None => {
+                    let mut dh = vec![T::default(); n * i];
+                    gemm(n, o, i, &dz, false, &w[wo..wo + i * o], true, 0.0, &mut dh);
+                    dh
+                }
+            };
             if k > 0 {
                 for ((d, &zv), &s) in dh.iter_mut().zip(&zs[k - 1]).zip(&sigmoids[k - 1]) {
                     *d = T::of(d.f64() * silu_d1(zv.f64(), s));
