@@ -272,18 +272,7 @@ impl PowerSpectrumModel {
         sizes.push(1);
         let mut rng = Rng::new(seed);
         let networks = (0..n_species).map(|_| Mlp::new(&sizes, &mut rng)).collect();
-        Ok(PowerSpectrumModel {
-            feature_mean: vec![vec![0.0; nf]; n_species],
-            feature_std: vec![vec![1.0; nf]; n_species],
-            networks,
-            inputs: Vec::new(),
-            domain_guard: None,
-            descriptor,
-            four_body,
-            desc_cache: std::sync::OnceLock::new(),
-            weights_f32: None,
-            transposed_f32: Vec::new(),
-        })
+        Self::from_networks(descriptor, four_body, networks)
     }
 
     /// The descriptor (built once, on first use; [`PowerSpectrumModel::check`] has made sure it builds).
