@@ -31,11 +31,7 @@ for MOL in "$@"; do
   RUN="$OUT/${MOL}_n${N}_s${SEED}"
   # (below 700 training atoms the trainer itself drops the tangents' share of the preconditioner and scales
   # fewer directions: training.precondition_tangents_min_atoms, precondition_variance_small_sets)
-  # 50 structures or fewer: wider radial Gaussians, as rmd17.toml's header recommends (force MAE −2 to −5 % at
-  # N = 50 on five of six molecules, docs/benchmarks.md session 60); EXTRA can still override it
-  SMALL=()
-  [ "$N" -le 50 ] && SMALL=(--set descriptor.radial_width=0.8)
-  train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N" "${SMALL[@]}"
+  train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
   "$PILIP" export "$RUN/checkpoints/best.ckpt" -o "$RUN/model.onnx" >/dev/null
   CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')
   MD_FILES=()
