@@ -843,6 +843,9 @@ mod tests {
         assert_eq!((c.repulsion.kind, c.repulsion.outer, c.repulsion.inner, c.descriptor.radial_scale), (RepulsionKind::Zbl, 0.0, 0.0, 0.0));
         let c = load(&["repulsion.kind=\"none\"", "repulsion.outer=1.2", "repulsion.inner=0.8", "descriptor.radial_scale=2.0"]).unwrap();
         assert_eq!((c.repulsion.kind, c.descriptor.radial_scale), (RepulsionKind::None, 2.0));
+        // per-element widths, as a table or key by key
+        let c = load(&["descriptor.radial_width_by_element={ H = 0.9, C = 0.6 }", "descriptor.radial_width_by_element.O=0.7"]).unwrap();
+        assert_eq!((c.descriptor.radial_width_of(1), c.descriptor.radial_width_of(6), c.descriptor.radial_width_of(8), c.descriptor.radial_width_of(7)), (0.9, 0.6, 0.7, 0.6));
         assert_rejected(
             &p,
             &[
@@ -851,6 +854,8 @@ mod tests {
                 (&["repulsion.inner=-0.1"][..], "repulsion.inner"),
                 (&["repulsion.kind=\"lj\""][..], "unknown variant `lj`, expected `zbl` or `none`"),
                 (&["descriptor.radial_scale=-1.0"][..], "descriptor.radial_scale must be in [0, 10]"),
+                (&["descriptor.radial_width_by_element.Xx=0.5"][..], "descriptor.radial_width_by_element: 'Xx' is not an element symbol"),
+                (&["descriptor.radial_width_by_element.H=0"][..], "descriptor.radial_width_by_element.H must be > 0, got 0"),
             ],
         );
     }

@@ -22,6 +22,7 @@ fn exported_model_matches_the_training_time_model() {
         (delta_model(), triclinic_cell()),
         (repulsive_cell_model(), triclinic_cell()),
         (guarded_cell_model(), triclinic_cell()),
+        (element_width_cell_model(), triclinic_cell()),
     ];
     for (model, frame) in cases {
         let mut frames = probe_structures(&model);
@@ -60,7 +61,7 @@ fn native_and_tract_agree(bytes: &[u8], frame: &Frame, tol: f64) {
 
 #[test]
 fn native_engine_agrees_with_tract_for_every_family_depth_and_precision() {
-    let deep = pilip::model::Model::power_spectrum(pilip::descriptor::DescriptorSpec { cutoff: 3.0, r_min: 0.7, n_radial: 5, l_max: 2, radial_width: 0.8, radial_scale: 1.5 }, vec![13, 29], &[5, 17, 33], 4).unwrap();
+    let deep = pilip::model::Model::power_spectrum(pilip::descriptor::DescriptorSpec { cutoff: 3.0, r_min: 0.7, n_radial: 5, l_max: 2, radial_width: 0.8, radial_scale: 1.5, ..Default::default() }, vec![13, 29], &[5, 17, 33], 4).unwrap();
     let cases = [(molecule_model(), molecule()), (bispectrum_cell_model(), triclinic_cell()), (delta_model(), triclinic_cell()), (deep, triclinic_cell())];
     for (model, frame) in cases {
         native_and_tract_agree(&to_onnx(&model, Dtype::F64).unwrap().encode_to_vec(), &frame, 1e-12);
@@ -142,7 +143,7 @@ fn native_engine_refuses_graphs_it_does_not_reproduce() {
 #[test]
 fn exported_models_read_back_for_training_predict_like_the_original() {
     let dir = tmpdir("read-back");
-    let models = [molecule_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), delta_model(), repulsive_cell_model()];
+    let models = [molecule_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), delta_model(), repulsive_cell_model(), element_width_cell_model()];
     for (k, model) in models.into_iter().enumerate() {
         let frame = if k == 0 { molecule() } else { triclinic_cell() };
         let path = dir.join(format!("m{k}.onnx"));
@@ -156,14 +157,15 @@ fn exported_models_read_back_for_training_predict_like_the_original() {
 
 #[test]
 fn runtime_forces_and_virial_match_finite_differences_of_the_onnx_energy() {
-    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), repulsive_cell_model(), crowded_radial_cell_model(), guarded_cell_model()] {
+    for model in [cell_model(), bispectrum_cell_model(), compressed_bispectrum_cell_model(), repulsive_cell_model(), crowded_radial_cell_model(), guarded_cell_model(), element_width_cell_model()] {
         check_runtime_derivatives(&model);
     }
 }
 
 /// Each model is written with the oldest format version that describes it, so that older libraries keep
 /// reading what they can run: 1 for the power spectrum, 2 for the bispectrum family, 3 once its three-body part
-/// is compressed, 4 with a repulsive prior or Gaussians crowded towards short range; a file that declares a version too old for its content is refused.
+/// is compressed, 4 with a repulsive prior or Gaussians crowded towards short range, 5 with a domain guard, 6 with
+/// per-element radial widths; a file that declares a version too old for its content is refused.
 #[test]
 fn models_are_written_with_the_oldest_format_version_that_describes_them() {
     let version = |p: &pb::ModelProto| p.metadata_props.iter().find(|p| p.key == "pilip.format_version").unwrap().value.clone();
@@ -177,11 +179,12 @@ fn models_are_written_with_the_oldest_format_version_that_describes_them() {
         (repulsive_bispectrum, "4"),
         (crowded_radial_cell_model(), "4"),
         (guarded_cell_model(), "5"),
+        (element_width_cell_model(), "6"),
     ];
     for (model, want) in cases {
         assert_eq!(version(&to_onnx(&model, Dtype::F32).unwrap()), want);
     }
-    for (model, declared, needed) in [(compressed_bispectrum_cell_model(), "2", "3"), (repulsive_cell_model(), "3", "4"), (guarded_cell_model(), "4", "5")] {
+    for (model, declared, needed) in [(compressed_bispectrum_cell_model(), "2", "3"), (repulsive_cell_model(), "3", "4"), (guarded_cell_model(), "4", "5"), (element_width_cell_model(), "5", "6")] {
         let mut proto = to_onnx(&model, Dtype::F32).unwrap();
         proto.metadata_props.iter_mut().find(|p| p.key == "pilip.format_version").unwrap().value = declared.into();
         let err = Potential::from_bytes(&proto.encode_to_vec(), "old.onnx", &RuntimeOptions::default()).err().unwrap().to_string();
@@ -251,6 +254,35 @@ fn crowded_radial_cell_model() -> pilip::model::Model {
     let envs = vec![m.frame_environments(&frame).unwrap()];
     m.fit_input_statistics(&envs, 0.0, 0.0);
     m
+}
+
+/// [`cell_model`] with narrower Gaussians for copper neighbours than for aluminium ones
+/// (`radial_width_by_element`).
+fn element_width_cell_model() -> pilip::model::Model {
+    let frame = triclinic_cell();
+    let spec = pilip::descriptor::DescriptorSpec { radial_width_by_element: [("Cu".to_string(), 0.5)].into(), ..spec(3.0) };
+    let mut m = pilip::model::Model::power_spectrum(spec, vec![13, 29], &[16, 12], 5).unwrap();
+    let envs = vec![m.frame_environments(&frame).unwrap()];
+    m.fit_input_statistics(&envs, 0.0, 0.0);
+    m
+}
+
+/// The per-element widths are read from the file: without the key the same graph gives another energy, and
+/// `pilip info` lists them.
+#[test]
+fn per_element_radial_widths_travel_in_the_file() {
+    let frame = triclinic_cell();
+    let proto = to_onnx(&element_width_cell_model(), Dtype::F64).unwrap();
+    let entry = proto.metadata_props.iter().find(|p| p.key == "pilip.descriptor").unwrap();
+    assert!(entry.value.contains(r#""radial_width_by_element":{"Cu":0.5}"#), "{}", entry.value);
+    let mut plain = proto.clone();
+    let entry = plain.metadata_props.iter_mut().find(|p| p.key == "pilip.descriptor").unwrap();
+    entry.value = entry.value.replace(r#","radial_width_by_element":{"Cu":0.5}"#, "");
+    let (a, b) = (load(&proto.encode_to_vec()).compute_frame(&frame).unwrap(), load(&plain.encode_to_vec()).compute_frame(&frame).unwrap());
+    assert!((a.energy - b.energy).abs() > 1e-6 * (1.0 + a.energy.abs()), "{} vs {}", a.energy, b.energy);
+    let props = proto.metadata_props.iter().map(|p| (p.key.clone(), p.value.clone())).collect();
+    let info = pilip::onnx::metadata::describe(&pilip::onnx::metadata::ModelMetadata::from_props(&props, "m.onnx").unwrap());
+    assert!(info.contains("radial_width 1 (Cu 0.5)"), "{info}");
 }
 
 fn check_runtime_derivatives(model: &pilip::model::Model) {

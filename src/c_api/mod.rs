@@ -45,7 +45,7 @@ pub const PILIP_VERSION_PATCH: i32 = version_number(env!("CARGO_PKG_VERSION_PATC
 /// functions and new status codes are additions, not incompatible changes).
 pub const PILIP_ABI_VERSION: i32 = 1;
 /// Newest model-format version this library reads (older ones are read too; newer ones are refused).
-pub const PILIP_MODEL_FORMAT_VERSION: i32 = 5;
+pub const PILIP_MODEL_FORMAT_VERSION: i32 = 6;
 
 /// A decimal version component at compile time.
 const fn version_number(digits: &str) -> i32 {

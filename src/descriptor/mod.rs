@@ -5,7 +5,8 @@
 //!
 //! ```text
 //!   A[s,n][m] = Σ_j  R_n(r_ij) · Y_m(û_ij)                     (density coefficients, linear in neighbours)
-//!   R_n(r)    = exp(−(r − μ_n)² / 2σ²) · f_c(r),  f_c(r) = (1 − (r/r_c)²)³   (C² at the cutoff)
+//!   R_n(r)    = exp(−(r − μ_n)² / 2σ_s²) · f_c(r),  f_c(r) = (1 − (r/r_c)²)³   (C² at the cutoff; σ_s may
+//!               depend on the neighbour's element s)
 //!   Y_m(û)    = sqrt(l! / (a! b! c!)) · ûx^a ûy^b ûz^c,  a + b + c = l ≤ l_max
 //!   G         = { A[c][l=0] }  ∪  { P_l[c,c'] = Σ_{m ∈ l} A[c][m] A[c'][m],  c ≤ c' }
 //! ```
@@ -25,6 +26,7 @@ use crate::frame::{Mat3, Vec3};
 use crate::linalg::{gemm_view, Isa, View};
 use crate::neighbors::NeighborList;
 use four_body::{Bispectrum, FourBody};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 /// Descriptor hyper-parameters (the `[descriptor]` config section).
@@ -41,6 +43,12 @@ pub struct DescriptorSpec {
     pub l_max: usize,
     /// Gaussian width in units of the spacing between centres.
     pub radial_width: f64,
+    /// Widths (in spacings) for the channels of neighbours of the listed elements, by symbol; the others have
+    /// `radial_width`. Each neighbour element has its own channels, so its Gaussians can be narrower where its
+    /// distances crowd together (carbon–carbon in aromatic rings) and wider where a neighbour is rare or its
+    /// distances spread (hydrogen), at no cost per pair. Elements not in a model are ignored.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub radial_width_by_element: BTreeMap<String, f64>,
     /// λ ≥ 0: the Gaussians are equally spaced (and equally wide) in u(r) = (r_c/λ)(1 − e^{−λ r / r_c}) instead
     /// of r, which puts them closer together (and makes them narrower) at short range, where bonds are and
     /// forces are largest, and further apart near the cutoff. 0: equally spaced in r (files before the key).
@@ -54,7 +62,7 @@ fn is_zero(x: &f64) -> bool {
 
 impl Default for DescriptorSpec {
     fn default() -> Self {
-        DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6, radial_scale: 0.0 }
+        DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: 8, l_max: 4, radial_width: 0.6, radial_width_by_element: BTreeMap::new(), radial_scale: 0.0 }
     }
 }
 
@@ -76,10 +84,24 @@ impl DescriptorSpec {
         if !(self.radial_width > 0.0) {
             return Err(format!("descriptor.radial_width must be > 0, got {}", self.radial_width));
         }
+        for (symbol, &w) in &self.radial_width_by_element {
+            if crate::elements::atomic_number(symbol).is_none() {
+                return Err(format!("descriptor.radial_width_by_element: '{symbol}' is not an element symbol"));
+            }
+            if !(w > 0.0 && w.is_finite()) {
+                return Err(format!("descriptor.radial_width_by_element.{symbol} must be > 0, got {w}"));
+            }
+        }
         if !(0.0..=10.0).contains(&self.radial_scale) {
             return Err(format!("descriptor.radial_scale must be in [0, 10] (0: equally spaced Gaussians), got {}", self.radial_scale));
         }
         Ok(())
+    }
+
+    /// The Gaussian width (in spacings) of the channels of neighbours of element `z`.
+    pub fn radial_width_of(&self, z: u32) -> f64 {
+        let symbol = crate::elements::symbol(z).unwrap_or("");
+        self.radial_width_by_element.get(symbol).copied().unwrap_or(self.radial_width)
     }
 
     /// The radial coordinate the Gaussians are equally spaced in, u(r), and du/dr (see `radial_scale`).
@@ -124,13 +146,13 @@ pub struct Descriptor {
     traces: Vec<[(usize, f64); 3]>,
     /// Centres of the Gaussians in the radial coordinate u ([`DescriptorSpec::radial_coordinate`]).
     centers: Vec<f64>,
-    inv_two_sigma2: f64,
+    /// Per neighbour species: α = 1/2σ² of its Gaussians and e^{−2αΔ²}, the ratio of consecutive factors of the
+    /// Gaussian recurrence.
+    widths: Vec<(f64, f64)>,
     /// Spacing of the centres (in u), its inverse and 1 / r_c.
     step: f64,
     inv_step: f64,
     inv_cutoff: f64,
-    /// e^{−2αΔ²}: the ratio of consecutive factors of the Gaussian recurrence (a constant of the basis).
-    shrink: f64,
     /// The instruction set the kernels run with on this CPU (detected once).
     isa: Isa,
     /// The four-body invariants appended to the power spectrum (the bispectrum family), if any.
@@ -262,8 +284,9 @@ impl Descriptors {
 }
 
 impl Descriptor {
-    /// The descriptor of `spec` for a model with `n_species` elements.
-    pub fn new(spec: &DescriptorSpec, n_species: usize) -> Self {
+    /// The descriptor of `spec` for a model of the elements `species` (atomic numbers, in the model's order).
+    pub fn new(spec: &DescriptorSpec, species: &[u32]) -> Self {
+        let n_species = species.len();
         let mut monomials = Vec::new();
         let fact = |k: usize| (1..=k).map(|x| x as f64).product::<f64>();
         for l in 0..=spec.l_max {
@@ -305,7 +328,14 @@ impl Descriptor {
         let (u_min, u_max) = (spec.radial_coordinate(spec.r_min).0, spec.radial_coordinate(spec.cutoff).0);
         let step = (u_max - u_min) / (n - 1) as f64;
         let centers = (0..n).map(|k| u_min + k as f64 * step).collect();
-        let sigma = spec.radial_width * step;
+        let widths = species
+            .iter()
+            .map(|&z| {
+                let sigma = spec.radial_width_of(z) * step;
+                let alpha = 1.0 / (2.0 * sigma * sigma);
+                (alpha, (-2.0 * alpha * step * step).exp())
+            })
+            .collect();
         Descriptor {
             spec: spec.clone(),
             n_species,
@@ -316,10 +346,9 @@ impl Descriptor {
             column_w,
             top,
             traces,
-            shrink: (-2.0 * step * step / (2.0 * sigma * sigma)).exp(),
             isa: Isa::detect(),
             centers,
-            inv_two_sigma2: 1.0 / (2.0 * sigma * sigma),
+            widths,
             step,
             inv_step: 1.0 / step,
             inv_cutoff: 1.0 / spec.cutoff,
@@ -328,8 +357,8 @@ impl Descriptor {
     }
 
     /// The descriptor of a model of either family: with the four-body invariants of `four_body` when given.
-    pub fn with_optional_four_body(spec: &DescriptorSpec, n_species: usize, four_body: Option<&Bispectrum>) -> crate::error::Result<Self> {
-        let d = Descriptor::new(spec, n_species);
+    pub fn with_optional_four_body(spec: &DescriptorSpec, species: &[u32], four_body: Option<&Bispectrum>) -> crate::error::Result<Self> {
+        let d = Descriptor::new(spec, species);
         match four_body {
             Some(b) => d.with_four_body(b),
             None => Ok(d),
@@ -399,7 +428,7 @@ impl Descriptor {
     /// recurrence from the nearest centre outwards (g_{k±1} = g_k·q_k, q_{k±1} = q_k·e^{−2αΔ²}): two `exp` per
     /// pair instead of one per function, and no overflow since the factors only shrink away from the peak.
     #[inline(always)]
-    fn radial(&self, r: f64, out: &mut [f64], dout: &mut [f64]) {
+    fn radial(&self, r: f64, neighbour_species: usize, out: &mut [f64], dout: &mut [f64]) {
         // products by precomputed inverses: divisions were a tenth of the forward pass
         let inv_rc = self.inv_cutoff;
         let x = r * inv_rc;
@@ -407,7 +436,7 @@ impl Descriptor {
         let (fc, dfc) = if x < 1.0 { (s * s * s, -6.0 * x * s * s * inv_rc) } else { (0.0, 0.0) };
         let (u, du) = self.spec.radial_coordinate(r);
         let n = self.centers.len();
-        let (alpha, step) = (self.inv_two_sigma2, self.step);
+        let ((alpha, shrink), step) = (self.widths[neighbour_species], self.step);
         // the nearest centre (x + ½ truncated: `round` is a slow call where SSE4.1 is not assumed)
         let k0 = ((((u - self.centers[0]) * self.inv_step + 0.5).max(0.0)) as usize).min(n - 1);
         let d0 = u - self.centers[k0];
@@ -419,7 +448,6 @@ impl Descriptor {
             dout[k] = g * (dfc - two_alpha_fc_du * d);
         };
         set(k0, g0);
-        let shrink = self.shrink;
         // q_up·q_down = e^{−2αΔ²} = shrink: two `exp` per pair
         let q_up = (alpha * (2.0 * d0 * step - step * step)).exp();
         let (mut g, mut q) = (g0, q_up);
@@ -751,9 +779,9 @@ impl Descriptor {
                 let p = p0 + q;
                 let r = crate::frame::norm(&nb.r);
                 let u = [nb.r[0] / r, nb.r[1] / r, nb.r[2] / r];
-                self.radial(r, &mut out.radial[p * nr..(p + 1) * nr], &mut out.d_radial[p * nr..(p + 1) * nr]);
-                self.angular::<L>(&u, y_cur, &mut pw);
                 let s = species[nb.j];
+                self.radial(r, s, &mut out.radial[p * nr..(p + 1) * nr], &mut out.d_radial[p * nr..(p + 1) * nr]);
+                self.angular::<L>(&u, y_cur, &mut pw);
                 out.pairs[p] = PairCache { r, u };
                 out.species_of_neighbor[p] = s;
                 match pending {
@@ -1428,13 +1456,15 @@ mod tests {
         setup_with(4, 3)
     }
 
-    /// Two species with `n_radial` functions each (2·n_radial density channels).
+    /// Two species (H, O) with `n_radial` functions each (2·n_radial density channels); O's Gaussians are
+    /// narrower than H's.
     fn setup_with(n_radial: usize, l_max: usize) -> (Descriptor, Vec<Vec3>, Vec<usize>) {
         // equally spaced Gaussians (even n_radial) and Gaussians crowded towards short range (odd)
         let radial_scale = if n_radial % 2 == 0 { 0.0 } else { 2.0 };
-        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial, l_max, radial_width: 1.0, radial_scale };
+        let radial_width_by_element = [("O".to_string(), 0.7)].into();
+        let spec = DescriptorSpec { cutoff: 3.5, r_min: 0.7, n_radial, l_max, radial_width: 1.0, radial_width_by_element, radial_scale };
         let pos = vec![[0.0, 0.0, 0.0], [1.1, 0.2, -0.1], [-0.4, 1.3, 0.5], [0.3, -0.6, 1.4], [1.5, 1.2, 1.0]];
-        (Descriptor::new(&spec, 2), pos, vec![0, 1, 1, 0, 1])
+        (Descriptor::new(&spec, &[1, 8]), pos, vec![0, 1, 1, 0, 1])
     }
 
     fn compute(d: &Descriptor, pos: &[Vec3], sp: &[usize]) -> Descriptors {
@@ -1466,25 +1496,29 @@ mod tests {
     #[test]
     fn radial_recurrence_equals_direct_gaussians() {
         for radial_scale in [0.0, 2.5] {
-            let spec = DescriptorSpec { cutoff: 6.0, r_min: 0.5, n_radial: 12, l_max: 2, radial_width: 0.4, radial_scale };
-            let d = Descriptor::new(&spec, 1);
+            // neighbours of C (species 1) have Gaussians 0.9 spacings wide, the others (H, N) 0.4
+            let radial_width_by_element = [("C".to_string(), 0.9), ("Cu".to_string(), 0.2)].into();
+            let spec = DescriptorSpec { cutoff: 6.0, r_min: 0.5, n_radial: 12, l_max: 2, radial_width: 0.4, radial_width_by_element, radial_scale };
+            let d = Descriptor::new(&spec, &[1, 6, 7]);
             let (mut g, mut dg) = (vec![0.0; 12], vec![0.0; 12]);
-            // the Gaussians by their definition: equally spaced in u from u(r_min) to u(r_c), width 0.4 spacings
+            // the Gaussians by their definition: equally spaced in u from u(r_min) to u(r_c), `width` spacings wide
             let u = |r: f64| if radial_scale == 0.0 { r } else { 6.0 / radial_scale * (1.0 - (-radial_scale * r / 6.0).exp()) };
             let step = (u(6.0) - u(0.5)) / 11.0;
-            let gaussians = |r: f64| -> Vec<f64> {
+            let gaussians = |r: f64, width: f64| -> Vec<f64> {
                 let fc = (1.0 - (r / 6.0).powi(2)).powi(3);
-                (0..12).map(|k| (-(u(r) - u(0.5) - k as f64 * step).powi(2) / (2.0 * (0.4 * step).powi(2))).exp() * fc).collect()
+                (0..12).map(|k| (-(u(r) - u(0.5) - k as f64 * step).powi(2) / (2.0 * (width * step).powi(2))).exp() * fc).collect()
             };
-            for &r in &[0.3, 0.5, 1.234, 2.77, 4.0, 5.5, 5.999] {
-                d.radial(r, &mut g, &mut dg);
-                let want = gaussians(r);
-                let h = 1e-6;
-                let (up, down) = (gaussians(r + h), gaussians(r - h));
-                for k in 0..12 {
-                    assert!((g[k] - want[k]).abs() < 1e-12 * want[k] + 1e-16, "λ {radial_scale} r {r} k {k}: {} vs {}", g[k], want[k]);
-                    let fd = (up[k] - down[k]) / (2.0 * h);
-                    assert!((dg[k] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "λ {radial_scale} r {r} k {k}: {} vs {fd}", dg[k]);
+            for (s, width) in [(0, 0.4), (1, 0.9), (2, 0.4)] {
+                for &r in &[0.3, 0.5, 1.234, 2.77, 4.0, 5.5, 5.999] {
+                    d.radial(r, s, &mut g, &mut dg);
+                    let want = gaussians(r, width);
+                    let h = 1e-6;
+                    let (up, down) = (gaussians(r + h, width), gaussians(r - h, width));
+                    for k in 0..12 {
+                        assert!((g[k] - want[k]).abs() < 1e-12 * want[k] + 1e-16, "λ {radial_scale} s {s} r {r} k {k}: {} vs {}", g[k], want[k]);
+                        let fd = (up[k] - down[k]) / (2.0 * h);
+                        assert!((dg[k] - fd).abs() < 1e-6 * (1.0 + fd.abs()), "λ {radial_scale} s {s} r {r} k {k}: {} vs {fd}", dg[k]);
+                    }
                 }
             }
             // with λ > 0 the centres crowd towards short range: the first spacing in r is the narrowest

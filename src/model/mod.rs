@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 /// A potential with trainable parameters: what checkpoints hold and `pilip export` writes.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(from = "ModelFields")]
 pub struct Model {
     /// Atomic numbers, in the order used by every per-species array.
     pub species: Vec<u32>,
@@ -42,6 +43,27 @@ pub struct Model {
     /// The short-range repulsive prior (none in checkpoints written before it existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repulsion: Option<Repulsion>,
+}
+
+/// A [`Model`] as stored: the family's part gets the species when it is read ([`PowerSpectrumModel`] builds its
+/// descriptor from them).
+#[derive(Deserialize)]
+struct ModelFields {
+    species: Vec<u32>,
+    reference_energies: Vec<f64>,
+    energy_scale: f64,
+    #[serde(flatten)]
+    atomic: AtomicModel,
+    #[serde(default)]
+    repulsion: Option<Repulsion>,
+}
+
+impl From<ModelFields> for Model {
+    fn from(f: ModelFields) -> Model {
+        let mut atomic = f.atomic;
+        atomic.networked_mut().species = f.species.clone();
+        Model { species: f.species, reference_energies: f.reference_energies, energy_scale: f.energy_scale, atomic, repulsion: f.repulsion }
+    }
 }
 
 /// The family-specific part of a [`Model`]; one variant per [`Family`].
@@ -150,7 +172,7 @@ impl Model {
     /// A power-spectrum model with randomly initialised networks (seeded) and zero reference energies.
     pub fn power_spectrum(descriptor: DescriptorSpec, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
         let n = species.len();
-        let atomic = AtomicModel::PowerSpectrum(PowerSpectrumModel::new(descriptor, None, n, hidden, seed)?);
+        let atomic = AtomicModel::PowerSpectrum(PowerSpectrumModel::new(descriptor, None, &species, hidden, seed)?);
         Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic, repulsion: None })
     }
 
@@ -158,7 +180,7 @@ impl Model {
     /// networks, zero reference energies and a zero compression (fit it with [`Model::fit_compression`]).
     pub fn bispectrum(descriptor: DescriptorSpec, four_body: Bispectrum, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
         let n = species.len();
-        let atomic = AtomicModel::Bispectrum(PowerSpectrumModel::new(descriptor, Some(four_body), n, hidden, seed)?);
+        let atomic = AtomicModel::Bispectrum(PowerSpectrumModel::new(descriptor, Some(four_body), &species, hidden, seed)?);
         Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic, repulsion: None })
     }
 

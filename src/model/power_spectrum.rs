@@ -44,6 +44,10 @@ pub struct PowerSpectrumModel {
     /// The out-of-domain energy penalty fitted after training ([`DomainGuard`]), on the networks' inputs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain_guard: Option<DomainGuard>,
+    /// The model's elements (atomic numbers, in species order): the descriptor's widths depend on them. Kept by
+    /// [`crate::model::Model`], which sets them here when it is built or read.
+    #[serde(skip)]
+    pub(crate) species: Vec<u32>,
     #[serde(skip)]
     desc_cache: std::sync::OnceLock<Descriptor>,
     /// The networks' weights rounded to f32 when the training passes run in single precision
@@ -261,25 +265,26 @@ fn row_tasks<'a>(species_of: impl Fn(usize) -> &'a [usize], n_items: usize, n_sp
 impl PowerSpectrumModel {
     /// Randomly initialised networks (seeded) with identity standardisation; with `four_body`, its compression
     /// starts at zero (fit it with [`PowerSpectrumModel::fit_compression`]).
-    pub fn new(descriptor: DescriptorSpec, four_body: Option<Bispectrum>, n_species: usize, hidden: &[usize], seed: u64) -> Result<Self> {
+    pub fn new(descriptor: DescriptorSpec, four_body: Option<Bispectrum>, species: &[u32], hidden: &[usize], seed: u64) -> Result<Self> {
+        let n_species = species.len();
         let four_body = four_body.map(|mut b| {
             b.compression = vec![0.0; b.compression_len(n_species, n_species * descriptor.n_radial, descriptor.l_max)];
             b
         });
-        let nf = Descriptor::with_optional_four_body(&descriptor, n_species, four_body.as_ref())?.n_features();
+        let nf = Descriptor::with_optional_four_body(&descriptor, species, four_body.as_ref())?.n_features();
         let mut sizes = vec![nf];
         sizes.extend_from_slice(hidden);
         sizes.push(1);
         let mut rng = Rng::new(seed);
         let networks = (0..n_species).map(|_| Mlp::new(&sizes, &mut rng)).collect();
-        Self::from_networks(descriptor, four_body, networks)
+        Self::from_networks(descriptor, four_body, species, networks)
     }
 
     /// The descriptor (built once, on first use; [`PowerSpectrumModel::check`] has made sure it builds).
     pub fn descriptor(&self) -> &Descriptor {
         self.desc_cache.get_or_init(|| {
-            let plain = || Descriptor::new(&self.descriptor, self.networks.len());
-            Descriptor::with_optional_four_body(&self.descriptor, self.networks.len(), self.four_body.as_ref()).unwrap_or_else(|_| plain())
+            let plain = || Descriptor::new(&self.descriptor, &self.species);
+            Descriptor::with_optional_four_body(&self.descriptor, &self.species, self.four_body.as_ref()).unwrap_or_else(|_| plain())
         })
     }
 
@@ -288,7 +293,10 @@ impl PowerSpectrumModel {
     pub fn check(&self) -> Result<()> {
         self.descriptor.validate().map_err(Error::model)?;
         let ns = self.networks.len();
-        let nf = Descriptor::with_optional_four_body(&self.descriptor, ns, self.four_body.as_ref())?.n_features();
+        if self.species.len() != ns {
+            return Err(Error::model(format!("{} networks for {} species", ns, self.species.len())));
+        }
+        let nf = Descriptor::with_optional_four_body(&self.descriptor, &self.species, self.four_body.as_ref())?.n_features();
         let inputs_fit = |s: usize, n: &Mlp| match self.inputs.get(s) {
             None => self.inputs.is_empty() && n.n_inputs() == nf,
             Some(ids) => n.n_inputs() == ids.len() && ids.windows(2).all(|w| w[0] < w[1]) && ids.last().is_none_or(|&i| (i as usize) < nf),
@@ -859,9 +867,9 @@ impl PowerSpectrumModel {
 
     /// A model of given networks (each `[n_features] → … → [1]`, reading the raw descriptor: identity
     /// standardisation), e.g. the networks read out of an exported file.
-    pub fn from_networks(descriptor: DescriptorSpec, four_body: Option<Bispectrum>, networks: Vec<Mlp>) -> Result<Self> {
+    pub fn from_networks(descriptor: DescriptorSpec, four_body: Option<Bispectrum>, species: &[u32], networks: Vec<Mlp>) -> Result<Self> {
         let n_species = networks.len();
-        let nf = Descriptor::with_optional_four_body(&descriptor, n_species, four_body.as_ref())?.n_features();
+        let nf = Descriptor::with_optional_four_body(&descriptor, species, four_body.as_ref())?.n_features();
         let m = PowerSpectrumModel {
             feature_mean: vec![vec![0.0; nf]; n_species],
             feature_std: vec![vec![1.0; nf]; n_species],
@@ -870,6 +878,7 @@ impl PowerSpectrumModel {
             domain_guard: None,
             descriptor,
             four_body,
+            species: species.to_vec(),
             desc_cache: Default::default(),
             weights_f32: None,
             transposed_f32: Vec::new(),

@@ -20,8 +20,8 @@ use std::collections::BTreeMap;
 /// four-body channel count (`three_body`, `four_body_channels` in `pilip.bispectrum`); version 4 the short-range
 /// repulsive prior (`pilip.repulsion`) and the descriptor's `radial_scale`, which a reader that ignored them
 /// would silently evaluate as a different energy; version 5 the domain guard (`pilip.domain_guard`, nodes with
-/// a `Relu` in the graph).
-pub const MODEL_FORMAT_VERSION: u32 = 5;
+/// a `Relu` in the graph); version 6 the descriptor's per-element radial widths (`radial_width_by_element`).
+pub const MODEL_FORMAT_VERSION: u32 = 6;
 
 /// The format version a model of `family` (with `descriptor`, the four-body part `bispectrum`, with or without a
 /// repulsive prior, with or without a domain guard) is written with: the oldest that can describe it, so that
@@ -33,10 +33,11 @@ pub fn format_version_for(family: Family, descriptor: &DescriptorSpec, bispectru
         (Family::Bispectrum, _) => 2,
     };
     let version = if repulsion || descriptor.radial_scale != 0.0 { version.max(4) } else { version };
-    if domain_guard {
-        version.max(5)
-    } else {
+    let version = if domain_guard { version.max(5) } else { version };
+    if descriptor.radial_width_by_element.is_empty() {
         version
+    } else {
+        version.max(6)
     }
 }
 
@@ -296,7 +297,7 @@ impl ModelMetadata {
         match (self.family, &self.bispectrum) {
             (Family::PowerSpectrum, Some(_)) => Err(Error::model("a power-spectrum model has a 'pilip.bispectrum' key")),
             (Family::Bispectrum, None) => Err(Error::model("a bispectrum model lacks its 'pilip.bispectrum' key")),
-            _ => Descriptor::with_optional_four_body(&self.descriptor, self.species.len(), self.bispectrum.as_ref()),
+            _ => Descriptor::with_optional_four_body(&self.descriptor, &self.species, self.bispectrum.as_ref()),
         }
     }
 
@@ -341,7 +342,7 @@ pub fn describe(m: &ModelMetadata) -> String {
          reference energies: {:?} eV\n\
          cutoff:             {} Å\n\
          units:              energy {}, length {}\n\
-         descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}{}{}, {} features\n\
+         descriptor:         n_radial {}, l_max {}, r_min {} Å, radial_width {}{}{}{}, {} features\n\
          network dtype:      {}\n\
          repulsion:          {}\n\
          domain guard:       {}\n\
@@ -359,6 +360,7 @@ pub fn describe(m: &ModelMetadata) -> String {
         d.l_max,
         d.r_min,
         d.radial_width,
+        d.radial_width_by_element.iter().map(|(s, w)| format!(" ({s} {w})")).collect::<String>(),
         if d.radial_scale != 0.0 { format!(", radial_scale {}", d.radial_scale) } else { String::new() },
         m.bispectrum.as_ref().map_or(String::new(), |b| format!(
             "; four-body: {} channels, l_max {}; three-body: {}",

@@ -200,7 +200,7 @@ pub fn model_from_onnx(path: &Path) -> Result<Model> {
             crate::nn::Mlp { sizes, params }
         })
         .collect();
-    let ps = PowerSpectrumModel::from_networks(meta.descriptor.clone(), meta.bispectrum.clone(), networks)
+    let ps = PowerSpectrumModel::from_networks(meta.descriptor.clone(), meta.bispectrum.clone(), &meta.species, networks)
         .map_err(|e| Error::model(format!("{source}: {e}")))?;
     let atomic = match meta.family {
         Family::PowerSpectrum => AtomicModel::PowerSpectrum(ps),

@@ -15,7 +15,7 @@ use prost::Message;
 use std::path::{Path, PathBuf};
 
 pub fn spec(cutoff: f64) -> DescriptorSpec {
-    DescriptorSpec { cutoff, r_min: 0.8, n_radial: 4, l_max: 3, radial_width: 1.0, radial_scale: 0.0 }
+    DescriptorSpec { cutoff, r_min: 0.8, n_radial: 4, l_max: 3, radial_width: 1.0, ..DescriptorSpec::default() }
 }
 
 /// A model for the given species, with fitted feature statistics on `frames` and perturbed biases.
