@@ -28,7 +28,7 @@
 #define PILIP_ABI_VERSION 1
 
 // Newest model-format version this library reads (older ones are read too; newer ones are refused).
-#define PILIP_MODEL_FORMAT_VERSION 5
+#define PILIP_MODEL_FORMAT_VERSION 6
 
 // A loaded model. Immutable after `pilip_model_load`: one model may be used by any number of threads at once.
 typedef struct pilip_model_t pilip_model_t;
