@@ -719,6 +719,28 @@ fn checkpoints_without_a_model_family_load_as_power_spectrum_models() {
     assert!(e.contains("ace") && e.contains("power_spectrum"), "{e}");
 }
 
+/// A model with per-element radial widths is saved (checkpoint format 3) and read back with them: the same
+/// predictions, which the same networks without the widths do not give.
+#[test]
+fn checkpoints_keep_per_element_radial_widths() {
+    use pilip::train::checkpoint::Checkpoint;
+    let mols = labelled_molecules();
+    let spec = pilip::descriptor::DescriptorSpec { radial_width_by_element: [("C".to_string(), 0.5)].into(), ..spec(4.0) };
+    let model = pilip::model::Model::power_spectrum(spec, vec![1, 6, 8], &[16, 12], 9).unwrap();
+    let ck = Checkpoint::new(&Config::default(), &model, None);
+    assert_eq!(ck.format_version, 3);
+    let path = tmpdir("ck-widths").join("m.ckpt");
+    ck.save(&path).unwrap();
+    let read = Checkpoint::load(&path).unwrap().model;
+    let (a, b) = (model.predict_frame(&mols[0]).unwrap(), read.predict_frame(&mols[0]).unwrap());
+    assert_eq!((a.energy, a.forces), (b.energy, b.forces));
+    let mut json = serde_json::to_value(&model).unwrap();
+    json["descriptor"].as_object_mut().unwrap().remove("radial_width_by_element").unwrap();
+    let plain: pilip::model::Model = serde_json::from_value(json).unwrap();
+    let c = plain.predict_frame(&mols[0]).unwrap();
+    assert!((a.energy - c.energy).abs() > 1e-6 * (1.0 + a.energy.abs()), "{} vs {}", a.energy, c.energy);
+}
+
 #[test]
 fn a_split_may_have_no_test_set_but_needs_validation() {
     let mut cfg = Config::default();

@@ -324,7 +324,12 @@ impl Model {
 
     /// Cutoff radius, Å.
     pub fn cutoff(&self) -> f64 {
-        self.atomic.networked().descriptor.cutoff
+        self.descriptor_spec().cutoff
+    }
+
+    /// The descriptor's hyper-parameters.
+    pub fn descriptor_spec(&self) -> &DescriptorSpec {
+        &self.atomic.networked().descriptor
     }
 
     /// Length of each atom's descriptor (the per-atom model's input).

@@ -12,9 +12,10 @@ use std::path::Path;
 /// The `format` field of every checkpoint.
 pub const FORMAT: &str = "pilip-checkpoint";
 /// Newest checkpoint format this pilip writes and reads (older ones are read too). Version 2 added the model's
-/// repulsive prior (`"repulsion"`), which an older reader would silently drop; models without one are still
-/// written as version 1.
-pub const FORMAT_VERSION: u32 = 2;
+/// repulsive prior (`"repulsion"`), which an older reader would silently drop; version 3 the descriptor's
+/// per-element radial widths (an older reader refuses them as an unknown key: the version says why). Each
+/// checkpoint is written with the oldest version that describes it.
+pub const FORMAT_VERSION: u32 = 3;
 
 /// A checkpoint file.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -65,7 +66,13 @@ impl Checkpoint {
     pub fn new(config: &Config, model: &Model, state: Option<TrainState>) -> Self {
         Checkpoint {
             format: FORMAT.into(),
-            format_version: if model.repulsion.is_some() { FORMAT_VERSION } else { 1 },
+            format_version: if !model.descriptor_spec().radial_width_by_element.is_empty() {
+                3
+            } else if model.repulsion.is_some() {
+                2
+            } else {
+                1
+            },
             pilip_version: env!("CARGO_PKG_VERSION").into(),
             config: config.clone(),
             model: model.clone(),
