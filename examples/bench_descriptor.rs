@@ -24,7 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut elements: Vec<u32> = frames.iter().flat_map(|f| f.numbers.iter().copied()).collect();
     elements.sort_unstable();
     elements.dedup();
-    let descriptor = Descriptor::new(&spec, elements.len());
+    let descriptor = Descriptor::new(&spec, &elements);
     let mut inputs = Vec::new();
     for f in &frames {
         let species: Vec<usize> = f.numbers.iter().map(|z| elements.binary_search(z).unwrap_or(0)).collect();

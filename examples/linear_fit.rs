@@ -137,8 +137,8 @@ impl Linear {
 
 /// Per-element column scales 1/σ of the networks' standardisation (`PowerSpectrumModel::fit_feature_statistics`
 /// with the shipped `model.feature_std_floor = 0.3`); the means fall into the per-element constants.
-fn feature_scales(spec: &DescriptorSpec, four_body: Option<Bispectrum>, n_species: usize, frames: &[(Vec<usize>, Descriptors)]) -> Res<Vec<f64>> {
-    let mut statistics = PowerSpectrumModel::new(spec.clone(), four_body, n_species, &[], 0)?;
+fn feature_scales(spec: &DescriptorSpec, four_body: Option<Bispectrum>, species: &[u32], frames: &[(Vec<usize>, Descriptors)]) -> Res<Vec<f64>> {
+    let mut statistics = PowerSpectrumModel::new(spec.clone(), four_body, species, &[], 0)?;
     statistics.fit_feature_statistics(frames.iter().map(|(sp, d)| (sp.as_slice(), d)), 0.3);
     Ok(statistics.feature_std.iter().flatten().map(|sd| 1.0 / sd).collect())
 }
@@ -182,9 +182,9 @@ fn main() -> Res<()> {
     let mut species: Vec<u32> = train.iter().flat_map(|f| f.numbers.iter().copied()).collect();
     species.sort_unstable();
     species.dedup();
-    let spec = DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: o.n_radial, l_max: 4, radial_width: 0.6, radial_scale: 1.0 };
+    let spec = DescriptorSpec { cutoff: 5.0, r_min: 0.8, n_radial: o.n_radial, l_max: 4, radial_width: 0.6, radial_scale: 1.0, ..Default::default() };
     spec.validate()?;
-    let mut lin = Linear { descriptor: Descriptor::new(&spec, species.len()), species, scale: Vec::new(), coef: Vec::new() };
+    let mut lin = Linear { descriptor: Descriptor::new(&spec, &species), species, scale: Vec::new(), coef: Vec::new() };
     let mut four_body = None;
     if o.four_body > 0 {
         let ds = train.par_iter().map(|f| lin.descriptors(f)).collect::<Res<Vec<_>>>()?;
@@ -195,7 +195,7 @@ fn main() -> Res<()> {
     }
     let clock = std::time::Instant::now();
     let ds = train.par_iter().map(|f| lin.descriptors(f)).collect::<Res<Vec<_>>>()?;
-    lin.scale = feature_scales(&spec, four_body, lin.species.len(), &ds)?;
+    lin.scale = feature_scales(&spec, four_body, &lin.species, &ds)?;
     let w = lin.width();
     eprintln!("{} features per atom, {} elements: {w} coefficients", lin.descriptor.n_features(), lin.species.len());
     // normal equations Aᵀ A and Aᵀ y, 16 structures' rows at a time; energy rows per atom, weighted by √energy_weight
