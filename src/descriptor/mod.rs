@@ -45,8 +45,8 @@ pub struct DescriptorSpec {
     pub radial_width: f64,
     /// Widths (in spacings) for the channels of neighbours of the listed elements, by symbol; the others have
     /// `radial_width`. Each neighbour element has its own channels, so its Gaussians can be narrower where its
-    /// distances crowd together (carbon–carbon in aromatic rings) and wider where a neighbour is rare or its
-    /// distances spread (hydrogen), at no cost per pair. Elements not in a model are ignored.
+    /// distances crowd together (carbon–carbon in aromatic rings) at no cost per pair. Elements not in a model
+    /// are ignored.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub radial_width_by_element: BTreeMap<String, f64>,
     /// λ ≥ 0: the Gaussians are equally spaced (and equally wide) in u(r) = (r_c/λ)(1 − e^{−λ r / r_c}) instead
