@@ -248,21 +248,19 @@ fn the_domain_guard_travels_in_the_file_and_acts_only_off_the_data() {
 
 /// [`cell_model`] with its Gaussians equally spaced in u(r) (`radial_scale`), not in r.
 fn crowded_radial_cell_model() -> pilip::model::Model {
-    let frame = triclinic_cell();
-    let spec = pilip::descriptor::DescriptorSpec { radial_scale: 2.0, ..spec(3.0) };
-    let mut m = pilip::model::Model::power_spectrum(spec, vec![13, 29], &[16, 12], 5).unwrap();
-    let envs = vec![m.frame_environments(&frame).unwrap()];
-    m.fit_input_statistics(&envs, 0.0, 0.0);
-    m
+    cell_model_with(pilip::descriptor::DescriptorSpec { radial_scale: 2.0, ..spec(3.0) })
 }
 
 /// [`cell_model`] with narrower Gaussians for copper neighbours than for aluminium ones
 /// (`radial_width_by_element`).
 fn element_width_cell_model() -> pilip::model::Model {
-    let frame = triclinic_cell();
-    let spec = pilip::descriptor::DescriptorSpec { radial_width_by_element: [("Cu".to_string(), 0.5)].into(), ..spec(3.0) };
+    cell_model_with(pilip::descriptor::DescriptorSpec { radial_width_by_element: [("Cu".to_string(), 0.5)].into(), ..spec(3.0) })
+}
+
+/// An Al/Cu model of the descriptor `spec` with its input statistics fitted on [`triclinic_cell`].
+fn cell_model_with(spec: pilip::descriptor::DescriptorSpec) -> pilip::model::Model {
     let mut m = pilip::model::Model::power_spectrum(spec, vec![13, 29], &[16, 12], 5).unwrap();
-    let envs = vec![m.frame_environments(&frame).unwrap()];
+    let envs = vec![m.frame_environments(&triclinic_cell()).unwrap()];
     m.fit_input_statistics(&envs, 0.0, 0.0);
     m
 }

@@ -27,18 +27,21 @@ pub const MODEL_FORMAT_VERSION: u32 = 6;
 /// repulsive prior, with or without a domain guard) is written with: the oldest that can describe it, so that
 /// files an older library can run stay readable by it.
 pub fn format_version_for(family: Family, descriptor: &DescriptorSpec, bispectrum: Option<&Bispectrum>, repulsion: bool, domain_guard: bool) -> u32 {
-    let version = match (family, bispectrum) {
+    let mut version = match (family, bispectrum) {
         (Family::PowerSpectrum, _) => 1,
         (Family::Bispectrum, Some(b)) if b.three_body != ThreeBody::Full || b.four_body_channels != 0 => 3,
         (Family::Bispectrum, _) => 2,
     };
-    let version = if repulsion || descriptor.radial_scale != 0.0 { version.max(4) } else { version };
-    let version = if domain_guard { version.max(5) } else { version };
-    if descriptor.radial_width_by_element.is_empty() {
-        version
-    } else {
-        version.max(6)
+    if repulsion || descriptor.radial_scale != 0.0 {
+        version = version.max(4);
     }
+    if domain_guard {
+        version = version.max(5);
+    }
+    if !descriptor.radial_width_by_element.is_empty() {
+        version = version.max(6);
+    }
+    version
 }
 
 /// What the metadata says of a model's domain guard (`pilip.domain_guard`; the directions are graph constants).
