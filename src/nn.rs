@@ -26,13 +26,9 @@ pub struct Mlp {
     pub params: Vec<f64>,
 }
 
-#[inline]
-fn sigmoid(z: f64) -> f64 {
-    1.0 / (1.0 + (-z).exp())
-}
 /// SiLU of each pre-activation in `z`, with the sigmoids it took (kept for the derivatives).
 fn silu_keeping_sigmoids<T: Real>(z: &[T]) -> (Vec<T>, Vec<f64>) {
-    let s: Vec<f64> = z.iter().map(|&v| sigmoid(v.f64())).collect();
+    let s: Vec<f64> = z.iter().map(|&v| v.sigmoid()).collect();
     (z.iter().zip(&s).map(|(&v, &s)| T::of(v.f64() * s)).collect(), s)
 }
 /// SiLU's first derivative from z and its sigmoid s (the passes keep s so that each exp is taken once).

@@ -102,10 +102,8 @@ fn horner<T: Real, const FUSED: bool>(r: T, coefficients: &[T]) -> T {
     coefficients.iter().skip(1).fold(coefficients[0], |p, &c| madd::<T, FUSED>(p, r, c))
 }
 
-// e^x = 2^n · e^r with n = round(x / ln 2) and |r| ≤ ln 2 / 2 (Cody–Waite: ln 2 in two parts), e^r by its Taylor
-// series (truncation below half an ulp at these |r|). Adding 1.5·2^(mantissa bits) rounds x / ln 2 to the integer
-// n that then sits in the low bits of the sum, from which 2^n's exponent field is built without a float→int
-// conversion. x is clamped to the range where 2^n is a normal number.
+// e^x: f32 in `linalg::exp_f32` (shared with the training passes), f64 below in the same manner with ln 2 in
+// two parts and 1.5·2⁵² as the rounding constant.
 impl Real for f32 {
     const ZERO: f32 = 0.0;
     const ONE: f32 = 1.0;
@@ -124,14 +122,7 @@ impl Real for f32 {
     }
     #[inline(always)]
     fn exp<const FUSED: bool>(self) -> f32 {
-        const MAGIC: f32 = 12_582_912.0; // 1.5·2²³
-        let x = self.clamp(-87.0, 88.0);
-        let t = madd::<f32, FUSED>(x, std::f32::consts::LOG2_E, MAGIC);
-        let n = t - MAGIC;
-        let r = madd::<f32, FUSED>(n, -0.693_359_4, x);
-        let r = madd::<f32, FUSED>(n, 2.121_944_4e-4, r);
-        const C: [f32; 8] = [1.0 / 5040.0, 1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0];
-        horner::<f32, FUSED>(r, &C) * f32::from_bits(t.to_bits().wrapping_add(127) << 23)
+        crate::linalg::exp_f32::<FUSED>(self)
     }
 }
 
