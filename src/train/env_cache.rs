@@ -24,6 +24,7 @@ pub const MAX_BYTES: usize = 3 << 30;
 pub struct EnvCache {
     slots: Vec<OnceLock<Mutex<Environments>>>,
     bytes: AtomicUsize,
+    max_bytes: usize,
 }
 
 /// An environment from the cache (held until dropped) or built for this step only.
@@ -45,9 +46,15 @@ impl std::ops::Deref for Env<'_> {
 }
 
 impl EnvCache {
-    /// A cache for `n` structures (0: nothing kept).
+    /// A cache for `n` structures (0: nothing kept) of at most [`MAX_BYTES`].
     pub fn new(n: usize) -> Self {
-        EnvCache { slots: (0..n).map(|_| OnceLock::new()).collect(), bytes: AtomicUsize::new(0) }
+        Self::with_max_bytes(n, MAX_BYTES)
+    }
+
+    /// A cache for `n` structures of at most `max_bytes` (the validation split's is a quarter of
+    /// [`MAX_BYTES`], so that both caches together stay bounded).
+    pub fn with_max_bytes(n: usize, max_bytes: usize) -> Self {
+        EnvCache { slots: (0..n).map(|_| OnceLock::new()).collect(), bytes: AtomicUsize::new(0), max_bytes }
     }
 
     /// The environments of structures `ids` (geometries `frames`) under `model`'s current parameters: kept from
@@ -96,12 +103,12 @@ impl EnvCache {
     /// single step gains nothing from them), and hands it out.
     fn keep(&self, id: usize, mut env: Environments, model: &Model) -> Env<'_> {
         let Some(slot) = self.slots.get(id).filter(|s| s.get().is_none()) else { return Env::Built(Box::new(env)) };
-        if self.bytes.load(Ordering::Relaxed) + env.heap_bytes() > MAX_BYTES {
+        if self.bytes.load(Ordering::Relaxed) + env.heap_bytes() > self.max_bytes {
             return Env::Built(Box::new(env));
         }
         model.keep_network_inputs(&mut env);
         let size = env.heap_bytes();
-        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > MAX_BYTES {
+        if self.bytes.fetch_add(size, Ordering::Relaxed) + size > self.max_bytes {
             self.bytes.fetch_sub(size, Ordering::Relaxed);
             return Env::Built(Box::new(env));
         }
