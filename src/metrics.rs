@@ -1,7 +1,8 @@
 //! Error metrics of a model against reference labels (energies per atom, force components, stress).
 
 use crate::frame::Frame;
-use crate::model::Model;
+use crate::model::{Environments, Model};
+use std::borrow::Borrow;
 use crate::prediction::Prediction;
 use rayon::prelude::*;
 use serde::Serialize;
@@ -57,11 +58,25 @@ impl Acc {
 /// Predictions for all frames, in parallel over groups of structures whose atoms go through the networks
 /// together ([`Model::predict_batch`]).
 pub fn predict_all(model: &Model, frames: &[Frame]) -> crate::error::Result<Vec<Prediction>> {
-    let groups: Vec<Vec<Prediction>> = frames
-        .par_chunks(8)
-        .map(|group| {
-            let envs = group.iter().map(|f| model.frame_environments(f)).collect::<crate::error::Result<Vec<_>>>()?;
-            Ok(model.predict_batch(&envs.iter().collect::<Vec<_>>()))
+    predict_in_groups(model, frames.len(), |ids| ids.map(|i| model.frame_environments(&frames[i])).collect())
+}
+
+/// Structures per group of [`predict_in_groups`].
+const PREDICTION_GROUP: usize = 8;
+
+/// Predictions for structures `0..n`, in parallel over groups of [`PREDICTION_GROUP`] whose environments
+/// `environments(ids)` supplies (built, or kept from an earlier call as the trainer's validation does).
+pub fn predict_in_groups<E: Borrow<Environments>>(
+    model: &Model,
+    n: usize,
+    environments: impl Fn(std::ops::Range<usize>) -> crate::error::Result<Vec<E>> + Sync,
+) -> crate::error::Result<Vec<Prediction>> {
+    let starts: Vec<usize> = (0..n).step_by(PREDICTION_GROUP).collect();
+    let groups: Vec<Vec<Prediction>> = starts
+        .par_iter()
+        .map(|&start| {
+            let envs = environments(start..(start + PREDICTION_GROUP).min(n))?;
+            Ok(model.predict_batch(&envs.iter().map(|e| e.borrow()).collect::<Vec<_>>()))
         })
         .collect::<crate::error::Result<_>>()?;
     Ok(groups.into_iter().flatten().collect())

@@ -45,6 +45,12 @@ impl std::ops::Deref for Env<'_> {
     }
 }
 
+impl std::borrow::Borrow<Environments> for Env<'_> {
+    fn borrow(&self) -> &Environments {
+        self
+    }
+}
+
 impl EnvCache {
     /// A cache for `n` structures (0: nothing kept) of at most [`MAX_BYTES`].
     pub fn new(n: usize) -> Self {

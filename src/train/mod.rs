@@ -431,7 +431,7 @@ pub fn batch_loss_and_grad(
     let mut grads = runs.par_iter().zip(&forwards).map(run_grad).collect::<Vec<_>>().into_iter();
     let mut grad = grads.next().unwrap_or_else(|| vec![0.0; model.n_params()]);
     for g in grads {
-        grad.par_chunks_mut(SUM_CHUNK).zip(g.par_chunks(SUM_CHUNK)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
+        grad.par_chunks_mut(optim::ELEMENTWISE_CHUNK).zip(g.par_chunks(optim::ELEMENTWISE_CHUNK)).for_each(|(a, b)| a.iter_mut().zip(b).for_each(|(a, b)| *a += b));
     }
     Ok((total, grad))
 }
@@ -443,9 +443,6 @@ pub fn batch_loss_and_grad(
 /// networks then see few atoms at a time). Fixed, so that the sums do not depend on the number of threads; on
 /// more cores the passes inside each run still share the threads.
 const SUB_BATCHES: usize = 2;
-
-/// Elements per task of the sum of the runs' gradients.
-const SUM_CHUNK: usize = 1 << 14;
 
 /// The runs of a batch of `n` structures: [`SUB_BATCHES`] near-equal ranges (fewer when `n` is smaller).
 fn sub_batches(n: usize) -> Vec<std::ops::Range<usize>> {
@@ -1149,16 +1146,10 @@ fn validate(
 /// next in `cache`: rebuilding them (neighbour lists and descriptors) was a third of the validation pass, itself
 /// 4–6 % of a small molecule's epoch.
 fn predict_kept(model: &Model, frames: &[Frame], cache: &EnvCache) -> Result<Vec<Prediction>> {
-    let ids: Vec<usize> = (0..frames.len()).collect();
-    let groups: Vec<Vec<Prediction>> = ids
-        .par_chunks(8)
-        .map(|ids| {
-            let group: Vec<&Frame> = ids.iter().map(|&i| &frames[i]).collect();
-            let envs = cache.take(model, ids, &group)?;
-            Ok(model.predict_batch(&envs.iter().map(|e| &**e).collect::<Vec<_>>()))
-        })
-        .collect::<Result<_>>()?;
-    Ok(groups.into_iter().flatten().collect())
+    metrics::predict_in_groups(model, frames.len(), |ids| {
+        let ids: Vec<usize> = ids.collect();
+        cache.take(model, &ids, &ids.iter().map(|&i| &frames[i]).collect::<Vec<_>>())
+    })
 }
 
 /// After the last epoch: validation and test metrics of the best model (`test_metrics.json`).

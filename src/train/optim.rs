@@ -145,8 +145,9 @@ unsafe fn adam_chunk_avx2<const DECOUPLED: bool>(p: &mut [f64], moments: Moments
     adam_chunk::<DECOUPLED>(p, moments, g, trainable, ema, k)
 }
 
-/// Parameters per task of the element-wise passes over all parameters (the gradient's norm, the fused optimiser step).
-const ELEMENTWISE_CHUNK: usize = 1 << 14;
+/// Parameters per task of the element-wise passes over all parameters (the gradient's norm, the fused optimiser
+/// step, the sum of a batch's runs' gradients).
+pub(super) const ELEMENTWISE_CHUNK: usize = 1 << 14;
 
 /// The Euclidean norm of `grad`: sums of squares per fixed chunk on the pool's threads, added in chunk order
 /// (the same result for any number of threads).
