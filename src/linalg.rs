@@ -30,15 +30,26 @@ pub fn exp_f32<const FUSED: bool>(x: f32) -> f32 {
 
 /// A floating-point type the products run in: f64 everywhere, f32 for the networks' training passes
 /// (`training.precision`).
-pub trait Real: Copy + Default + PartialEq + std::fmt::Debug + Send + Sync + 'static {
+pub trait Real:
+    Copy
+    + Default
+    + PartialEq
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
+    + std::ops::Add<Output = Self>
+    + std::ops::Sub<Output = Self>
+    + std::ops::Mul<Output = Self>
+{
     /// The value rounded to this type.
     fn of(x: f64) -> Self;
     /// The value as f64 (exact).
     fn f64(self) -> f64;
-    /// The logistic sigmoid 1/(1 + e^−x) of the value, as f64: exact (the standard library's exponential) in f64;
-    /// in f32 from [`exp_f32`], a loop the compiler vectorises (the f64 library call per element was 5 % of a
-    /// naphthalene training step; the f32 passes need no more than f32's precision).
-    fn sigmoid(self) -> f64;
+    /// The logistic sigmoid 1/(1 + e^−x) of the value: the standard library's exponential in f64; in f32 from
+    /// [`exp_f32`], a loop the compiler vectorises (the f64 library call per element was 5 % of a naphthalene
+    /// training step; the f32 passes need no more than f32's precision).
+    fn sigmoid(self) -> Self;
     /// matrixmultiply's `sgemm` or `dgemm`.
     ///
     /// # Safety
@@ -65,7 +76,7 @@ impl Real for f64 {
         x
     }
     #[inline(always)]
-    fn sigmoid(self) -> f64 {
+    fn sigmoid(self) -> Self {
         1.0 / (1.0 + (-self).exp())
     }
     fn f64(self) -> f64 {
@@ -82,8 +93,8 @@ impl Real for f64 {
 
 impl Real for f32 {
     #[inline(always)]
-    fn sigmoid(self) -> f64 {
-        (1.0 / (1.0 + exp_f32::<false>(-self))) as f64
+    fn sigmoid(self) -> Self {
+        1.0 / (1.0 + exp_f32::<false>(-self))
     }
 
     fn acc_product(n: usize, k: usize, o: usize, x: &[Self], w: &[Self], z: &mut [Self]) {
@@ -394,7 +405,7 @@ mod tests {
         let mut worst = 0.0f64;
         for i in 0..=100_000 {
             let z = -40.0 + 80.0 * i as f64 / 100_000.0;
-            let (a, b) = ((z as f32).sigmoid(), (z as f32 as f64).sigmoid());
+            let (a, b) = ((z as f32).sigmoid() as f64, (z as f32 as f64).sigmoid());
             worst = worst.max((a - b).abs() / b);
         }
         assert!(worst < 4.0 * f32::EPSILON as f64, "relative error {worst:.2e}");

@@ -27,19 +27,23 @@ pub struct Mlp {
 }
 
 /// SiLU of each pre-activation in `z`, with the sigmoids it took (kept for the derivatives).
-fn silu_keeping_sigmoids<T: Real>(z: &[T]) -> (Vec<T>, Vec<f64>) {
-    let s: Vec<f64> = z.iter().map(|&v| v.sigmoid()).collect();
-    (z.iter().zip(&s).map(|(&v, &s)| T::of(v.f64() * s)).collect(), s)
+/// In the pass's precision, like its products: the f32 passes' activations and their derivatives were computed in
+/// f64 with a conversion per element (6 % of a naphthalene step with the collects around them).
+fn silu_keeping_sigmoids<T: Real>(z: &[T]) -> (Vec<T>, Vec<T>) {
+    let s: Vec<T> = z.iter().map(|&v| v.sigmoid()).collect();
+    (z.iter().zip(&s).map(|(&v, &s)| v * s).collect(), s)
 }
 /// SiLU's first derivative from z and its sigmoid s (the passes keep s so that each exp is taken once).
 #[inline]
-fn silu_d1(z: f64, s: f64) -> f64 {
-    s * (1.0 + z * (1.0 - s))
+fn silu_d1<T: Real>(z: T, s: T) -> T {
+    let one = T::of(1.0);
+    s * (one + z * (one - s))
 }
 /// SiLU's second derivative from z and its sigmoid s.
 #[inline]
-fn silu_d2(z: f64, s: f64) -> f64 {
-    s * (1.0 - s) * (2.0 + z * (1.0 - 2.0 * s))
+fn silu_d2<T: Real>(z: T, s: T) -> T {
+    let one = T::of(1.0);
+    s * (one - s) * (T::of(2.0) + z * (one - T::of(2.0) * s))
 }
 
 impl Mlp {
@@ -163,9 +167,9 @@ impl Mlp {
     /// Pre-activations `z_k` of every layer for `n` inputs (`x` is `[n][in]`; the last one is the output) and the
     /// sigmoids σ(z_k) of the hidden layers. `w` is [`Mlp::params`] or a copy of them in another precision
     /// ([`Mlp::params_f32`]).
-    fn forward_z<T: Real>(&self, w: &[T], x: &[T], n: usize) -> (Vec<Vec<T>>, Vec<Vec<f64>>) {
+    fn forward_z<T: Real>(&self, w: &[T], x: &[T], n: usize) -> (Vec<Vec<T>>, Vec<Vec<T>>) {
         let mut zs: Vec<Vec<T>> = Vec::with_capacity(self.n_layers());
-        let mut sigmoids: Vec<Vec<f64>> = Vec::with_capacity(self.n_layers());
+        let mut sigmoids: Vec<Vec<T>> = Vec::with_capacity(self.n_layers());
         let mut h: Vec<T> = Vec::new();
         for k in 0..self.n_layers() {
             let (wo, bo) = self.layer(k);
@@ -235,7 +239,7 @@ impl Mlp {
             };
             if k > 0 {
                 for ((d, &zv), &s) in dh.iter_mut().zip(&zs[k - 1]).zip(&sigmoids[k - 1]) {
-                    *d = T::of(d.f64() * silu_d1(zv.f64(), s));
+                    *d = *d * silu_d1(zv, s);
                 }
             }
             dz = dh;
@@ -325,7 +329,7 @@ impl Mlp {
         // pre-activation (the tangent rows carry no bias).
         let mut zs: Vec<Vec<T>> = Vec::with_capacity(nl);
         let mut hs: Vec<Vec<T>> = Vec::with_capacity(nl);
-        let mut sigmoids: Vec<Vec<f64>> = Vec::with_capacity(nl); // σ of the value rows of each hidden layer
+        let mut sigmoids: Vec<Vec<T>> = Vec::with_capacity(nl); // σ of the value rows of each hidden layer
         for k in 0..nl {
             let (wo, bo) = self.layer(k);
             let (i, o) = (self.sizes[k], self.sizes[k + 1]);
@@ -346,7 +350,7 @@ impl Mlp {
             if k + 1 < nl {
                 let (zv, dz) = z.split_at(n * o);
                 let (mut h, s) = silu_keeping_sigmoids(zv);
-                h.extend(zv.iter().zip(dz).zip(&s).map(|((&zv, &d), &s)| T::of(silu_d1(zv.f64(), s) * d.f64())));
+                h.extend(zv.iter().zip(dz).zip(&s).map(|((&zv, &d), &s)| silu_d1(zv, s) * d));
                 hs.push(h);
                 sigmoids.push(s);
             }
@@ -364,8 +368,8 @@ impl Mlp {
             let input = if k == 0 { xu } else { &hs[k - 1] };
             T::acc_product_tn(i, m, o, input, &zbar, &mut grad[wo..wo + i * o]);
             for row in zbar[..n * o].chunks_exact(o) {
-                for (g, z) in grad[bo..bo + o].iter_mut().zip(row) {
-                    *g = T::of(g.f64() + z.f64());
+                for (g, &z) in grad[bo..bo + o].iter_mut().zip(row) {
+                    *g = *g + z;
                 }
             }
             let wk = &w[wo..wo + i * o];
@@ -389,13 +393,13 @@ impl Mlp {
                 let (hv, dh) = hbar.split_at_mut(n * i);
                 let dz = &zs[k - 1][n * i..];
                 for q in 0..n * i {
-                    let (d1, d2) = (silu_d1(z[q].f64(), s[q]), silu_d2(z[q].f64(), s[q]));
-                    hv[q] = T::of(hv[q].f64() * d1 + dh[q].f64() * d2 * dz[q].f64());
-                    dh[q] = T::of(dh[q].f64() * d1);
+                    let (d1, d2) = (silu_d1(z[q], s[q]), silu_d2(z[q], s[q]));
+                    hv[q] = hv[q] * d1 + dh[q] * d2 * dz[q];
+                    dh[q] = dh[q] * d1;
                 }
             } else {
                 for q in 0..n * i {
-                    hbar[q] = T::of(hbar[q].f64() * silu_d1(z[q].f64(), s[q]));
+                    hbar[q] = hbar[q] * silu_d1(z[q], s[q]);
                 }
             }
             zbar = hbar;
