@@ -209,7 +209,7 @@ impl MulAdd for Fused {
     #[inline(always)]
     fn mirror_upper(w: &mut [f64], n: usize) {
         use std::arch::x86_64::*;
-        assert!(n % 4 == 0 && w.len() >= n * n);
+        assert!(n.is_multiple_of(4) && w.len() >= n * n);
         let p = w.as_mut_ptr();
         // SAFETY: `Fused` runs only in code compiled for AVX2 + FMA on a CPU that has them (`Isa::detect`), and
         // every access is to a row r < n at columns [c, c + 4) with c + 4 ≤ n, inside the n × n asserted above.
@@ -245,7 +245,7 @@ impl MulAdd for Fused {
     #[inline(always)]
     fn symmetric_sum(x: &[f64], n: usize, out: &mut [f64]) {
         use std::arch::x86_64::*;
-        assert!(n % 4 == 0 && x.len() >= n * n && out.len() >= n * n);
+        assert!(n.is_multiple_of(4) && x.len() >= n * n && out.len() >= n * n);
         let (p, q) = (x.as_ptr(), out.as_mut_ptr());
         // SAFETY: as in `mirror_upper`: AVX2 is there, and every access is inside the n × n asserted above.
         unsafe {
@@ -1033,7 +1033,7 @@ impl Descriptor {
         // up to REGISTER_CHANNELS channels W_l is stored with rows padded to `width` (8, 16, 24 or 32)
         let width = register_width(nc);
         let stride = if nc > REGISTER_CHANNELS { nc } else { width };
-        let mirror = stride % 4 == 0; // rows of whole 4 × 4 blocks: the lower triangle as mirrored blocks
+        let mirror = stride.is_multiple_of(4); // rows of whole 4 × 4 blocks: the lower triangle as mirrored blocks
         wsym.fill(0.0); // the padding stays zero; every other entry is rewritten per atom and order
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
         // the orders of the full power spectrum (none when the bispectrum part compresses the three-body terms)
