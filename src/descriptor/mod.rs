@@ -184,6 +184,17 @@ trait MulAdd {
             }
         }
     }
+
+    /// `at[k][c] = x[c][ms.start + k]` for k < ms.len() and c < nc, zero for nc ≤ c < w: the columns `ms` of the
+    /// `[nc][nm]` matrix `x` as rows of `w` values (w ≥ nc).
+    #[inline(always)]
+    fn transpose_columns(x: &[f64], nc: usize, nm: usize, ms: std::ops::Range<usize>, w: usize, at: &mut [f64]) {
+        for (row, m) in at.chunks_exact_mut(w).zip(ms) {
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = if c < nc { x[c * nm + m] } else { 0.0 };
+            }
+        }
+    }
 }
 
 /// a·b + c with two roundings.
@@ -265,6 +276,40 @@ impl MulAdd for Fused {
                         _mm256_storeu_pd(q.add(at), _mm256_add_pd(_mm256_loadu_pd(p.add(at)), *ck));
                     }
                 }
+            }
+        }
+    }
+
+    /// Whole 4 × 4 blocks transposed in registers, the ragged edges (orders of 1, 3, 6, 10, 15 monomials;
+    /// channel counts not divisible by 4) element by element.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn transpose_columns(x: &[f64], nc: usize, nm: usize, ms: std::ops::Range<usize>, w: usize, at: &mut [f64]) {
+        use std::arch::x86_64::*;
+        let (len, m0) = (ms.len(), ms.start);
+        assert!(w >= nc && ms.end <= nm && x.len() >= nc * nm && at.len() >= len * w);
+        let (full_k, full_c) = (len / 4 * 4, nc / 4 * 4);
+        let (p, q) = (x.as_ptr(), at.as_mut_ptr());
+        // SAFETY: as in `mirror_upper`: AVX2 is there; the loads read x[c][m0 + k..m0 + k + 4] with c < nc and
+        // m0 + k + 4 ≤ ms.end ≤ nm, the stores write at[k][c..c + 4] with k < len and c + 4 ≤ nc ≤ w, all inside
+        // the lengths asserted above.
+        unsafe {
+            for k in (0..full_k).step_by(4) {
+                for c0 in (0..full_c).step_by(4) {
+                    let r = [0, 1, 2, 3].map(|i| _mm256_loadu_pd(p.add((c0 + i) * nm + m0 + k)));
+                    let (t0, t1) = (_mm256_unpacklo_pd(r[0], r[1]), _mm256_unpackhi_pd(r[0], r[1]));
+                    let (t2, t3) = (_mm256_unpacklo_pd(r[2], r[3]), _mm256_unpackhi_pd(r[2], r[3]));
+                    _mm256_storeu_pd(q.add(k * w + c0), _mm256_permute2f128_pd::<0x20>(t0, t2));
+                    _mm256_storeu_pd(q.add((k + 1) * w + c0), _mm256_permute2f128_pd::<0x20>(t1, t3));
+                    _mm256_storeu_pd(q.add((k + 2) * w + c0), _mm256_permute2f128_pd::<0x31>(t0, t2));
+                    _mm256_storeu_pd(q.add((k + 3) * w + c0), _mm256_permute2f128_pd::<0x31>(t1, t3));
+                }
+            }
+        }
+        for (k, row) in at.chunks_exact_mut(w).take(len).enumerate() {
+            let first = if k < full_k { full_c } else { 0 };
+            for (c, v) in row.iter_mut().enumerate().skip(first) {
+                *v = if c < nc { x[c * nm + m0 + k] } else { 0.0 };
             }
         }
     }
@@ -1365,7 +1410,8 @@ fn gram_tangent_columns<M: MulAdd, const W: usize>(a: &[f64], da: &[f64], nm: us
 }
 
 /// Column c2 of X_l A_lᵀ (entry c = Σ_{m∈ms} X[c][m] A[c2][m]; `x`, `a` are `[nc][nm]`) for every c2, passed to
-/// `column(c2, ·)`. X's block is transposed once into `at` (`[m][W]`, zero-padded); a column is accumulated in
+/// `column(c2, ·)`. X's block is transposed once into `at` (`[m][W]`, zero-padded; by 4 × 4 register blocks with
+/// AVX2, [`MulAdd::transpose_columns`]: element by element it was a tenth of the JVP); a column is accumulated in
 /// registers (one vector per four channels) and each A[c2][m] is one broadcast. Each sum runs over m in order with
 /// the same multiply-adds as a dot product, so the values are those of one.
 #[inline(always)]
@@ -1378,11 +1424,7 @@ fn product_columns<M: MulAdd, const W: usize, const TWIN_WIDTH: usize>(
     at: &mut [f64],
     mut column: impl FnMut(usize, &[f64; W]),
 ) {
-    for (row, m) in at.chunks_exact_mut(W).zip(ms.clone()) {
-        for (c, v) in row.iter_mut().enumerate() {
-            *v = if c < nc { x[c * nm + m] } else { 0.0 };
-        }
-    }
+    M::transpose_columns(x, nc, nm, ms.clone(), W, at);
     // two columns at a time up to TWIN_WIDTH channels (twice the accumulator chains, one load of each row of X
     // for both); wider rows would not leave AVX2 enough registers
     let twins = if W <= TWIN_WIDTH { nc / 2 * 2 } else { 0 };
