@@ -206,6 +206,23 @@ impl MulAdd for Plain {
     }
 }
 
+/// The transpose of a 4 × 4 block held as four AVX rows of four f64 (its columns, as rows). A macro, not a
+/// function: it expands inside `Fused`'s methods, in code compiled for AVX2 (vector values never cross a call).
+#[cfg(target_arch = "x86_64")]
+macro_rules! transpose4 {
+    ($r:expr) => {{
+        let r = $r;
+        let (t0, t1) = (_mm256_unpacklo_pd(r[0], r[1]), _mm256_unpackhi_pd(r[0], r[1]));
+        let (t2, t3) = (_mm256_unpacklo_pd(r[2], r[3]), _mm256_unpackhi_pd(r[2], r[3]));
+        [
+            _mm256_permute2f128_pd::<0x20>(t0, t2),
+            _mm256_permute2f128_pd::<0x20>(t1, t3),
+            _mm256_permute2f128_pd::<0x31>(t0, t2),
+            _mm256_permute2f128_pd::<0x31>(t1, t3),
+        ]
+    }};
+}
+
 /// a·b + c with one rounding (only called from code compiled for FMA).
 struct Fused;
 impl MulAdd for Fused {
@@ -228,14 +245,7 @@ impl MulAdd for Fused {
             for bi in (0..n).step_by(4) {
                 for bj in (bi..n).step_by(4) {
                     let r = [0, 1, 2, 3].map(|k| _mm256_loadu_pd(p.add((bi + k) * n + bj)));
-                    let (t0, t1) = (_mm256_unpacklo_pd(r[0], r[1]), _mm256_unpackhi_pd(r[0], r[1]));
-                    let (t2, t3) = (_mm256_unpacklo_pd(r[2], r[3]), _mm256_unpackhi_pd(r[2], r[3]));
-                    let c = [
-                        _mm256_permute2f128_pd::<0x20>(t0, t2),
-                        _mm256_permute2f128_pd::<0x20>(t1, t3),
-                        _mm256_permute2f128_pd::<0x31>(t0, t2),
-                        _mm256_permute2f128_pd::<0x31>(t1, t3),
-                    ];
+                    let c = transpose4!(r);
                     if bj > bi {
                         for (k, ck) in c.iter().enumerate() {
                             _mm256_storeu_pd(p.add((bj + k) * n + bi), *ck);
@@ -262,15 +272,7 @@ impl MulAdd for Fused {
         unsafe {
             for bi in (0..n).step_by(4) {
                 for bj in (bi..n).step_by(4) {
-                    let r = [0, 1, 2, 3].map(|k| _mm256_loadu_pd(p.add((bj + k) * n + bi)));
-                    let (t0, t1) = (_mm256_unpacklo_pd(r[0], r[1]), _mm256_unpackhi_pd(r[0], r[1]));
-                    let (t2, t3) = (_mm256_unpacklo_pd(r[2], r[3]), _mm256_unpackhi_pd(r[2], r[3]));
-                    let c = [
-                        _mm256_permute2f128_pd::<0x20>(t0, t2),
-                        _mm256_permute2f128_pd::<0x20>(t1, t3),
-                        _mm256_permute2f128_pd::<0x31>(t0, t2),
-                        _mm256_permute2f128_pd::<0x31>(t1, t3),
-                    ];
+                    let c = transpose4!([0, 1, 2, 3].map(|k| _mm256_loadu_pd(p.add((bj + k) * n + bi))));
                     for (k, ck) in c.iter().enumerate() {
                         let at = (bi + k) * n + bj;
                         _mm256_storeu_pd(q.add(at), _mm256_add_pd(_mm256_loadu_pd(p.add(at)), *ck));
@@ -296,13 +298,10 @@ impl MulAdd for Fused {
         unsafe {
             for k in (0..full_k).step_by(4) {
                 for c0 in (0..full_c).step_by(4) {
-                    let r = [0, 1, 2, 3].map(|i| _mm256_loadu_pd(p.add((c0 + i) * nm + m0 + k)));
-                    let (t0, t1) = (_mm256_unpacklo_pd(r[0], r[1]), _mm256_unpackhi_pd(r[0], r[1]));
-                    let (t2, t3) = (_mm256_unpacklo_pd(r[2], r[3]), _mm256_unpackhi_pd(r[2], r[3]));
-                    _mm256_storeu_pd(q.add(k * w + c0), _mm256_permute2f128_pd::<0x20>(t0, t2));
-                    _mm256_storeu_pd(q.add((k + 1) * w + c0), _mm256_permute2f128_pd::<0x20>(t1, t3));
-                    _mm256_storeu_pd(q.add((k + 2) * w + c0), _mm256_permute2f128_pd::<0x31>(t0, t2));
-                    _mm256_storeu_pd(q.add((k + 3) * w + c0), _mm256_permute2f128_pd::<0x31>(t1, t3));
+                    let c = transpose4!([0, 1, 2, 3].map(|i| _mm256_loadu_pd(p.add((c0 + i) * nm + m0 + k))));
+                    for (i, ci) in c.iter().enumerate() {
+                        _mm256_storeu_pd(q.add((k + i) * w + c0), *ci);
+                    }
                 }
             }
         }
