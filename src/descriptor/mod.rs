@@ -164,7 +164,7 @@ pub struct Descriptor {
 trait MulAdd {
     fn madd(a: f64, b: f64, c: f64) -> f64;
 
-    /// Copies the upper triangle of the row-major `n` × `n` matrix `w` (n a multiple of 4) onto its lower one.
+    /// Copies the upper triangle of the row-major `n` × `n` matrix `w` onto its lower one.
     #[inline(always)]
     fn mirror_upper(w: &mut [f64], n: usize) {
         for r in 1..n {
@@ -232,18 +232,20 @@ impl MulAdd for Fused {
     }
 
     /// Four rows at a time: each 4 × 4 block of the upper triangle is transposed in registers and stored to its
-    /// mirror. Element by element the strided stores were a tenth to a fifth of the VJP (naphthalene, uracil).
+    /// mirror; the rows past the last whole block (n not divisible by 4) element by element. Element by element
+    /// the strided stores were a tenth to a fifth of the VJP (naphthalene, uracil).
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn mirror_upper(w: &mut [f64], n: usize) {
         use std::arch::x86_64::*;
-        assert!(n.is_multiple_of(4) && w.len() >= n * n);
-        let p = w.as_mut_ptr();
+        assert!(w.len() >= n * n);
+        let (p, full) = (w.as_mut_ptr(), n / 4 * 4);
         // SAFETY: `Fused` runs only in code compiled for AVX2 + FMA on a CPU that has them (`Isa::detect`), and
-        // every access is to a row r < n at columns [c, c + 4) with c + 4 ≤ n, inside the n × n asserted above.
+        // every access is to a row r < full at columns [c, c + 4) with c + 4 ≤ full ≤ n, inside the n × n
+        // asserted above.
         unsafe {
-            for bi in (0..n).step_by(4) {
-                for bj in (bi..n).step_by(4) {
+            for bi in (0..full).step_by(4) {
+                for bj in (bi..full).step_by(4) {
                     let r = [0, 1, 2, 3].map(|k| _mm256_loadu_pd(p.add((bi + k) * n + bj)));
                     let c = transpose4!(r);
                     if bj > bi {
@@ -257,6 +259,11 @@ impl MulAdd for Fused {
                         _mm256_storeu_pd(p.add((bi + 3) * n + bi), _mm256_blend_pd::<0b1000>(c[3], r[3]));
                     }
                 }
+            }
+        }
+        for r in full..n {
+            for c in 0..r {
+                w[r * n + c] = w[c * n + r];
             }
         }
     }
@@ -1077,7 +1084,6 @@ impl Descriptor {
         // up to REGISTER_CHANNELS channels W_l is stored with rows padded to `width` (8, 16, 24 or 32)
         let width = register_width(nc);
         let stride = if nc > REGISTER_CHANNELS { nc } else { width };
-        let mirror = stride.is_multiple_of(4); // rows of whole 4 × 4 blocks: the lower triangle as mirrored blocks
         wsym.fill(0.0); // the padding stays zero; every other entry is rewritten per atom and order
         let (mut pw, mut dpw): (Powers, Powers) = ([[0.0; 9]; 3], [[0.0; 9]; 3]);
         // the orders of the full power spectrum (none when the bispectrum part compresses the three-body terms)
@@ -1106,21 +1112,13 @@ impl Descriptor {
             for l in 0..full_orders {
                 let ms = order_range(l);
                 // dA_l += W_l A_l with W_l symmetric: g off the diagonal, 2g on it. The rows of the upper triangle
-                // are contiguous in g; with padded rows the lower triangle is their mirror.
+                // are contiguous in g; the lower triangle is their mirror.
                 for c in 0..nc {
-                    let upper = &g[f..f + nc - c];
-                    wsym[c * stride + c..c * stride + nc].copy_from_slice(upper);
+                    wsym[c * stride + c..c * stride + nc].copy_from_slice(&g[f..f + nc - c]);
                     wsym[c * stride + c] *= 2.0;
-                    if !mirror {
-                        for (k, &w) in upper.iter().enumerate().skip(1) {
-                            wsym[(c + k) * stride + c] = w;
-                        }
-                    }
                     f += nc - c;
                 }
-                if mirror {
-                    M::mirror_upper(&mut wsym[..stride * stride], stride);
-                }
+                M::mirror_upper(&mut wsym[..stride * stride], stride);
                 match width {
                     8 => column_products::<M, 8>(a, nm, nc, wsym, ms, da),
                     16 => column_products::<M, 16>(a, nm, nc, wsym, ms, da),
@@ -1678,7 +1676,7 @@ mod tests {
     #[test]
     fn jvp_and_vjp_match_finite_differences() {
         // 8, 16, 22, 32, 34 and 36 channels: column kernels of width 8, 16, 24 and 32, and the matrix-product
-        // path with the VJP's weights mirrored element by element (34) and by 4 × 4 blocks (36)
+        // path with the VJP's weights mirrored by 4 × 4 blocks and a ragged edge (34) and by blocks alone (36)
         for n_radial in [4, 8, 11, 16, 17, 18] {
             jvp_and_vjp_match_finite_differences_with(n_radial, 3);
         }
