@@ -10,7 +10,9 @@
 # per start, default 100; 0 skips MD), SEED (default 1), CONFIG (default examples/configs/rmd17.toml), EXTRA (more
 # --set arguments for `pilip train`, e.g. EXTRA='--set model.family="bispectrum"' with OUT=bench_runs/rmd17_bispectrum
 # for the accurate family: runs already in OUT are not repeated), PILIP
-# (a pilip binary to use instead of building one).
+# (a pilip binary to use instead of building one), PRIOR (xtb: train through scripts/train_xtb_prior.sh — a GFN2-xTB
+# base sampled around the training structures, then Δ-learning on them; its own environment variables apply; the
+# results folder then defaults to bench_runs/<config name>_xtb_prior).
 # Results (OUT, default bench_runs/<config name>, e.g. bench_runs/rmd17): OUT/<molecule>_n<N>_s<SEED>/ (run, model.onnx, md_*.json), OUT/results.jsonl.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,7 +21,9 @@ N=${N:-950}
 MD_PS=${MD_PS:-100}
 SEED=${SEED:-1}
 CONFIG=${CONFIG:-examples/configs/rmd17.toml}
-OUT=${OUT:-bench_runs/$(basename "$CONFIG" .toml)}   # one results folder per config
+PRIOR=${PRIOR:-}
+case "$PRIOR" in ""|xtb) ;; *) echo "bench_rmd17: PRIOR must be empty or xtb, got '$PRIOR'" >&2; exit 2 ;; esac
+OUT=${OUT:-bench_runs/$(basename "$CONFIG" .toml)${PRIOR:+_${PRIOR}_prior}}   # one results folder per config (and prior)
 mkdir -p "$OUT"
 source scripts/bench_common.sh
 if [ $# -eq 0 ]; then
@@ -31,7 +35,15 @@ for MOL in "$@"; do
   RUN="$OUT/${MOL}_n${N}_s${SEED}"
   # (below 700 training atoms the trainer itself drops the tangents' share of the preconditioner and scales
   # fewer directions: training.precondition_tangents_min_atoms, precondition_variance_small_sets)
-  train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
+  if [ -z "$PRIOR" ]; then
+    train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
+  elif [ ! -f "$RUN/test_metrics.json" ]; then
+    T0=$(date +%s)
+    # shellcheck disable=SC2086
+    PILIP="$PILIP" scripts/train_xtb_prior.sh "$CONFIG" --quiet --set "data.file=\"$TRAIN\"" --set "data.test_file=\"$TEST\"" \
+      --set "data.n_train=$N" --set "training.seed=$SEED" --set "data.split_seed=$SEED" --set "output.run_dir=\"$RUN\"" ${EXTRA:-}
+    echo $(( $(date +%s) - T0 )) > "$RUN/train_seconds"
+  fi
   "$PILIP" export "$RUN/checkpoints/best.ckpt" -o "$RUN/model.onnx" >/dev/null
   CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')
   MD_FILES=()
@@ -50,15 +62,15 @@ print(n)' "$TEST")
       MD_FILES+=("$F")
     done
   fi
-  python3 - "$MOL" "$N" "$SEED" "$RUN" "$CALL_US" "${MD_FILES[@]}" <<'PY' | tee -a "$OUT/results.jsonl"
+  python3 - "$MOL" "$N" "$SEED" "$RUN" "$CALL_US" "$PRIOR" "${MD_FILES[@]}" <<'PY' | tee -a "$OUT/results.jsonl"
 import json, sys
-mol, n, seed, run, call_us, md = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6:]
+mol, n, seed, run, call_us, prior, md = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], float(sys.argv[5]), sys.argv[6], sys.argv[7:]
 t = json.load(open(f"{run}/test_metrics.json"))
 stable = [s["stable_time"] for f in md for s in json.load(open(f))["seeds"]]
 train_s = open(f"{run}/train_seconds").read().strip() if __import__("os").path.exists(f"{run}/train_seconds") else None
 print(json.dumps({"molecule": mol, "n_train": n, "seed": seed, "energy_mae_mev": round(t["energy_mae_mev"], 2),
                   "forces_mae_mev_per_A": round(t["forces_mae_mev_per_A"], 2), "test_structures": t["n_structures"],
-                  "call_us": call_us, "md_stable_ps": stable, "train_seconds": train_s}))
+                  "call_us": call_us, "md_stable_ps": stable, "train_seconds": train_s, "prior": prior or None}))
 PY
 done
 python3 - "$OUT/results.jsonl" "$N" <<'PY'
@@ -83,7 +95,9 @@ for line in open(sys.argv[1]):
     if r["n_train"] == n:
         rows[(r["molecule"], r["seed"])] = r  # the latest line of a (molecule, seed) wins
 pub_ace, pub_mace = (ace, mace) if n >= 950 else (ace50, mace50)
-print(f"\nrMD17, N = {n}: energy MAE meV / force MAE meV/Å on the test file; µs per call; MD stable ps (3 starts)")
+prior = {r.get("prior") for r in rows.values()} - {None}
+print(f"\nrMD17, N = {n}{' with a ' + '/'.join(sorted(prior)) + ' prior' if prior else ''}: energy MAE meV / force MAE meV/Å"
+      " on the test file; µs per call; MD stable ps (3 starts)")
 print(f"{'molecule':<15}{'seed':>5}{'pilip E / F':>16}{'ACE E / F':>14}{'MACE E / F':>14}{'F / ACE':>9}{'µs/call':>9}  MD")
 for (mol, seed), r in sorted(rows.items()):
     key = mol.replace("_acid", "")

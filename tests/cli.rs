@@ -47,6 +47,21 @@ fn train_eval_plot_and_check_forces() {
     for f in ["config.resolved.toml", "train.log", "metrics.jsonl", "split.json", "test.extxyz", "checkpoints/best.ckpt", "checkpoints/last.ckpt"] {
         assert!(run.join(f).exists(), "missing {f}");
     }
+    // `pilip split` writes the split the run made, without training (scripts/train_xtb_prior.sh relies on it);
+    // another split seed gives another split
+    let split_of = |seed: u64, out: &Path| {
+        let said = run_ok(pilip().arg("split").arg(&cfg).args(["--set", "data.n_train=40", "--set", &format!("data.split_seed={seed}")]).arg("-o").arg(out));
+        assert!(said.contains("40 train") && said.contains("run directory:"), "{said}");
+        assert!(!out.join("checkpoints").exists());
+        let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("split.json")).unwrap()).unwrap();
+        v
+    };
+    let trained: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(run.join("split.json")).unwrap()).unwrap();
+    let same = split_of(1, &dir.join("split"));
+    assert_eq!(same["train"].as_array().map(|a| a.len()), Some(40));
+    assert_eq!((&same["train"], &same["valid"], &same["test"]), (&trained["train"], &trained["valid"], &trained["test"]));
+    assert_ne!(split_of(2, &dir.join("split2"))["train"], trained["train"]);
+
     let best = run.join("checkpoints/best.ckpt");
     let png = dir.join("parity.png");
     let json = run_ok(pilip().arg("eval").arg(&best).arg(run.join("test.extxyz")).arg("--json").arg("--plot").arg(&png));

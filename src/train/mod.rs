@@ -588,6 +588,17 @@ impl RunDir {
     }
 }
 
+/// What `pilip train` would train on, without training: loads the config's data, makes its split, and writes
+/// `config.resolved.toml` and `split.json` (and `test.extxyz` when the split holds a test set) into `dir` — so
+/// that a tool can prepare data for exactly the structures a run will train on (`scripts/train_xtb_prior.sh`).
+/// The split is the one `train` makes from the same config.
+pub fn write_split(cfg: &Config, dir: &Path) -> Result<Splits> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let splits = dataset::load(&cfg.data)?;
+    write_inputs(dir, cfg, &splits)?;
+    Ok(splits)
+}
+
 /// Writes `config.resolved.toml`, `split.json` and `test.extxyz` into the run directory.
 fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
     write_atomically(&dir.join("config.resolved.toml"), cfg.to_toml().as_bytes())?;

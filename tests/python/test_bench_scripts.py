@@ -59,3 +59,44 @@ def test_bench_materials_runs_on_any_element_file(tmp_path):
     assert line["element"] == "Xx" and line["test_structures"] == 10
     assert 0 < line["energy_mae_mev_per_atom"] and 0 < line["forces_mae_mev_per_A"] < 5000
     assert "Xx" in stdout and "GAP E / F" in stdout
+
+
+def test_bench_rmd17_with_an_xtb_prior_samples_around_the_training_frames_only(tmp_path):
+    """PRIOR=xtb: the split is the run's, xTB MD starts from its training frames (their geometries, exactly), every
+    sampled frame carries GFN2-xTB's own energy and forces, the base trains on them and the final run is a Δ model
+    on the expensive structures."""
+    import numpy as np
+    from tblite.interface import Calculator
+
+    frames = relabel(read(ROOT / "examples" / "data" / "ethanol_300.extxyz", index=":"), "REF_energy", "REF_forces")
+    (tmp_path / "rmd17").mkdir()
+    write(tmp_path / "rmd17" / "mymol_train_01.extxyz", frames[:80])
+    write(tmp_path / "rmd17" / "mymol_test_01.extxyz", frames[200:230])
+    stdout = run_script("bench_rmd17.sh", ["mymol"], tmp_path, tmp_path / "out", N="10", MD_PS="0", PRIOR="xtb",
+                        FRAMES_PER_START="3", STRIDE="4", BASE_MINUTES="0.2",
+                        EXTRA="--set training.max_epochs=3 --set training.min_steps=0")
+    line = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
+    assert line["prior"] == "xtb" and line["n_train"] == 10 and 0 < line["forces_mae_mev_per_A"] < 5000
+    assert "with a xtb prior" in stdout
+    run = tmp_path / "out" / "mymol_n10_s1"
+    split = json.loads((run / "prior" / "split.json").read_text())
+    assert split["train"] == json.loads((run / "split.json").read_text())["train"] and len(split["train"]) == 10
+    sampled = read(run / "prior" / "xtb.extxyz", index=":")
+    assert len(sampled) == 30
+    starts = [a.info["xtb_start"] for a in sampled]
+    assert sorted(set(starts)) == sorted(split["train"]) and all(starts.count(k) == 3 for k in split["train"])
+    train = read(tmp_path / "rmd17" / "mymol_train_01.extxyz", index=":")
+    bohr, hartree = 0.529177210903, 27.211386245988
+    for i in (0, 1, 2, 29):  # a start (the training geometry itself) and MD frames
+        a = sampled[i]
+        if i % 3 == 0:
+            np.testing.assert_allclose(a.positions, train[a.info["xtb_start"]].positions, atol=1e-9)
+        else:
+            assert np.abs(a.positions - train[a.info["xtb_start"]].positions).max() > 1e-3  # the MD moved
+        res = Calculator("GFN2-xTB", a.numbers, a.positions / bohr).singlepoint()
+        assert abs(res.get("energy") * hartree - a.get_potential_energy()) < 1e-5
+        np.testing.assert_allclose(a.get_forces(), -np.asarray(res.get("gradient")) * hartree / bohr, atol=1e-4)
+    base = (run / "prior" / "base" / "config.resolved.toml").read_text()
+    assert "xtb.extxyz" in base and (run / "prior" / "base" / "checkpoints" / "best.ckpt").exists()
+    delta = (run / "config.resolved.toml").read_text()
+    assert "base = " in delta and "prior/base/checkpoints/best.ckpt" in delta

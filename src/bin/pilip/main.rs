@@ -44,6 +44,18 @@ enum Cmd {
         #[arg(long)]
         quiet: bool,
     },
+    /// Write the split a `train` run of this config would make (split.json, config.resolved.toml) into a folder,
+    /// without training: which frames train, validate and test.
+    Split {
+        /// TOML config (as for `train`).
+        config: PathBuf,
+        /// Override a config key, as for `train` (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        set: Vec<String>,
+        /// Folder to write into (created if missing).
+        #[arg(short = 'o', long = "out")]
+        out: PathBuf,
+    },
     /// Errors of a model against the labels of a data set.
     Eval {
         /// A checkpoint (RUN_DIR/checkpoints/best.ckpt) or an exported model (.onnx).
@@ -258,6 +270,19 @@ fn run(cli: Cli) -> Result<()> {
                 s.epochs_done,
                 s.best_epoch,
                 if s.finished { "" } else { ", not finished" }
+            );
+            Ok(())
+        }
+        Cmd::Split { config, set, out } => {
+            let cfg = Config::load(&config, &set)?;
+            let s = pilip::train::write_split(&cfg, &out)?;
+            println!(
+                "{} train, {} validation, {} test structures -> {} (split.json, config.resolved.toml); run directory: {}",
+                s.train.len(),
+                s.valid.len(),
+                s.test.len(),
+                out.display(),
+                cfg.output.run_dir.display()
             );
             Ok(())
         }
