@@ -1,4 +1,4 @@
-//! The `pilip` command line: train, eval, export, info, check-forces, and the tools beside the library —
+//! The `pilip` command line: train, split, eval, export, info, check-forces, and the tools beside the library —
 //! benchmarks (`bench`), MD robustness (`md`), the PIWSL suite (`piwsl_bench`) and plots (`plot`). They use the
 //! library only through its public API and are not part of libpilip.
 
