@@ -26,6 +26,7 @@ case "$PRIOR" in ""|xtb) ;; *) echo "bench_rmd17: PRIOR must be empty or xtb, go
 OUT=${OUT:-bench_runs/$(basename "$CONFIG" .toml)${PRIOR:+_${PRIOR}_prior}}   # one results folder per config (and prior)
 mkdir -p "$OUT"
 source scripts/bench_common.sh
+TRAINER=${PRIOR:+scripts/train_xtb_prior.sh}   # train_once trains through it (bench_common.sh)
 if [ $# -eq 0 ]; then
   set -- $(ls "$DATA"/*_train_01.extxyz | xargs -n1 basename | sed 's/_train_01.extxyz//')
 fi
@@ -35,15 +36,7 @@ for MOL in "$@"; do
   RUN="$OUT/${MOL}_n${N}_s${SEED}"
   # (below 700 training atoms the trainer itself drops the tangents' share of the preconditioner and scales
   # fewer directions: training.precondition_tangents_min_atoms, precondition_variance_small_sets)
-  if [ -z "$PRIOR" ]; then
-    train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
-  elif [ ! -f "$RUN/test_metrics.json" ]; then
-    T0=$(date +%s)
-    # shellcheck disable=SC2086
-    PILIP="$PILIP" scripts/train_xtb_prior.sh "$CONFIG" --quiet --set "data.file=\"$TRAIN\"" --set "data.test_file=\"$TEST\"" \
-      --set "data.n_train=$N" --set "training.seed=$SEED" --set "data.split_seed=$SEED" --set "output.run_dir=\"$RUN\"" ${EXTRA:-}
-    echo $(( $(date +%s) - T0 )) > "$RUN/train_seconds"
-  fi
+  train_once "$RUN" "$TRAIN" "$TEST" --set "data.n_train=$N"
   "$PILIP" export "$RUN/checkpoints/best.ckpt" -o "$RUN/model.onnx" >/dev/null
   CALL_US=$("$PILIP" bench "$RUN/model.onnx" "$TEST" --repeats 300 | sed -n 's/.* \([0-9.]*\) µs per call.*/\1/p')
   MD_FILES=()

@@ -8,7 +8,7 @@
 #
 # Why: with tens of structures a network learns the energy surface between them from those structures alone.
 # A cheap method's surface sampled densely around them carries its shape (bond stiffnesses, angles, torsions), and
-# the expensive labels then only correct it (docs/energy-only.md, "A GFN2-xTB prior for few structures").
+# the expensive labels then only correct it (docs/xtb-prior.md; the Δ-learning of docs/energy-only.md).
 # Steps (each one's output is kept in RUN_DIR/prior and reused when the script runs again with the same inputs):
 #   1. split:  `pilip split` — the frames the run will train on (RUN_DIR/prior/split.json);
 #   2. sample: GFN2-xTB Langevin MD from each training frame (scripts/xtb_md_sample.py; only the geometries of the

@@ -206,9 +206,9 @@ def _sha256_file(path):
     return h.hexdigest()
 
 
-def _check_key(name, value):
+def _check_key(name, value, prog="xtb_labels"):
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", value) or value in ("species", "pos", "Properties", "pbc"):
-        raise SystemExit(f"xtb_labels: invalid {name} {value!r} (letters, digits, _ . -; not a reserved name)")
+        raise SystemExit(f"{prog}: invalid {name} {value!r} (letters, digits, _ . -; not a reserved name)")
 
 
 def main(argv=None):

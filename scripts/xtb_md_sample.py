@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny molecules: tblite's OpenMP
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xtb_labels import InputError, Z_OF, _atomic_write, read_geometries  # noqa: E402
+from xtb_labels import InputError, Z_OF, _atomic_write, _check_key, read_geometries  # noqa: E402
 
 
 def _trajectory(task):
@@ -82,6 +82,10 @@ def main():
     for name in ("frames_per_start", "stride", "jobs"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(a, name)}")
+    _check_key("--energy-key", a.energy_key, "xtb_md_sample")
+    _check_key("--forces-key", a.forces_key, "xtb_md_sample")
+    if a.energy_key == a.forces_key:
+        p.error("--energy-key and --forces-key must differ")
     if not (a.temperature > 0 and a.dt > 0 and a.friction >= 0):
         p.error("--temperature and --dt must be positive, --friction non-negative")
 
