@@ -22,8 +22,9 @@
 # Environment: PILIP (binary; default target/release/pilip, built if missing), PYTHON (default .venv/bin/python:
 #   needs numpy, ase, tblite — scripts/setup_python.sh), FRAMES_PER_START (1000 / training structures, at
 #   least 2: 20 for 50 structures), STRIDE (20), TEMPERATURE (500),
-#   BASE_MINUTES (4), DELTA_HIDDEN (the config's model.hidden), JOBS (2, xTB processes).
-# Molecules only (xTB here is non-periodic), elements H–Rn, neutral closed-shell structures.
+#   BASE_MINUTES (4), DELTA_HIDDEN (the config's model.hidden), JOBS (2, xTB processes), CHARGE (0, total charge)
+#   and UHF (0, unpaired electrons): the same for every structure, as xtb's --chrg / --uhf.
+# Molecules only (xTB here is non-periodic), elements H–Rn.
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,8p' "$0" >&2; exit 2; }
 CONFIG=$1; shift
@@ -35,7 +36,7 @@ if [ -z "${PILIP:-}" ]; then
   PILIP=$ROOT/target/release/pilip
 fi
 STRIDE=${STRIDE:-20} TEMPERATURE=${TEMPERATURE:-500}
-BASE_MINUTES=${BASE_MINUTES:-4} JOBS=${JOBS:-2}
+BASE_MINUTES=${BASE_MINUTES:-4} JOBS=${JOBS:-2} CHARGE=${CHARGE:-0} UHF=${UHF:-0}
 T0=$(date +%s)
 SETS=() QUIET=()
 while [ $# -gt 0 ]; do
@@ -68,7 +69,7 @@ fi
 PRIOR=$RUN_DIR/prior
 mkdir -p "$PRIOR"
 # a prior made for other training frames or sampler settings is made again
-STAMP="$(cat "$SCRATCH/split.json") $FRAMES_PER_START $STRIDE $TEMPERATURE $BASE_MINUTES $(cat "$DATA_FILE" "$SCRATCH/config.resolved.toml" | sha256sum | cut -c1-16)"
+STAMP="$(cat "$SCRATCH/split.json") $FRAMES_PER_START $STRIDE $TEMPERATURE $BASE_MINUTES $CHARGE $UHF $(cat "$DATA_FILE" "$SCRATCH/config.resolved.toml" | sha256sum | cut -c1-16)"
 if [ ! -f "$PRIOR/stamp" ] || [ "$(cat "$PRIOR/stamp")" != "$STAMP" ]; then
   rm -rf "$PRIOR"/*
   cp "$SCRATCH/split.json" "$PRIOR/split.json"
@@ -78,7 +79,8 @@ fi
 # 2. xTB MD around the training frames
 if [ ! -f "$PRIOR/xtb.extxyz" ]; then
   "$PYTHON" "$ROOT/scripts/xtb_md_sample.py" "$DATA_FILE" "$PRIOR/xtb.extxyz" --split "$PRIOR/split.json" \
-    --frames-per-start "$FRAMES_PER_START" --stride "$STRIDE" --temperature "$TEMPERATURE" --jobs "$JOBS"
+    --frames-per-start "$FRAMES_PER_START" --stride "$STRIDE" --temperature "$TEMPERATURE" --jobs "$JOBS" \
+    --charge "$CHARGE" --uhf "$UHF"
 fi
 FRAMES=$(grep -c "Properties=" "$PRIOR/xtb.extxyz")
 NVALID=$(( FRAMES / 20 >= 20 ? FRAMES / 20 : (FRAMES / 4 < 20 ? FRAMES / 4 : 20) ))   # 5 %, at least 20 (a quarter of very few)

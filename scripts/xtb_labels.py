@@ -3,7 +3,7 @@
 Usage:  .venv/bin/pip install tblite        (not in scripts/requirements.txt by default)
         .venv/bin/python scripts/xtb_labels.py IN.extxyz OUT.extxyz [--first N] [--jobs J]
                 [--method GFN2-xTB|GFN1-xTB] [--accuracy A] [--max-iterations K]
-                [--energy-key energy] [--forces-key forces] [--skip-failed]
+                [--charge Q] [--uhf U] [--energy-key energy] [--forces-key forces] [--skip-failed]
 e.g.    .venv/bin/python scripts/xtb_labels.py /work/shared/data/rmd17/ethanol_train_01.extxyz /tmp/eth_xtb.extxyz \\
                 --energy-key xtb_energy --forces-key xtb_forces --jobs 2
 
@@ -19,8 +19,9 @@ verbatim, so the geometry is bit-identical), `pbc="F F F"`, and only the xTB lab
 Units follow ASE conventions: energy in eV (total xTB energy, no reference-atom shift), forces in eV/Å.
 tblite works in atomic units: positions are passed in Bohr, the energy comes back in Hartree and the gradient in
 Hartree/Bohr; forces = -gradient. Conversion uses CODATA 2018 (the constants of tblite/mctc-lib):
-1 Bohr = 0.529177210903 Å, 1 Hartree = 27.211386245988 eV. Molecules are neutral, closed shell (tblite's
-defaults: charge 0, no unpaired electrons, electronic temperature 300 K).
+1 Bohr = 0.529177210903 Å, 1 Hartree = 27.211386245988 eV. Every frame gets the same total charge (--charge, in
+elementary charges, default 0) and number of unpaired electrons (--uhf, default 0: closed shell), xtb's --chrg and
+--uhf; electronic temperature 300 K (tblite's default).
 
 Failures: a frame whose SCF does not converge within --max-iterations (or any other tblite error) stops the run
 with an error naming its 0-based frame index; with --skip-failed such frames are dropped from OUT instead and
@@ -152,12 +153,13 @@ def read_geometries(path, first=None):
 
 
 def _xtb_frame(task):
-    """Worker: (index, Z, positions Å, method, accuracy, max_iter) -> (index, E eV, F eV/Å or None, error or None)."""
+    """Worker: (index, Z, positions Å, method, accuracy, max_iter, charge, uhf) -> (index, E eV, F eV/Å or None, error
+    or None)."""
     from tblite.interface import Calculator  # imported here: OMP_NUM_THREADS is already set in this process
 
-    i, numbers, pos_ang, method, accuracy, max_iter = task
+    i, numbers, pos_ang, method, accuracy, max_iter, charge, uhf = task
     try:
-        calc = Calculator(method, numbers, pos_ang / BOHR)
+        calc = Calculator(method, numbers, pos_ang / BOHR, charge=float(charge), uhf=int(uhf))
         calc.set("verbosity", 0)
         calc.set("accuracy", accuracy)
         calc.set("max-iter", max_iter)
@@ -171,9 +173,9 @@ def _xtb_frame(task):
     return i, e, f, None
 
 
-def compute(frames, method, accuracy, max_iter, jobs):
+def compute(frames, method, accuracy, max_iter, jobs, charge=0, uhf=0):
     """Yield (index, energy eV, forces eV/Å, error) for every frame, in order."""
-    tasks = ((i, np.array([Z_OF[s] for s in syms]), np.array(pos, dtype=float), method, accuracy, max_iter)
+    tasks = ((i, np.array([Z_OF[s] for s in syms]), np.array(pos, dtype=float), method, accuracy, max_iter, charge, uhf)
              for i, (syms, pos) in enumerate(frames))
     if jobs <= 1:
         yield from map(_xtb_frame, tasks)
@@ -206,6 +208,30 @@ def _sha256_file(path):
     return h.hexdigest()
 
 
+def _unpaired(text):
+    u = int(text)
+    if u < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {u}")
+    return u
+
+
+def add_charge_arguments(ap):
+    """--charge and --uhf (xtb's --chrg and --uhf): the same for every frame."""
+    ap.add_argument("--charge", type=int, default=0, help="total charge of every frame, elementary charges (default 0)")
+    ap.add_argument("--uhf", type=_unpaired, default=0, metavar="U",
+                    help="unpaired electrons of every frame (default 0: closed shell; 1 for a doublet radical)")
+
+
+def electron_parity_error(symbols, charge, uhf):
+    """A message when the frame's electron count (Z − charge) and the unpaired electrons have different parity
+    (xTB counts valence electrons, whose parity is Z's): tblite would silently smear the occupations instead."""
+    electrons = sum(Z_OF[s] for s in symbols) - charge
+    if (electrons - uhf) % 2:
+        return (f"{electrons} electrons (charge {charge}) cannot have {uhf} unpaired; "
+                f"set --charge / --uhf (e.g. --uhf {1 - uhf % 2} for a radical)")
+    return None
+
+
 def _check_key(name, value, prog="xtb_labels"):
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.\-]*", value) or value in ("species", "pos", "Properties", "pbc"):
         raise SystemExit(f"{prog}: invalid {name} {value!r} (letters, digits, _ . -; not a reserved name)")
@@ -222,6 +248,7 @@ def main(argv=None):
     ap.add_argument("--accuracy", type=float, default=1.0,
                     help="tblite numerical accuracy; smaller is tighter (default 1.0)")
     ap.add_argument("--max-iterations", type=int, default=250, metavar="K", help="max SCF iterations (default 250)")
+    add_charge_arguments(ap)
     ap.add_argument("--energy-key", default="energy", help="comment-line key of the energy (default energy)")
     ap.add_argument("--forces-key", default="forces", help="Properties name of the forces (default forces)")
     ap.add_argument("--skip-failed", action="store_true",
@@ -248,12 +275,17 @@ def main(argv=None):
         raise SystemExit(f"xtb_labels: {exc}") from None
     if not frames:
         raise SystemExit(f"xtb_labels: no frames in {a.input}")
+    for i, (syms, _) in enumerate(frames):
+        why = electron_parity_error(syms, a.charge, a.uhf)
+        if why:
+            raise SystemExit(f"xtb_labels: frame {i} (0-based) of {a.input}: {why}")
     if a.first is not None and len(frames) < a.first:
         print(f"xtb_labels: note: {a.input} has only {len(frames)} frames (< --first {a.first})", file=sys.stderr)
 
     meta = {"input_geometry_sha256": geom_sha, "frames_requested": len(frames), "method": a.method,
             "energy_key": a.energy_key, "forces_key": a.forces_key, "accuracy": a.accuracy,
-            "max_iterations": a.max_iterations, "skip_failed": a.skip_failed, "tblite_version": tblite_version}
+            "max_iterations": a.max_iterations, "skip_failed": a.skip_failed, "tblite_version": tblite_version,
+            "charge": a.charge, "uhf": a.uhf}
     sidecar = a.output + ".json"
     if os.path.exists(a.output) and os.path.exists(sidecar):
         try:
@@ -269,7 +301,7 @@ def main(argv=None):
     t0 = time.perf_counter()
     out, failed = [], []
     props = f"species:S:1:pos:R:3:{a.forces_key}:R:3"
-    for i, e, f, err in compute(frames, a.method, a.accuracy, a.max_iterations, a.jobs):
+    for i, e, f, err in compute(frames, a.method, a.accuracy, a.max_iterations, a.jobs, a.charge, a.uhf):
         if err is not None:
             if not a.skip_failed:
                 raise SystemExit(f"xtb_labels: frame {i} (0-based) of {a.input} failed: {err} "

@@ -2,7 +2,8 @@
 
 Usage:  .venv/bin/python scripts/xtb_md_sample.py IN.extxyz OUT.extxyz [--split RUN/split.json | --first N]
                 [--frames-per-start 20] [--stride 20] [--temperature 500] [--dt 0.5] [--friction 0.01]
-                [--seed 1] [--jobs 2] [--method GFN2-xTB] [--energy-key energy] [--forces-key forces]
+                [--seed 1] [--jobs 2] [--method GFN2-xTB] [--charge 0] [--uhf 0]
+                [--energy-key energy] [--forces-key forces]
 
 Why: a potential trained on a few expensive structures learns the energy surface between them from those structures
 alone. A cheap method's surface sampled densely around them (the base of Δ-learning, `model.base`,
@@ -13,7 +14,8 @@ What it does: for every start geometry (the `train` frames of a pilip run's spli
 Maxwell–Boltzmann velocities at --temperature, then Langevin dynamics (ASE's integrator, --dt fs, --friction per fs)
 on the xTB surface (tblite's ASE calculator); it writes the start itself and then every --stride steps until
 --frames-per-start frames of that start are written. Each frame carries xTB's energy (eV, total, no reference
-shift) and forces (eV/Å) under the given keys. Only species and positions of IN are read (no labels), as in
+shift) and forces (eV/Å) under the given keys. Every start has the same total charge (--charge) and unpaired electrons
+(--uhf), as in scripts/xtb_labels.py. Only species and positions of IN are read (no labels), as in
 scripts/xtb_labels.py. A start whose SCF fails is reported by its frame index and skipped; a trajectory whose SCF
 fails later keeps the frames written before. OUT is written atomically.
 Dependencies: numpy, ase, tblite (scripts/requirements.txt).
@@ -30,7 +32,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # tiny molecules: tblite's OpenMP
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from xtb_labels import InputError, Z_OF, _atomic_write, _check_key, read_geometries  # noqa: E402
+from xtb_labels import (InputError, Z_OF, _atomic_write, _check_key, add_charge_arguments,  # noqa: E402
+                        electron_parity_error, read_geometries)
 
 
 def _trajectory(task):
@@ -42,7 +45,7 @@ def _trajectory(task):
 
     i, numbers, pos, a = task
     atoms = Atoms(numbers=numbers, positions=pos)
-    atoms.calc = TBLite(method=a.method, verbosity=0)
+    atoms.calc = TBLite(method=a.method, charge=float(a.charge), multiplicity=a.uhf + 1, verbosity=0)
     rng = np.random.default_rng([a.seed, i])
     MaxwellBoltzmannDistribution(atoms, temperature_K=a.temperature, rng=rng)
     dyn = Langevin(atoms, a.dt * units.fs, temperature_K=a.temperature, friction=a.friction / units.fs, rng=rng)
@@ -76,6 +79,7 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--method", default="GFN2-xTB", choices=("GFN2-xTB", "GFN1-xTB"))
+    add_charge_arguments(p)
     p.add_argument("--energy-key", default="energy")
     p.add_argument("--forces-key", default="forces")
     a = p.parse_args()
@@ -106,6 +110,10 @@ def main():
         starts = list(range(min(a.first, len(frames)) if a.first else len(frames)))
     if not starts:
         sys.exit(f"xtb_md_sample: no start frames in {a.inp}")
+    for k in starts:
+        why = electron_parity_error(frames[k][0], a.charge, a.uhf)
+        if why:
+            sys.exit(f"xtb_md_sample: frame {k} (0-based) of {a.inp}: {why}")
 
     tasks = [(k, np.array([Z_OF[s] for s in frames[k][0]]), np.array(frames[k][1], dtype=float), a) for k in starts]
     t0 = time.time()
@@ -125,8 +133,10 @@ def main():
             lines.extend(f"{s} {x[0]:.10f} {x[1]:.10f} {x[2]:.10f} {y[0]:.10f} {y[1]:.10f} {y[2]:.10f}\n"
                          for s, x, y in zip(syms, pos, f))
             n_out += 1
-    for msg in failed:
+    for msg in failed[:10]:
         print(f"xtb_md_sample: warning: {msg}", file=sys.stderr)
+    if len(failed) > 10:
+        print(f"xtb_md_sample: warning: {len(failed) - 10} more starts failed", file=sys.stderr)
     if n_out == 0:
         sys.exit("xtb_md_sample: no frame could be computed")
     _atomic_write(a.out, "".join(lines))

@@ -100,3 +100,45 @@ def test_bench_rmd17_with_an_xtb_prior_samples_around_the_training_frames_only(t
     assert "xtb.extxyz" in base and (run / "prior" / "base" / "checkpoints" / "best.ckpt").exists()
     delta = (run / "config.resolved.toml").read_text()
     assert "base = " in delta and "prior/base/checkpoints/best.ckpt" in delta
+
+
+def test_xtb_scripts_label_charged_and_open_shell_molecules_as_tblite_does(tmp_path):
+    """--charge and --uhf reach tblite in both xTB scripts (the prior's sampler and the labeller): hydroxide's
+    energies and forces equal a direct tblite single point of that charge, the hydroxyl radical's of one unpaired
+    electron; an electron count whose parity contradicts --uhf is refused with the frame named."""
+    import numpy as np
+    from tblite.interface import Calculator
+
+    bohr, hartree = 0.529177210903, 27.211386245988
+    xyz = tmp_path / "oh.extxyz"
+    xyz.write_text("".join(f'2\nProperties=species:S:1:pos:R:3 pbc="F F F"\nO 0 0 0\nH 0.1 0 {d}\n' for d in (0.95, 1.02)))
+    python = str(ROOT / ".venv" / "bin" / "python")
+
+    def script(name, *args):
+        return subprocess.run([python, str(ROOT / "scripts" / name), *map(str, args)], capture_output=True, text=True, timeout=120)
+
+    def direct(a, **kw):
+        res = Calculator("GFN2-xTB", a.numbers, a.positions / bohr, **kw).singlepoint()
+        return res.get("energy") * hartree, -np.asarray(res.get("gradient")) * hartree / bohr
+
+    for args, kw in ((["--charge", "-1"], dict(charge=-1.0)), (["--uhf", "1"], dict(uhf=1))):
+        out = tmp_path / "labels.extxyz"
+        r = script("xtb_labels.py", xyz, out, *args)
+        assert r.returncode == 0, r.stderr
+        for a in read(out, index=":"):
+            e, f = direct(a, **kw)
+            assert abs(a.get_potential_energy() - e) < 1e-6
+            np.testing.assert_allclose(a.get_forces(), f, atol=1e-6)
+    neutral = direct(read(out, index=0), charge=0.0, uhf=1)[0]
+    anion = direct(read(out, index=0), charge=-1.0)[0]
+    assert abs(neutral - anion) > 0.5  # the charge changes the surface: the comparison above can fail
+    sampled = tmp_path / "md.extxyz"
+    r = script("xtb_md_sample.py", xyz, sampled, "--charge", "-1", "--frames-per-start", "2", "--stride", "3", "--jobs", "1")
+    assert r.returncode == 0, r.stderr
+    frames = read(sampled, index=":")
+    assert len(frames) == 4
+    for a in frames:
+        assert abs(a.get_potential_energy() - direct(a, charge=-1.0)[0]) < 1e-5
+    for name, extra in (("xtb_labels.py", [tmp_path / "x.extxyz"]), ("xtb_md_sample.py", [tmp_path / "y.extxyz"])):
+        r = script(name, xyz, *extra)  # 9 electrons, closed shell: refused
+        assert r.returncode != 0 and "frame 0" in r.stderr and "unpaired" in r.stderr, r.stderr
