@@ -228,7 +228,7 @@ def electron_parity_error(symbols, charge, uhf):
     electrons = sum(Z_OF[s] for s in symbols) - charge
     if (electrons - uhf) % 2:
         return (f"{electrons} electrons (charge {charge}) cannot have {uhf} unpaired; "
-                f"set --charge / --uhf (e.g. --uhf {1 - uhf % 2} for a radical)")
+                f"set --charge or --uhf (a doublet radical has --uhf 1)")
     return None
 
 
