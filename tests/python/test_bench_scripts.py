@@ -1,5 +1,5 @@
 """The benchmark scripts of the accuracy issue run on any data of their form: scripts/bench_rmd17.sh on a small
-molecule set written as MOL_{train,test}_01.extxyz, scripts/bench_materials.sh on a small solid set written as
+molecule set written as MOL_{train,test}_01.extxyz (and _03 with SPLIT=03), scripts/bench_materials.sh on a small solid set written as
 EL_{train,test}.extxyz (a few epochs each; the numbers are checked for sanity, not for accuracy)."""
 import json
 import os
@@ -47,6 +47,20 @@ def test_bench_rmd17_runs_on_any_molecule_file(tmp_path):
     assert len(line["md_stable_ps"]) == 3  # three starts, each simulated (or stopped at a broken bond)
     assert all(0 < t <= 0.02 + 1e-9 for t in line["md_stable_ps"])
     assert "mymol" in stdout and "ACE E / F" in stdout
+    # another published split (SPLIT=03: MOL_{train,test}_03.extxyz) is its own run and its own row
+    write(tmp_path / "rmd17" / "mymol_train_03.extxyz", frames[100:180])
+    write(tmp_path / "rmd17" / "mymol_test_03.extxyz", frames[230:250])
+    stdout = run_script("bench_rmd17.sh", [], tmp_path, tmp_path / "out", N="20", MD_PS="0", SPLIT="03",
+                        EXTRA="--set training.max_epochs=3 --set training.min_steps=0")
+    line = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
+    assert line["molecule"] == "mymol" and line["split"] == "03" and line["test_structures"] == 20
+    resolved = (tmp_path / "out" / "mymol_n20_s1_split03" / "config.resolved.toml").read_text()
+    assert "mymol_train_03.extxyz" in resolved and "mymol_test_03.extxyz" in resolved
+    rows = [l.split() for l in stdout.splitlines() if l.startswith("mymol")]
+    assert sorted(r[1] for r in rows) == ["01", "03"]  # both splits in the table, each once
+    r = subprocess.run(["bash", str(ROOT / "scripts" / "bench_rmd17.sh")], env=dict(os.environ, PILIP_DATA=str(tmp_path),
+                       OUT=str(tmp_path / "out"), PILIP=pilip_binary(), SPLIT="3a"), capture_output=True, text=True)
+    assert r.returncode == 2 and "SPLIT must be" in r.stderr
 
 
 def test_bench_materials_runs_on_any_element_file(tmp_path):
