@@ -2,7 +2,8 @@
 # Materials benchmark (Zuo et al. 2020 DFT sets, issue 12 protocol) for any element with files EL_train.extxyz and
 # EL_test.extxyz: train examples/configs/materials.toml on the training file (10 % of it for validation), test on
 # the test file, and print one JSON line per element and a table next to the published GAP and MTP errors (for
-# the elements the mlearn README lists).
+# the elements the mlearn README lists), with the test errors per configuration type (`config_type` of the test
+# file, e.g. AIMD, elastic, surface, vacancy) beneath it.
 # Usage: scripts/bench_materials.sh [ELEMENT…]   (default: every *_train.extxyz in $PILIP_DATA/mlearn)
 # Environment: PILIP_DATA (default ../shared/data), SEED (default 1), CONFIG (default examples/configs/materials.toml),
 # EXTRA (more --set arguments for `pilip train`), PILIP (a pilip binary to use instead of building one).
@@ -23,6 +24,9 @@ for EL in "$@"; do
   [ -f "$TRAIN" ] && [ -f "$TEST" ] || { echo "bench_materials: $TRAIN or $TEST not found" >&2; exit 2; }
   RUN="$OUT/${EL}_s${SEED}"
   train_once "$RUN" "$TRAIN" "$TEST"
+  # the test errors per configuration type (nothing when the test file has no config_type)
+  "$PILIP" eval "$RUN/checkpoints/best.ckpt" "$TEST" --by config_type --json >"$RUN/test_by_config_type.json" 2>/dev/null \
+    || rm -f "$RUN/test_by_config_type.json"
   python3 - "$EL" "$SEED" "$RUN" <<'PY' | tee -a "$OUT/results.jsonl"
 import json, os, sys
 el, seed, run = sys.argv[1], int(sys.argv[2]), sys.argv[3]
@@ -33,6 +37,11 @@ out = {"element": el, "seed": seed, "test_structures": t["n_structures"],
        "train_seconds": train_s}
 if "stress_mae_mev_per_A3" in t:
     out["stress_mae_mev_per_A3"] = round(t["stress_mae_mev_per_A3"], 3)
+if os.path.exists(f"{run}/test_by_config_type.json"):
+    out["by_config_type"] = {g["value"]: {"structures": g["n_structures"], "forces_mae_mev_per_A": round(g["forces_mae_mev_per_A"], 2),
+                                          "forces_share": round(g["forces_abs_error_share"], 3)}
+                             for g in json.load(open(f"{run}/test_by_config_type.json"))["groups"]
+                             if g.get("forces_mae_mev_per_A") is not None}
 print(json.dumps(out))
 PY
 done
@@ -50,4 +59,10 @@ print(f"{'element':<9}{'seed':>5}{'pilip E / F':>18}{'GAP E / F':>14}{'MTP E / F
 for (el, seed), r in sorted(rows.items()):
     fmt = lambda p: f"{p[0]} / {p[1]}" if p else "–"
     print(f"{el:<9}{seed:>5}{r['energy_mae_mev_per_atom']:>9.2f} / {r['forces_mae_mev_per_A']:<6.1f}{fmt(gap.get(el)):>14}{fmt(mtp.get(el)):>14}")
+by = [(k, r["by_config_type"]) for k, r in sorted(rows.items()) if r.get("by_config_type")]
+if by:
+    print("\ntest force MAE meV/Å per configuration type (share of the summed force error)")
+    for (el, seed), groups in by:
+        print(f"{el} (seed {seed}): " + ", ".join(f"{t} {g['forces_mae_mev_per_A']:.1f} ({100 * g['forces_share']:.0f} %, {g['structures']})"
+                                                    for t, g in sorted(groups.items(), key=lambda x: -x[1]["forces_share"])))
 PY

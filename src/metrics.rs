@@ -92,10 +92,17 @@ pub fn predict_all_with(
 
 /// Errors of `preds` against the labels of `frames` (same order).
 pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {
+    compute_pairs(frames.iter().zip(preds))
+}
+
+/// [`compute`] over pairs of a structure and its prediction.
+fn compute_pairs<'a>(pairs: impl Iterator<Item = (&'a Frame, &'a Prediction)>) -> Metrics {
+    let mut n_structures = 0;
     let (mut ea, mut es, mut fa, mut sa) = (Acc::default(), Acc::default(), Acc::default(), Acc::default());
     let (mut sx, mut sy, mut sxx, mut syy, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
     let mut by_element: std::collections::BTreeMap<u32, Acc> = Default::default();
-    for (f, p) in frames.iter().zip(preds) {
+    for (f, p) in pairs {
+        n_structures += 1;
         if let Some(e) = f.energy {
             ea.add((p.energy - e) / f.len() as f64);
             es.add(p.energy - e);
@@ -129,7 +136,7 @@ pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {
         if vx > 0.0 && vy > 0.0 { cov / (vx * vy).sqrt() } else { 0.0 }
     });
     Metrics {
-        n_structures: frames.len(),
+        n_structures,
         energy_mae_mev_per_atom: ea.mae(),
         energy_rmse_mev_per_atom: ea.rmse(),
         energy_mae_mev: es.mae(),
@@ -144,6 +151,53 @@ pub fn compute(frames: &[Frame], preds: &[Prediction]) -> Metrics {
             .filter_map(|(z, acc)| Some((crate::elements::symbol(*z)?.to_string(), acc.rmse()?)))
             .collect(),
     }
+}
+
+/// The metrics of one group of structures of [`compute_by`].
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct Group {
+    /// The value of the grouping key these structures share (`(none)`: structures without the key).
+    pub value: String,
+    /// The errors of the group's structures alone.
+    #[serde(flatten)]
+    pub metrics: Metrics,
+    /// The group's share of the summed absolute force-component error of all structures (0–1): where the error
+    /// comes from, as opposed to how large it is per component.
+    pub forces_abs_error_share: Option<f64>,
+}
+
+/// The metrics of each group of structures that share the value of the per-frame key `key` of the extended XYZ
+/// comment line (e.g. `config_type`; a repeated key counts by its last value, as ASE reads it), sorted by value;
+/// structures without the key form the group `(none)`. An error names the keys the structures do have when none
+/// has `key` (a misspelt key would otherwise give one group of everything).
+pub fn compute_by(frames: &[Frame], preds: &[Prediction], key: &str) -> Result<Vec<Group>, String> {
+    let value_of = |f: &Frame| f.info.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.clone());
+    if !frames.iter().any(|f| value_of(f).is_some()) {
+        let keys: std::collections::BTreeSet<&str> = frames.iter().flat_map(|f| f.info.iter().map(|(k, _)| k.as_str())).collect();
+        let present = if keys.is_empty() { "none".to_string() } else { keys.into_iter().collect::<Vec<_>>().join(", ") };
+        return Err(format!("no structure has the key '{key}' (per-structure keys present: {present})"));
+    }
+    let mut members: std::collections::BTreeMap<String, Vec<usize>> = Default::default();
+    for (i, f) in frames.iter().enumerate().take(preds.len()) {
+        members.entry(value_of(f).unwrap_or_else(|| "(none)".into())).or_default().push(i);
+    }
+    let abs_error = |of: &[usize], m: &Metrics| {
+        let components: usize = of.iter().filter_map(|&i| frames[i].forces.as_ref()).map(|v| 3 * v.len()).sum();
+        m.forces_mae_mev_per_A.map(|mae| mae * components as f64)
+    };
+    let all: Vec<usize> = (0..frames.len().min(preds.len())).collect();
+    let total = abs_error(&all, &compute(frames, preds));
+    Ok(members
+        .into_iter()
+        .map(|(value, of)| {
+            let metrics = compute_pairs(of.iter().map(|&i| (&frames[i], &preds[i])));
+            let share = match (abs_error(&of, &metrics), total) {
+                (Some(a), Some(t)) if t > 0.0 => Some(a / t),
+                _ => None,
+            };
+            Group { value, metrics, forces_abs_error_share: share }
+        })
+        .collect())
 }
 
 impl Metrics {
@@ -193,5 +247,45 @@ mod tests {
         assert_eq!(m.by_element_line().as_deref(), Some("F RMSE by element: C 3.00, H 0.17 meV/Å"));
         let carbon = Frame { numbers: vec![6, 6], ..frame };
         assert_eq!(compute(&[carbon], &[pred]).by_element_line(), None);
+    }
+
+    /// Groups by a per-structure key: each group's metrics are those of its structures alone, the force-error
+    /// shares add up to one in proportion to each group's summed |ΔF|, structures without the key form
+    /// `(none)`, and a key no structure has is an error that lists the keys present.
+    #[test]
+    fn metrics_by_group() {
+        let frame = |e: f64, f: f64, tag: Option<&str>| Frame {
+            numbers: vec![1, 1],
+            positions: vec![[0.0; 3], [0.8, 0.0, 0.0]],
+            energy: Some(e),
+            forces: Some(vec![[f, 0.0, 0.0], [-f, 0.0, 0.0]]),
+            info: tag.map(|t| vec![("config_type".to_string(), t.to_string())]).unwrap_or_default(),
+            ..Default::default()
+        };
+        let frames = [frame(-1.0, 0.5, Some("bulk")), frame(-2.0, 0.1, Some("melt")), frame(-3.0, 0.2, Some("melt")), frame(-4.0, 0.0, None)];
+        // predictions off by 0.002 eV/atom and 0.001 eV/Å per component (bulk, no key), 0.01 and 0.004 (melt)
+        let preds: Vec<Prediction> = frames
+            .iter()
+            .map(|f| {
+                let melt = f.info.iter().any(|(_, v)| v == "melt");
+                let (de, df) = if melt { (0.01, 0.004) } else { (0.002, 0.001) };
+                let forces = f.forces.as_ref().unwrap().iter().map(|v| [v[0] + df, v[1] + df, v[2] - df]).collect();
+                Prediction { energy: f.energy.unwrap() + 2.0 * de, atomic_energies: vec![0.0; 2], forces, virial: [[0.0; 3]; 3], stress: None }
+            })
+            .collect();
+        let groups = compute_by(&frames, &preds, "config_type").unwrap();
+        let values: Vec<&str> = groups.iter().map(|g| g.value.as_str()).collect();
+        assert_eq!(values, ["(none)", "bulk", "melt"]);
+        let melt = &groups[2].metrics;
+        assert_eq!(melt.n_structures, 2);
+        assert!((melt.energy_mae_mev_per_atom.unwrap() - 10.0).abs() < 1e-9 && (melt.forces_mae_mev_per_A.unwrap() - 4.0).abs() < 1e-9);
+        assert_eq!(melt, &compute(&frames[1..3], &preds[1..3]));
+        // summed |ΔF|: 6 components × 1 meV/Å for bulk and for (none), 12 × 4 for melt
+        let shares: Vec<f64> = groups.iter().map(|g| g.forces_abs_error_share.unwrap()).collect();
+        for (s, want) in shares.iter().zip([6.0 / 60.0, 6.0 / 60.0, 48.0 / 60.0]) {
+            assert!((s - want).abs() < 1e-12, "{shares:?}");
+        }
+        let err = compute_by(&frames, &preds, "config_typ").unwrap_err();
+        assert!(err.contains("'config_typ'") && err.contains("config_type"), "{err}");
     }
 }

@@ -74,6 +74,37 @@ fn train_eval_plot_and_check_forces() {
     let bytes = std::fs::read(&png).unwrap();
     assert_eq!(&bytes[1..4], b"PNG");
     assert!(bytes.len() > 5000);
+    // --by: the test structures tagged half=even/odd by position; each group is evaluated alone, the groups'
+    // structures and force errors add up to the whole, and a key no structure has is refused, naming those present
+    let tagged = dir.join("tagged.extxyz");
+    let mut text = String::new();
+    let (mut lines, mut frame) = (std::fs::read_to_string(run.join("test.extxyz")).unwrap().lines().map(str::to_string).collect::<Vec<_>>().into_iter(), 0usize);
+    while let Some(count) = lines.next().filter(|l| !l.trim().is_empty()) {
+        let n: usize = count.trim().parse().unwrap();
+        let comment = lines.next().unwrap();
+        text += &format!("{count}\n{comment} half={}\n", if frame % 2 == 0 { "even" } else { "odd" });
+        (0..n).for_each(|_| text += &(lines.next().unwrap() + "\n"));
+        frame += 1;
+    }
+    std::fs::write(&tagged, text).unwrap();
+    let g: serde_json::Value =
+        serde_json::from_str(&run_ok(pilip().arg("eval").arg(&best).arg(&tagged).args(["--json", "--by", "half"]))).unwrap();
+    assert_eq!(g["forces_mae_mev_per_A"], v["forces_mae_mev_per_A"], "grouping does not change the overall figures");
+    let groups = g["groups"].as_array().unwrap();
+    assert_eq!(g["groups_by"], "half");
+    assert_eq!(groups.iter().map(|x| x["value"].as_str().unwrap()).collect::<Vec<_>>(), ["even", "odd"]);
+    let counts: Vec<u64> = groups.iter().map(|x| x["n_structures"].as_u64().unwrap()).collect();
+    assert_eq!(counts, [frame.div_ceil(2) as u64, (frame / 2) as u64]);
+    // same-sized structures: the overall force MAE is the structure-weighted mean of the groups'
+    let (f, total) = (|x: &serde_json::Value, k: &str| x[k].as_f64().unwrap(), frame as f64);
+    let mean: f64 = groups.iter().zip(&counts).map(|(x, &c)| f(x, "forces_mae_mev_per_A") * c as f64 / total).sum();
+    assert!((mean - f(&g, "forces_mae_mev_per_A")).abs() < 1e-9 * mean, "{mean} vs {g}");
+    let shares: f64 = groups.iter().map(|x| f(x, "forces_abs_error_share")).sum();
+    assert!((shares - 1.0).abs() < 1e-12 && groups.iter().all(|x| f(x, "forces_abs_error_share") > 0.0), "{shares}");
+    let table = run_ok(pilip().arg("eval").arg(&best).arg(&tagged).args(["--by", "half"]));
+    assert!(table.contains("by half:") && table.lines().any(|l| l.starts_with("even ")) && table.contains(" %"), "{table}");
+    let err = run_err(pilip().arg("eval").arg(&best).arg(&tagged).args(["--by", "halves"]));
+    assert!(err.contains("--by halves") && err.contains("tagged.extxyz") && err.contains("config_type, half"), "{err}");
     let fd = run_ok(pilip().arg("check-forces").arg(&best).arg(run.join("test.extxyz")).args(["--step", "1e-4"]));
     let err: f64 = fd
         .split("max |analytic - fd| = ")

@@ -68,6 +68,10 @@ enum Cmd {
         /// Write energy and force parity plots to this PNG file.
         #[arg(long, value_name = "PNG")]
         plot: Option<PathBuf>,
+        /// Also the errors of each group of structures that share this per-structure key of the comment line
+        /// (e.g. `config_type`), with each group's share of the force error.
+        #[arg(long, value_name = "KEY")]
+        by: Option<String>,
         #[command(flatten)]
         keys: KeyArgs,
         #[command(flatten)]
@@ -234,6 +238,32 @@ impl KeyArgs {
     }
 }
 
+/// The text table of `pilip eval --by KEY`: one row per group, errors in meV/atom and meV/Å ("–" where the group
+/// has no such label), and the group's share of the summed absolute force error.
+fn group_table(key: &str, groups: &[pilip::metrics::Group]) -> String {
+    let cell = |x: Option<f64>, digits: usize| x.map_or("–".to_string(), |v| format!("{v:.digits$}"));
+    let width = groups.iter().map(|g| g.value.chars().count()).max().unwrap_or(0).max(key.chars().count()).max(5);
+    let mut out = format!(
+        "by {key}:\n{:<width$} {:>10} {:>14} {:>14} {:>13} {:>13} {:>9}\n",
+        "group", "structures", "E MAE meV/at", "E RMSE meV/at", "F MAE meV/Å", "F RMSE meV/Å", "F share"
+    );
+    for g in groups {
+        let m = &g.metrics;
+        let share = g.forces_abs_error_share.map_or("–".to_string(), |s| format!("{:.1} %", 100.0 * s));
+        out += &format!(
+            "{:<width$} {:>10} {:>14} {:>14} {:>13} {:>13} {:>9}\n",
+            g.value,
+            m.n_structures,
+            cell(m.energy_mae_mev_per_atom, 3),
+            cell(m.energy_rmse_mev_per_atom, 3),
+            cell(m.forces_mae_mev_per_A, 2),
+            cell(m.forces_rmse_mev_per_A, 2),
+            share
+        );
+    }
+    out
+}
+
 /// Frame `index` of a structure file (labels not required).
 fn structure_at(path: &Path, index: usize) -> Result<Frame> {
     let mut frames = extxyz::read_structures(path)?;
@@ -286,7 +316,7 @@ fn run(cli: Cli) -> Result<()> {
             );
             Ok(())
         }
-        Cmd::Eval { model, data, json, plot, keys, engine } => {
+        Cmd::Eval { model, data, json, plot, by, keys, engine } => {
             let options = engine.options(&model)?;
             let preds_and_frames = if is_onnx(&model) {
                 let pot = Potential::load(&model, &options)?;
@@ -299,11 +329,23 @@ fn run(cli: Cli) -> Result<()> {
             };
             let (preds, frames) = preds_and_frames;
             let m = pilip::metrics::compute(&frames, &preds);
+            let groups = match &by {
+                Some(key) => Some(
+                    pilip::metrics::compute_by(&frames, &preds, key)
+                        .map_err(|e| Error::invalid(format!("--by {key}: {}: {e}", data.display())))?,
+                ),
+                None => None,
+            };
             if let Some(p) = plot {
                 plot::parity_png(&p, &frames, &preds)?;
             }
             if json {
-                println!("{}", serde_json::to_string_pretty(&m).map_err(|e| Error::invalid(e.to_string()))?);
+                let mut v = serde_json::to_value(&m).map_err(|e| Error::invalid(e.to_string()))?;
+                if let (Some(key), Some(groups), Some(obj)) = (&by, &groups, v.as_object_mut()) {
+                    obj.insert("groups_by".into(), key.clone().into());
+                    obj.insert("groups".into(), serde_json::to_value(groups).map_err(|e| Error::invalid(e.to_string()))?);
+                }
+                println!("{}", serde_json::to_string_pretty(&v).map_err(|e| Error::invalid(e.to_string()))?);
             } else {
                 println!("{}: {} structures", data.display(), m.n_structures);
                 println!("{}", m.summary());
@@ -312,6 +354,9 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 if let Some(line) = m.by_element_line() {
                     println!("{line}");
+                }
+                if let (Some(key), Some(groups)) = (&by, &groups) {
+                    print!("{}", group_table(key, groups));
                 }
             }
             Ok(())
