@@ -73,6 +73,11 @@ def test_bench_materials_runs_on_any_element_file(tmp_path):
     assert line["element"] == "Xx" and line["test_structures"] == 10
     assert 0 < line["energy_mae_mev_per_atom"] and 0 < line["forces_mae_mev_per_A"] < 5000
     assert "Xx" in stdout and "GAP E / F" in stdout
+    # the test errors per configuration type: the test frames' own config_type values, their counts, shares of one
+    types = [a.info["config_type"] for a in frames[40:50]]
+    by = line["by_config_type"]
+    assert sorted(by) == sorted(set(types)) and all(by[t]["structures"] == types.count(t) for t in by)
+    assert abs(sum(g["forces_share"] for g in by.values()) - 1) < 0.01 and "per configuration type" in stdout
 
 
 def test_bench_rmd17_with_an_xtb_prior_samples_around_the_training_frames_only(tmp_path):
