@@ -200,6 +200,32 @@ pub fn compute_by(frames: &[Frame], preds: &[Prediction], key: &str) -> Result<V
         .collect())
 }
 
+/// The text table of [`compute_by`]'s groups (`pilip eval --by KEY`): one row per group, errors in meV/atom and
+/// meV/Å ("–" where the group has no such label), and the group's share of the summed absolute force error.
+pub fn group_table(key: &str, groups: &[Group]) -> String {
+    let cell = |x: Option<f64>, digits: usize| x.map_or("–".to_string(), |v| format!("{v:.digits$}"));
+    let width = groups.iter().map(|g| g.value.chars().count()).max().unwrap_or(0).max(key.chars().count()).max(5);
+    let mut out = format!(
+        "by {key}:\n{:<width$} {:>10} {:>14} {:>14} {:>13} {:>13} {:>9}\n",
+        "group", "structures", "E MAE meV/at", "E RMSE meV/at", "F MAE meV/Å", "F RMSE meV/Å", "F share"
+    );
+    for g in groups {
+        let m = &g.metrics;
+        let share = g.forces_abs_error_share.map_or("–".to_string(), |s| format!("{:.1} %", 100.0 * s));
+        out += &format!(
+            "{:<width$} {:>10} {:>14} {:>14} {:>13} {:>13} {:>9}\n",
+            g.value,
+            m.n_structures,
+            cell(m.energy_mae_mev_per_atom, 3),
+            cell(m.energy_rmse_mev_per_atom, 3),
+            cell(m.forces_mae_mev_per_A, 2),
+            cell(m.forces_rmse_mev_per_A, 2),
+            share
+        );
+    }
+    out
+}
+
 impl Metrics {
     /// One human line with units.
     pub fn summary(&self) -> String {
