@@ -185,18 +185,18 @@ pub fn compute_by(frames: &[Frame], preds: &[Prediction], key: &str) -> Result<V
         let components: usize = of.iter().filter_map(|&i| frames[i].forces.as_ref()).map(|v| 3 * v.len()).sum();
         m.forces_mae_mev_per_A.map(|mae| mae * components as f64)
     };
-    let all: Vec<usize> = (0..frames.len().min(preds.len())).collect();
-    let total = abs_error(&all, &compute(frames, preds));
-    Ok(members
+    let groups: Vec<(String, Metrics, Option<f64>)> = members
         .into_iter()
         .map(|(value, of)| {
             let metrics = compute_pairs(of.iter().map(|&i| (&frames[i], &preds[i])));
-            let share = match (abs_error(&of, &metrics), total) {
-                (Some(a), Some(t)) if t > 0.0 => Some(a / t),
-                _ => None,
-            };
-            Group { value, metrics, forces_abs_error_share: share }
+            let summed = abs_error(&of, &metrics);
+            (value, metrics, summed)
         })
+        .collect();
+    let total: f64 = groups.iter().filter_map(|g| g.2).sum();
+    Ok(groups
+        .into_iter()
+        .map(|(value, metrics, summed)| Group { value, metrics, forces_abs_error_share: summed.filter(|_| total > 0.0).map(|a| a / total) })
         .collect())
 }
 
