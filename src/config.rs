@@ -332,6 +332,14 @@ pub struct TrainingConfig {
     pub optimizer: Optimizer,
     /// Initial learning rate.
     pub lr: f64,
+    /// The initial learning rate of training sets of fewer than `lr_small_sets_below_atoms` atoms (0 = `lr`): a
+    /// run over many structures is short of epochs within a budget and gains from a larger rate, one over a few
+    /// dozen structures repeats them for thousands of epochs and over-fits sooner with it (rMD17, 2e-3 against
+    /// 1e-3: 950 structures −3 to −9 % force error within the budget on the slower cores, 50 structures +4 to
+    /// +10 %; docs/benchmarks.md, session 69).
+    pub lr_small_sets: f64,
+    /// Training sets of fewer atoms than this take `lr_small_sets` (with `lr_small_sets` > 0).
+    pub lr_small_sets_below_atoms: usize,
     /// Weight decay (L2 for adam, decoupled for adamw).
     pub weight_decay: f64,
     /// Weight decay in proportion to 1 / (atoms in the training structures): the run decays by `weight_decay +
@@ -410,6 +418,8 @@ impl Default for TrainingConfig {
             batch_size: 8,
             optimizer: Optimizer::AdamW,
             lr: 3e-3,
+            lr_small_sets: 0.0,
+            lr_small_sets_below_atoms: 0,
             weight_decay: 0.0,
             weight_decay_atoms: 0.0,
             weight_decay_params: 0.0,
@@ -644,6 +654,9 @@ impl Config {
         if !(self.training.lr > 0.0) {
             return bad(format!("training.lr must be > 0, got {}", self.training.lr));
         }
+        if !(self.training.lr_small_sets.is_finite() && self.training.lr_small_sets >= 0.0) {
+            return bad(format!("training.lr_small_sets must be a number >= 0 (0 = training.lr), got {}", self.training.lr_small_sets));
+        }
         let t = &self.training;
         for (key, v) in [("weight_decay", t.weight_decay), ("weight_decay_atoms", t.weight_decay_atoms), ("weight_decay_params", t.weight_decay_params)] {
             if !(v.is_finite() && v >= 0.0) {
@@ -831,6 +844,7 @@ mod tests {
                 (&["training.precondition_variance=-1"][..], "training.precondition_variance must be a number >= 0 (0 = off), got -1"),
                 (&["training.precondition_variance_small_sets=-0.5"][..], "training.precondition_variance_small_sets must be a number >= 0 (0 = precondition_variance), got -0.5"),
                 (&["training.precondition_tangents=2"][..], "training.precondition_tangents must be in [0, 1]"),
+                (&["training.lr_small_sets=-1e-3"][..], "training.lr_small_sets must be a number >= 0 (0 = training.lr), got -0.001"),
             ],
         );
     }

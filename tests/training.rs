@@ -534,6 +534,7 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     // for the uninterrupted run and the resumed one alike
     ca.training.max_epochs = 2;
     ca.training.min_steps = 4 * 13;
+    (ca.training.lr_small_sets, ca.training.lr_small_sets_below_atoms) = (2e-3, 901); // 900 atoms: a small set's rate
     ca.training.weight_decay_atoms = 45.0;
     ca.training.weight_decay_params = 1e-3;
     ca.training.ema_decay = 0.9;
@@ -570,6 +571,10 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     assert!(resolved.contains(&format!("weight_decay = {decay}\n")), "{decay}: {resolved}");
     assert!(resolved.contains("weight_decay_atoms = 0.0") && resolved.contains("weight_decay_params = 0.0"), "{resolved}");
     assert!(log.contains("training.min_steps = 52: 100 training structures make 13 steps per epoch, so max_epochs 2 → 4"), "{log}");
+    assert!(log.contains("training.lr_small_sets = 0.002: fewer than 901 atoms in the training structures (900), so lr 0.003 → 0.002"), "{log}");
+    assert!(resolved.contains("\nlr = 0.002\n") && resolved.contains("lr_small_sets = 0.002"), "{resolved}");
+    let metrics = std::fs::read_to_string(da.join("metrics.jsonl")).unwrap();
+    assert!(metrics.lines().next().is_some_and(|l| l.contains("\"lr\":0.002")), "{metrics}");
     assert!(log.contains("training.weight_decay_atoms = 45: with 900 atoms in the training structures, weight_decay 0 → 0.0500"), "{log}");
     let note = format!("training.weight_decay_params = 0.001: {n_params} trained parameters and 900 atoms in the training structures, weight_decay 0.05 → {decay:.4}");
     assert!(log.contains(&note), "{note}\n{log}");

@@ -611,9 +611,10 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
 }
 
 /// `cfg` sized for its training structures, with a line for the log per change: `training.max_epochs` and
-/// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps, and
+/// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps,
 /// `training.weight_decay_atoms / n_atoms` added to `training.weight_decay` (`training.weight_decay_params` waits
-/// for the model: [`with_decay_for_model`]), and below `training.precondition_tangents_min_atoms` atoms
+/// for the model: [`with_decay_for_model`]), below `training.lr_small_sets_below_atoms` atoms `training.lr` set
+/// to `training.lr_small_sets`, and below `training.precondition_tangents_min_atoms` atoms
 /// `training.precondition_tangents` set to 0 and `training.precondition_variance` to
 /// `training.precondition_variance_small_sets`.
 fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>) {
@@ -639,6 +640,13 @@ fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>
             t.weight_decay_atoms, t.weight_decay
         ));
         (t.weight_decay, t.weight_decay_atoms) = (decay, 0.0);
+    }
+    if t.lr_small_sets > 0.0 && t.lr_small_sets != t.lr && n_atoms < t.lr_small_sets_below_atoms {
+        notes.push(format!(
+            "training.lr_small_sets = {}: fewer than {} atoms in the training structures ({n_atoms}), so lr {} → {}",
+            t.lr_small_sets, t.lr_small_sets_below_atoms, t.lr, t.lr_small_sets
+        ));
+        t.lr = t.lr_small_sets;
     }
     // a small set: the inputs' covariance alone, and fewer directions (only where there is a preconditioner)
     if t.precondition_variance > 0.0 && n_atoms < t.precondition_tangents_min_atoms {
