@@ -575,6 +575,13 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     assert!(resolved.contains("\nlr = 0.002\n") && resolved.contains("lr_small_sets = 0.002"), "{resolved}");
     let metrics = std::fs::read_to_string(da.join("metrics.jsonl")).unwrap();
     assert!(metrics.lines().next().is_some_and(|l| l.contains("\"lr\":0.002")), "{metrics}");
+    // at the threshold itself the set is not small: it keeps lr
+    let de = tmpdir(&format!("resume_e_{schedule:?}"));
+    let mut ce = ca.clone();
+    (ce.output.run_dir, ce.training.lr_small_sets_below_atoms) = (de.clone(), 900);
+    pilip::train::train(&ce, &TrainOptions { quiet: true, stop_after: Some(1), ..Default::default() }).unwrap();
+    let (log_e, metrics_e) = (std::fs::read_to_string(de.join("train.log")).unwrap(), std::fs::read_to_string(de.join("metrics.jsonl")).unwrap());
+    assert!(!log_e.contains("lr_small_sets") && metrics_e.contains("\"lr\":0.003"), "{log_e}\n{metrics_e}");
     assert!(log.contains("training.weight_decay_atoms = 45: with 900 atoms in the training structures, weight_decay 0 → 0.0500"), "{log}");
     let note = format!("training.weight_decay_params = 0.001: {n_params} trained parameters and 900 atoms in the training structures, weight_decay 0.05 → {decay:.4}");
     assert!(log.contains(&note), "{note}\n{log}");
