@@ -697,6 +697,70 @@ fn budget_of(run: &std::path::Path) -> pilip::train::budget::BudgetState {
     ck.state.and_then(|s| s.budget).expect("a budgeted run's checkpoint has the budget's clock")
 }
 
+/// The compression W of a checkpoint's bispectrum model, and whether it is still trained.
+fn compression_of(checkpoint: &Path) -> (bool, Vec<f64>) {
+    let model = serde_json::to_value(pilip::train::checkpoint::Checkpoint::load(checkpoint).unwrap().model).unwrap();
+    let w = model["four_body"]["compression"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    (model["four_body"]["trainable"].as_bool().unwrap(), w)
+}
+
+/// `bispectrum.trained_fraction = 0.5` over 4 epochs: W moves in epochs 1–2 and is kept from epoch 3 on (the log
+/// says so, the optimiser's state and the EMA lose its parameters, the weight decay still counts them), unlike
+/// a run that trains it throughout; a run stopped before or after the freeze resumes bit for bit.
+#[test]
+fn a_compression_trained_for_part_of_the_run_is_kept_after_it_and_resumes_exactly() {
+    let [whole, part, two, one] = ["whole", "part", "two", "one"].map(|name| tmpdir(&format!("trained_fraction_{name}")));
+    let mut cfg = small_config(&whole);
+    cfg.data.n_train = 40;
+    cfg.model.family = pilip::family::Family::Bispectrum;
+    cfg.bispectrum.channels = 3;
+    (cfg.training.max_epochs, cfg.training.ema_decay, cfg.training.weight_decay_params) = (4, 0.9, 1e-3);
+    cfg.training.precondition_variance = 0.01;
+    let run = |cfg: &Config, dir: &Path, opts: TrainOptions| {
+        let mut c = cfg.clone();
+        c.output.run_dir = dir.to_path_buf();
+        pilip::train::train(&c, &TrainOptions { quiet: true, ..opts }).unwrap();
+    };
+    run(&cfg, &whole, TrainOptions::default());
+    cfg.bispectrum.trained_fraction = 0.5;
+    run(&cfg, &part, TrainOptions::default());
+    run(&cfg, &two, TrainOptions { stop_after: Some(2), ..Default::default() });
+    let start = {
+        let splits = pilip::dataset::load(&cfg.data).unwrap();
+        let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
+        serde_json::to_value(pilip::train::initial_model(&cfg, &splits.train, &all).unwrap()).unwrap()["four_body"]["compression"].clone()
+    };
+    let (w_start, (trained_whole, w_whole), (trained_two, w_two), (trained_part, w_part)) = (
+        start.as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect::<Vec<_>>(),
+        compression_of(&whole.join("checkpoints/last.ckpt")),
+        compression_of(&two.join("checkpoints/last.ckpt")),
+        compression_of(&part.join("checkpoints/last.ckpt")),
+    );
+    assert!(trained_whole && !trained_two && !trained_part);
+    assert!(max_abs_diff(w_start.iter().copied(), w_two.iter().copied()) > 1e-4, "W moved in the first two epochs");
+    assert_eq!(w_part, w_two, "W is kept from epoch 3 on");
+    assert!(max_abs_diff(w_whole.iter().copied(), w_two.iter().copied()) > 1e-5, "trained throughout, W moves on");
+    let log = std::fs::read_to_string(part.join("train.log")).unwrap();
+    let line = format!("bispectrum.trained_fraction = 0.5: the compression ({} parameters) is kept from epoch 3 of 4 on", w_part.len());
+    assert!(log.contains(&line), "{line}\n{log}");
+    let ck = pilip::train::checkpoint::Checkpoint::load(&part.join("checkpoints/last.ckpt")).unwrap();
+    let st = ck.state.unwrap();
+    assert_eq!((st.optimizer.m.len(), st.ema.as_ref().unwrap().len()), (ck.model.n_params(), ck.model.n_params()));
+    assert_eq!(st.frozen_compression_params, w_part.len());
+    let (a, b) = (metrics_without_timing(&whole), metrics_without_timing(&part));
+    assert_eq!(a[..2], b[..2]);
+    assert_ne!(a[2..], b[2..]);
+    let resolved = |d: &Path| std::fs::read_to_string(d.join("config.resolved.toml")).unwrap().replace(d.to_str().unwrap(), "RUN_DIR");
+    // resumed after the freeze (epoch 2's checkpoint holds it) and before it, with the same weight decay
+    run(&cfg, &two, TrainOptions { resume: Some(two.join("checkpoints/last.ckpt")), ..Default::default() });
+    assert_eq!(metrics_without_timing(&two), b);
+    assert_eq!(resolved(&two), resolved(&part));
+    run(&cfg, &one, TrainOptions { stop_after: Some(1), ..Default::default() });
+    run(&cfg, &one, TrainOptions { resume: Some(one.join("checkpoints/last.ckpt")), ..Default::default() });
+    assert_eq!(metrics_without_timing(&one), b);
+    assert_eq!(compression_of(&one.join("checkpoints/last.ckpt")).1, w_part);
+}
+
 #[test]
 fn training_is_deterministic_for_any_thread_count() {
     let mut runs = Vec::new();

@@ -38,6 +38,11 @@ pub struct Bispectrum {
     /// Train W with the networks (after its PCA start) instead of keeping it fixed (default: ethanol test force
     /// MAE 12.4 → 11.0 meV/Å, docs/benchmarks.md).
     pub trainable: bool,
+    /// A training setting: with `trainable`, W is trained for this fraction of the run's epochs and then kept,
+    /// so that the rest of the run takes the cheaper step of fixed invariants (1: the whole run). A model's own
+    /// copy is always 1 (what it records is whether its W is still trained).
+    #[serde(skip_serializing_if = "is_one")]
+    pub trained_fraction: f64,
     /// Where the three-body invariants come from (see [`ThreeBody`]).
     #[serde(skip_serializing_if = "ThreeBody::is_full")]
     pub three_body: ThreeBody,
@@ -72,9 +77,21 @@ fn is_zero(x: &usize) -> bool {
     *x == 0
 }
 
+fn is_one(x: &f64) -> bool {
+    *x == 1.0
+}
+
 impl Default for Bispectrum {
     fn default() -> Self {
-        Bispectrum { channels: 8, l_max: 3, trainable: true, three_body: ThreeBody::Full, four_body_channels: 0, compression: Vec::new() }
+        Bispectrum {
+            channels: 8,
+            l_max: 3,
+            trainable: true,
+            trained_fraction: 1.0,
+            three_body: ThreeBody::Full,
+            four_body_channels: 0,
+            compression: Vec::new(),
+        }
     }
 }
 
@@ -94,6 +111,12 @@ impl Bispectrum {
             return Err(format!(
                 "bispectrum.channels = {} needs bispectrum.four_body_channels ≤ 16 (the four-body features grow as its cube)",
                 self.channels
+            ));
+        }
+        if !(self.trained_fraction > 0.0 && self.trained_fraction <= 1.0) {
+            return Err(format!(
+                "bispectrum.trained_fraction must be in (0, 1] (the share of the run's epochs that train the compression), got {}",
+                self.trained_fraction
             ));
         }
         if !(2..=4).contains(&self.l_max) || self.l_max > descriptor_l_max {

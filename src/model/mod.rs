@@ -180,6 +180,8 @@ impl Model {
     /// networks, zero reference energies and a zero compression (fit it with [`Model::fit_compression`]).
     pub fn bispectrum(descriptor: DescriptorSpec, four_body: Bispectrum, species: Vec<u32>, hidden: &[usize], seed: u64) -> Result<Self> {
         let n = species.len();
+        // how long a run trains W is the run's setting, not the model's
+        let four_body = Bispectrum { trained_fraction: 1.0, ..four_body };
         let atomic = AtomicModel::Bispectrum(PowerSpectrumModel::new(descriptor, Some(four_body), &species, hidden, seed)?);
         Ok(Model { reference_energies: vec![0.0; n], energy_scale: 1.0, species, atomic, repulsion: None })
     }
@@ -429,6 +431,17 @@ impl Model {
     /// The trainable parameters as one vector.
     pub fn params(&self) -> Vec<f64> {
         self.atomic.networked().params()
+    }
+    /// Stops training the bispectrum compression W: it keeps its present values and leaves the parameter vector,
+    /// which keeps the networks' parameters first and unchanged (so the optimiser's state is cut to
+    /// [`Model::n_params`]). Returns W's length, 0 when there was no trained W. Environments built before hold
+    /// invariants of an earlier W and no network inputs: build them again.
+    pub fn freeze_compression(&mut self) -> usize {
+        self.atomic.networked_mut().freeze_compression()
+    }
+    /// Whether training moves the descriptor too (the bispectrum family's compression W, while it is trained).
+    pub fn has_trained_descriptor(&self) -> bool {
+        self.atomic.networked().has_trained_descriptor()
     }
     /// Whether a structure's [`Environments`] depend on its geometry only, not on trained parameters (false for
     /// the bispectrum family with a trained compression: see [`Model::refresh_environments`]).

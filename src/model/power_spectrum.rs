@@ -630,6 +630,14 @@ impl PowerSpectrumModel {
         Some(self.networks.iter().flat_map(|n| n.trainable_from_layer(frozen)).collect())
     }
 
+    /// See [`crate::model::Model::freeze_compression`].
+    pub fn freeze_compression(&mut self) -> usize {
+        let Some(b) = self.four_body.as_mut().filter(|b| b.trainable) else { return 0 };
+        b.trainable = false;
+        self.desc_cache = std::sync::OnceLock::new();
+        b.compression.len()
+    }
+
     /// The trained compression of the bispectrum family, if W is trained.
     fn trained_compression(&self) -> Option<&Vec<f64>> {
         self.four_body.as_ref().filter(|b| b.trainable).map(|b| &b.compression)

@@ -146,6 +146,13 @@ impl Budget {
         self.timed_epochs += 1;
     }
 
+    /// Forgets the epochs timed so far: the step itself changed (`bispectrum.trained_fraction` froze the
+    /// compression), so only epochs from now on say how long the rest will take.
+    pub(super) fn step_changed(&mut self) {
+        self.recent.clear();
+        (self.timed_s, self.timed_epochs) = (0.0, 0);
+    }
+
     /// What a checkpoint keeps.
     pub(super) fn state(&self) -> BudgetState {
         BudgetState { spent_s: self.spent_before + self.started.elapsed().as_secs_f64(), reserve_s: self.reserve_s, cap_epochs: self.cap }

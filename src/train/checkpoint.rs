@@ -59,6 +59,15 @@ pub struct TrainState {
     /// The `training.max_minutes` budget's clock (absent without a budget and in older checkpoints).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub budget: Option<BudgetState>,
+    /// Parameters of the bispectrum compression W that the run stopped training after
+    /// `bispectrum.trained_fraction` of its epochs (0: none). They left the optimiser's state and the EMA, and
+    /// still count for `training.weight_decay_params`, which is resolved for the run's start.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frozen_compression_params: usize,
+}
+
+fn is_zero(x: &usize) -> bool {
+    *x == 0
 }
 
 impl Checkpoint {

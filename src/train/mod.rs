@@ -677,14 +677,13 @@ fn training_atoms(train: &[Frame]) -> usize {
     train.iter().map(Frame::len).sum()
 }
 
-/// `training.weight_decay_params × n_params / n_atoms` added to `training.weight_decay`, for a model with
-/// `n_params` trained parameters (those `trainable` marks, or all) and `n_atoms` training atoms; the line for
+/// `training.weight_decay_params × n_params / n_atoms` added to `training.weight_decay`, for a run that starts
+/// with `n_params` trained parameters ([`trained_params`]) and `n_atoms` training atoms; the line for
 /// the log, or None when the key is 0. The same for a fresh run and its resumption, so that their configs agree.
-fn with_decay_for_model(t: &mut TrainingConfig, model: &Model, trainable: Option<&[bool]>, n_atoms: usize) -> Option<String> {
+fn with_decay_for_model(t: &mut TrainingConfig, n_params: usize, n_atoms: usize) -> Option<String> {
     if t.weight_decay_params == 0.0 || n_atoms == 0 {
         return None;
     }
-    let n_params = trained_params(model, trainable);
     let decay = t.weight_decay + t.weight_decay_params * n_params as f64 / n_atoms as f64;
     let note = format!(
         "training.weight_decay_params = {}: {n_params} trained parameters and {n_atoms} atoms in the training structures, weight_decay {} → {decay:.4}",
@@ -729,7 +728,16 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(&mut resolved, &splits, resumed, origin, trainable.as_deref(), &mut size_notes)?;
     model.set_training_precision(resolved.training.precision == Precision::F32);
-    let precondition = first_layer_preconditioner(&model, &resolved.training, &splits.train, trainable.as_deref())?;
+    // the preconditioner is fitted to the start's network inputs; a resumed run whose compression W has moved
+    // builds its start again, so that it goes on with the same one
+    let precondition = if resuming && (model.has_trained_descriptor() || st.frozen_compression_params > 0) {
+        let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
+        let mut start = initial_model(cfg, &splits.train, &all)?;
+        start.set_training_precision(resolved.training.precision == Precision::F32);
+        first_layer_preconditioner(&start, &resolved.training, &splits.train, trainable.as_deref())?
+    } else {
+        first_layer_preconditioner(&model, &resolved.training, &splits.train, trainable.as_deref())?
+    };
     if let Some(p) = &precondition {
         size_notes.push(format!(
             "first-layer preconditioner: {:?} input directions per element scaled to variance {} (tangents' share {})",
@@ -738,11 +746,11 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
             resolved.training.precondition_tangents
         ));
     }
-    let env_cache = EnvCache::new(splits.train.len());
-    let valid_cache = EnvCache::with_max_bytes(splits.valid.len(), env_cache::MAX_BYTES / 4);
+    let mut env_cache = EnvCache::new(splits.train.len());
+    let mut valid_cache = EnvCache::with_max_bytes(splits.valid.len(), env_cache::MAX_BYTES / 4);
     // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
     // (the checkpoint's, or an exported model refitted to this data as at the start).
-    let anchor = match (anchored, resuming) {
+    let mut anchor = match (anchored, resuming) {
         (false, _) => None,
         (true, false) => Some(model.params()),
         (true, true) => {
@@ -854,6 +862,15 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
             }
             st.budget = Some(b.state());
         }
+        if let Some(line) = freeze_compression_when_due(&mut model, &mut st, &resolved, &mut anchor) {
+            run.log(&line);
+            if let Some(b) = budget.as_mut() {
+                b.step_changed();
+            }
+            // the kept environments hold the invariants of an earlier W and no network inputs
+            env_cache = EnvCache::new(splits.train.len());
+            valid_cache = EnvCache::with_max_bytes(splits.valid.len(), env_cache::MAX_BYTES / 4);
+        }
         let stopping = opts.stop_after.is_some_and(|n| epochs_this_run >= n) && !st.finished;
         run.save_checkpoints(&resolved, &model, &st, st.finished || stopping)?;
         if stopping {
@@ -872,6 +889,35 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
         test,
         finished: st.finished,
     })
+}
+
+/// `bispectrum.trained_fraction`: once that share of the planned epochs is done, the compression W keeps its
+/// present values for the rest of the run, which then takes the step of fixed four-body invariants (no density
+/// tangents, no gradient to W, kept f32 network inputs): about half the time of a step that trains W. W leaves
+/// the parameter vector from its end, so the optimiser's moments, the EMA and a fine-tuning anchor are cut to the
+/// networks'. The EMA's W is dropped, not averaged in: its networks follow the kept W within a few hundred steps.
+/// Returns the line for the log when W was frozen now.
+fn freeze_compression_when_due(model: &mut Model, st: &mut TrainState, cfg: &Config, anchor: &mut Option<Vec<f64>>) -> Option<String> {
+    let fraction = cfg.bispectrum.trained_fraction;
+    let due = (fraction * cfg.training.max_epochs as f64).ceil() as usize;
+    if fraction >= 1.0 || st.finished || st.epochs_done < due || !model.has_trained_descriptor() {
+        return None;
+    }
+    let frozen = model.freeze_compression();
+    let n = model.n_params();
+    st.optimizer.truncate(n);
+    if let Some(e) = st.ema.as_mut() {
+        e.truncate(n);
+    }
+    if let Some(a) = anchor.as_mut() {
+        a.truncate(n);
+    }
+    st.frozen_compression_params = frozen;
+    Some(format!(
+        "bispectrum.trained_fraction = {fraction}: the compression ({frozen} parameters) is kept from epoch {} of {} on",
+        st.epochs_done + 1,
+        cfg.training.max_epochs
+    ))
 }
 
 /// The first layers' preconditioner of `training.precondition_variance` for this model and training set: none
@@ -929,7 +975,8 @@ const PRECONDITIONER_ATOMS: usize = 25_000;
 /// is resolved for the checkpoint's model, as it was at the start).
 fn resume_from(cfg: &mut Config, checkpoint: &Path, trainable: Option<&[bool]>, n_atoms: usize) -> Result<(Model, TrainState)> {
     let ck = Checkpoint::load(checkpoint)?;
-    with_decay_for_model(&mut cfg.training, &ck.model, trainable, n_atoms);
+    let frozen = ck.state.as_ref().map_or(0, |st| st.frozen_compression_params);
+    with_decay_for_model(&mut cfg.training, trained_params(&ck.model, trainable) + frozen, n_atoms);
     if cfg.training.max_minutes > 0.0 && ck.config.training.max_minutes == cfg.training.max_minutes {
         cfg.training.max_epochs = ck.config.training.max_epochs;
     }
@@ -981,7 +1028,7 @@ fn start_or_resume(
     }
     let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
     let model = start_model(cfg, origin, &splits.train, &all)?;
-    notes.extend(with_decay_for_model(&mut cfg.training, &model, trainable, training_atoms(&splits.train)));
+    notes.extend(with_decay_for_model(&mut cfg.training, trained_params(&model, trainable), training_atoms(&splits.train)));
     let t = &cfg.training;
     let st = TrainState {
         epochs_done: 0,
@@ -994,6 +1041,7 @@ fn start_or_resume(
         bad_epochs: 0,
         finished: false,
         budget: None,
+        frozen_compression_params: 0,
     };
     Ok((model, st))
 }

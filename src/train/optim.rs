@@ -30,6 +30,12 @@ impl Adam {
         Adam { m: vec![0.0; n], v: vec![0.0; n], t: 0, decoupled, weight_decay }
     }
 
+    /// Keeps the moments of the first `n` parameters only (the others left the parameter vector).
+    pub fn truncate(&mut self, n: usize) {
+        self.m.truncate(n);
+        self.v.truncate(n);
+    }
+
     /// One update of `params` with gradient `grad_scale · grad` (the clip's factor, [`clip_factor`]) and learning
     /// rate `lr`; with `trainable`, the parameters marked `false` are left exactly as they are (also by weight
     /// decay); with `ema = (average, decay)`, the moving average of the new parameters is updated in the same

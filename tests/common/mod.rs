@@ -33,7 +33,7 @@ pub fn random_bispectrum_model(species: Vec<u32>, cutoff: f64, frames: &[Frame],
 /// 4 compressed channels, of which 3 enter the four-body products.
 pub fn random_bispectrum_model_with(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64, three_body: ThreeBody) -> Model {
     let (channels, four_body_channels) = if three_body == ThreeBody::Full { (3, 0) } else { (4, 3) };
-    let four_body = Bispectrum { channels, l_max: 3, trainable: true, three_body, four_body_channels, compression: Vec::new() };
+    let four_body = Bispectrum { channels, l_max: 3, three_body, four_body_channels, ..Default::default() };
     let mut m = Model::bispectrum(spec(cutoff), four_body, species, &[16, 12], seed).unwrap();
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
     m.fit_compression(&envs);
