@@ -305,7 +305,9 @@ fn energy_and_forces_step() -> (Vec<Frame>, Config, Weights) {
 
 /// A model whose networks leave out the components that barely vary (`model.drop_features_below`) predicts,
 /// and takes a training step, like the same model reading every component with zero first-layer rows for the
-/// left-out ones, in both training precisions.
+/// left-out ones, in both training precisions: a power-spectrum model, and a bispectrum model with a trained
+/// compression, which leaves out power-spectrum components only (its four-body ones move with W) and whose
+/// gradient to W is the full model's.
 #[test]
 fn a_network_without_its_flat_inputs_is_the_full_network_with_zero_rows_for_them() {
     use pilip::model::AtomicModel;
@@ -313,48 +315,53 @@ fn a_network_without_its_flat_inputs_is_the_full_network_with_zero_rows_for_them
     let (frames, cfg, w) = energy_and_forces_step();
     let refs: Vec<&Frame> = frames.iter().collect();
     let ids: Vec<usize> = (0..frames.len()).collect();
-    let mut cut = dropped_inputs_model(vec![1, 6, 8], 4.0, &frames, 9);
-    // the same model reading every component, with zero first-layer rows for the dropped ones
-    let mut full = cut.clone();
-    let (AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m)) = &mut full.atomic;
-    m.networks = (0..m.networks.len()).map(|s| m.full_input_network(s).into_owned()).collect();
-    let inputs = std::mem::take(&mut m.inputs);
-    let n_features = m.feature_mean[0].len();
-    let kept: usize = inputs.iter().map(Vec::len).sum();
-    assert!(inputs.len() == 3 && kept > n_features && kept < 3 * n_features * 9 / 10, "{kept} of 3 × {n_features} kept");
-    for f in &frames {
-        let (a, b) = (cut.predict_frame(f).unwrap(), full.predict_frame(f).unwrap());
-        assert!((a.energy - b.energy).abs() < 1e-12 * b.energy.abs().max(1.0), "{} vs {}", a.energy, b.energy);
-        let forces_diff = a.forces.iter().flatten().zip(b.forces.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
-        assert!(forces_diff < 1e-12, "forces differ by {forces_diff}");
-    }
-    // the training step: the full model's loss, and its gradient without the dropped rows
-    for (f32, tol) in [(false, 1e-11), (true, 1e-5)] {
-        cut.set_training_precision(f32);
-        full.set_training_precision(f32);
-        let (loss_cut, grad_cut) = batch_loss_and_grad(&cut, &refs, &ids, &cfg.loss, 1, &w, 0, true, None).unwrap();
-        let (loss_full, grad_full) = batch_loss_and_grad(&full, &refs, &ids, &cfg.loss, 1, &w, 0, true, None).unwrap();
-        assert!((loss_cut.total() - loss_full.total()).abs() < tol * loss_full.total(), "f32 {f32}: loss");
-        let AtomicModel::PowerSpectrum(m) = &full.atomic else { unreachable!() };
-        let mut want = Vec::new();
-        let mut offset = 0;
-        for (net, ids) in m.networks.iter().zip(&inputs) {
-            let g = Mlp { sizes: net.sizes.clone(), params: grad_full[offset..offset + net.n_params()].to_vec() };
-            want.extend(g.with_input_rows(ids.iter().map(|&f| f as usize)).params);
-            offset += net.n_params();
+    let mut bispectrum = random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 9);
+    let envs: Vec<_> = frames.iter().map(|f| bispectrum.frame_environments(f).unwrap()).collect();
+    bispectrum.fit_input_statistics(&envs, 0.0, 0.05);
+    for mut cut in [dropped_inputs_model(vec![1, 6, 8], 4.0, &frames, 9), bispectrum] {
+        // the same model reading every component, with zero first-layer rows for the dropped ones
+        let mut full = cut.clone();
+        let (AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m)) = &mut full.atomic;
+        m.networks = (0..m.networks.len()).map(|s| m.full_input_network(s).into_owned()).collect();
+        let inputs = std::mem::take(&mut m.inputs);
+        let n_features = m.feature_mean[0].len();
+        let kept: usize = inputs.iter().map(Vec::len).sum();
+        assert!(inputs.len() == 3 && kept > n_features && kept < 3 * n_features * 9 / 10, "{kept} of 3 × {n_features} kept");
+        if let Some(b) = &m.four_body {
+            // the four-body components (the last ones) are kept whatever their spread
+            let n_moving = pilip::descriptor::Descriptor::with_optional_four_body(&m.descriptor, &cut.species, Some(b)).unwrap().four_body().unwrap().n_features();
+            assert!(inputs.iter().all(|ids| ids[ids.len() - n_moving..].iter().zip(n_features - n_moving..).all(|(&f, g)| f as usize == g)));
         }
-        let scale = want.iter().fold(0.0f64, |a, g| a.max(g.abs()));
-        assert_eq!(grad_cut.len(), want.len());
-        for (k, (a, b)) in grad_cut.iter().zip(&want).enumerate() {
-            assert!((a - b).abs() < tol * scale, "f32 {f32}: gradient {k}: {a} vs {b}");
+        for f in &frames {
+            let (a, b) = (cut.predict_frame(f).unwrap(), full.predict_frame(f).unwrap());
+            assert!((a.energy - b.energy).abs() < 1e-12 * b.energy.abs().max(1.0), "{} vs {}", a.energy, b.energy);
+            let forces_diff = a.forces.iter().flatten().zip(b.forces.iter().flatten()).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max);
+            assert!(forces_diff < 1e-12, "forces differ by {forces_diff}");
+        }
+        // the training step: the full model's loss, and its gradient without the dropped rows (then W's)
+        for (f32, tol) in [(false, 1e-11), (true, 1e-5)] {
+            cut.set_training_precision(f32);
+            full.set_training_precision(f32);
+            let (loss_cut, grad_cut) = batch_loss_and_grad(&cut, &refs, &ids, &cfg.loss, 1, &w, 0, true, None).unwrap();
+            let (loss_full, grad_full) = batch_loss_and_grad(&full, &refs, &ids, &cfg.loss, 1, &w, 0, true, None).unwrap();
+            assert!((loss_cut.total() - loss_full.total()).abs() < tol * loss_full.total(), "f32 {f32}: loss");
+            let (AtomicModel::PowerSpectrum(m) | AtomicModel::Bispectrum(m)) = &full.atomic;
+            let mut want = Vec::new();
+            let mut offset = 0;
+            for (net, ids) in m.networks.iter().zip(&inputs) {
+                let g = Mlp { sizes: net.sizes.clone(), params: grad_full[offset..offset + net.n_params()].to_vec() };
+                want.extend(g.with_input_rows(ids.iter().map(|&f| f as usize)).params);
+                offset += net.n_params();
+            }
+            assert_eq!(grad_full.len() - offset, if m.four_body.is_some() { m.four_body.as_ref().unwrap().compression.len() } else { 0 });
+            want.extend(&grad_full[offset..]);
+            let scale = want.iter().fold(0.0f64, |a, g| a.max(g.abs()));
+            assert_eq!(grad_cut.len(), want.len());
+            for (k, (a, b)) in grad_cut.iter().zip(&want).enumerate() {
+                assert!((a - b).abs() < tol * scale, "f32 {f32}: gradient {k}: {a} vs {b}");
+            }
         }
     }
-    // a trained compression changes the four-body components, so its model keeps them all
-    let mut b = random_bispectrum_model(vec![1, 6, 8], 4.0, &frames, 9);
-    let envs: Vec<_> = frames.iter().map(|f| b.frame_environments(f).unwrap()).collect();
-    b.fit_input_statistics(&envs, 0.3, 0.05);
-    let AtomicModel::Bispectrum(m) = &b.atomic else { unreachable!() };
-    assert!(m.inputs.is_empty());
 }
 
 #[test]

@@ -539,16 +539,20 @@ impl PowerSpectrumModel {
     /// reaches the network at about `threshold / floor` of the others' scale and changes nothing but the cost of
     /// the first layer, which is the widest product of a training step: on rMD17 ethanol at 3e-4, 30–70 % of an
     /// element's 1524 components. The first layer keeps the rows of the components that stay. A trained channel
-    /// compression changes the four-body components during training, so such models keep every component.
+    /// compression changes the components after the power spectrum during training (its four-body and
+    /// compressed three-body invariants), so those are always kept; the power spectrum's are dropped as for a
+    /// model without one.
     pub fn drop_flat_inputs(&mut self, spread: &[Vec<f64>], threshold: f64) {
-        if threshold <= 0.0 || self.has_trained_descriptor() || !self.inputs.is_empty() {
+        if threshold <= 0.0 || !self.inputs.is_empty() {
             return;
         }
+        let moving = if self.has_trained_descriptor() { self.descriptor().n_power_spectrum_features() } else { usize::MAX };
         let ids: Vec<Vec<u32>> = spread
             .iter()
             .map(|sd| {
                 let max_sd = sd.iter().fold(0.0f64, |a, b| a.max(*b));
-                (0..sd.len() as u32).filter(|&f| max_sd == 0.0 || sd[f as usize] >= threshold * max_sd).collect()
+                let keep = |f: usize| f >= moving || max_sd == 0.0 || sd[f] >= threshold * max_sd;
+                (0..sd.len() as u32).filter(|&f| keep(f as usize)).collect()
             })
             .collect();
         if ids.iter().zip(&self.feature_mean).all(|(ids, m)| ids.len() == m.len()) {
