@@ -766,6 +766,20 @@ fn a_compression_trained_for_part_of_the_run_is_kept_after_it_and_resumes_exactl
     run(&cfg, &one, TrainOptions { resume: Some(one.join("checkpoints/last.ckpt")), ..Default::default() });
     assert_eq!(metrics_without_timing(&one), b);
     assert_eq!(compression_of(&one.join("checkpoints/last.ckpt")).1, w_part);
+    // fine-tuning (with the anchor) from a start whose W is still trained freezes it the same way and resumes
+    // exactly; from a start whose W was kept, W stays kept
+    let [tuned, tuned_resumed, tuned_kept] = ["tuned", "tuned_resumed", "tuned_kept"].map(|name| tmpdir(&format!("trained_fraction_{name}")));
+    let mut tune = cfg.clone();
+    (tune.model.init, tune.loss.anchor_weight) = (Some(whole.join("checkpoints/best.ckpt")), 0.1);
+    run(&tune, &tuned, TrainOptions::default());
+    run(&tune, &tuned_resumed, TrainOptions { stop_after: Some(3), ..Default::default() });
+    run(&tune, &tuned_resumed, TrainOptions { resume: Some(tuned_resumed.join("checkpoints/last.ckpt")), ..Default::default() });
+    assert_eq!(metrics_without_timing(&tuned), metrics_without_timing(&tuned_resumed));
+    assert!(std::fs::read_to_string(tuned.join("train.log")).unwrap().contains("is kept from epoch 3 of 4 on"));
+    tune.model.init = Some(part.join("checkpoints/best.ckpt"));
+    run(&tune, &tuned_kept, TrainOptions::default());
+    assert!(resolved(&tuned_kept).contains("trainable = false"), "{}", resolved(&tuned_kept));
+    assert_eq!(compression_of(&tuned_kept.join("checkpoints/last.ckpt")), (false, w_part.clone()));
 }
 
 #[test]
