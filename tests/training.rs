@@ -353,7 +353,7 @@ fn a_network_without_its_flat_inputs_is_the_full_network_with_zero_rows_for_them
                 want.extend(g.with_input_rows(ids.iter().map(|&f| f as usize)).params);
                 offset += net.n_params();
             }
-            assert_eq!(grad_full.len() - offset, if m.four_body.is_some() { m.four_body.as_ref().unwrap().compression.len() } else { 0 });
+            assert_eq!(grad_full.len() - offset, m.four_body.as_ref().map_or(0, |b| b.compression.len()));
             want.extend(&grad_full[offset..]);
             let scale = want.iter().fold(0.0f64, |a, g| a.max(g.abs()));
             assert_eq!(grad_cut.len(), want.len());
