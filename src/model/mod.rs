@@ -446,7 +446,7 @@ impl Model {
     /// Whether a structure's [`Environments`] depend on its geometry only, not on trained parameters (false for
     /// the bispectrum family with a trained compression: see [`Model::refresh_environments`]).
     pub fn environments_are_fixed(&self) -> bool {
-        !self.atomic.networked().has_trained_descriptor()
+        !self.has_trained_descriptor()
     }
     /// Brings environments built under earlier parameters up to date with these: the four-body invariants of a
     /// trained compression are recomputed from the kept density; nothing else depends on the parameters, so

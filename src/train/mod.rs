@@ -731,16 +731,20 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     let resuming = resumed.is_some();
     let (mut model, mut st) = start_or_resume(&mut resolved, &splits, resumed, origin, trainable.as_deref(), &mut size_notes)?;
     model.set_training_precision(resolved.training.precision == Precision::F32);
-    // the preconditioner is fitted to the start's network inputs; a resumed run whose compression W has moved
-    // builds its start again, so that it goes on with the same one
-    let precondition = if resuming && (model.has_trained_descriptor() || st.frozen_compression_params > 0) {
+    // A resumed run has moved away from its start, to which the anchor (fine-tuning) and the first-layer
+    // preconditioner's network inputs belong: the start is built again, once, where either needs it (the
+    // preconditioner only when a trained compression W has moved the inputs).
+    let moved_inputs = resuming && (model.has_trained_descriptor() || st.frozen_compression_params > 0);
+    let rebuilt_start = if resuming && (anchored || moved_inputs) {
         let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
         let mut start = initial_model(cfg, &splits.train, &all)?;
         start.set_training_precision(resolved.training.precision == Precision::F32);
-        first_layer_preconditioner(&start, &resolved.training, &splits.train, trainable.as_deref())?
+        Some(start)
     } else {
-        first_layer_preconditioner(&model, &resolved.training, &splits.train, trainable.as_deref())?
+        None
     };
+    let inputs_of = rebuilt_start.as_ref().filter(|_| moved_inputs).unwrap_or(&model);
+    let precondition = first_layer_preconditioner(inputs_of, &resolved.training, &splits.train, trainable.as_deref())?;
     if let Some(p) = &precondition {
         size_notes.push(format!(
             "first-layer preconditioner: {:?} input directions per element scaled to variance {} (tangents' share {})",
@@ -751,16 +755,15 @@ fn train_in_pool(cfg: &Config, origin: Origin, opts: &TrainOptions) -> Result<Tr
     }
     let mut env_cache = EnvCache::new(splits.train.len());
     let mut valid_cache = EnvCache::with_max_bytes(splits.valid.len(), env_cache::MAX_BYTES / 4);
-    // The anchor is the start's parameters; a resumed run has moved away from them, so its start is built again
-    // (the checkpoint's, or an exported model refitted to this data as at the start).
-    let mut anchor = match (anchored, resuming) {
+    // The anchor is the start's parameters (for a resumed run the rebuilt start's: the checkpoint's, or an
+    // exported model refitted to this data as at the start).
+    let mut anchor = match (anchored, &rebuilt_start) {
         (false, _) => None,
-        (true, false) => Some(model.params()),
-        (true, true) => {
-            let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
-            let mut start = initial_model(cfg, &splits.train, &all)?.params();
-            start.truncate(model.n_params()); // without a compression the run has stopped training
-            Some(start)
+        (true, None) => Some(model.params()),
+        (true, Some(start)) => {
+            let mut params = start.params();
+            params.truncate(model.n_params()); // without a compression the run has stopped training
+            Some(params)
         }
     };
     if trainable.as_ref().is_some_and(|t| t.len() != model.n_params()) {

@@ -61,7 +61,11 @@ fn perturbed(mut m: Model, frames: &[Frame], seed: u64, std_floor: f64) -> Model
 /// [`random_model`] whose networks leave out the descriptor components that spread less than 5 % of the
 /// element's largest over `frames` (`model.drop_features_below`), keeping the others' first-layer rows.
 pub fn dropped_inputs_model(species: Vec<u32>, cutoff: f64, frames: &[Frame], seed: u64) -> Model {
-    let mut m = random_model(species, cutoff, frames, seed);
+    with_dropped_inputs(random_model(species, cutoff, frames, seed), frames)
+}
+
+/// `m` with the components that spread less than 5 % of the element's largest over `frames` left out.
+pub fn with_dropped_inputs(mut m: Model, frames: &[Frame]) -> Model {
     let envs: Vec<_> = frames.iter().map(|f| m.frame_environments(f).unwrap()).collect();
     m.fit_input_statistics(&envs, 0.0, 0.05);
     m
