@@ -9,8 +9,8 @@
 # Environment: PILIP_DATA (default ../shared/data), SPLIT (which published split: its number as in the file names,
 # default 01), N (training structures, default 950), MD_PS (simulated time
 # per start, default 100; 0 skips MD), SEED (default 1), CONFIG (default examples/configs/rmd17.toml), EXTRA (more
-# --set arguments for `pilip train`, e.g. EXTRA='--set model.family="bispectrum"' with OUT=bench_runs/rmd17_bispectrum
-# for the accurate family: runs already in OUT are not repeated), PILIP
+# --set arguments for `pilip train`, e.g. EXTRA='--set model.family="power_spectrum"' with
+# OUT=bench_runs/rmd17_power_spectrum for the fast three-body family: runs already in OUT are not repeated), PILIP
 # (a pilip binary to use instead of building one), PRIOR (xtb: train through scripts/train_xtb_prior.sh — a GFN2-xTB
 # base sampled around the training structures, then Δ-learning on them; its own environment variables apply; the
 # results folder then defaults to bench_runs/<config name>_xtb_prior).

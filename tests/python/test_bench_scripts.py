@@ -56,6 +56,7 @@ def test_bench_rmd17_runs_on_any_molecule_file(tmp_path):
     assert line["molecule"] == "mymol" and line["split"] == "03" and line["test_structures"] == 20
     resolved = (tmp_path / "out" / "mymol_n20_s1_split03" / "config.resolved.toml").read_text()
     assert "mymol_train_03.extxyz" in resolved and "mymol_test_03.extxyz" in resolved
+    assert 'family = "bispectrum"' in resolved  # rmd17.toml's model family reaches the run
     rows = [l.split() for l in stdout.splitlines() if l.startswith("mymol")]
     assert sorted(r[1] for r in rows) == ["01", "03"]  # both splits in the table, each once
     r = subprocess.run(["bash", str(ROOT / "scripts" / "bench_rmd17.sh")], env=dict(os.environ, PILIP_DATA=str(tmp_path),
@@ -119,6 +120,8 @@ def test_bench_rmd17_with_an_xtb_prior_samples_around_the_training_frames_only(t
     assert "xtb.extxyz" in base and (run / "prior" / "base" / "checkpoints" / "best.ckpt").exists()
     delta = (run / "config.resolved.toml").read_text()
     assert "base = " in delta and "prior/base/checkpoints/best.ckpt" in delta
+    # the script's FAMILY default (the power spectrum) replaces rmd17.toml's four-body family in base and Δ
+    assert 'family = "power_spectrum"' in base and 'family = "power_spectrum"' in delta
 
 
 def test_xtb_scripts_label_charged_and_open_shell_molecules_as_tblite_does(tmp_path):
