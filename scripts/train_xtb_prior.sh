@@ -25,8 +25,9 @@
 #   BASE_MINUTES (4), DELTA_HIDDEN (the config's model.hidden), FAMILY (model.family of base and Δ, default
 #   power_spectrum: the base has to fit ~1000 xTB frames within BASE_MINUTES, where the three-body family gets
 #   four times the four-body family's epochs: rMD17 toluene at 50 structures 14.2 against 17.6 meV/Å with the
-#   four-body family of rmd17.toml, session 73; empty: the config's; a --set model.family argument wins), JOBS (2, xTB processes), CHARGE (0, total charge)
-#   and UHF (0, unpaired electrons): the same for every structure, as xtb's --chrg / --uhf.
+#   four-body family of rmd17.toml, session 73; empty: the config's; a --set model.family argument wins),
+#   JOBS (2, xTB processes), CHARGE (0, total charge) and UHF (0, unpaired electrons): the same for every
+#   structure, as xtb's --chrg / --uhf.
 # Molecules only (xTB here is non-periodic), elements H–Rn.
 set -euo pipefail
 [ $# -ge 1 ] || { sed -n '2,8p' "$0" >&2; exit 2; }
