@@ -196,6 +196,11 @@ pub struct ModelConfig {
     /// Descriptor components whose spread over an element's training atoms is below this fraction of the
     /// element's largest spread are left out of its network (0: keep all; ignored with a trained compression).
     pub drop_features_below: f64,
+    /// `family = "bispectrum"` is trained on data of at most this many elements; training structures with more
+    /// train `"power_spectrum"` instead (0: the configured family always). Within a fixed time the four-body
+    /// invariants pay on hydrocarbons and cost molecules with heteroatoms (`docs/benchmarks.md`, session 74).
+    /// Not applied with `init` or `base`, whose family is the start model's.
+    pub bispectrum_max_elements: usize,
     /// Start from this checkpoint or exported model (`.onnx`; fine-tuning, e.g. a model trained on cheap labels
     /// with forces, continued on expensive energies): its species, descriptor, networks, input statistics and
     /// energy scale are kept — `[descriptor]`, `family` and `hidden` are taken from it — and its reference
@@ -223,6 +228,7 @@ impl Default for ModelConfig {
             energy_scale: 0.0,
             feature_std_floor: 0.3,
             drop_features_below: 3e-4,
+            bispectrum_max_elements: 0,
             init: None,
             frozen_layers: 0,
             base: None,

@@ -780,6 +780,44 @@ fn a_compression_trained_for_part_of_the_run_is_kept_after_it_and_resumes_exactl
     assert_eq!(compression_of(&tuned_kept.join("checkpoints/last.ckpt")), (false, w_part.clone()));
 }
 
+/// `model.bispectrum_max_elements`: ethanol's three elements train the power spectrum under a limit of two (the
+/// log and `config.resolved.toml` say so, and a resumed run resolves the same family) and the bispectrum family
+/// under a limit of three; fine-tuning keeps the start model's family whatever the limit.
+#[test]
+fn the_bispectrum_family_gives_way_to_the_power_spectrum_above_its_element_limit() {
+    use pilip::family::Family;
+    let [two, three, tuned] = ["two", "three", "tuned"].map(|name| tmpdir(&format!("max_elements_{name}")));
+    let mut cfg = small_config(&two);
+    cfg.data.n_train = 40;
+    cfg.model.family = Family::Bispectrum;
+    cfg.bispectrum.channels = 3;
+    cfg.training.max_epochs = 2;
+    let run = |cfg: &Config, dir: &Path, opts: TrainOptions| {
+        let mut c = cfg.clone();
+        c.output.run_dir = dir.to_path_buf();
+        pilip::train::train(&c, &TrainOptions { quiet: true, ..opts }).unwrap();
+    };
+    let family_of = |dir: &Path| pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap().model.family();
+    cfg.model.bispectrum_max_elements = 2;
+    run(&cfg, &two, TrainOptions { stop_after: Some(1), ..Default::default() });
+    run(&cfg, &two, TrainOptions { resume: Some(two.join("checkpoints/last.ckpt")), ..Default::default() });
+    assert_eq!(family_of(&two), Family::PowerSpectrum);
+    assert_eq!(metrics_without_timing(&two).len(), 2);
+    let log = std::fs::read_to_string(two.join("train.log")).unwrap();
+    let line = "model.bispectrum_max_elements = 2: the training structures hold 3 elements (H, C, O), so family \"bispectrum\" → \"power_spectrum\"";
+    assert!(log.contains(line), "{line}\n{log}");
+    let resolved = std::fs::read_to_string(two.join("config.resolved.toml")).unwrap();
+    assert!(resolved.contains("family = \"power_spectrum\""), "{resolved}");
+    cfg.model.bispectrum_max_elements = 3;
+    run(&cfg, &three, TrainOptions::default());
+    assert_eq!(family_of(&three), Family::Bispectrum);
+    assert!(!std::fs::read_to_string(three.join("train.log")).unwrap().contains("bispectrum_max_elements"));
+    let mut tune = cfg.clone();
+    (tune.model.init, tune.model.bispectrum_max_elements) = (Some(three.join("checkpoints/best.ckpt")), 2);
+    run(&tune, &tuned, TrainOptions::default());
+    assert_eq!(family_of(&tuned), Family::Bispectrum);
+}
+
 #[test]
 fn training_is_deterministic_for_any_thread_count() {
     let mut runs = Vec::new();

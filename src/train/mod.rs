@@ -613,7 +613,8 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
     Ok(())
 }
 
-/// `cfg` sized for its training structures, with a line for the log per change: `training.max_epochs` and
+/// `cfg` sized for its training structures, with a line for the log per change: `model.family` set to the power
+/// spectrum when the structures hold more elements than `model.bispectrum_max_elements`, `training.max_epochs` and
 /// `training.patience` raised by the factor that gives at least `training.min_steps` optimiser steps,
 /// `training.weight_decay_atoms / n_atoms` added to `training.weight_decay` (`training.weight_decay_params` waits
 /// for the model: [`with_decay_for_model`]), below `training.lr_small_sets_below_atoms` atoms `training.lr` set
@@ -623,6 +624,22 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
 fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>) {
     let mut out = cfg.clone();
     let mut notes = Vec::new();
+    let m = &mut out.model;
+    if m.family == Family::Bispectrum && m.bispectrum_max_elements > 0 && m.init.is_none() && m.base.is_none() {
+        let mut species: Vec<u32> = train.iter().flat_map(|f| f.numbers.iter().copied()).collect();
+        species.sort_unstable();
+        species.dedup();
+        if species.len() > m.bispectrum_max_elements {
+            let names: Vec<&str> = species.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?")).collect();
+            notes.push(format!(
+                "model.bispectrum_max_elements = {}: the training structures hold {} elements ({}), so family \"bispectrum\" → \"power_spectrum\"",
+                m.bispectrum_max_elements,
+                species.len(),
+                names.join(", ")
+            ));
+            m.family = Family::PowerSpectrum;
+        }
+    }
     let t = &mut out.training;
     let n_train = train.len();
     let batches = batches_per_epoch(n_train, t.batch_size).max(1);

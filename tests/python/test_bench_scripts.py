@@ -51,12 +51,14 @@ def test_bench_rmd17_runs_on_any_molecule_file(tmp_path):
     write(tmp_path / "rmd17" / "mymol_train_03.extxyz", frames[100:180])
     write(tmp_path / "rmd17" / "mymol_test_03.extxyz", frames[230:250])
     stdout = run_script("bench_rmd17.sh", [], tmp_path, tmp_path / "out", N="20", MD_PS="0", SPLIT="03",
-                        EXTRA="--set training.max_epochs=3 --set training.min_steps=0")
+                        EXTRA="--set training.max_epochs=3 --set training.min_steps=0 --set model.bispectrum_max_elements=3")
     line = json.loads((tmp_path / "out" / "results.jsonl").read_text().splitlines()[-1])
     assert line["molecule"] == "mymol" and line["split"] == "03" and line["test_structures"] == 20
     resolved = (tmp_path / "out" / "mymol_n20_s1_split03" / "config.resolved.toml").read_text()
     assert "mymol_train_03.extxyz" in resolved and "mymol_test_03.extxyz" in resolved
-    assert 'family = "bispectrum"' in resolved  # rmd17.toml's model family reaches the run
+    assert 'family = "bispectrum"' in resolved  # rmd17.toml's model family reaches a run of ≤ 3 elements
+    # and gives way to the power spectrum above rmd17.toml's limit of two elements (ethanol: H, C, O)
+    assert 'family = "power_spectrum"' in (tmp_path / "out" / "mymol_n20_s1" / "config.resolved.toml").read_text()
     rows = [l.split() for l in stdout.splitlines() if l.startswith("mymol")]
     assert sorted(r[1] for r in rows) == ["01", "03"]  # both splits in the table, each once
     r = subprocess.run(["bash", str(ROOT / "scripts" / "bench_rmd17.sh")], env=dict(os.environ, PILIP_DATA=str(tmp_path),
