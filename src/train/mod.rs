@@ -258,11 +258,22 @@ fn sample_environments(model: &Model, train: &[Frame]) -> Result<Vec<Environment
     sample.par_iter().map(|f| model.frame_environments(f)).collect()
 }
 
-/// A new model fitted to the training data.
-fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
-    let mut species: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).collect();
+/// The atomic numbers in `frames`, sorted, each once.
+fn species_of<'a>(frames: impl IntoIterator<Item = &'a Frame>) -> Vec<u32> {
+    let mut species: Vec<u32> = frames.into_iter().flat_map(|f| f.numbers.iter().copied()).collect();
     species.sort_unstable();
     species.dedup();
+    species
+}
+
+/// Element symbols of atomic numbers, for messages ("H, C, O").
+fn element_names(species: &[u32]) -> String {
+    species.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?")).collect::<Vec<_>>().join(", ")
+}
+
+/// A new model fitted to the training data.
+fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
+    let species = species_of(all.iter().copied());
     let mut model = match cfg.model.family {
         Family::PowerSpectrum => Model::power_spectrum(cfg.descriptor.clone(), species, &cfg.model.hidden, cfg.training.seed)?,
         Family::Bispectrum => {
@@ -291,14 +302,12 @@ fn fresh_model(cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
 fn continued_model(mut model: Model, cfg: &Config, train: &[Frame], all: &[&Frame]) -> Result<Model> {
     // a guard belongs to the data it was fitted to; `finish` fits a new one if the config asks for it
     model.fit_domain_guard(&[], 0, 0, 1.0, 0.0)?;
-    let mut missing: Vec<u32> = all.iter().flat_map(|f| f.numbers.iter().copied()).filter(|&z| model.species_index(z).is_none()).collect();
-    missing.sort_unstable();
-    missing.dedup();
+    let mut missing = species_of(all.iter().copied());
+    missing.retain(|&z| model.species_index(z).is_none());
     if !missing.is_empty() {
-        let names = |zs: &[u32]| zs.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?")).collect::<Vec<_>>().join(", ");
         let key = if cfg.model.init.is_some() { "model.init" } else { "model.base" };
         let path = cfg.model.init.as_ref().or(cfg.model.base.as_ref()).map(|p| p.display().to_string()).unwrap_or_default();
-        return Err(Error::Config(format!("{key}: {path} knows {}, but the data also has {}", names(&model.species), names(&missing))));
+        return Err(Error::Config(format!("{key}: {path} knows {}, but the data also has {}", element_names(&model.species), element_names(&missing))));
     }
     let refs: Vec<&Frame> = train.iter().collect();
     if model.repulsion.is_none() {
@@ -626,16 +635,13 @@ fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>
     let mut notes = Vec::new();
     let m = &mut out.model;
     if m.family == Family::Bispectrum && m.bispectrum_max_elements > 0 && m.init.is_none() && m.base.is_none() {
-        let mut species: Vec<u32> = train.iter().flat_map(|f| f.numbers.iter().copied()).collect();
-        species.sort_unstable();
-        species.dedup();
+        let species = species_of(train);
         if species.len() > m.bispectrum_max_elements {
-            let names: Vec<&str> = species.iter().map(|&z| crate::elements::symbol(z).unwrap_or("?")).collect();
             notes.push(format!(
                 "model.bispectrum_max_elements = {}: the training structures hold {} elements ({}), so family \"bispectrum\" → \"power_spectrum\"",
                 m.bispectrum_max_elements,
                 species.len(),
-                names.join(", ")
+                element_names(&species)
             ));
             m.family = Family::PowerSpectrum;
         }
