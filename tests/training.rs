@@ -702,6 +702,13 @@ fn budget_of(run: &std::path::Path) -> pilip::train::budget::BudgetState {
     ck.state.and_then(|s| s.budget).expect("a budgeted run's checkpoint has the budget's clock")
 }
 
+/// Trains `cfg` quietly into `dir` (its `output.run_dir` replaced) with `opts`.
+fn train_in(cfg: &Config, dir: &Path, opts: TrainOptions) {
+    let mut c = cfg.clone();
+    c.output.run_dir = dir.to_path_buf();
+    pilip::train::train(&c, &TrainOptions { quiet: true, ..opts }).unwrap();
+}
+
 /// The compression W of a checkpoint's bispectrum model, and whether it is still trained.
 fn compression_of(checkpoint: &Path) -> (bool, Vec<f64>) {
     let model = serde_json::to_value(pilip::train::checkpoint::Checkpoint::load(checkpoint).unwrap().model).unwrap();
@@ -721,15 +728,10 @@ fn a_compression_trained_for_part_of_the_run_is_kept_after_it_and_resumes_exactl
     cfg.bispectrum.channels = 3;
     (cfg.training.max_epochs, cfg.training.ema_decay, cfg.training.weight_decay_params) = (4, 0.9, 1e-3);
     cfg.training.precondition_variance = 0.01;
-    let run = |cfg: &Config, dir: &Path, opts: TrainOptions| {
-        let mut c = cfg.clone();
-        c.output.run_dir = dir.to_path_buf();
-        pilip::train::train(&c, &TrainOptions { quiet: true, ..opts }).unwrap();
-    };
-    run(&cfg, &whole, TrainOptions::default());
+    train_in(&cfg, &whole, TrainOptions::default());
     cfg.bispectrum.trained_fraction = 0.5;
-    run(&cfg, &part, TrainOptions::default());
-    run(&cfg, &two, TrainOptions { stop_after: Some(2), ..Default::default() });
+    train_in(&cfg, &part, TrainOptions::default());
+    train_in(&cfg, &two, TrainOptions { stop_after: Some(2), ..Default::default() });
     let start = {
         let splits = pilip::dataset::load(&cfg.data).unwrap();
         let all: Vec<&Frame> = splits.train.iter().chain(&splits.valid).chain(&splits.test).collect();
@@ -757,11 +759,11 @@ fn a_compression_trained_for_part_of_the_run_is_kept_after_it_and_resumes_exactl
     assert_ne!(a[2..], b[2..]);
     let resolved = |d: &Path| std::fs::read_to_string(d.join("config.resolved.toml")).unwrap().replace(d.to_str().unwrap(), "RUN_DIR");
     // resumed after the freeze (epoch 2's checkpoint holds it) and before it, with the same weight decay
-    run(&cfg, &two, TrainOptions { resume: Some(two.join("checkpoints/last.ckpt")), ..Default::default() });
+    train_in(&cfg, &two, TrainOptions { resume: Some(two.join("checkpoints/last.ckpt")), ..Default::default() });
     assert_eq!(metrics_without_timing(&two), b);
     assert_eq!(resolved(&two), resolved(&part));
-    run(&cfg, &one, TrainOptions { stop_after: Some(1), ..Default::default() });
-    run(&cfg, &one, TrainOptions { resume: Some(one.join("checkpoints/last.ckpt")), ..Default::default() });
+    train_in(&cfg, &one, TrainOptions { stop_after: Some(1), ..Default::default() });
+    train_in(&cfg, &one, TrainOptions { resume: Some(one.join("checkpoints/last.ckpt")), ..Default::default() });
     assert_eq!(metrics_without_timing(&one), b);
     assert_eq!(compression_of(&one.join("checkpoints/last.ckpt")).1, w_part);
     // fine-tuning (with the anchor) from a start whose W is still trained freezes it the same way and resumes
@@ -769,13 +771,13 @@ fn a_compression_trained_for_part_of_the_run_is_kept_after_it_and_resumes_exactl
     let [tuned, tuned_resumed, tuned_kept] = ["tuned", "tuned_resumed", "tuned_kept"].map(|name| tmpdir(&format!("trained_fraction_{name}")));
     let mut tune = cfg.clone();
     (tune.model.init, tune.loss.anchor_weight) = (Some(whole.join("checkpoints/best.ckpt")), 0.1);
-    run(&tune, &tuned, TrainOptions::default());
-    run(&tune, &tuned_resumed, TrainOptions { stop_after: Some(3), ..Default::default() });
-    run(&tune, &tuned_resumed, TrainOptions { resume: Some(tuned_resumed.join("checkpoints/last.ckpt")), ..Default::default() });
+    train_in(&tune, &tuned, TrainOptions::default());
+    train_in(&tune, &tuned_resumed, TrainOptions { stop_after: Some(3), ..Default::default() });
+    train_in(&tune, &tuned_resumed, TrainOptions { resume: Some(tuned_resumed.join("checkpoints/last.ckpt")), ..Default::default() });
     assert_eq!(metrics_without_timing(&tuned), metrics_without_timing(&tuned_resumed));
     assert!(std::fs::read_to_string(tuned.join("train.log")).unwrap().contains("is kept from epoch 3 of 4 on"));
     tune.model.init = Some(part.join("checkpoints/best.ckpt"));
-    run(&tune, &tuned_kept, TrainOptions::default());
+    train_in(&tune, &tuned_kept, TrainOptions::default());
     assert!(resolved(&tuned_kept).contains("trainable = false"), "{}", resolved(&tuned_kept));
     assert_eq!(compression_of(&tuned_kept.join("checkpoints/last.ckpt")), (false, w_part.clone()));
 }
@@ -792,15 +794,10 @@ fn the_bispectrum_family_gives_way_to_the_power_spectrum_above_its_element_limit
     cfg.model.family = Family::Bispectrum;
     cfg.bispectrum.channels = 3;
     cfg.training.max_epochs = 2;
-    let run = |cfg: &Config, dir: &Path, opts: TrainOptions| {
-        let mut c = cfg.clone();
-        c.output.run_dir = dir.to_path_buf();
-        pilip::train::train(&c, &TrainOptions { quiet: true, ..opts }).unwrap();
-    };
     let family_of = |dir: &Path| pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap().model.family();
     cfg.model.bispectrum_max_elements = 2;
-    run(&cfg, &two, TrainOptions { stop_after: Some(1), ..Default::default() });
-    run(&cfg, &two, TrainOptions { resume: Some(two.join("checkpoints/last.ckpt")), ..Default::default() });
+    train_in(&cfg, &two, TrainOptions { stop_after: Some(1), ..Default::default() });
+    train_in(&cfg, &two, TrainOptions { resume: Some(two.join("checkpoints/last.ckpt")), ..Default::default() });
     assert_eq!(family_of(&two), Family::PowerSpectrum);
     assert_eq!(metrics_without_timing(&two).len(), 2);
     let log = std::fs::read_to_string(two.join("train.log")).unwrap();
@@ -809,12 +806,12 @@ fn the_bispectrum_family_gives_way_to_the_power_spectrum_above_its_element_limit
     let resolved = std::fs::read_to_string(two.join("config.resolved.toml")).unwrap();
     assert!(resolved.contains("family = \"power_spectrum\""), "{resolved}");
     cfg.model.bispectrum_max_elements = 3;
-    run(&cfg, &three, TrainOptions::default());
+    train_in(&cfg, &three, TrainOptions::default());
     assert_eq!(family_of(&three), Family::Bispectrum);
     assert!(!std::fs::read_to_string(three.join("train.log")).unwrap().contains("bispectrum_max_elements"));
     let mut tune = cfg.clone();
     (tune.model.init, tune.model.bispectrum_max_elements) = (Some(three.join("checkpoints/best.ckpt")), 2);
-    run(&tune, &tuned, TrainOptions::default());
+    train_in(&tune, &tuned, TrainOptions::default());
     assert_eq!(family_of(&tuned), Family::Bispectrum);
 }
 
