@@ -469,7 +469,7 @@ fn short_training_reduces_validation_force_rmse_five_fold() {
     let init = pilip::train::initial_model(&cfg, &splits.train, &all).unwrap();
     let p = pilip::metrics::predict_all(&init, &splits.valid).unwrap();
     let before = pilip::metrics::compute(&splits.valid, &p).forces_rmse_mev_per_A.unwrap();
-    let s = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let s = train_quietly(&cfg);
     let after = s.valid.forces_rmse_mev_per_A.unwrap();
     assert!(after * 5.0 < before, "force RMSE {before:.1} → {after:.1} meV/Å");
     assert!(s.finished && dir.join("checkpoints/best.ckpt").exists() && dir.join("config.resolved.toml").exists());
@@ -486,7 +486,7 @@ fn a_guarded_run_fits_its_guard_to_the_training_structures() {
     let mut cfg = small_config(&dir);
     cfg.training.max_epochs = 3;
     cfg.domain_guard.strength = 0.002;
-    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cfg);
     let guarded = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/best.ckpt")).unwrap().model;
     let mut plain = guarded.clone();
     plain.fit_domain_guard(&[], 0, 0, 1.0, 0.0).unwrap();
@@ -518,7 +518,7 @@ fn energy_only_training_with_pitc_learns_correlated_forces() {
     cfg.data.n_train = 200;
     cfg.training.max_epochs = 30;
     cfg.training.early_stopping_metric = pilip::config::StoppingMetric::ValEnergyRmse;
-    let s = pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let s = train_quietly(&cfg);
     let corr = s.valid.forces_correlation.unwrap();
     assert!(corr > 0.6, "force correlation {corr:.3}");
 }
@@ -548,7 +548,7 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     ca.loss.pisc_weight = 0.1;
     let mut cb = ca.clone();
     cb.output.run_dir = db.clone();
-    pilip::train::train(&ca, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&ca);
     let first = pilip::train::train(&cb, &TrainOptions { quiet: true, stop_after: Some(2), ..Default::default() }).unwrap();
     assert!(!first.finished);
     assert_eq!(first.epochs_done, 2);
@@ -595,12 +595,12 @@ fn resume_reproduces_the_uninterrupted_run_with(schedule: Schedule) {
     let mut cc = ca.clone();
     cc.output.run_dir = dc.clone();
     (cc.training.weight_decay, cc.training.weight_decay_atoms, cc.training.weight_decay_params) = (decay, 0.0, 0.0);
-    pilip::train::train(&cc, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cc);
     assert_eq!(metrics_without_timing(&dc), a);
     let dd = tmpdir(&format!("resume_d_{schedule:?}"));
     cc.output.run_dir = dd.clone();
     cc.training.weight_decay = 0.0;
-    pilip::train::train(&cc, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cc);
     assert_ne!(metrics_without_timing(&dd), a);
 }
 
@@ -616,8 +616,8 @@ fn the_first_layer_preconditioner_changes_the_path_not_the_model() {
     let mut cb = ca.clone();
     cb.output.run_dir = db.clone();
     cb.training.precondition_variance = 0.0;
-    let a = pilip::train::train(&ca, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
-    pilip::train::train(&cb, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let a = train_quietly(&ca);
+    train_quietly(&cb);
     let log = std::fs::read_to_string(da.join("train.log")).unwrap();
     assert!(log.contains("first-layer preconditioner: [") && log.contains("scaled to variance 0.1"), "{log}");
     assert!(!std::fs::read_to_string(db.join("train.log")).unwrap().contains("preconditioner"));
@@ -640,8 +640,8 @@ fn the_first_layer_preconditioner_changes_the_path_not_the_model() {
     cd.output.run_dir = dd.clone();
     cd.training.precondition_tangents = 0.0;
     cd.training.precondition_variance = 1.0;
-    pilip::train::train(&cc, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
-    pilip::train::train(&cd, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cc);
+    train_quietly(&cd);
     let log = std::fs::read_to_string(dc.join("train.log")).unwrap();
     let note = "training.precondition_tangents_min_atoms = 1000: 900 atoms in the training structures, so precondition_tangents 0.5 → 0";
     let variance = "training.precondition_variance_small_sets = 1: fewer than 1000 atoms in the training structures, so precondition_variance 0.1 → 1";
@@ -663,7 +663,7 @@ fn a_time_budget_chooses_the_epoch_count_before_training() {
     ca.training.max_minutes = 1e-4;
     ca.training.schedule = Schedule::Cosine;
     ca.training.ema_decay = 0.9;
-    let a = pilip::train::train(&ca, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    let a = train_quietly(&ca);
     assert!(a.finished && a.epochs_done == 1, "{} epochs", a.epochs_done);
     let log = std::fs::read_to_string(da.join("train.log")).unwrap();
     assert!(log.contains("training.max_minutes = 0.0001: an epoch takes") && log.contains("max_epochs 50 → 1"), "{log}");
@@ -672,7 +672,7 @@ fn a_time_budget_chooses_the_epoch_count_before_training() {
     let mut cb = ca.clone();
     cb.output.run_dir = db.clone();
     (cb.training.max_epochs, cb.training.max_minutes) = (1, 0.0);
-    pilip::train::train(&cb, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cb);
     assert_eq!(metrics_without_timing(&da), metrics_without_timing(&db));
 
     // a generous budget never raises max_epochs; a resumed run keeps the count its start chose, even when the
@@ -707,6 +707,11 @@ fn train_in(cfg: &Config, dir: &Path, opts: TrainOptions) {
     let mut c = cfg.clone();
     c.output.run_dir = dir.to_path_buf();
     pilip::train::train(&c, &TrainOptions { quiet: true, ..opts }).unwrap();
+}
+
+/// A whole run of `cfg` into its own run directory, without progress output.
+fn train_quietly(cfg: &Config) -> pilip::train::TrainSummary {
+    pilip::train::train(cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap()
 }
 
 /// The compression W of a checkpoint's bispectrum model, and whether it is still trained.
@@ -824,7 +829,7 @@ fn training_is_deterministic_for_any_thread_count() {
         cfg.training.max_epochs = 2;
         cfg.training.threads = threads;
         cfg.loss.pitc_weight = 0.5;
-        pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+        train_quietly(&cfg);
         runs.push(metrics_without_timing(&dir));
     }
     assert_eq!(runs[0].len(), 2);
@@ -915,7 +920,7 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
     // parameters where they were while a run without it moves them.
     let base_dir = tmpdir("finetune-base");
     let base_cfg = small_config(&base_dir);
-    pilip::train::train(&base_cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&base_cfg);
     let base = pilip::train::checkpoint::Checkpoint::load(&base_dir.join("checkpoints/best.ckpt")).unwrap();
 
     let shifted = tmpdir("finetune-data").join("shifted.extxyz");
@@ -951,10 +956,10 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
         assert_eq!(ck.config.model.hidden, base.config.model.hidden, "architecture from the checkpoint");
         ck.model.params().iter().zip(base.model.params()).map(|(a, b)| (a - b).powi(2)).sum::<f64>().sqrt()
     };
-    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cfg);
     let free = distance(&dir);
     let (dir, cfg) = fine_tune("finetune-anchored", 1e6);
-    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cfg);
     let anchored = distance(&dir);
     assert!(anchored < 0.01 * free, "anchored {anchored} vs free {free}");
 
@@ -963,7 +968,7 @@ fn fine_tuning_starts_from_the_checkpoint_with_refitted_offsets_and_the_anchor_h
     let (dir, mut cfg) = fine_tune("finetune-frozen", 0.0);
     cfg.model.frozen_layers = 1;
     cfg.training.weight_decay_params = 1e-3;
-    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cfg);
     let tuned = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap().model;
     let networks = |m: &pilip::model::Model| match &m.atomic {
         pilip::model::AtomicModel::PowerSpectrum(p) | pilip::model::AtomicModel::Bispectrum(p) => p.networks.clone(),
@@ -1017,7 +1022,7 @@ fn delta_learning_trains_only_the_correction_and_resumes_exactly() {
     let base_dir = tmpdir("delta-base");
     let mut base_cfg = small_config(&base_dir);
     base_cfg.training.max_epochs = 10;
-    pilip::train::train(&base_cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&base_cfg);
     let base = pilip::train::checkpoint::Checkpoint::load(&base_dir.join("checkpoints/best.ckpt")).unwrap();
 
     let other = other_level_of_theory(&base.model, &base_cfg, "delta-data");
@@ -1045,7 +1050,7 @@ fn delta_learning_trains_only_the_correction_and_resumes_exactly() {
         let p = pilip::metrics::predict_all(m, &splits.valid).unwrap();
         pilip::metrics::compute(&splits.valid, &p).energy_rmse_mev_per_atom.unwrap()
     };
-    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cfg);
     let trained = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap();
     assert_eq!(trained.config.descriptor, base.config.descriptor, "descriptor from the base");
     assert_eq!(trained.config.model.hidden, vec![8, 8], "hidden stays the correction's");
@@ -1084,7 +1089,7 @@ fn an_exported_model_is_a_base_and_a_start_like_its_checkpoint() {
     let base_dir = tmpdir("onnx-base");
     let mut base_cfg = small_config(&base_dir);
     base_cfg.training.max_epochs = 10;
-    pilip::train::train(&base_cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&base_cfg);
     let base = pilip::train::checkpoint::Checkpoint::load(&base_dir.join("checkpoints/best.ckpt")).unwrap();
     let onnx = base_dir.join("base.onnx");
     let frames = pilip::io::extxyz::read_file(&example_data(), &base_cfg.data.keys).unwrap();
@@ -1121,7 +1126,7 @@ fn an_exported_model_is_a_base_and_a_start_like_its_checkpoint() {
         let d = max_force_diff(&base_only, &base.model, f);
         assert!(d < 1e-8, "the restandardised base differs from the checkpoint by {d} eV/Å");
     }
-    pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&cfg);
     let trained = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap();
     let frozen_moved = start.params().iter().zip(&trained.model.params()).zip(&trainable).filter(|((a, b), &t)| !t && a != b).count();
     assert_eq!(frozen_moved, 0, "the exported base stays frozen");
@@ -1139,7 +1144,7 @@ fn an_exported_model_is_a_base_and_a_start_like_its_checkpoint() {
     ft.model.init = Some(onnx);
     ft.loss.anchor_weight = 1.0;
     ft.training.max_epochs = 2;
-    pilip::train::train(&ft, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+    train_quietly(&ft);
     let tuned = pilip::train::checkpoint::Checkpoint::load(&ft_dir.join("checkpoints/last.ckpt")).unwrap();
     assert_eq!(tuned.config.model.hidden, base.config.model.hidden, "hidden from the exported model");
 }
@@ -1184,7 +1189,7 @@ fn the_default_repulsion_leaves_training_untouched_and_stops_a_collapse() {
         let mut cfg = small_config(&dir);
         cfg.training.max_epochs = 3;
         cfg.repulsion.kind = kind;
-        pilip::train::train(&cfg, &TrainOptions { quiet: true, ..Default::default() }).unwrap();
+        train_quietly(&cfg);
         let model = pilip::train::checkpoint::Checkpoint::load(&dir.join("checkpoints/last.ckpt")).unwrap().model;
         (metrics_without_timing(&dir), model)
     };
