@@ -289,6 +289,21 @@ impl Model {
             .collect()
     }
 
+    /// Every weight matrix of the species' networks in [`Model::params`]: `(offset, rows, cols, layer)`, row-major.
+    pub fn network_matrices(&self) -> Vec<(usize, usize, usize, usize)> {
+        let mut offset = 0;
+        let mut out = Vec::new();
+        for n in &self.atomic.networked().networks {
+            let mut o = offset;
+            for k in 0..n.sizes.len() - 1 {
+                out.push((o, n.sizes[k], n.sizes[k + 1], k));
+                o += n.sizes[k] * n.sizes[k + 1] + n.sizes[k + 1];
+            }
+            offset += n.n_params();
+        }
+        out
+    }
+
     /// The domain guard, if the model has one.
     pub fn domain_guard(&self) -> Option<&domain_guard::DomainGuard> {
         self.atomic.networked().domain_guard.as_ref()

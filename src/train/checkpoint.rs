@@ -43,6 +43,9 @@ pub struct TrainState {
     pub step: u64,
     /// Optimiser moments.
     pub optimizer: Adam,
+    /// Muon's momentum (`training.optimizer = "muon"`; absent otherwise and in older checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub muon: Option<super::muon::Muon>,
     /// Learning-rate schedule.
     pub schedule: Schedule,
     /// EMA of the weights, if enabled.

@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod curvature;
 pub mod env_cache;
 pub mod loss;
+pub mod muon;
 pub mod optim;
 pub mod precondition;
 
@@ -30,7 +31,7 @@ use budget::{epochs_within_budget, Budget, Rehearsal};
 use env_cache::{Env, EnvCache};
 use checkpoint::{Checkpoint, TrainState};
 use loss::{LossTerms, Normalizers, Weights};
-use optim::{Adam, Schedule};
+use optim::Schedule;
 use precondition::FirstLayerPreconditioner;
 use rayon::prelude::*;
 use std::io::Write;
@@ -629,7 +630,8 @@ fn write_inputs(dir: &Path, cfg: &Config, splits: &Splits) -> Result<()> {
 /// for the model: [`with_decay_for_model`]), below `training.lr_small_sets_below_atoms` atoms `training.lr` set
 /// to `training.lr_small_sets`, and below `training.precondition_tangents_min_atoms` atoms
 /// `training.precondition_tangents` set to 0 and `training.precondition_variance` to
-/// `training.precondition_variance_small_sets`.
+/// `training.precondition_variance_small_sets`, and below `training.muon_min_atoms` atoms `training.optimizer`
+/// "muon" set to "adamw".
 fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>) {
     let mut out = cfg.clone();
     let mut notes = Vec::new();
@@ -673,6 +675,13 @@ fn sized_for_training_set(cfg: &Config, train: &[Frame]) -> (Config, Vec<String>
             t.lr_small_sets, t.lr_small_sets_below_atoms, t.lr, t.lr_small_sets
         ));
         t.lr = t.lr_small_sets;
+    }
+    if t.optimizer == Optimizer::Muon && n_atoms < t.muon_min_atoms {
+        notes.push(format!(
+            "training.muon_min_atoms = {}: fewer atoms in the training structures ({n_atoms}), so optimizer \"muon\" → \"adamw\"",
+            t.muon_min_atoms
+        ));
+        t.optimizer = Optimizer::AdamW;
     }
     // a small set: the inputs' covariance alone, and fewer directions (only where there is a preconditioner)
     if t.precondition_variance > 0.0 && n_atoms < t.precondition_tangents_min_atoms {
@@ -937,6 +946,9 @@ fn freeze_compression_when_due(model: &mut Model, st: &mut TrainState, cfg: &Con
     let frozen = model.freeze_compression();
     let n = model.n_params();
     st.optimizer.truncate(n);
+    if let Some(m) = st.muon.as_mut() {
+        m.truncate(n);
+    }
     if let Some(e) = st.ema.as_mut() {
         e.truncate(n);
     }
@@ -1061,10 +1073,12 @@ fn start_or_resume(
     let model = start_model(cfg, origin, &splits.train, &all)?;
     notes.extend(with_decay_for_model(&mut cfg.training, trained_params(&model, trainable), training_atoms(&splits.train)));
     let t = &cfg.training;
+    let (optimizer, muon) = muon::optimizer_state(t, model.n_params());
     let st = TrainState {
         epochs_done: 0,
         step: 0,
-        optimizer: Adam::new(model.n_params(), t.optimizer == Optimizer::AdamW, t.weight_decay),
+        optimizer,
+        muon,
         schedule: Schedule::new(t.schedule, t.lr, t.lr_min, t.plateau_patience, t.plateau_factor, t.max_epochs),
         ema: (t.ema_decay > 0.0).then(|| model.params()),
         best_metric: f64::INFINITY,
@@ -1119,6 +1133,9 @@ fn run_epoch(
             p.to_model_layer(network, w);
         }
     };
+    // Muon's matrices, and the parameters Adam steps beside them
+    let muon_matrices = if st.muon.is_some() { muon::matrices(model, trainable) } else { Vec::new() };
+    let adam_mask = st.muon.is_some().then(|| muon::adam_mask(params.len(), &muon_matrices, trainable));
     for (b, ids) in order.chunks(bs).enumerate() {
         let frames: Vec<&Frame> = ids.iter().map(|&i| &train[i]).collect();
         let (mut l, mut g) = batch_loss_and_grad(model, &frames, ids, &cfg.loss, t.seed, &w, st.step, true, Some(cache))?;
@@ -1151,7 +1168,10 @@ fn run_epoch(
             g.iter_mut().zip(mask).filter(|(_, &t)| !t).for_each(|(g, _)| *g = 0.0);
         }
         let clip = optim::clip_factor(optim::grad_norm(&g), t.clip_grad_norm);
-        st.optimizer.step(&mut params, &g, clip, st.schedule.lr, trainable, ema.as_deref_mut().map(|e| (e, t.ema_decay)));
+        if let Some(m) = st.muon.as_mut() {
+            m.step(&muon_matrices, &mut params, &g, clip, st.schedule.lr, st.optimizer.weight_decay);
+        }
+        st.optimizer.step(&mut params, &g, clip, st.schedule.lr, adam_mask.as_deref().or(trainable), ema.as_deref_mut().map(|e| (e, t.ema_decay)));
         model.set_training_weights(&params, &to_model);
         st.step += 1;
         if let Some(p) = progress {
