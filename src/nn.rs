@@ -147,7 +147,7 @@ impl Mlp {
         self.sizes.len() - 1
     }
     /// Offsets of (W_k, b_k) in `params`.
-    fn layer(&self, k: usize) -> (usize, usize) {
+    pub(crate) fn layer(&self, k: usize) -> (usize, usize) {
         let mut off = 0;
         for j in 0..k {
             off += self.sizes[j] * self.sizes[j + 1] + self.sizes[j + 1];

@@ -276,17 +276,7 @@ impl Model {
     /// Where each species' first-layer weights sit in [`Model::params`]: `(offset, inputs, width)`; the weights
     /// are row-major `[inputs][width]`.
     pub fn first_layers(&self) -> Vec<(usize, usize, usize)> {
-        let mut offset = 0;
-        self.atomic
-            .networked()
-            .networks
-            .iter()
-            .map(|n| {
-                let layer = (offset, n.sizes[0], n.sizes[1]);
-                offset += n.n_params();
-                layer
-            })
-            .collect()
+        self.network_matrices().into_iter().filter(|&(.., layer)| layer == 0).map(|(offset, rows, cols, _)| (offset, rows, cols)).collect()
     }
 
     /// Every weight matrix of the species' networks in [`Model::params`]: `(offset, rows, cols, layer)`, row-major.
@@ -294,11 +284,7 @@ impl Model {
         let mut offset = 0;
         let mut out = Vec::new();
         for n in &self.atomic.networked().networks {
-            let mut o = offset;
-            for k in 0..n.sizes.len() - 1 {
-                out.push((o, n.sizes[k], n.sizes[k + 1], k));
-                o += n.sizes[k] * n.sizes[k + 1] + n.sizes[k + 1];
-            }
+            out.extend((0..n.sizes.len() - 1).map(|k| (offset + n.layer(k).0, n.sizes[k], n.sizes[k + 1], k)));
             offset += n.n_params();
         }
         out
