@@ -327,6 +327,20 @@ fn export_writes_a_verified_file_and_refuses_nothing_valid() {
     assert!(!dir.join("m.onnx.tmp").exists());
 }
 
+/// The check's normalisations (energy per atom, virial against the forces' size) leave it sharp: a graph of
+/// weights 1e-4 away from the model's fails on each of energy, forces and virial by far more than the tolerance.
+#[test]
+fn export_check_catches_a_slightly_different_graph() {
+    let (model, frame) = (cell_model(), triclinic_cell());
+    let mut other = model.clone();
+    other.set_params(&model.params().iter().map(|p| p * (1.0 + 1e-4)).collect::<Vec<_>>());
+    let bytes = to_onnx(&other, Dtype::F64).unwrap().encode_to_vec();
+    let pot = Potential::from_bytes(&bytes, "t", &RuntimeOptions::default()).unwrap();
+    let v = pilip::export::verify(&model, &pot, &[frame]).unwrap();
+    let tol = Verification::tolerance(Dtype::F32);
+    assert!(v.energy_rel > 3.0 * tol && v.forces_rel > 3.0 * tol && v.virial_rel > 3.0 * tol, "{v:?}");
+}
+
 #[cfg(feature = "ort")]
 #[test]
 fn onnxruntime_engine_matches_tract() {
