@@ -5,7 +5,7 @@
 pub mod graph;
 
 use crate::error::{Error, Result};
-use crate::frame::Frame;
+use crate::frame::{norm, Frame};
 use crate::model::{AtomicModel, Model};
 use crate::onnx::metadata::{checksum, format_version_for, Dtype, DomainGuardInfo, ModelMetadata};
 use crate::onnx::{IR_VERSION, OPSET};
@@ -126,7 +126,7 @@ pub fn verify(model: &Model, potential: &Potential, frames: &[Frame]) -> Result<
         let fmax = want.forces.iter().flatten().fold(1.0f64, |m, x| m.max(x.abs()));
         let df = got.forces.iter().flatten().zip(want.forces.iter().flatten()).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         v.forces_rel = v.forces_rel.max(df / fmax);
-        let force_sum: f64 = want.forces.iter().map(|f| f.iter().map(|x| x * x).sum::<f64>().sqrt()).sum();
+        let force_sum: f64 = want.forces.iter().map(norm).sum();
         let wmax = want.virial.iter().flatten().fold(force_sum.max(1.0), |m, x| m.max(x.abs()));
         let dw = got.virial.iter().flatten().zip(want.virial.iter().flatten()).fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
         v.virial_rel = v.virial_rel.max(dw / wmax);
